@@ -1,0 +1,249 @@
+//! Bearer tokens with roles VIEWER < ENGINEER < PIPELINE < ADMIN.
+//!
+//! A secret is 32 random bytes shown once at creation; the database keeps only its SHA-256.
+//! A fast hash is enough because the secret is uniformly random and long: there is nothing
+//! for a slow password hash to protect against, and every request pays for the lookup.
+
+use base64::Engine;
+use chrono::Utc;
+use milepost_schema::entity::token;
+use milepost_schema::enums::Role;
+use milepost_schema::DbError;
+use rand::RngCore;
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, Set,
+};
+use sha2::{Digest, Sha256};
+
+use crate::error::{ApiError, ApiResult};
+
+const SECRET_PREFIX: &str = "mp_";
+/// Writing `last_used_at` on every request would turn reads into writes; once a minute is
+/// plenty to tell an idle token from a live one.
+const LAST_USED_RESOLUTION_SECONDS: i64 = 60;
+
+/// Who is making a request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Principal {
+    pub name: String,
+    pub role: Role,
+    /// True for a client without a token on a server with `allow_anonymous_read`.
+    pub anonymous: bool,
+}
+
+impl Principal {
+    pub fn anonymous() -> Self {
+        Principal {
+            name: "anonymous".to_owned(),
+            role: Role::Viewer,
+            anonymous: true,
+        }
+    }
+
+    /// Refuses the request unless the principal holds at least `needed`.
+    pub fn require(&self, needed: Role) -> ApiResult<()> {
+        if self.anonymous {
+            return Err(ApiError::Unauthenticated(
+                "this needs a token: send Authorization: Bearer <token>",
+            ));
+        }
+        if self.role < needed {
+            return Err(ApiError::Forbidden {
+                needed: role_name(needed),
+                held: role_name(self.role),
+            });
+        }
+        Ok(())
+    }
+}
+
+pub fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Viewer => "VIEWER",
+        Role::Engineer => "ENGINEER",
+        Role::Pipeline => "PIPELINE",
+        Role::Admin => "ADMIN",
+    }
+}
+
+pub fn hash_secret(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+fn new_secret() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    format!(
+        "{SECRET_PREFIX}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    )
+}
+
+/// A token as listed to an administrator: never its secret.
+#[derive(Clone, Debug)]
+pub struct TokenInfo {
+    pub name: String,
+    pub role: Role,
+    pub created_at: chrono::DateTime<Utc>,
+    pub last_used_at: Option<chrono::DateTime<Utc>>,
+    pub revoked: bool,
+}
+
+/// Creates a token and returns its secret, which is not stored and cannot be shown again.
+pub async fn create_token(db: &DatabaseConnection, name: &str, role: Role) -> ApiResult<String> {
+    validate_token_name(name)?;
+    let secret = new_secret();
+    let now = Utc::now();
+    let result = token::ActiveModel {
+        name: Set(name.to_owned()),
+        role: Set(role),
+        secret_hash: Set(hash_secret(&secret)),
+        created_at: Set(now),
+        ..Default::default()
+    }
+    .insert(db)
+    .await;
+    match result {
+        Ok(_) => Ok(secret),
+        Err(err) => match DbError::from(err) {
+            err if err.kind() == milepost_schema::ErrorKind::Conflict => {
+                Err(ApiError::Conflict(format!(
+                    "a token named {name:?} exists already (revoke it first or pick another name)"
+                )))
+            }
+            err => Err(err.into()),
+        },
+    }
+}
+
+fn validate_token_name(name: &str) -> ApiResult<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad_input(
+            "name",
+            format!("expected 1-64 characters of letters, digits, - _ . @, got {name:?}"),
+        ))
+    }
+}
+
+pub async fn list_tokens(db: &DatabaseConnection) -> ApiResult<Vec<TokenInfo>> {
+    let rows = token::Entity::find()
+        .order_by_asc(token::Column::Name)
+        .all(db)
+        .await
+        .map_err(DbError::from)?;
+    Ok(rows
+        .into_iter()
+        .map(|row| TokenInfo {
+            name: row.name,
+            role: row.role,
+            created_at: row.created_at,
+            last_used_at: row.last_used_at,
+            revoked: row.revoked_at.is_some(),
+        })
+        .collect())
+}
+
+/// Revokes the token named `name`; it stops working on the next request.
+pub async fn revoke_token(db: &DatabaseConnection, name: &str) -> ApiResult<()> {
+    let row = token::Entity::find()
+        .filter(token::Column::Name.eq(name))
+        .one(db)
+        .await
+        .map_err(DbError::from)?
+        .ok_or_else(|| ApiError::not_found(format!("token {name:?}")))?;
+    if row.revoked_at.is_some() {
+        return Ok(());
+    }
+    let mut active: token::ActiveModel = row.into();
+    active.revoked_at = Set(Some(Utc::now()));
+    active.update(db).await.map_err(DbError::from)?;
+    Ok(())
+}
+
+/// Resolves a bearer secret to its principal; unknown or revoked secrets are `Unauthenticated`.
+pub async fn authenticate(db: &DatabaseConnection, secret: &str) -> ApiResult<Principal> {
+    let row = token::Entity::find()
+        .filter(token::Column::SecretHash.eq(hash_secret(secret)))
+        .one(db)
+        .await
+        .map_err(DbError::from)?;
+    let Some(row) = row.filter(|row| row.revoked_at.is_none()) else {
+        return Err(ApiError::Unauthenticated("unknown or revoked token"));
+    };
+    let now = Utc::now();
+    let stale = row
+        .last_used_at
+        .is_none_or(|at| (now - at).num_seconds() >= LAST_USED_RESOLUTION_SECONDS);
+    let principal = Principal {
+        name: row.name.clone(),
+        role: row.role,
+        anonymous: false,
+    };
+    if stale {
+        let mut active: token::ActiveModel = row.into();
+        active.last_used_at = Set(Some(now));
+        if let Err(err) = active.update(db).await {
+            // Bookkeeping only: a busy database must not turn a valid token away.
+            tracing::warn!(error = %err, "could not record token use");
+        }
+    }
+    Ok(principal)
+}
+
+/// Extracts the secret of an `Authorization: Bearer <secret>` header value.
+pub fn bearer_secret(header: &str) -> Option<&str> {
+    let (scheme, secret) = header.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| secret.trim())
+        .filter(|s| !s.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_are_ordered() {
+        let engineer = Principal {
+            name: "e".into(),
+            role: Role::Engineer,
+            anonymous: false,
+        };
+        assert!(engineer.require(Role::Viewer).is_ok());
+        assert!(engineer.require(Role::Engineer).is_ok());
+        let err = engineer.require(Role::Pipeline).expect_err("too low");
+        assert_eq!(err.code(), crate::error::ErrorCode::Forbidden);
+        assert!(err.to_string().contains("PIPELINE"));
+        let anon = Principal::anonymous();
+        assert_eq!(
+            anon.require(Role::Viewer).expect_err("anonymous").code(),
+            crate::error::ErrorCode::Unauthenticated
+        );
+    }
+
+    #[test]
+    fn secrets_are_random_and_hashed() {
+        let a = new_secret();
+        let b = new_secret();
+        assert_ne!(a, b);
+        assert!(a.starts_with(SECRET_PREFIX) && a.len() > 40);
+        assert_eq!(hash_secret(&a).len(), 64);
+        assert_ne!(hash_secret(&a), hash_secret(&b));
+    }
+
+    #[test]
+    fn bearer_header_parsing() {
+        assert_eq!(bearer_secret("Bearer abc"), Some("abc"));
+        assert_eq!(bearer_secret("bearer  abc "), Some("abc"));
+        assert_eq!(bearer_secret("Basic abc"), None);
+        assert_eq!(bearer_secret("Bearer "), None);
+    }
+}

@@ -1,0 +1,523 @@
+//! Typed configuration: `milepost.toml`, then `MILEPOST_<SECTION>_<KEY>` environment overrides
+//! (top-level keys: `MILEPOST_<KEY>`). Every key has a documented default, so no file at all runs
+//! on SQLite under `./milepost-data`. Loading is a pure function of the file text and an
+//! environment map, so it is tested without touching the process environment.
+
+mod units;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub use units::{ByteSize, DurationSetting, Interval, ListenAddr};
+
+/// Environment variables that share the `MILEPOST_` prefix but are not configuration keys.
+const NON_CONFIG_VARIABLES: &[&str] = &[
+    "MILEPOST_TOKEN",
+    "MILEPOST_SERVER",
+    "MILEPOST_LOG",
+    "MILEPOST_LOG_FORMAT",
+];
+const TEST_VARIABLE_PREFIX: &str = "MILEPOST_TEST_";
+
+/// The whole configuration of one office deployment.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where SQLite, the cache and the search index live by default.
+    pub data_dir: PathBuf,
+    /// This deployment's name, recorded in the egress ledger and shown in `cacheStats`.
+    pub office: String,
+    pub server: ServerConfig,
+    pub database: DatabaseConfig,
+    pub upstream: UpstreamConfig,
+    pub catalog: CatalogConfig,
+    pub cache: CacheConfig,
+    pub transfer: TransferConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("./milepost-data"),
+            office: "default".to_owned(),
+            server: ServerConfig::default(),
+            database: DatabaseConfig::default(),
+            upstream: UpstreamConfig::default(),
+            catalog: CatalogConfig::default(),
+            cache: CacheConfig::default(),
+            transfer: TransferConfig::default(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// GraphQL, `/data`, the web catalog, `/healthz` and `/metrics`.
+    pub listen: ListenAddr,
+    /// The S3-compatible gateway.
+    pub s3_listen: ListenAddr,
+    /// Lets clients without a token run queries (never mutations).
+    pub allow_anonymous_read: bool,
+    /// Deepest GraphQL selection accepted; deeper queries are refused before they run.
+    pub max_query_depth: usize,
+    /// Highest GraphQL complexity (roughly, fields resolved) accepted.
+    pub max_query_complexity: usize,
+    /// Largest request body accepted on `/graphql`.
+    pub max_body_size: ByteSize,
+    /// How long a request may take before it is answered with 408.
+    pub request_timeout: DurationSetting,
+    /// How long shutdown waits for in-flight requests before giving up on them.
+    pub shutdown_grace: DurationSetting,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: ListenAddr(([127, 0, 0, 1], 8080).into()),
+            s3_listen: ListenAddr(([127, 0, 0, 1], 9100).into()),
+            allow_anonymous_read: false,
+            max_query_depth: 12,
+            max_query_complexity: 5_000,
+            max_body_size: ByteSize(4 << 20),
+            request_timeout: DurationSetting(std::time::Duration::from_secs(60)),
+            shutdown_grace: DurationSetting(std::time::Duration::from_secs(20)),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// `sqlite://PATH` or `postgres://...`; empty means `sqlite://<data_dir>/catalog.db`.
+    pub url: String,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    /// Custom S3 endpoint for on-prem and test servers; empty means AWS.
+    pub endpoint: String,
+    pub region: String,
+    /// Path-style addressing (`endpoint/bucket/key`), needed by most non-AWS servers.
+    pub force_path_style: bool,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            endpoint: String::new(),
+            region: "us-east-1".to_owned(),
+            force_path_style: false,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CatalogConfig {
+    /// The bucket the catalog is synced from.
+    pub bucket: String,
+    pub drives_prefix: String,
+    pub runs_prefix: String,
+    /// How often the catalog is rescanned; `off` leaves it to `syncCatalog` and `milepost sync`.
+    pub sync_interval: Interval,
+}
+
+impl Default for CatalogConfig {
+    fn default() -> Self {
+        CatalogConfig {
+            bucket: "fleet".to_owned(),
+            drives_prefix: "drives/".to_owned(),
+            runs_prefix: "runs/".to_owned(),
+            sync_interval: Interval(Some(std::time::Duration::from_secs(300))),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Disk the office cache may use.
+    pub capacity: ByteSize,
+    /// Size of each ranged GET when materializing.
+    pub part_size: ByteSize,
+    /// Ranged GETs in flight at once, across all objects.
+    pub concurrency: usize,
+    /// Price of one GiB of egress, for `egressSavedUsd`.
+    pub egress_usd_per_gib: f64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            capacity: ByteSize(100 << 30),
+            part_size: ByteSize(8 << 20),
+            concurrency: 16,
+            egress_usd_per_gib: 0.09,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TransferConfig {
+    /// Upload bandwidth timetable, e.g. `Mon-Fri 09:00-18:00 20MiB; * off` (off = unlimited).
+    pub upload_schedule: String,
+    /// Key globs in priority order: the first matching pattern uploads first.
+    pub priorities: Vec<String>,
+}
+
+impl Default for TransferConfig {
+    fn default() -> Self {
+        TransferConfig {
+            upload_schedule: "* off".to_owned(),
+            priorities: vec!["*.json".to_owned(), "*.mcap".to_owned(), "*".to_owned()],
+        }
+    }
+}
+
+/// A configuration that cannot be used; the message names the key, the value and what was
+/// expected, and the program refuses to start.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid TOML: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("invalid config key `{key}`{origin}: {message}")]
+    Invalid {
+        key: String,
+        origin: String,
+        message: String,
+    },
+    #[error("unknown environment variable {variable}: it names no config key")]
+    UnknownVariable { variable: String },
+}
+
+impl Config {
+    /// Reads `path` (when given) and applies the `MILEPOST_*` overrides found in `env`.
+    pub fn load(
+        path: Option<&Path>,
+        env: &BTreeMap<String, String>,
+    ) -> Result<Config, ConfigError> {
+        let (text, file) = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                (text, Some(path))
+            }
+            None => (String::new(), None),
+        };
+        Config::from_parts(&text, file, env)
+    }
+
+    /// Parses config text plus environment overrides. `file` only labels error messages.
+    pub fn from_parts(
+        text: &str,
+        file: Option<&Path>,
+        env: &BTreeMap<String, String>,
+    ) -> Result<Config, ConfigError> {
+        let mut table: toml::Table =
+            text.parse()
+                .map_err(|err: toml::de::Error| ConfigError::Syntax {
+                    path: file.map(Path::to_owned).unwrap_or_default(),
+                    message: err.message().to_owned(),
+                })?;
+        let origins = apply_env_overrides(&mut table, env)?;
+        let deserializer = toml::Value::Table(table);
+        let config: Config = serde_path_to_error::deserialize(deserializer).map_err(|err| {
+            let key = err.path().to_string();
+            let origin = describe_origin(&origins, &key, file);
+            ConfigError::Invalid {
+                key,
+                origin,
+                message: err.into_inner().to_string(),
+            }
+        })?;
+        config.validate(&origins, file)?;
+        Ok(config)
+    }
+
+    /// The database URL, resolving the empty default to SQLite under `data_dir`.
+    pub fn database_url(&self) -> String {
+        if self.database.url.is_empty() {
+            format!("sqlite://{}", self.data_dir.join("catalog.db").display())
+        } else {
+            self.database.url.clone()
+        }
+    }
+
+    fn validate(
+        &self,
+        origins: &BTreeMap<String, String>,
+        file: Option<&Path>,
+    ) -> Result<(), ConfigError> {
+        let invalid = |key: &str, value: String, expected: &str| ConfigError::Invalid {
+            key: key.to_owned(),
+            origin: describe_origin(origins, key, file),
+            message: format!("expected {expected}, got {value}"),
+        };
+        let url = self.database_url();
+        if !(url.starts_with("sqlite:")
+            || url.starts_with("postgres://")
+            || url.starts_with("postgresql://"))
+        {
+            let scheme = url.split(':').next().unwrap_or_default();
+            return Err(invalid(
+                "database.url",
+                format!("a URL with scheme {scheme:?}"),
+                "a sqlite:// or postgres:// URL",
+            ));
+        }
+        if self.office.trim().is_empty() {
+            return Err(invalid(
+                "office",
+                "an empty name".into(),
+                "a non-empty office name",
+            ));
+        }
+        if self.catalog.bucket.trim().is_empty() {
+            return Err(invalid(
+                "catalog.bucket",
+                "an empty name".into(),
+                "a bucket name",
+            ));
+        }
+        if self.cache.concurrency == 0 || self.cache.concurrency > 1024 {
+            return Err(invalid(
+                "cache.concurrency",
+                self.cache.concurrency.to_string(),
+                "a number from 1 to 1024",
+            ));
+        }
+        if self.cache.part_size.0 < 64 << 10 || self.cache.part_size.0 > 5 << 30 {
+            return Err(invalid(
+                "cache.part_size",
+                self.cache.part_size.to_string(),
+                "a size from 64KiB to 5GiB",
+            ));
+        }
+        if !self.cache.egress_usd_per_gib.is_finite() || self.cache.egress_usd_per_gib < 0.0 {
+            return Err(invalid(
+                "cache.egress_usd_per_gib",
+                self.cache.egress_usd_per_gib.to_string(),
+                "a price of zero or more",
+            ));
+        }
+        if self.server.max_query_depth == 0 || self.server.max_query_complexity == 0 {
+            return Err(invalid(
+                "server.max_query_depth",
+                format!(
+                    "depth {} / complexity {}",
+                    self.server.max_query_depth, self.server.max_query_complexity
+                ),
+                "limits above zero",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Applies environment overrides onto the parsed file and returns, for each overridden key
+/// (`section.key`), the variable it came from.
+fn apply_env_overrides(
+    table: &mut toml::Table,
+    env: &BTreeMap<String, String>,
+) -> Result<BTreeMap<String, String>, ConfigError> {
+    let defaults = toml::Table::try_from(Config::default()).unwrap_or_default();
+    let mut origins = BTreeMap::new();
+    for (variable, raw) in env {
+        let Some(rest) = variable.strip_prefix("MILEPOST_") else {
+            continue;
+        };
+        if NON_CONFIG_VARIABLES.contains(&variable.as_str())
+            || variable.starts_with(TEST_VARIABLE_PREFIX)
+        {
+            continue;
+        }
+        let rest = rest.to_ascii_lowercase();
+        let (section, key) = match defaults.iter().find_map(|(name, value)| {
+            let key = rest.strip_prefix(name.as_str())?.strip_prefix('_')?;
+            value
+                .as_table()
+                .filter(|t| t.contains_key(key))
+                .map(|_| (Some(name.clone()), key.to_owned()))
+        }) {
+            Some(found) => found,
+            None if defaults.get(&rest).is_some_and(|v| !v.is_table()) => (None, rest.clone()),
+            None => {
+                return Err(ConfigError::UnknownVariable {
+                    variable: variable.clone(),
+                })
+            }
+        };
+        let default_value = match &section {
+            Some(section) => defaults.get(section).and_then(|s| s.get(&key)),
+            None => defaults.get(&key),
+        };
+        let value = typed_env_value(raw, default_value);
+        let target = match &section {
+            Some(section) => table
+                .entry(section.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new())),
+            None => {
+                table.insert(key.clone(), value);
+                origins.insert(key, variable.clone());
+                continue;
+            }
+        };
+        let Some(target) = target.as_table_mut() else {
+            return Err(ConfigError::Invalid {
+                key: section.unwrap_or_default(),
+                origin: String::new(),
+                message: "expected a table".to_owned(),
+            });
+        };
+        target.insert(key.clone(), value);
+        origins.insert(
+            format!("{}.{key}", section.unwrap_or_default()),
+            variable.clone(),
+        );
+    }
+    Ok(origins)
+}
+
+/// Environment values are strings; keys whose default is not a string are read as TOML
+/// literals (`true`, `16`, `0.09`, `["*.json", "*"]`) so they reach the same typed fields.
+fn typed_env_value(raw: &str, default_value: Option<&toml::Value>) -> toml::Value {
+    if matches!(default_value, Some(toml::Value::String(_)) | None) {
+        return toml::Value::String(raw.to_owned());
+    }
+    match format!("v = {raw}").parse::<toml::Table>() {
+        Ok(mut parsed) => parsed
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(raw.to_owned())),
+        Err(_) => toml::Value::String(raw.to_owned()),
+    }
+}
+
+fn describe_origin(origins: &BTreeMap<String, String>, key: &str, file: Option<&Path>) -> String {
+    if let Some(variable) = origins.get(key) {
+        format!(" (from {variable})")
+    } else if let Some(file) = file {
+        format!(" (in {})", file.display())
+    } else {
+        String::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn no_config_runs_on_sqlite_under_the_data_dir() {
+        let config = Config::from_parts("", None, &env(&[])).expect("defaults are valid");
+        assert_eq!(config.database_url(), "sqlite://./milepost-data/catalog.db");
+        assert_eq!(config.server.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.cache.part_size, ByteSize(8 << 20));
+        assert!(!config.server.allow_anonymous_read);
+    }
+
+    #[test]
+    fn file_then_environment() {
+        let text = r#"
+            office = "gz"
+            [cache]
+            capacity = "2GiB"
+            concurrency = 4
+            [transfer]
+            priorities = ["*.mcap", "*"]
+        "#;
+        let config = Config::from_parts(
+            text,
+            None,
+            &env(&[
+                ("MILEPOST_CACHE_CONCURRENCY", "8"),
+                ("MILEPOST_SERVER_ALLOW_ANONYMOUS_READ", "true"),
+                ("MILEPOST_DATA_DIR", "/var/lib/milepost"),
+                ("MILEPOST_OFFICE", "2026"),
+                ("MILEPOST_CATALOG_SYNC_INTERVAL", "off"),
+                ("MILEPOST_TOKEN", "not a config key"),
+            ]),
+        )
+        .expect("valid");
+        assert_eq!(config.office, "2026");
+        assert_eq!(config.cache.capacity, ByteSize(2 << 30));
+        assert_eq!(config.cache.concurrency, 8);
+        assert!(config.server.allow_anonymous_read);
+        assert_eq!(config.data_dir, PathBuf::from("/var/lib/milepost"));
+        assert_eq!(config.catalog.sync_interval, Interval(None));
+        assert_eq!(config.transfer.priorities, vec!["*.mcap", "*"]);
+    }
+
+    #[test]
+    fn bad_values_name_key_value_and_expectation() {
+        let err = Config::from_parts("", None, &env(&[("MILEPOST_CACHE_CAPACITY", "lots")]))
+            .expect_err("not a size")
+            .to_string();
+        assert!(err.contains("cache.capacity"), "{err}");
+        assert!(err.contains("MILEPOST_CACHE_CAPACITY"), "{err}");
+        assert!(err.contains("\"lots\""), "{err}");
+        assert!(err.contains("expected a size"), "{err}");
+
+        let err = Config::from_parts(
+            "[server]\nlisten = \"nowhere\"",
+            Some(Path::new("m.toml")),
+            &env(&[]),
+        )
+        .expect_err("bad address")
+        .to_string();
+        assert!(
+            err.contains("server.listen") && err.contains("nowhere") && err.contains("m.toml"),
+            "{err}"
+        );
+
+        let err = Config::from_parts("[cache]\nconcurrency = 0", None, &env(&[]))
+            .expect_err("zero")
+            .to_string();
+        assert!(
+            err.contains("cache.concurrency") && err.contains("1 to 1024"),
+            "{err}"
+        );
+
+        let err = Config::from_parts("[database]\nurl = \"mysql://x\"", None, &env(&[]))
+            .expect_err("mysql")
+            .to_string();
+        assert!(
+            err.contains("database.url") && err.contains("mysql"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_and_variables_are_refused() {
+        let err = Config::from_parts("[cache]\ncapacityy = \"1GiB\"", None, &env(&[]))
+            .expect_err("typo")
+            .to_string();
+        assert!(err.contains("capacityy"), "{err}");
+        let err = Config::from_parts("", None, &env(&[("MILEPOST_CACHE_SIZE", "1GiB")]))
+            .expect_err("typo")
+            .to_string();
+        assert!(err.contains("MILEPOST_CACHE_SIZE"), "{err}");
+        let err = Config::from_parts("[server", None, &env(&[]))
+            .expect_err("syntax")
+            .to_string();
+        assert!(err.contains("not valid TOML"), "{err}");
+    }
+}

@@ -1,0 +1,193 @@
+//! The GraphQL endpoint: schema with depth and complexity limits, the POST handler (auth, body
+//! parsing, error codes) and GraphiQL on GET.
+
+mod inputs;
+mod mutation;
+mod query;
+pub mod scalars;
+mod types;
+
+use std::sync::Arc;
+
+use async_graphql::{EmptySubscription, Schema, ServerError};
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::Json;
+
+use crate::auth::Principal;
+use crate::error::{graphql_error_body, ApiError, ApiResult, ErrorCode};
+use crate::server::{AppState, HttpState};
+
+pub use mutation::Mutation;
+pub use query::Query;
+
+pub type MilepostSchema = Schema<Query, Mutation, EmptySubscription>;
+
+/// Most items one page of a connection may ask for.
+pub const MAX_PAGE_SIZE: i32 = 500;
+
+pub fn build_schema(state: Arc<AppState>) -> MilepostSchema {
+    let server = &state.config.server;
+    Schema::build(Query, Mutation, EmptySubscription)
+        .limit_depth(server.max_query_depth)
+        .limit_complexity(server.max_query_complexity)
+        .limit_recursive_depth(64)
+        .limit_directives(16)
+        .register_output_type::<types::Node>()
+        .data(state.clone())
+        .finish()
+}
+
+pub(crate) fn state<'a>(ctx: &async_graphql::Context<'a>) -> &'a AppState {
+    // Inserted by build_schema; every request runs on a schema built there.
+    ctx.data_unchecked::<Arc<AppState>>()
+}
+
+pub(crate) fn principal<'a>(ctx: &async_graphql::Context<'a>) -> &'a Principal {
+    // Inserted by the POST handler before execution.
+    ctx.data_unchecked::<Principal>()
+}
+
+/// Validates a connection's `first` argument; more than [`MAX_PAGE_SIZE`] is refused rather
+/// than served slowly.
+pub(crate) fn page_limit(first: Option<i32>) -> ApiResult<u64> {
+    let first = first.unwrap_or(20);
+    if !(0..=MAX_PAGE_SIZE).contains(&first) {
+        return Err(ApiError::bad_input(
+            "first",
+            format!("expected 0 to {MAX_PAGE_SIZE}, got {first}"),
+        ));
+    }
+    Ok(first as u64)
+}
+
+/// Resolves the caller from `Authorization`. No header is allowed only for reads, and only when
+/// `server.allow_anonymous_read` is set; a header that does not name a live token never is.
+pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> ApiResult<Principal> {
+    match headers.get(axum::http::header::AUTHORIZATION) {
+        None if state.config.server.allow_anonymous_read => Ok(Principal::anonymous()),
+        None => Err(ApiError::Unauthenticated(
+            "missing token: send Authorization: Bearer <token>",
+        )),
+        Some(value) => {
+            let secret = value
+                .to_str()
+                .ok()
+                .and_then(crate::auth::bearer_secret)
+                .ok_or(ApiError::Unauthenticated(
+                    "malformed Authorization header: expected Bearer <token>",
+                ))?;
+            crate::auth::authenticate(&state.db, secret).await
+        }
+    }
+}
+
+fn error_response(
+    state: &AppState,
+    status: StatusCode,
+    code: ErrorCode,
+    message: &str,
+) -> Response {
+    state.metrics.record_graphql_error(code.as_str());
+    (status, Json(graphql_error_body(code, message))).into_response()
+}
+
+pub async fn graphql_post(
+    State(http): State<HttpState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let state = &*http.app;
+    let principal = match authenticate(state, &headers).await {
+        Ok(principal) => principal,
+        Err(err) => {
+            return error_response(
+                state,
+                err.code().http_status(),
+                err.code(),
+                &err.client_message(),
+            )
+        }
+    };
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => {
+            let message = if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                format!(
+                    "request body is larger than the {} this server accepts (server.max_body_size)",
+                    state.config.server.max_body_size
+                )
+            } else {
+                format!("cannot read request body: {}", rejection.body_text())
+            };
+            return error_response(state, rejection.status(), ErrorCode::BadInput, &message);
+        }
+    };
+    let request: async_graphql::Request = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(err) => {
+            let message = format!(
+                "request body is not a GraphQL request ({{\"query\": ..., \"variables\": ...}}): {err}"
+            );
+            return error_response(
+                state,
+                StatusCode::BAD_REQUEST,
+                ErrorCode::BadInput,
+                &message,
+            );
+        }
+    };
+    let mut response = http.schema.execute(request.data(principal)).await;
+    for error in &mut response.errors {
+        let code = ensure_code(error);
+        state.metrics.record_graphql_error(code);
+    }
+    Json(response).into_response()
+}
+
+/// Errors raised before execution (syntax, validation, depth and complexity limits, variable
+/// types) come from async-graphql without a code; they are all the client's to fix.
+fn ensure_code(error: &mut ServerError) -> &'static str {
+    let existing = error
+        .extensions
+        .as_ref()
+        .and_then(|ext| ext.get("code"))
+        .and_then(|value| match value {
+            async_graphql::Value::String(code) => Some(code.clone()),
+            _ => None,
+        });
+    match existing {
+        Some(code) => [
+            ErrorCode::BadInput,
+            ErrorCode::Unauthenticated,
+            ErrorCode::Forbidden,
+            ErrorCode::NotFound,
+            ErrorCode::Conflict,
+            ErrorCode::Unavailable,
+            ErrorCode::Internal,
+        ]
+        .into_iter()
+        .map(ErrorCode::as_str)
+        .find(|known| *known == code)
+        .unwrap_or("INTERNAL"),
+        None => {
+            error
+                .extensions
+                .get_or_insert_with(Default::default)
+                .set("code", ErrorCode::BadInput.as_str());
+            ErrorCode::BadInput.as_str()
+        }
+    }
+}
+
+pub async fn graphiql() -> Html<String> {
+    Html(
+        async_graphql::http::GraphiQLSource::build()
+            .endpoint("/graphql")
+            .title("Milepost GraphQL")
+            .finish(),
+    )
+}

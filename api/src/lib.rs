@@ -1,0 +1,11 @@
+//! The `milepost` service: configuration, CLI, and the axum server with the GraphQL catalog API,
+//! bearer-token auth and Prometheus metrics. See `docs/ARCHITECTURE.md` for the whole map.
+
+pub mod auth;
+pub mod catalog;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod graphql;
+pub mod metrics;
+pub mod server;

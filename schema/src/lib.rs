@@ -1,0 +1,12 @@
+#![doc = include_str!("../README.md")]
+
+mod db;
+pub mod entity;
+pub mod enums;
+pub mod error;
+pub mod ids;
+pub mod migration;
+
+pub use db::{connect, migrate, ping};
+pub use entity::prelude;
+pub use error::{DbError, ErrorKind};

@@ -1,0 +1,18 @@
+//! Schema migrations, portable between SQLite and PostgreSQL (sea-orm-migration's schema
+//! builder, no raw SQL). Applied by [`crate::migrate`]; each migration is frozen once
+//! released: change the schema with a new migration, never by editing an old one.
+
+use sea_orm_migration::prelude::*;
+
+mod m20261125_000001_catalog;
+
+/// All migrations of the catalog, oldest first.
+#[derive(Debug)]
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261125_000001_catalog::Migration)]
+    }
+}
