@@ -37,6 +37,38 @@ pub enum Command {
     },
     /// Print the effective configuration (defaults, file and environment merged).
     Config,
+    /// Everything embedded: a loopback S3 seeded with a synthetic fleet, synced, then served.
+    Demo,
+    /// Rescan the catalog bucket: on a running server with --server, else locally.
+    Sync {
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// Search the catalog of a running server and print a table.
+    Search {
+        /// Query, e.g. `cut-in city:guangzhou weather:rain after:2026-10-01`.
+        query: String,
+        /// Only these kinds (drive, scenario, run, dataset); repeatable.
+        #[arg(long = "kind")]
+        kinds: Vec<String>,
+        #[arg(long, default_value_t = 20)]
+        first: i32,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// Rebuild the search index from the catalog database (with the server stopped).
+    Reindex,
+}
+
+/// How verbs reach a running server.
+#[derive(Debug, clap::Args)]
+pub struct RemoteArgs {
+    /// Server URL, e.g. http://127.0.0.1:8080 (default: server.listen of the config).
+    #[arg(long, env = "MILEPOST_SERVER")]
+    pub server: Option<String>,
+    /// API token.
+    #[arg(long, env = "MILEPOST_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -120,7 +152,161 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Demo => crate::demo::run(config).await,
+        Command::Sync { remote } => sync(config, remote).await,
+        Command::Search {
+            query,
+            kinds,
+            first,
+            remote,
+        } => search(config, remote, query, kinds, first).await,
+        Command::Reindex => {
+            let state = AppState::open(config).await?;
+            let documents = state.catalog.reindex().await?;
+            eprintln!("search index rebuilt: {documents} documents");
+            Ok(())
+        }
     }
+}
+
+fn client(config: &Config, remote: RemoteArgs) -> anyhow::Result<crate::client::Client> {
+    let server = remote
+        .server
+        .unwrap_or_else(|| format!("http://{}", config.server.listen));
+    crate::client::Client::new(&server, remote.token)
+}
+async fn sync(config: Config, remote: RemoteArgs) -> anyhow::Result<()> {
+    let report = if remote.server.is_some() {
+        let data = client(&config, remote)?
+            .query(
+                "mutation { syncCatalog { objectsSeen objectsChanged objectsDeleted drives runs filesRead bytesRead errors } }",
+                serde_json::json!({}),
+            )
+            .await?;
+        data["syncCatalog"].clone()
+    } else {
+        let state = AppState::open(config).await?;
+        let report = state.sync_catalog().await?;
+        serde_json::json!({
+            "objectsSeen": report.objects_seen, "objectsChanged": report.objects_changed,
+            "objectsDeleted": report.objects_deleted, "drives": report.drives, "runs": report.runs,
+            "filesRead": report.files_read, "bytesRead": report.bytes_read, "errors": report.errors,
+        })
+    };
+    println!(
+        "objects seen {}, changed {}, deleted {}; drives {}, runs {}; files read {} ({} bytes)",
+        report["objectsSeen"],
+        report["objectsChanged"],
+        report["objectsDeleted"],
+        report["drives"],
+        report["runs"],
+        report["filesRead"],
+        report["bytesRead"]
+    );
+    for error in report["errors"].as_array().into_iter().flatten() {
+        println!("problem: {}", error.as_str().unwrap_or_default());
+    }
+    Ok(())
+}
+
+const SEARCH_QUERY: &str = r#"query($q: String!, $kinds: [EntityKind!], $first: Int) {
+  search(query: $q, kinds: $kinds, first: $first) {
+    totalCount
+    facets { field values { value count } }
+    edges { score node {
+      __typename
+      ... on Drive { id vehicle city weather softwareVersion startedAt }
+      ... on Scenario { id label startTime drive { id vehicle city } }
+      ... on Run { id kind pipeline status startedAt }
+    } }
+  }
+}"#;
+
+/// One table row for a search hit: kind and a one-line summary.
+fn describe_hit(node: &serde_json::Value) -> (String, String) {
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_owned();
+    let typename = node["__typename"].as_str().unwrap_or_default();
+    let summary = match typename {
+        "Drive" => [
+            &node["vehicle"],
+            &node["city"],
+            &node["weather"],
+            &node["softwareVersion"],
+            &node["startedAt"],
+        ]
+        .map(text)
+        .join(" "),
+        "Scenario" => format!(
+            "{} on {} ({} {}) at {}",
+            text(&node["label"]),
+            text(&node["drive"]["id"]),
+            text(&node["drive"]["vehicle"]),
+            text(&node["drive"]["city"]),
+            text(&node["startTime"])
+        ),
+        "Run" => [
+            &node["kind"],
+            &node["pipeline"],
+            &node["status"],
+            &node["startedAt"],
+        ]
+        .map(text)
+        .join(" "),
+        _ => String::new(),
+    };
+    (typename.to_lowercase(), summary)
+}
+
+async fn search(
+    config: Config,
+    remote: RemoteArgs,
+    query: String,
+    kinds: Vec<String>,
+    first: i32,
+) -> anyhow::Result<()> {
+    let kinds: Vec<String> = kinds.iter().map(|k| k.to_ascii_uppercase()).collect();
+    let variables = serde_json::json!({
+        "q": query,
+        "kinds": if kinds.is_empty() { serde_json::Value::Null } else { serde_json::json!(kinds) },
+        "first": first,
+    });
+    let data = client(&config, remote)?
+        .query(SEARCH_QUERY, variables)
+        .await?;
+    let result = &data["search"];
+    println!("{:<9} {:<28} {:>6}  SUMMARY", "KIND", "ID", "SCORE");
+    for edge in result["edges"].as_array().into_iter().flatten() {
+        let (kind, summary) = describe_hit(&edge["node"]);
+        println!(
+            "{kind:<9} {:<28} {:>6.2}  {summary}",
+            edge["node"]["id"].as_str().unwrap_or("-"),
+            edge["score"].as_f64().unwrap_or_default()
+        );
+    }
+    println!("{} results", result["totalCount"]);
+    for facet in result["facets"].as_array().into_iter().flatten() {
+        let values: Vec<String> = facet["values"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .take(8)
+            .map(|v| {
+                format!(
+                    "{} ({})",
+                    v["value"].as_str().unwrap_or_default(),
+                    v["count"]
+                )
+            })
+            .collect();
+        if !values.is_empty() {
+            println!(
+                "  {}: {}",
+                facet["field"].as_str().unwrap_or_default(),
+                values.join(", ")
+            );
+        }
+    }
+    Ok(())
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {

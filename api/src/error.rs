@@ -13,6 +13,8 @@ use std::fmt;
 
 use async_graphql::ErrorExtensions;
 use axum::http::StatusCode;
+use milepost_indexer::error::CatalogError;
+use milepost_indexer::sync::SyncError;
 use milepost_schema::{DbError, ErrorKind};
 
 /// The codes of the GraphQL contract (`extensions.code`).
@@ -78,9 +80,30 @@ pub enum ApiError {
     Conflict(String),
     #[error(transparent)]
     Database(#[from] DbError),
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    /// Boxed: a sync error carries the store's error, which is large.
+    #[error(transparent)]
+    Sync(Box<SyncError>),
+}
+
+impl From<SyncError> for ApiError {
+    fn from(err: SyncError) -> Self {
+        ApiError::Sync(Box::new(err))
+    }
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+fn code_of_kind(kind: ErrorKind) -> ErrorCode {
+    match kind {
+        ErrorKind::NotFound => ErrorCode::NotFound,
+        ErrorKind::Conflict => ErrorCode::Conflict,
+        ErrorKind::Unavailable => ErrorCode::Unavailable,
+        ErrorKind::Invalid => ErrorCode::BadInput,
+        ErrorKind::Corrupt => ErrorCode::Internal,
+    }
+}
 
 impl ApiError {
     pub fn bad_input(field: impl Into<String>, message: impl Into<String>) -> Self {
@@ -101,13 +124,9 @@ impl ApiError {
             ApiError::Forbidden { .. } => ErrorCode::Forbidden,
             ApiError::NotFound { .. } => ErrorCode::NotFound,
             ApiError::Conflict(_) => ErrorCode::Conflict,
-            ApiError::Database(err) => match err.kind() {
-                ErrorKind::NotFound => ErrorCode::NotFound,
-                ErrorKind::Conflict => ErrorCode::Conflict,
-                ErrorKind::Unavailable => ErrorCode::Unavailable,
-                ErrorKind::Invalid => ErrorCode::BadInput,
-                ErrorKind::Corrupt => ErrorCode::Internal,
-            },
+            ApiError::Database(err) => code_of_kind(err.kind()),
+            ApiError::Catalog(err) => code_of_kind(err.kind()),
+            ApiError::Sync(err) => code_of_kind(err.kind()),
         }
     }
 
@@ -118,14 +137,25 @@ impl ApiError {
             ErrorCode::Internal | ErrorCode::Unavailable => {
                 let incident = milepost_schema::ids::new_id("err");
                 tracing::error!(incident = %incident, error = %self, "request failed");
-                let what = if self.code() == ErrorCode::Unavailable {
-                    "the catalog database is unavailable, try again shortly"
-                } else {
-                    "internal error"
+                let what = match (self.code(), self) {
+                    (ErrorCode::Unavailable, ApiError::Sync(err))
+                        if matches!(**err, SyncError::List { .. }) =>
+                    {
+                        "cannot list the catalog bucket upstream, try again shortly".to_owned()
+                    }
+                    (ErrorCode::Unavailable, _) => {
+                        "the catalog database is unavailable, try again shortly".to_owned()
+                    }
+                    _ => "internal error".to_owned(),
                 };
                 format!("{what} (incident {incident})")
             }
-            ErrorCode::Conflict if matches!(self, ApiError::Database(_)) => {
+            ErrorCode::Conflict
+                if matches!(
+                    self,
+                    ApiError::Database(_) | ApiError::Catalog(CatalogError::Database(_))
+                ) =>
+            {
                 "the record was changed concurrently, retry the request".to_owned()
             }
             _ => self.to_string(),
@@ -136,6 +166,11 @@ impl ApiError {
     pub fn field(&self) -> Option<&str> {
         match self {
             ApiError::BadInput { field, .. } => Some(field),
+            ApiError::Catalog(err) => err.field(),
+            ApiError::Sync(err) => match &**err {
+                SyncError::Catalog(err) => err.field(),
+                SyncError::List { .. } => None,
+            },
             _ => None,
         }
     }
@@ -153,6 +188,18 @@ impl ErrorExtensions for ApiError {
                 ext.set("field", field.as_str());
             }
         })
+    }
+}
+
+/// Converts any error the API knows into a GraphQL error that keeps its code and field.
+/// (A plain `?` into `async_graphql::Error` would keep only the message.)
+pub trait GqlResultExt<T> {
+    fn gql(self) -> async_graphql::Result<T>;
+}
+
+impl<T, E: Into<ApiError>> GqlResultExt<T> for Result<T, E> {
+    fn gql(self) -> async_graphql::Result<T> {
+        self.map_err(|err| err.into().extend())
     }
 }
 

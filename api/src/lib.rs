@@ -2,9 +2,10 @@
 //! bearer-token auth and Prometheus metrics. See `docs/ARCHITECTURE.md` for the whole map.
 
 pub mod auth;
-pub mod catalog;
 pub mod cli;
+pub mod client;
 pub mod config;
+pub mod demo;
 pub mod error;
 pub mod graphql;
 pub mod metrics;

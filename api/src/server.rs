@@ -23,7 +23,12 @@ use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
-use crate::catalog::Layout;
+use milepost_cacher::{EgressMeter, ObjectStore, UpstreamSettings};
+use milepost_indexer::catalog::Layout;
+use milepost_indexer::search::{SearchErrorKind, SearchIndex};
+use milepost_indexer::sync::{SyncOptions, SyncReport};
+use milepost_indexer::Catalog;
+
 use crate::config::Config;
 use crate::error::{graphql_error_body, ErrorCode};
 use crate::graphql::{self, MilepostSchema};
@@ -36,6 +41,13 @@ pub struct AppState {
     pub db: DatabaseConnection,
     pub metrics: Metrics,
     pub layout: Layout,
+    /// The catalog database and search index, kept in step.
+    pub catalog: Catalog,
+    /// The upstream S3 store, with retries and egress metering.
+    pub store: Arc<dyn ObjectStore>,
+    pub egress: Arc<EgressMeter>,
+    /// One sync at a time, whether periodic or asked for.
+    pub sync_lock: tokio::sync::Mutex<()>,
 }
 
 /// Router state: the application plus the GraphQL schema built over it.
@@ -54,8 +66,19 @@ impl std::fmt::Debug for HttpState {
 }
 
 impl AppState {
-    /// Connects to the catalog database and brings its schema up to date.
+    /// Connects to the catalog database, brings its schema up to date, opens the search index
+    /// (rebuilding it from the database when it is missing or unreadable) and builds the
+    /// upstream store from `[upstream]` and the standard AWS credential chain.
     pub async fn open(config: Config) -> anyhow::Result<Arc<AppState>> {
+        let upstream = upstream_settings(&config);
+        AppState::open_with_upstream(config, upstream).await
+    }
+
+    /// As [`open`](Self::open), with explicit upstream settings (`milepost demo`, tests).
+    pub async fn open_with_upstream(
+        config: Config,
+        upstream: UpstreamSettings,
+    ) -> anyhow::Result<Arc<AppState>> {
         let url = config.database_url();
         let db = milepost_schema::connect(&url)
             .await
@@ -68,13 +91,79 @@ impl AppState {
             drives_prefix: config.catalog.drives_prefix.clone(),
             runs_prefix: config.catalog.runs_prefix.clone(),
         };
+        let (search, rebuild) = open_search_index(&config.data_dir.join("search-index")).await?;
+        let catalog = Catalog::new(db.clone(), layout.clone(), search);
+        if rebuild || catalog.search.doc_count() == 0 {
+            let documents = catalog
+                .reindex()
+                .await
+                .context("cannot rebuild the search index")?;
+            if documents > 0 {
+                tracing::info!(documents, "search index rebuilt from the catalog database");
+            }
+        }
+        let egress = Arc::new(EgressMeter::default());
+        let store = milepost_cacher::build_store(&upstream, egress.clone())
+            .context("cannot set up the upstream S3 client ([upstream])")?;
         Ok(Arc::new(AppState {
             config,
             db,
             metrics: Metrics::default(),
             layout,
+            catalog,
+            store,
+            egress,
+            sync_lock: tokio::sync::Mutex::new(()),
         }))
     }
+
+    pub fn sync_options(&self) -> SyncOptions {
+        SyncOptions {
+            bucket: self.config.catalog.bucket.clone(),
+            drives_prefix: self.config.catalog.drives_prefix.clone(),
+            runs_prefix: self.config.catalog.runs_prefix.clone(),
+            office: self.config.office.clone(),
+        }
+    }
+
+    /// One catalog sync pass, serialized with any other.
+    pub async fn sync_catalog(&self) -> Result<SyncReport, milepost_indexer::sync::SyncError> {
+        let _one_at_a_time = self.sync_lock.lock().await;
+        milepost_indexer::sync::sync(&self.catalog, &self.store, &self.sync_options()).await
+    }
+}
+
+/// `[upstream]` as the S3 client wants it; credentials come from the standard AWS chain.
+pub fn upstream_settings(config: &Config) -> UpstreamSettings {
+    let endpoint = config.upstream.endpoint.trim();
+    UpstreamSettings {
+        endpoint: (!endpoint.is_empty()).then(|| endpoint.to_owned()),
+        region: config.upstream.region.clone(),
+        force_path_style: config.upstream.force_path_style,
+        ..UpstreamSettings::default()
+    }
+}
+
+/// Opens the search index under the data directory. An index tantivy cannot read (another
+/// version's schema, a damaged file) is moved aside and rebuilt: it is derived data.
+async fn open_search_index(dir: &std::path::Path) -> anyhow::Result<(Arc<SearchIndex>, bool)> {
+    let dir = dir.to_owned();
+    tokio::task::spawn_blocking(move || {
+        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        match SearchIndex::open(&dir) {
+            Ok(index) => Ok((Arc::new(index), false)),
+            Err(err) if err.kind() == SearchErrorKind::Corrupt => {
+                tracing::warn!(error = %err, "search index unreadable; rebuilding it from the catalog");
+                let aside = dir.with_extension(format!("broken-{}", chrono::Utc::now().format("%Y%m%d%H%M%S")));
+                std::fs::rename(&dir, &aside).with_context(|| format!("cannot move {} aside", dir.display()))?;
+                std::fs::create_dir_all(&dir)?;
+                Ok((Arc::new(SearchIndex::open(&dir)?), true))
+            }
+            Err(err) => Err(err).with_context(|| format!("cannot open the search index in {}", dir.display())),
+        }
+    })
+    .await
+    .context("search index task failed")?
 }
 
 /// Hides the password of a database URL for logs and errors.
@@ -228,6 +317,10 @@ pub async fn start_with_state(state: Arc<AppState>) -> anyhow::Result<RunningSer
     let grace = state.config.server.shutdown_grace.0;
     let app = router(state.clone());
     let stop = shutdown.clone();
+    let mut workers = tokio::task::JoinSet::new();
+    if let Some(every) = state.config.catalog.sync_interval.0 {
+        workers.spawn(periodic_sync(state.clone(), every, shutdown.clone()));
+    }
     let task = tokio::spawn(async move {
         let serve =
             axum::serve(listener, app).with_graceful_shutdown(stop.clone().cancelled_owned());
@@ -241,6 +334,17 @@ pub async fn start_with_state(state: Arc<AppState>) -> anyhow::Result<RunningSer
                 tracing::warn!(grace = ?grace, "requests still running after the shutdown grace period; stopping anyway");
             }
         }
+        // Workers watch the same token; give them the same grace to finish what they do.
+        stop.cancel();
+        if tokio::time::timeout(grace, async {
+            while workers.join_next().await.is_some() {}
+        })
+        .await
+        .is_err()
+        {
+            tracing::warn!("background workers still busy after the grace period; abandoning them");
+            workers.abort_all();
+        }
         Ok(())
     });
     tracing::info!(%addr, "listening: GraphQL on http://{addr}/graphql");
@@ -250,6 +354,31 @@ pub async fn start_with_state(state: Arc<AppState>) -> anyhow::Result<RunningSer
         shutdown,
         task,
     })
+}
+
+/// Syncs the catalog every `every` until `stop`; a failed pass is logged and retried next time.
+async fn periodic_sync(state: Arc<AppState>, every: std::time::Duration, stop: CancellationToken) {
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let pass = tokio::select! {
+            () = stop.cancelled() => return,
+            result = state.sync_catalog() => result,
+        };
+        match pass {
+            Ok(report) if !report.errors.is_empty() => {
+                tracing::warn!(errors = ?report.errors, "catalog sync reported problems");
+            }
+            Ok(_) => {}
+            Err(err) => {
+                tracing::warn!(error = %err, "catalog sync failed; retrying at the next interval")
+            }
+        }
+    }
 }
 
 /// Resolves when the process receives SIGINT or SIGTERM.

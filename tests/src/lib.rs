@@ -8,7 +8,8 @@
 use std::time::Duration;
 
 use milepost_api::config::{Config, ListenAddr};
-use milepost_api::server::{self, RunningServer};
+use milepost_api::server::{self, AppState, RunningServer};
+use milepost_cacher::UpstreamSettings;
 use milepost_schema::enums::Role;
 use rand::Rng;
 use reqwest::StatusCode;
@@ -107,11 +108,20 @@ fn replace_database(url: &str, database: &str) -> String {
 pub struct TestAppBuilder {
     allow_anonymous_read: bool,
     configure: Option<fn(&mut Config)>,
+    upstream: Option<UpstreamSettings>,
+    bucket: Option<String>,
 }
 
 impl TestAppBuilder {
     pub fn allow_anonymous_read(mut self) -> Self {
         self.allow_anonymous_read = true;
+        self
+    }
+
+    /// Points the server at an upstream S3 (a [`LoopbackS3`](milepost_cacher::loopback::LoopbackS3)).
+    pub fn upstream(mut self, settings: UpstreamSettings, bucket: &str) -> Self {
+        self.upstream = Some(settings);
+        self.bucket = Some(bucket.to_owned());
         self
     }
 
@@ -133,10 +143,21 @@ impl TestAppBuilder {
         config.server.listen = ListenAddr(([127, 0, 0, 1], 0).into());
         config.server.allow_anonymous_read = self.allow_anonymous_read;
         config.catalog.sync_interval = milepost_api::config::Interval(None);
+        if let Some(bucket) = self.bucket {
+            config.catalog.bucket = bucket;
+        }
         if let Some(change) = self.configure {
             change(&mut config);
         }
-        let server = server::start(config).await.expect("server starts");
+        let upstream = self
+            .upstream
+            .unwrap_or_else(|| milepost_api::server::upstream_settings(&config));
+        let state = AppState::open_with_upstream(config, upstream)
+            .await
+            .expect("application state opens");
+        let server = server::start_with_state(state)
+            .await
+            .expect("server starts");
         let base_url = format!("http://{}", server.addr);
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
@@ -176,6 +197,11 @@ impl TestApp {
         self.server
             .as_ref()
             .expect("server is running until shutdown")
+    }
+
+    /// The server's shared state (catalog, store, egress meter).
+    pub fn state(&self) -> &std::sync::Arc<AppState> {
+        &self.running().state
     }
 
     /// The server's own database connection, for seeding what other issues' components

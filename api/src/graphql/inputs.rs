@@ -4,7 +4,7 @@ use async_graphql::{InputObject, Json, ID};
 use chrono::{DateTime, Utc};
 
 use super::scalars::{RunKind, RunStatus};
-use crate::catalog::{DriveRecord, EventRecord, RunRecord, ScenarioTag, SpanRecord};
+use milepost_indexer::catalog::{DriveRecord, EventRecord, RunRecord, ScenarioTag, SpanRecord};
 
 #[derive(InputObject, Debug)]
 pub struct DriveEventInput {
@@ -77,6 +77,8 @@ impl From<RegisterDriveInput> for DriveRecord {
                 .collect(),
             bucket: input.bucket,
             prefix: input.prefix,
+            extra: None,
+            sidecar_etag: None,
         }
     }
 }
@@ -118,6 +120,8 @@ impl From<RegisterRunInput> for RunRecord {
             metrics: input.metrics.map(|m| m.0),
             bucket: input.bucket,
             prefix: input.prefix,
+            extra: None,
+            sidecar_etag: None,
         }
     }
 }

@@ -5,6 +5,7 @@ mod inputs;
 mod mutation;
 mod query;
 pub mod scalars;
+mod search;
 mod types;
 
 use std::sync::Arc;

@@ -2,11 +2,12 @@ use async_graphql::{Context, Object};
 use milepost_schema::enums::{RecordSource, Role};
 
 use super::inputs::{RegisterDriveInput, RegisterRunInput, TagScenarioInput};
+use super::search::{self, SyncReport};
 use super::types::{Drive, Run, Scenario};
 use super::{principal, state};
-use crate::catalog;
 
-use async_graphql::{Result as GqlResult, ResultExt};
+use crate::error::GqlResultExt;
+use async_graphql::Result as GqlResult;
 
 #[derive(Debug, Default)]
 pub struct Mutation;
@@ -19,22 +20,32 @@ impl Mutation {
         ctx: &Context<'_>,
         input: RegisterDriveInput,
     ) -> GqlResult<Drive> {
-        principal(ctx).require(Role::Pipeline).extend()?;
+        principal(ctx).require(Role::Pipeline).gql()?;
         let app = state(ctx);
-        let drive = catalog::register_drive(&app.db, &app.layout, input.into(), RecordSource::Api)
+        let drive = app
+            .catalog
+            .register_drive(input.into(), RecordSource::Api)
             .await
-            .extend()?;
+            .gql()?;
         Ok(Drive(drive))
     }
 
     /// PIPELINE or ADMIN; idempotent on id.
     async fn register_run(&self, ctx: &Context<'_>, input: RegisterRunInput) -> GqlResult<Run> {
-        principal(ctx).require(Role::Pipeline).extend()?;
+        principal(ctx).require(Role::Pipeline).gql()?;
         let app = state(ctx);
-        let run = catalog::register_run(&app.db, &app.layout, input.into(), RecordSource::Api)
+        let run = app
+            .catalog
+            .register_run(input.into(), RecordSource::Api)
             .await
-            .extend()?;
+            .gql()?;
         Ok(Run(run))
+    }
+
+    /// ADMIN: rescan the catalog bucket now.
+    async fn sync_catalog(&self, ctx: &Context<'_>) -> GqlResult<SyncReport> {
+        principal(ctx).require(Role::Admin).gql()?;
+        search::run_sync(ctx).await.gql()
     }
 
     /// ENGINEER and up; the same drive, span and label again updates the scenario.
@@ -43,10 +54,8 @@ impl Mutation {
         ctx: &Context<'_>,
         input: TagScenarioInput,
     ) -> GqlResult<Scenario> {
-        principal(ctx).require(Role::Engineer).extend()?;
-        let scenario = catalog::tag_scenario(&state(ctx).db, input.into())
-            .await
-            .extend()?;
+        principal(ctx).require(Role::Engineer).gql()?;
+        let scenario = state(ctx).catalog.tag_scenario(input.into()).await.gql()?;
         Ok(Scenario(scenario))
     }
 }

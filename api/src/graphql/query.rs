@@ -1,10 +1,12 @@
 use async_graphql::{Context, Object, ID};
 
+use super::search::{self, EntityKind, SearchResult};
 use super::types::{Drive, PrincipalView, Run, Scenario};
 use super::{principal, state};
-use crate::catalog;
+use milepost_indexer::catalog;
 
-use async_graphql::{Result as GqlResult, ResultExt};
+use crate::error::GqlResultExt;
+use async_graphql::Result as GqlResult;
 
 #[derive(Debug, Default)]
 pub struct Query;
@@ -14,22 +16,34 @@ impl Query {
     async fn drive(&self, ctx: &Context<'_>, id: ID) -> GqlResult<Option<Drive>> {
         Ok(catalog::get_drive(&state(ctx).db, &id)
             .await
-            .extend()?
+            .gql()?
             .map(Drive))
     }
 
     async fn scenario(&self, ctx: &Context<'_>, id: ID) -> GqlResult<Option<Scenario>> {
         Ok(catalog::get_scenario(&state(ctx).db, &id)
             .await
-            .extend()?
+            .gql()?
             .map(Scenario))
     }
 
     async fn run(&self, ctx: &Context<'_>, id: ID) -> GqlResult<Option<Run>> {
-        Ok(catalog::get_run(&state(ctx).db, &id)
+        Ok(catalog::get_run(&state(ctx).db, &id).await.gql()?.map(Run))
+    }
+
+    /// Free text plus field:value terms, e.g.
+    /// `cut-in city:guangzhou weather:rain tag:night software:av-3.14* after:2026-10-01`.
+    async fn search(
+        &self,
+        ctx: &Context<'_>,
+        query: String,
+        kinds: Option<Vec<EntityKind>>,
+        #[graphql(default = 20)] first: Option<i32>,
+        after: Option<String>,
+    ) -> GqlResult<SearchResult> {
+        search::run_search(ctx, query, kinds, first, after)
             .await
-            .extend()?
-            .map(Run))
+            .gql()
     }
 
     /// Who this request is made as.

@@ -9,9 +9,10 @@ use milepost_schema::enums::InputKind;
 use super::scalars::{Long, Role, RunKind, RunStatus};
 use super::{page_limit, state};
 use crate::auth::Principal as AuthPrincipal;
-use crate::catalog::{self, Owner};
 use crate::error::ApiResult;
-use async_graphql::{Result as GqlResult, ResultExt};
+use crate::error::GqlResultExt;
+use async_graphql::Result as GqlResult;
+use milepost_indexer::catalog::{self, Owner};
 
 fn string_list(value: &serde_json::Value) -> Vec<String> {
     value
@@ -72,6 +73,9 @@ pub struct ObjectRef {
     pub etag: String,
     pub last_modified: Option<DateTime<Utc>>,
     pub cached: bool,
+    /// What sync read from the file: an MCAP summary (topics, message counts, time range,
+    /// chunks) or a Parquet footer (schema, rows, row groups); null for other files.
+    pub metadata: Option<Json<serde_json::Value>>,
 }
 
 #[derive(SimpleObject, Debug)]
@@ -116,6 +120,7 @@ async fn object_connection(
                 etag: row.etag,
                 last_modified: row.last_modified,
                 cached,
+                metadata: row.metadata.map(Json),
             },
         })
         .collect();
@@ -192,7 +197,7 @@ impl Drive {
     async fn events(&self, ctx: &Context<'_>) -> GqlResult<Vec<DriveEvent>> {
         let rows = catalog::drive_events(&state(ctx).db, &self.0.id)
             .await
-            .extend()?;
+            .gql()?;
         Ok(rows.into_iter().map(DriveEvent::from).collect())
     }
     /// Union of the MCAP channel topics of the drive's logs.
@@ -202,7 +207,7 @@ impl Drive {
     async fn scenarios(&self, ctx: &Context<'_>) -> GqlResult<Vec<Scenario>> {
         let rows = catalog::drive_scenarios(&state(ctx).db, &self.0.id)
             .await
-            .extend()?;
+            .gql()?;
         Ok(rows.into_iter().map(Scenario).collect())
     }
     #[graphql(complexity = "first.unwrap_or(100).max(1) as usize * child_complexity")]
@@ -214,19 +219,19 @@ impl Drive {
     ) -> GqlResult<ObjectConnection> {
         object_connection(ctx, Owner::Drive(&self.0.id), first, after)
             .await
-            .extend()
+            .gql()
     }
     async fn total_bytes(&self, ctx: &Context<'_>) -> GqlResult<Long> {
         catalog::objects_bytes(&state(ctx).db, Owner::Drive(&self.0.id), false)
             .await
             .map(Long)
-            .extend()
+            .gql()
     }
     async fn cached_bytes(&self, ctx: &Context<'_>) -> GqlResult<Long> {
         catalog::objects_bytes(&state(ctx).db, Owner::Drive(&self.0.id), true)
             .await
             .map(Long)
-            .extend()
+            .gql()
     }
 }
 
@@ -240,11 +245,11 @@ impl Scenario {
     async fn drive(&self, ctx: &Context<'_>) -> GqlResult<Drive> {
         let drive = catalog::get_drive(&state(ctx).db, &self.0.drive_id)
             .await
-            .extend()?
+            .gql()?
             .ok_or_else(|| {
                 crate::error::ApiError::not_found(format!("drive {:?}", self.0.drive_id))
             })
-            .extend()?;
+            .gql()?;
         Ok(Drive(drive))
     }
     async fn label(&self) -> &str {
@@ -305,19 +310,19 @@ impl Run {
     async fn inputs(&self, ctx: &Context<'_>) -> GqlResult<Vec<CatalogEntity>> {
         let db = &state(ctx).db;
         let mut entities = Vec::new();
-        for input in catalog::run_inputs(db, &self.0.id).await.extend()? {
+        for input in catalog::run_inputs(db, &self.0.id).await.gql()? {
             let entity = match input.input_kind {
                 InputKind::Drive => catalog::get_drive(db, &input.input_id)
                     .await
-                    .extend()?
+                    .gql()?
                     .map(|m| CatalogEntity::Drive(Drive(m))),
                 InputKind::Scenario => catalog::get_scenario(db, &input.input_id)
                     .await
-                    .extend()?
+                    .gql()?
                     .map(|m| CatalogEntity::Scenario(Scenario(m))),
                 InputKind::Run => catalog::get_run(db, &input.input_id)
                     .await
-                    .extend()?
+                    .gql()?
                     .map(|m| CatalogEntity::Run(Run(m))),
                 InputKind::Dataset => None,
             };
@@ -337,12 +342,12 @@ impl Run {
     ) -> GqlResult<ObjectConnection> {
         object_connection(ctx, Owner::Run(&self.0.id), first, after)
             .await
-            .extend()
+            .gql()
     }
     async fn total_bytes(&self, ctx: &Context<'_>) -> GqlResult<Long> {
         catalog::objects_bytes(&state(ctx).db, Owner::Run(&self.0.id), false)
             .await
             .map(Long)
-            .extend()
+            .gql()
     }
 }

@@ -1,7 +1,10 @@
 //! The catalog's write and read operations, independent of GraphQL: registration of drives,
 //! runs and scenarios (validated, idempotent on id), and the reads their pages need.
 
+mod service;
 pub mod validate;
+
+pub use service::Catalog;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use milepost_schema::entity::{drive, drive_event, object, run, run_input, scenario};
@@ -15,7 +18,7 @@ use sea_orm::{
 };
 use sha2::{Digest, Sha256};
 
-use crate::error::{ApiError, ApiResult};
+use crate::error::{CatalogError, CatalogResult};
 use validate::{MAX_DESCRIPTION_LEN, MAX_TEXT_LEN};
 
 /// Where records live in S3 when the caller does not say.
@@ -72,6 +75,10 @@ pub struct DriveRecord {
     pub scenarios: Vec<SpanRecord>,
     pub bucket: Option<String>,
     pub prefix: Option<String>,
+    /// Sidecar fields without a column of their own; `None` keeps what is stored.
+    pub extra: Option<serde_json::Value>,
+    /// ETag of the sidecar the record was read from.
+    pub sidecar_etag: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -88,6 +95,9 @@ pub struct RunRecord {
     pub metrics: Option<serde_json::Value>,
     pub bucket: Option<String>,
     pub prefix: Option<String>,
+    /// Sidecar fields without a column of their own; `None` keeps what is stored.
+    pub extra: Option<serde_json::Value>,
+    pub sidecar_etag: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -100,8 +110,8 @@ pub struct ScenarioTag {
     pub description: Option<String>,
 }
 
-fn db<T>(result: Result<T, sea_orm::DbErr>) -> ApiResult<T> {
-    result.map_err(|err| ApiError::from(DbError::from(err)))
+fn db<T>(result: Result<T, sea_orm::DbErr>) -> CatalogResult<T> {
+    result.map_err(|err| CatalogError::from(DbError::from(err)))
 }
 
 /// Scenario ids are derived from what identifies the span, so registering the same drive twice
@@ -125,7 +135,7 @@ pub fn scenario_id(
     format!("sc-{}", &hex::encode(hasher.finalize())[..16])
 }
 
-fn validate_drive(layout: &Layout, record: &DriveRecord) -> ApiResult<(String, String)> {
+fn validate_drive(layout: &Layout, record: &DriveRecord) -> CatalogResult<(String, String)> {
     validate::identifier("input.id", &record.id)?;
     validate::text("input.vehicle", &record.vehicle, MAX_TEXT_LEN, true)?;
     validate::identifier("input.vehicle", record.vehicle.trim())?;
@@ -209,7 +219,7 @@ pub async fn register_drive(
     layout: &Layout,
     mut record: DriveRecord,
     source: RecordSource,
-) -> ApiResult<drive::Model> {
+) -> CatalogResult<drive::Model> {
     record.tags = validate::tags("input.tags", Some(&record.tags))?;
     for (i, span) in record.scenarios.iter_mut().enumerate() {
         span.tags = validate::tags(&format!("input.scenarios[{i}].tags"), Some(&span.tags))?;
@@ -228,18 +238,29 @@ pub async fn register_drive(
         software_version: Set(record.software_version.clone()),
         weather: Set(record.weather.clone()),
         tags: Set(serde_json::json!(record.tags)),
-        extra: Set(serde_json::json!({})),
+        extra: Set(record
+            .extra
+            .clone()
+            .unwrap_or_else(|| serde_json::json!({}))),
         topics: Set(serde_json::json!([])),
         bucket: Set(bucket),
         prefix: Set(prefix),
         source: Set(source),
-        sidecar_etag: Set(None),
+        sidecar_etag: Set(record.sidecar_etag.clone()),
         created_at: Set(now),
         updated_at: Set(now),
     };
+    let mut kept_fresh = Vec::new();
+    if record.extra.is_some() {
+        kept_fresh.push(drive::Column::Extra);
+    }
+    if record.sidecar_etag.is_some() {
+        kept_fresh.push(drive::Column::SidecarEtag);
+    }
     db(drive::Entity::insert(model)
         .on_conflict(
             OnConflict::column(drive::Column::Id)
+                .update_columns(kept_fresh)
                 .update_columns([
                     drive::Column::Vehicle,
                     drive::Column::City,
@@ -317,13 +338,13 @@ pub async fn register_drive(
     db(txn.commit().await)?;
     get_drive(conn, &record.id)
         .await?
-        .ok_or_else(|| ApiError::not_found(format!("drive {:?}", record.id)))
+        .ok_or_else(|| CatalogError::not_found(format!("drive {:?}", record.id)))
 }
 
 async fn upsert_scenario(
     conn: &impl ConnectionTrait,
     model: scenario::ActiveModel,
-) -> ApiResult<()> {
+) -> CatalogResult<()> {
     db(scenario::Entity::insert(model)
         .on_conflict(
             OnConflict::column(scenario::Column::Id)
@@ -348,7 +369,7 @@ pub async fn register_run(
     layout: &Layout,
     mut record: RunRecord,
     source: RecordSource,
-) -> ApiResult<run::Model> {
+) -> CatalogResult<run::Model> {
     validate::identifier("input.id", &record.id)?;
     validate::text("input.pipeline", &record.pipeline, MAX_TEXT_LEN, true)?;
     validate::optional_text("input.commit", record.commit.as_deref(), MAX_TEXT_LEN)?;
@@ -359,7 +380,7 @@ pub async fn register_run(
     validate::list_len("input.inputs", &record.inputs)?;
     if let Some(metrics) = &record.metrics {
         if !metrics.is_object() {
-            return Err(ApiError::bad_input(
+            return Err(CatalogError::bad_input(
                 "input.metrics",
                 "expected a JSON object of metric name to value",
             ));
@@ -379,10 +400,13 @@ pub async fn register_run(
     for (i, input_id) in record.inputs.iter().enumerate() {
         let field = format!("input.inputs[{i}]");
         if input_id == &record.id {
-            return Err(ApiError::bad_input(field, "a run cannot be its own input"));
+            return Err(CatalogError::bad_input(
+                field,
+                "a run cannot be its own input",
+            ));
         }
         let kind = resolve_input_kind(conn, input_id).await?.ok_or_else(|| {
-            ApiError::bad_input(
+            CatalogError::bad_input(
                 &field,
                 format!("unknown input id {input_id:?}: no drive, scenario or run has it"),
             )
@@ -404,17 +428,31 @@ pub async fn register_run(
         finished_at: Set(record.finished_at),
         tags: Set(serde_json::json!(record.tags)),
         metrics: Set(record.metrics.clone()),
-        extra: Set(serde_json::json!({})),
+        extra: Set(record
+            .extra
+            .clone()
+            .unwrap_or_else(|| serde_json::json!({}))),
         bucket: Set(bucket),
         prefix: Set(prefix),
         source: Set(source),
-        sidecar_etag: Set(None),
+        sidecar_etag: Set(record.sidecar_etag.clone()),
         created_at: Set(now),
         updated_at: Set(now),
     };
+    let mut kept_fresh = Vec::new();
+    if record.extra.is_some() {
+        kept_fresh.push(run::Column::Extra);
+    }
+    if record.sidecar_etag.is_some() {
+        kept_fresh.push(run::Column::SidecarEtag);
+    }
+    if record.metrics.is_some() {
+        kept_fresh.push(run::Column::Metrics);
+    }
     db(run::Entity::insert(model)
         .on_conflict(
             OnConflict::column(run::Column::Id)
+                .update_columns(kept_fresh)
                 .update_columns([
                     run::Column::Kind,
                     run::Column::Pipeline,
@@ -423,7 +461,6 @@ pub async fn register_run(
                     run::Column::StartedAt,
                     run::Column::FinishedAt,
                     run::Column::Tags,
-                    run::Column::Metrics,
                     run::Column::Bucket,
                     run::Column::Prefix,
                     run::Column::Source,
@@ -454,10 +491,13 @@ pub async fn register_run(
     db(txn.commit().await)?;
     get_run(conn, &record.id)
         .await?
-        .ok_or_else(|| ApiError::not_found(format!("run {:?}", record.id)))
+        .ok_or_else(|| CatalogError::not_found(format!("run {:?}", record.id)))
 }
 
-async fn resolve_input_kind(conn: &DatabaseConnection, id: &str) -> ApiResult<Option<InputKind>> {
+pub async fn resolve_input_kind(
+    conn: &DatabaseConnection,
+    id: &str,
+) -> CatalogResult<Option<InputKind>> {
     if db(drive::Entity::find_by_id(id).count(conn).await)? > 0 {
         return Ok(Some(InputKind::Drive));
     }
@@ -474,7 +514,7 @@ async fn resolve_input_kind(conn: &DatabaseConnection, id: &str) -> ApiResult<Op
 pub async fn tag_scenario(
     conn: &DatabaseConnection,
     mut tag: ScenarioTag,
-) -> ApiResult<scenario::Model> {
+) -> CatalogResult<scenario::Model> {
     validate::identifier("input.driveId", &tag.drive_id)?;
     validate::text("input.label", &tag.label, MAX_TEXT_LEN, true)?;
     validate::optional_text(
@@ -485,7 +525,7 @@ pub async fn tag_scenario(
     tag.tags = validate::tags("input.tags", Some(&tag.tags))?;
     validate::time_order("input.end", tag.start, tag.end, "start")?;
     let drive = get_drive(conn, &tag.drive_id).await?.ok_or_else(|| {
-        ApiError::bad_input("input.driveId", format!("unknown drive {:?}", tag.drive_id))
+        CatalogError::bad_input("input.driveId", format!("unknown drive {:?}", tag.drive_id))
     })?;
     validate::within("input.start", tag.start, drive.started_at, drive.ended_at)?;
     validate::within("input.end", tag.end, drive.started_at, drive.ended_at)?;
@@ -510,28 +550,31 @@ pub async fn tag_scenario(
     .await?;
     get_scenario(conn, &id)
         .await?
-        .ok_or_else(|| ApiError::not_found(format!("scenario {id:?}")))
+        .ok_or_else(|| CatalogError::not_found(format!("scenario {id:?}")))
 }
 
-pub async fn get_drive(conn: &impl ConnectionTrait, id: &str) -> ApiResult<Option<drive::Model>> {
+pub async fn get_drive(
+    conn: &impl ConnectionTrait,
+    id: &str,
+) -> CatalogResult<Option<drive::Model>> {
     db(drive::Entity::find_by_id(id).one(conn).await)
 }
 
-pub async fn get_run(conn: &impl ConnectionTrait, id: &str) -> ApiResult<Option<run::Model>> {
+pub async fn get_run(conn: &impl ConnectionTrait, id: &str) -> CatalogResult<Option<run::Model>> {
     db(run::Entity::find_by_id(id).one(conn).await)
 }
 
 pub async fn get_scenario(
     conn: &impl ConnectionTrait,
     id: &str,
-) -> ApiResult<Option<scenario::Model>> {
+) -> CatalogResult<Option<scenario::Model>> {
     db(scenario::Entity::find_by_id(id).one(conn).await)
 }
 
 pub async fn drive_events(
     conn: &DatabaseConnection,
     drive_id: &str,
-) -> ApiResult<Vec<drive_event::Model>> {
+) -> CatalogResult<Vec<drive_event::Model>> {
     db(drive_event::Entity::find()
         .filter(drive_event::Column::DriveId.eq(drive_id))
         .order_by_asc(drive_event::Column::Position)
@@ -542,7 +585,7 @@ pub async fn drive_events(
 pub async fn drive_scenarios(
     conn: &DatabaseConnection,
     drive_id: &str,
-) -> ApiResult<Vec<scenario::Model>> {
+) -> CatalogResult<Vec<scenario::Model>> {
     db(scenario::Entity::find()
         .filter(scenario::Column::DriveId.eq(drive_id))
         .order_by_asc(scenario::Column::StartTime)
@@ -554,7 +597,7 @@ pub async fn drive_scenarios(
 pub async fn run_inputs(
     conn: &DatabaseConnection,
     run_id: &str,
-) -> ApiResult<Vec<run_input::Model>> {
+) -> CatalogResult<Vec<run_input::Model>> {
     db(run_input::Entity::find()
         .filter(run_input::Column::RunId.eq(run_id))
         .order_by_asc(run_input::Column::Position)
@@ -594,7 +637,7 @@ pub async fn objects_page(
     owner: Owner<'_>,
     after_id: Option<i64>,
     limit: u64,
-) -> ApiResult<(Vec<object::Model>, bool)> {
+) -> CatalogResult<(Vec<object::Model>, bool)> {
     let mut query = object::Entity::find()
         .filter(owner.condition())
         .order_by_asc(object::Column::Id)
@@ -608,7 +651,7 @@ pub async fn objects_page(
     Ok((rows, has_next))
 }
 
-pub async fn objects_count(conn: &DatabaseConnection, owner: Owner<'_>) -> ApiResult<u64> {
+pub async fn objects_count(conn: &DatabaseConnection, owner: Owner<'_>) -> CatalogResult<u64> {
     db(object::Entity::find()
         .filter(owner.condition())
         .count(conn)
@@ -620,7 +663,7 @@ pub async fn objects_bytes(
     conn: &DatabaseConnection,
     owner: Owner<'_>,
     cached_only: bool,
-) -> ApiResult<i64> {
+) -> CatalogResult<i64> {
     let mut query = object::Entity::find()
         .select_only()
         .column_as(
@@ -639,7 +682,7 @@ pub async fn objects_bytes(
 pub async fn cached_flags(
     conn: &DatabaseConnection,
     objects: &[object::Model],
-) -> ApiResult<Vec<bool>> {
+) -> CatalogResult<Vec<bool>> {
     if objects.is_empty() {
         return Ok(Vec::new());
     }
@@ -660,7 +703,7 @@ pub fn object_cursor(id: i64) -> String {
     ids::encode_cursor("obj", id)
 }
 
-pub fn parse_object_cursor(cursor: &str) -> ApiResult<i64> {
+pub fn parse_object_cursor(cursor: &str) -> CatalogResult<i64> {
     ids::decode_cursor("obj", cursor)
-        .ok_or_else(|| ApiError::bad_input("after", "not a cursor returned by this connection"))
+        .ok_or_else(|| CatalogError::bad_input("after", "not a cursor returned by this connection"))
 }

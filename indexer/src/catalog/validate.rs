@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::error::{ApiError, ApiResult};
+use crate::error::{CatalogError, CatalogResult};
 
 pub const MAX_ID_LEN: usize = 128;
 pub const MAX_TEXT_LEN: usize = 256;
@@ -13,19 +13,19 @@ pub const MAX_LIST_ITEMS: usize = 10_000;
 
 /// Ids appear in S3 keys (`drives/<date>/<vehicle>/<id>/`), so they are limited to characters
 /// that need no escaping anywhere and can never form a path step of their own.
-pub fn identifier(field: &str, value: &str) -> ApiResult<()> {
+pub fn identifier(field: &str, value: &str) -> CatalogResult<()> {
     if value.is_empty() {
-        return Err(ApiError::bad_input(field, "must not be empty"));
+        return Err(CatalogError::bad_input(field, "must not be empty"));
     }
     if value.len() > MAX_ID_LEN {
-        return Err(ApiError::bad_input(
+        return Err(CatalogError::bad_input(
             field,
             format!("at most {MAX_ID_LEN} characters, got {}", value.len()),
         ));
     }
     let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':');
     if !value.chars().all(allowed) || value.starts_with('.') {
-        return Err(ApiError::bad_input(
+        return Err(CatalogError::bad_input(
             field,
             format!(
                 "only letters, digits and - _ . : are allowed (not starting with .), got {:?}",
@@ -37,13 +37,13 @@ pub fn identifier(field: &str, value: &str) -> ApiResult<()> {
 }
 
 /// Free text: bounded, no control characters. Empty is refused when `required`.
-pub fn text(field: &str, value: &str, max: usize, required: bool) -> ApiResult<()> {
+pub fn text(field: &str, value: &str, max: usize, required: bool) -> CatalogResult<()> {
     if required && value.trim().is_empty() {
-        return Err(ApiError::bad_input(field, "must not be empty"));
+        return Err(CatalogError::bad_input(field, "must not be empty"));
     }
     let chars = value.chars().count();
     if chars > max {
-        return Err(ApiError::bad_input(
+        return Err(CatalogError::bad_input(
             field,
             format!("at most {max} characters, got {chars}"),
         ));
@@ -52,7 +52,7 @@ pub fn text(field: &str, value: &str, max: usize, required: bool) -> ApiResult<(
         .chars()
         .any(|c| c.is_control() && c != '\n' && c != '\t')
     {
-        return Err(ApiError::bad_input(
+        return Err(CatalogError::bad_input(
             field,
             "must not contain control characters",
         ));
@@ -60,15 +60,15 @@ pub fn text(field: &str, value: &str, max: usize, required: bool) -> ApiResult<(
     Ok(())
 }
 
-pub fn optional_text(field: &str, value: Option<&str>, max: usize) -> ApiResult<()> {
+pub fn optional_text(field: &str, value: Option<&str>, max: usize) -> CatalogResult<()> {
     value.map_or(Ok(()), |v| text(field, v, max, true))
 }
 
 /// Tags are short labels; duplicates are dropped and order kept.
-pub fn tags(field: &str, values: Option<&[String]>) -> ApiResult<Vec<String>> {
+pub fn tags(field: &str, values: Option<&[String]>) -> CatalogResult<Vec<String>> {
     let values = values.unwrap_or_default();
     if values.len() > MAX_TAGS {
-        return Err(ApiError::bad_input(
+        return Err(CatalogError::bad_input(
             field,
             format!("at most {MAX_TAGS} tags, got {}", values.len()),
         ));
@@ -84,9 +84,9 @@ pub fn tags(field: &str, values: Option<&[String]>) -> ApiResult<Vec<String>> {
     Ok(seen)
 }
 
-pub fn list_len<T>(field: &str, values: &[T]) -> ApiResult<()> {
+pub fn list_len<T>(field: &str, values: &[T]) -> CatalogResult<()> {
     if values.len() > MAX_LIST_ITEMS {
-        return Err(ApiError::bad_input(
+        return Err(CatalogError::bad_input(
             field,
             format!("at most {MAX_LIST_ITEMS} entries, got {}", values.len()),
         ));
@@ -100,9 +100,9 @@ pub fn time_order(
     start: DateTime<Utc>,
     end: DateTime<Utc>,
     start_field: &str,
-) -> ApiResult<()> {
+) -> CatalogResult<()> {
     if end < start {
-        return Err(ApiError::bad_input(
+        return Err(CatalogError::bad_input(
             end_field,
             format!(
                 "{} is before {start_field} {}",
@@ -120,9 +120,9 @@ pub fn within(
     at: DateTime<Utc>,
     started: DateTime<Utc>,
     ended: DateTime<Utc>,
-) -> ApiResult<()> {
+) -> CatalogResult<()> {
     if at < started || at > ended {
-        return Err(ApiError::bad_input(
+        return Err(CatalogError::bad_input(
             field,
             format!(
                 "{} is outside the drive ({} to {})",
@@ -136,7 +136,7 @@ pub fn within(
 }
 
 /// S3 bucket naming rules (the subset every S3 implementation accepts).
-pub fn bucket(field: &str, value: &str) -> ApiResult<()> {
+pub fn bucket(field: &str, value: &str) -> CatalogResult<()> {
     let ok = (3..=63).contains(&value.len())
         && value
             .chars()
@@ -146,7 +146,7 @@ pub fn bucket(field: &str, value: &str) -> ApiResult<()> {
     if ok {
         Ok(())
     } else {
-        Err(ApiError::bad_input(
+        Err(CatalogError::bad_input(
             field,
             format!(
                 "expected an S3 bucket name (3-63 lowercase letters, digits, - and .), got {:?}",
@@ -157,13 +157,13 @@ pub fn bucket(field: &str, value: &str) -> ApiResult<()> {
 }
 
 /// A key prefix inside a bucket: relative, no `..` steps, ending in `/` (added if missing).
-pub fn prefix(field: &str, value: &str) -> ApiResult<String> {
+pub fn prefix(field: &str, value: &str) -> CatalogResult<String> {
     text(field, value, 1024, true)?;
     let escapes = value.starts_with('/')
         || value.contains('\\')
         || value.split('/').any(|step| step == ".." || step == ".");
     if escapes {
-        return Err(ApiError::bad_input(
+        return Err(CatalogError::bad_input(
             field,
             format!(
                 "expected a relative key prefix without . or .. steps, got {:?}",
@@ -178,9 +178,9 @@ pub fn prefix(field: &str, value: &str) -> ApiResult<String> {
     })
 }
 
-pub fn non_negative(field: &str, value: Option<f64>) -> ApiResult<()> {
+pub fn non_negative(field: &str, value: Option<f64>) -> CatalogResult<()> {
     match value {
-        Some(v) if !v.is_finite() || v < 0.0 => Err(ApiError::bad_input(
+        Some(v) if !v.is_finite() || v < 0.0 => Err(CatalogError::bad_input(
             field,
             format!("expected a number of zero or more, got {v}"),
         )),

@@ -1,0 +1,150 @@
+//! `search` and `syncCatalog`: the contract's search result types over the tantivy index, and
+//! the sync report.
+
+use async_graphql::{Context, Enum, SimpleObject};
+use milepost_indexer::catalog;
+use milepost_indexer::search::{self, SearchRequest};
+
+use super::state;
+use super::types::{CatalogEntity, Drive, PageInfo, Run, Scenario};
+use crate::error::{ApiError, ApiResult};
+
+#[derive(Enum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EntityKind {
+    Drive,
+    Scenario,
+    Run,
+    Dataset,
+}
+
+impl From<EntityKind> for search::EntityKind {
+    fn from(kind: EntityKind) -> Self {
+        match kind {
+            EntityKind::Drive => search::EntityKind::Drive,
+            EntityKind::Scenario => search::EntityKind::Scenario,
+            EntityKind::Run => search::EntityKind::Run,
+            EntityKind::Dataset => search::EntityKind::Dataset,
+        }
+    }
+}
+
+#[derive(SimpleObject, Debug)]
+pub struct FacetValue {
+    pub value: String,
+    pub count: i32,
+}
+
+#[derive(SimpleObject, Debug)]
+pub struct Facet {
+    pub field: String,
+    pub values: Vec<FacetValue>,
+}
+
+#[derive(SimpleObject)]
+pub struct SearchEdge {
+    pub cursor: String,
+    pub score: f64,
+    pub node: CatalogEntity,
+}
+
+#[derive(SimpleObject)]
+pub struct SearchResult {
+    pub total_count: i32,
+    pub edges: Vec<SearchEdge>,
+    pub page_info: PageInfo,
+    pub facets: Vec<Facet>,
+}
+
+pub async fn run_search(
+    ctx: &Context<'_>,
+    query: String,
+    kinds: Option<Vec<EntityKind>>,
+    first: Option<i32>,
+    after: Option<String>,
+) -> ApiResult<SearchResult> {
+    let app = state(ctx);
+    let first = super::page_limit(first)?;
+    let request = SearchRequest {
+        query,
+        kinds: kinds.map(|kinds| kinds.into_iter().map(Into::into).collect()),
+        first: first as usize,
+        after,
+    };
+    let page = app.catalog.search(request).await?;
+    let mut edges = Vec::with_capacity(page.hits.len());
+    for hit in page.hits {
+        // The index follows the database at once; a hit whose row vanished in between is
+        // skipped rather than failing the page.
+        let node = match hit.kind {
+            search::EntityKind::Drive => catalog::get_drive(&app.db, &hit.id)
+                .await?
+                .map(|m| CatalogEntity::Drive(Drive(m))),
+            search::EntityKind::Scenario => catalog::get_scenario(&app.db, &hit.id)
+                .await?
+                .map(|m| CatalogEntity::Scenario(Scenario(m))),
+            search::EntityKind::Run => catalog::get_run(&app.db, &hit.id)
+                .await?
+                .map(|m| CatalogEntity::Run(Run(m))),
+            search::EntityKind::Dataset => None,
+        };
+        if let Some(node) = node {
+            edges.push(SearchEdge {
+                cursor: hit.cursor,
+                score: f64::from(hit.score),
+                node,
+            });
+        }
+    }
+    Ok(SearchResult {
+        total_count: i32::try_from(page.total).unwrap_or(i32::MAX),
+        edges,
+        page_info: PageInfo {
+            has_next_page: page.has_next,
+            end_cursor: page.end_cursor,
+        },
+        facets: page
+            .facets
+            .into_iter()
+            .map(|facet| Facet {
+                field: facet.field,
+                values: facet
+                    .values
+                    .into_iter()
+                    .map(|v| FacetValue {
+                        value: v.value,
+                        count: i32::try_from(v.count).unwrap_or(i32::MAX),
+                    })
+                    .collect(),
+            })
+            .collect(),
+    })
+}
+
+#[derive(SimpleObject, Debug)]
+pub struct SyncReport {
+    pub objects_seen: i32,
+    pub drives: i32,
+    pub runs: i32,
+    pub errors: Vec<String>,
+    /// Objects new or changed since the last sync.
+    pub objects_changed: i32,
+    pub objects_deleted: i32,
+    /// Files read from upstream (sidecars whole, logs and Parquet by footer) and their bytes.
+    pub files_read: i32,
+    pub bytes_read: super::scalars::Long,
+}
+
+pub async fn run_sync(ctx: &Context<'_>) -> ApiResult<SyncReport> {
+    let report = state(ctx).sync_catalog().await.map_err(ApiError::from)?;
+    let count = |n: u64| i32::try_from(n).unwrap_or(i32::MAX);
+    Ok(SyncReport {
+        objects_seen: count(report.objects_seen),
+        drives: count(report.drives),
+        runs: count(report.runs),
+        errors: report.errors,
+        objects_changed: count(report.objects_changed),
+        objects_deleted: count(report.objects_deleted),
+        files_read: count(report.files_read),
+        bytes_read: super::scalars::Long(report.bytes_read as i64),
+    })
+}

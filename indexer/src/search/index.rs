@@ -1,0 +1,258 @@
+//! [`SearchIndex`]: opening, writing and searching the tantivy index.
+
+use std::fmt;
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+
+use milepost_schema::ids::{decode_cursor, encode_cursor};
+use tantivy::directory::MmapDirectory;
+use tantivy::query::AllQuery;
+use tantivy::schema::Schema;
+use tantivy::{
+    Index, IndexReader, IndexSettings, IndexWriter, ReloadPolicy, TantivyDocument, Term,
+};
+
+use super::collect::{self, MatchCollector};
+use super::compile::{compile, Compiled, MAX_PREFIX_EXPANSIONS};
+use super::error::{QueryError, SearchError, SearchResult};
+use super::query::parse_query;
+use super::schema::{self, Fields};
+use super::tokenizer::{WordTokenizer, WORD_TOKENIZER};
+use super::{EntityKind, SearchDocument, SearchHit, SearchPage, SearchRequest};
+
+/// Memory the writer may buffer before flushing a segment.
+const WRITER_MEMORY_BYTES: usize = 50_000_000;
+/// List name in cursors, so a cursor of another list is refused.
+const CURSOR_KIND: &str = "search";
+
+/// The search index: one writer behind a mutex, lock-free concurrent searches.
+///
+/// `Send + Sync`; share it as `Arc<SearchIndex>`. Every method blocks (disk I/O, commits):
+/// from async code call them inside `tokio::task::spawn_blocking`. Writes are committed before
+/// they return and visible to the next search.
+pub struct SearchIndex {
+    index: Index,
+    reader: IndexReader,
+    writer: Mutex<IndexWriter<TantivyDocument>>,
+    fields: Fields,
+}
+
+impl fmt::Debug for SearchIndex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SearchIndex")
+            .field("directory", self.index.directory())
+            .field("documents", &self.reader.searcher().num_docs())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SearchIndex {
+    /// Opens the index in `dir`, creating the directory and an empty index when there is none.
+    ///
+    /// An index with another schema (an older version of this code) or unreadable files fails
+    /// with kind `Corrupt`: delete the directory, open again and [`rebuild`](Self::rebuild).
+    /// An index opened by another process fails with kind `Io`.
+    pub fn open(dir: &Path) -> SearchResult<SearchIndex> {
+        std::fs::create_dir_all(dir).map_err(|source| SearchError::Io {
+            operation: "creating the index directory",
+            source,
+        })?;
+        let directory =
+            MmapDirectory::open(dir).map_err(|e| SearchError::index("opening")(e.into()))?;
+        let (schema, fields) = schema::build();
+        let exists = Index::exists(&directory)
+            .map_err(|e| SearchError::index("opening")(tantivy::TantivyError::from(e)))?;
+        let index = if exists {
+            let index = Index::open(directory).map_err(SearchError::index("opening"))?;
+            if !same_schema(&index.schema(), &schema) {
+                return Err(SearchError::IncompatibleSchema);
+            }
+            index
+        } else {
+            Index::create(directory, schema, IndexSettings::default())
+                .map_err(SearchError::index("creating"))?
+        };
+        Self::with_index(index, fields)
+    }
+
+    /// An empty index in memory, for tests and throw-away use.
+    pub fn in_memory() -> SearchResult<SearchIndex> {
+        let (schema, fields) = schema::build();
+        Self::with_index(Index::create_in_ram(schema), fields)
+    }
+
+    fn with_index(index: Index, fields: Fields) -> SearchResult<SearchIndex> {
+        index
+            .tokenizers()
+            .register(WORD_TOKENIZER, WordTokenizer::default());
+        let reader = index
+            .reader_builder()
+            .reload_policy(ReloadPolicy::Manual)
+            .try_into()
+            .map_err(SearchError::index("opening a reader"))?;
+        let writer = index
+            .writer_with_num_threads(1, WRITER_MEMORY_BYTES)
+            .map_err(SearchError::index("opening the writer"))?;
+        Ok(SearchIndex {
+            index,
+            reader,
+            writer: Mutex::new(writer),
+            fields,
+        })
+    }
+
+    /// Adds `docs`, replacing any document with the same `(kind, id)` (the last one wins
+    /// when `docs` repeats one), in one commit.
+    pub fn upsert(&self, docs: Vec<SearchDocument>) -> SearchResult<()> {
+        if docs.is_empty() {
+            return Ok(());
+        }
+        self.write("upserting", |writer, fields| {
+            for doc in &docs {
+                writer.delete_term(key_term(fields, doc.kind, &doc.id));
+                writer.add_document(fields.document(doc))?;
+            }
+            Ok(())
+        })
+        .map(drop)
+    }
+
+    /// Removes the document `(kind, id)`; nothing happens when there is none.
+    pub fn delete(&self, kind: EntityKind, id: &str) -> SearchResult<()> {
+        self.write("deleting", |writer, fields| {
+            writer.delete_term(key_term(fields, kind, id));
+            Ok(())
+        })
+        .map(drop)
+    }
+
+    /// Replaces the whole content of the index with `docs` in one commit (searches see the
+    /// old content until then) and returns the number of documents now indexed.
+    pub fn rebuild(&self, docs: impl IntoIterator<Item = SearchDocument>) -> SearchResult<usize> {
+        self.write("rebuilding", |writer, fields| {
+            writer.delete_query(Box::new(AllQuery))?;
+            for doc in docs {
+                writer.delete_term(key_term(fields, doc.kind, &doc.id));
+                writer.add_document(fields.document(&doc))?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Number of documents searches see.
+    pub fn doc_count(&self) -> usize {
+        usize::try_from(self.reader.searcher().num_docs()).unwrap_or(usize::MAX)
+    }
+
+    /// One page of the hits of `request`, with the total and facets over all hits.
+    pub fn search(&self, request: &SearchRequest) -> SearchResult<SearchPage> {
+        let parsed = parse_query(&request.query)?;
+        let start = match &request.after {
+            None => 0,
+            Some(cursor) => decode_cursor(CURSOR_KIND, cursor)
+                .and_then(|p| usize::try_from(p).ok())
+                .and_then(|p| p.checked_add(1))
+                .ok_or_else(|| SearchError::BadCursor {
+                    cursor: cursor.clone(),
+                })?,
+        };
+        let Compiled {
+            query,
+            order,
+            phrase_prefix_at,
+        } = compile(&self.fields, &parsed, request.kinds.as_deref());
+        let searcher = self.reader.searcher();
+        let segments = match searcher.search(&*query, &MatchCollector { order }) {
+            Ok(segments) => segments,
+            // The only invalid argument a compiled query can meet: a too-broad phrase prefix.
+            Err(tantivy::TantivyError::InvalidArgument(_)) if phrase_prefix_at.is_some() => {
+                return Err(SearchError::query(
+                    phrase_prefix_at.unwrap_or_default(),
+                    QueryError::PrefixTooBroad {
+                        max: MAX_PREFIX_EXPANSIONS,
+                    },
+                ));
+            }
+            Err(source) => return Err(SearchError::index("searching")(source)),
+        };
+        let total = collect::total(&segments);
+        let facets = collect::facets(&segments).map_err(SearchError::index("counting facets"))?;
+        let end = start.saturating_add(request.first).min(total);
+        let hits: Vec<SearchHit> = collect::page(&searcher, segments, order, start, end)
+            .map_err(SearchError::index("reading hits"))?
+            .into_iter()
+            .map(|hit| SearchHit {
+                kind: hit.kind,
+                id: hit.id,
+                score: hit.score,
+                cursor: encode_cursor(CURSOR_KIND, i64::try_from(hit.position).unwrap_or(i64::MAX)),
+            })
+            .collect();
+        Ok(SearchPage {
+            total,
+            has_next: end < total,
+            end_cursor: hits.last().map(|h| h.cursor.clone()),
+            hits,
+            facets,
+        })
+    }
+
+    /// Runs `ops` on the writer, then commits and reloads the reader; on any failure the
+    /// uncommitted operations are rolled back so that a later commit cannot publish half of
+    /// them. Returns the number of documents right after the commit.
+    fn write(
+        &self,
+        operation: &'static str,
+        ops: impl FnOnce(&mut IndexWriter<TantivyDocument>, &Fields) -> tantivy::Result<()>,
+    ) -> SearchResult<usize> {
+        let mut writer = self.lock_writer()?;
+        let result = ops(&mut writer, &self.fields)
+            .and_then(|()| writer.commit().map(drop))
+            .and_then(|()| self.reader.reload());
+        if let Err(source) = result {
+            // A failed rollback leaves the writer unusable; the error already reported is the
+            // one the caller can act on.
+            if let Err(rollback) = writer.rollback() {
+                tracing::warn!(error = %rollback, "search index rollback failed");
+            }
+            return Err(SearchError::Index { operation, source });
+        }
+        Ok(self.doc_count())
+    }
+
+    /// The writer; after a panic while it was held, whatever it had buffered is rolled back.
+    fn lock_writer(&self) -> SearchResult<MutexGuard<'_, IndexWriter<TantivyDocument>>> {
+        match self.writer.lock() {
+            Ok(writer) => Ok(writer),
+            Err(poisoned) => {
+                let mut writer = poisoned.into_inner();
+                writer
+                    .rollback()
+                    .map_err(SearchError::index("recovering the writer"))?;
+                self.writer.clear_poison();
+                Ok(writer)
+            }
+        }
+    }
+}
+
+fn key_term(fields: &Fields, kind: EntityKind, id: &str) -> Term {
+    Term::from_field_text(fields.key, &schema::key(kind, id))
+}
+
+/// Same fields with the same options (tokenizer names included).
+fn same_schema(on_disk: &Schema, expected: &Schema) -> bool {
+    on_disk == expected
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn index_is_send_and_sync() {
+        assert_send_sync::<SearchIndex>();
+    }
+}
