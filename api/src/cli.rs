@@ -58,6 +58,52 @@ pub enum Command {
     },
     /// Rebuild the search index from the catalog database (with the server stopped).
     Reindex,
+    /// Datasets on a running server.
+    Dataset {
+        #[command(subcommand)]
+        command: DatasetCommand,
+    },
+    /// Reserve a dataset on a running server; with --wait, show progress until it is READY.
+    Reserve {
+        /// Dataset name (latest version unless --version).
+        dataset: String,
+        #[arg(long)]
+        version: Option<i32>,
+        /// How long the reservation holds, e.g. 8h, 30m, 2d.
+        #[arg(long, default_value = "24h")]
+        ttl: crate::config::DurationSetting,
+        #[arg(long)]
+        purpose: Option<String>,
+        /// Wait until READY (or FAILED), with a progress bar.
+        #[arg(long)]
+        wait: bool,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DatasetCommand {
+    /// Create a dataset (a new version if the name exists) from a query, ids or object keys.
+    Create {
+        name: String,
+        /// Search query selecting drives, scenarios or runs.
+        #[arg(long, conflicts_with_all = ["ids", "objects"])]
+        query: Option<String>,
+        /// Entity ids (drives, scenarios, runs); repeatable.
+        #[arg(long = "id", conflicts_with = "objects")]
+        ids: Vec<String>,
+        /// Objects as s3://bucket/key; repeatable.
+        #[arg(long = "object")]
+        objects: Vec<String>,
+        /// Key globs to keep, e.g. "*.mcap"; repeatable.
+        #[arg(long = "include")]
+        include: Vec<String>,
+        #[arg(long)]
+        description: Option<String>,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
 }
 
 /// How verbs reach a running server.
@@ -160,6 +206,78 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             first,
             remote,
         } => search(config, remote, query, kinds, first).await,
+        Command::Dataset {
+            command:
+                DatasetCommand::Create {
+                    name,
+                    query,
+                    ids,
+                    objects,
+                    include,
+                    description,
+                    remote,
+                },
+        } => {
+            let objects: Vec<serde_json::Value> = objects
+                .iter()
+                .map(|uri| {
+                    let rest = uri.strip_prefix("s3://").ok_or_else(|| {
+                        anyhow::anyhow!("--object {uri:?}: expected s3://bucket/key")
+                    })?;
+                    let (bucket, key) = rest.split_once('/').ok_or_else(|| {
+                        anyhow::anyhow!("--object {uri:?}: expected s3://bucket/key")
+                    })?;
+                    Ok(serde_json::json!({ "bucket": bucket, "key": key }))
+                })
+                .collect::<anyhow::Result<_>>()?;
+            let mut input = serde_json::json!({ "name": name, "description": description });
+            if let Some(query) = query {
+                input["query"] = query.into();
+            } else if !ids.is_empty() {
+                input["entityIds"] = ids.into();
+            } else if !objects.is_empty() {
+                input["objects"] = objects.into();
+            } else {
+                anyhow::bail!("give one of --query, --id or --object");
+            }
+            if !include.is_empty() {
+                input["include"] = include.into();
+            }
+            let data = client(&config, remote)?
+                .query(
+                    "mutation($input: CreateDatasetInput!) { createDataset(input: $input) { name version objectCount totalBytes manifestKey } }",
+                    serde_json::json!({ "input": input }),
+                )
+                .await?;
+            let d = &data["createDataset"];
+            println!(
+                "dataset {} v{}: {} objects, {} ({})",
+                d["name"].as_str().unwrap_or_default(),
+                d["version"],
+                d["objectCount"],
+                crate::progress::human_bytes(d["totalBytes"].as_u64().unwrap_or_default()),
+                d["manifestKey"].as_str().unwrap_or_default()
+            );
+            Ok(())
+        }
+        Command::Reserve {
+            dataset,
+            version,
+            ttl,
+            purpose,
+            wait,
+            remote,
+        } => {
+            crate::progress::reserve(
+                &client(&config, remote)?,
+                &dataset,
+                version,
+                ttl.0,
+                purpose,
+                wait,
+            )
+            .await
+        }
         Command::Reindex => {
             let state = AppState::open(config).await?;
             let documents = state.catalog.reindex().await?;

@@ -13,6 +13,8 @@ use std::fmt;
 
 use async_graphql::ErrorExtensions;
 use axum::http::StatusCode;
+use milepost_cacher::datasets::{DatasetError, DatasetErrorKind};
+use milepost_cacher::reservations::{ReservationError, ReservationErrorKind};
 use milepost_indexer::error::CatalogError;
 use milepost_indexer::sync::SyncError;
 use milepost_schema::{DbError, ErrorKind};
@@ -82,9 +84,25 @@ pub enum ApiError {
     Database(#[from] DbError),
     #[error(transparent)]
     Catalog(#[from] CatalogError),
+    #[error(transparent)]
+    Dataset(Box<DatasetError>),
+    #[error(transparent)]
+    Reservation(Box<ReservationError>),
     /// Boxed: a sync error carries the store's error, which is large.
     #[error(transparent)]
     Sync(Box<SyncError>),
+}
+
+impl From<DatasetError> for ApiError {
+    fn from(err: DatasetError) -> Self {
+        ApiError::Dataset(Box::new(err))
+    }
+}
+
+impl From<ReservationError> for ApiError {
+    fn from(err: ReservationError) -> Self {
+        ApiError::Reservation(Box::new(err))
+    }
 }
 
 impl From<SyncError> for ApiError {
@@ -127,6 +145,21 @@ impl ApiError {
             ApiError::Database(err) => code_of_kind(err.kind()),
             ApiError::Catalog(err) => code_of_kind(err.kind()),
             ApiError::Sync(err) => code_of_kind(err.kind()),
+            ApiError::Dataset(err) => match err.kind() {
+                DatasetErrorKind::Invalid => ErrorCode::BadInput,
+                DatasetErrorKind::NotFound => ErrorCode::NotFound,
+                DatasetErrorKind::Conflict => ErrorCode::Conflict,
+                DatasetErrorKind::Unavailable => ErrorCode::Unavailable,
+                DatasetErrorKind::Corrupt => ErrorCode::Internal,
+            },
+            ApiError::Reservation(err) => match err.kind() {
+                ReservationErrorKind::Invalid => ErrorCode::BadInput,
+                ReservationErrorKind::NotFound => ErrorCode::NotFound,
+                ReservationErrorKind::Forbidden => ErrorCode::Forbidden,
+                ReservationErrorKind::Conflict => ErrorCode::Conflict,
+                ReservationErrorKind::Unavailable => ErrorCode::Unavailable,
+                ReservationErrorKind::Internal => ErrorCode::Internal,
+            },
         }
     }
 
@@ -167,6 +200,8 @@ impl ApiError {
         match self {
             ApiError::BadInput { field, .. } => Some(field),
             ApiError::Catalog(err) => err.field(),
+            ApiError::Dataset(err) => err.field(),
+            ApiError::Reservation(err) => err.field(),
             ApiError::Sync(err) => match &**err {
                 SyncError::Catalog(err) => err.field(),
                 SyncError::List { .. } => None,

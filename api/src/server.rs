@@ -23,6 +23,8 @@ use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
+use milepost_cacher::cache::{CacheSettings, OfficeCache};
+use milepost_cacher::reservations::{ReservationSettings, Reservations};
 use milepost_cacher::{EgressMeter, ObjectStore, UpstreamSettings};
 use milepost_indexer::catalog::Layout;
 use milepost_indexer::search::{SearchErrorKind, SearchIndex};
@@ -48,6 +50,9 @@ pub struct AppState {
     pub egress: Arc<EgressMeter>,
     /// One sync at a time, whether periodic or asked for.
     pub sync_lock: tokio::sync::Mutex<()>,
+    /// The office cache: content store, single-flight downloads, views, eviction.
+    pub cache: Arc<OfficeCache>,
+    pub reservations: Arc<Reservations>,
 }
 
 /// Router state: the application plus the GraphQL schema built over it.
@@ -105,6 +110,16 @@ impl AppState {
         let egress = Arc::new(EgressMeter::default());
         let store = milepost_cacher::build_store(&upstream, egress.clone())
             .context("cannot set up the upstream S3 client ([upstream])")?;
+        let mut cache_settings =
+            CacheSettings::new(config.data_dir.join("cache"), config.cache.capacity.0);
+        cache_settings.part_size = config.cache.part_size.0;
+        cache_settings.concurrency = config.cache.concurrency;
+        cache_settings.office = config.office.clone();
+        let cache = OfficeCache::open(cache_settings, db.clone(), store.clone())
+            .await
+            .context("cannot open the office cache")?;
+        let reservations =
+            Reservations::new(db.clone(), cache.clone(), ReservationSettings::default());
         Ok(Arc::new(AppState {
             config,
             db,
@@ -114,6 +129,8 @@ impl AppState {
             store,
             egress,
             sync_lock: tokio::sync::Mutex::new(()),
+            cache,
+            reservations,
         }))
     }
 
@@ -190,6 +207,11 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/graphql",
             get(graphql::graphiql).post(graphql::graphql_post),
         )
+        .route("/graphql/ws", get(graphql::graphql_ws))
+        .route(
+            "/data/{bucket}/{*key}",
+            get(crate::data::serve_object).head(crate::data::serve_object),
+        )
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .fallback(not_found)
@@ -226,12 +248,77 @@ async fn healthz(State(http): State<HttpState>) -> Response {
 }
 
 async fn metrics(State(http): State<HttpState>) -> Response {
+    let app = &http.app;
+    let mut text = app.metrics.render();
+    let cache = app.cache.stats();
+    let egress = app.egress.snapshot();
+    let office = app.config.office.replace(['"', '\\', '\n'], "");
+    for (name, help, kind, value) in [
+        (
+            "milepost_cache_capacity_bytes",
+            "Capacity of the office cache.",
+            "gauge",
+            cache.capacity_bytes,
+        ),
+        (
+            "milepost_cache_used_bytes",
+            "Bytes held in the office cache.",
+            "gauge",
+            cache.used_bytes,
+        ),
+        (
+            "milepost_cache_pinned_bytes",
+            "Bytes pinned by reservations.",
+            "gauge",
+            cache.pinned_bytes,
+        ),
+        (
+            "milepost_cache_objects",
+            "Objects in the office cache.",
+            "gauge",
+            cache.objects,
+        ),
+        (
+            "milepost_cache_hits_total",
+            "Cache lookups that found the object.",
+            "counter",
+            cache.hits,
+        ),
+        (
+            "milepost_cache_misses_total",
+            "Cache lookups that needed a download.",
+            "counter",
+            cache.misses,
+        ),
+        (
+            "milepost_cache_served_bytes_total",
+            "Bytes served from the cache.",
+            "counter",
+            cache.bytes_served,
+        ),
+        (
+            "milepost_upstream_bytes_total",
+            "Bytes read from upstream S3.",
+            "counter",
+            egress.bytes_from_upstream,
+        ),
+        (
+            "milepost_upstream_get_requests_total",
+            "GET requests to upstream S3.",
+            "counter",
+            egress.get_requests,
+        ),
+    ] {
+        text.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{{office=\"{office}\"}} {value}\n"
+        ));
+    }
     (
         [(
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4",
         )],
-        http.app.metrics.render(),
+        text,
     )
         .into_response()
 }
@@ -317,9 +404,16 @@ pub async fn start_with_state(state: Arc<AppState>) -> anyhow::Result<RunningSer
     let grace = state.config.server.shutdown_grace.0;
     let app = router(state.clone());
     let stop = shutdown.clone();
+    let cleanup = state.clone();
     let mut workers = tokio::task::JoinSet::new();
     if let Some(every) = state.config.catalog.sync_interval.0 {
         workers.spawn(periodic_sync(state.clone(), every, shutdown.clone()));
+    }
+    {
+        // Resumes interrupted materializations, re-pins live reservations, expires old ones.
+        let reservations = state.reservations.clone();
+        let stop = shutdown.clone();
+        workers.spawn(async move { reservations.start(stop).await });
     }
     let task = tokio::spawn(async move {
         let serve =
@@ -345,6 +439,8 @@ pub async fn start_with_state(state: Arc<AppState>) -> anyhow::Result<RunningSer
             tracing::warn!("background workers still busy after the grace period; abandoning them");
             workers.abort_all();
         }
+        cleanup.reservations.shutdown().await;
+        cleanup.cache.shutdown().await;
         Ok(())
     });
     tracing::info!(%addr, "listening: GraphQL on http://{addr}/graphql");

@@ -1,11 +1,18 @@
 #![doc = include_str!("../README.md")]
 
+pub mod cache;
+pub mod datasets;
 #[cfg(feature = "loopback")]
 pub mod loopback;
+pub mod reservations;
 #[cfg(feature = "loopback")]
 pub mod testing;
 pub mod upstream;
 
+pub use cache::{
+    CacheError, CacheErrorKind, CacheRead, CacheSettings, CacheStatsSnapshot, FetchContext,
+    FetchOutcome, ObjectKey, OfficeCache,
+};
 pub use upstream::{
     build_store, list_all, put_stream, upload_file, ByteRange, EgressMeter, EgressSnapshot,
     GetResponse, ListPage, MeteredStore, ObjectMeta, ObjectStore, RetryPolicy, RetryingStore,

@@ -58,6 +58,7 @@ impl CatalogError {
     pub fn field(&self) -> Option<&str> {
         match self {
             CatalogError::BadInput { field, .. } => Some(field),
+            CatalogError::Search(SearchError::BadCursor { .. }) => Some("after"),
             CatalogError::Search(err) if err.kind() == SearchErrorKind::BadQuery => Some("query"),
             _ => None,
         }

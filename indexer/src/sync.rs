@@ -130,6 +130,16 @@ pub async fn sync(
         }
     }
     report.objects_seen = listed.len() as u64;
+    // Keys that could escape a directory when materialized are never cataloged.
+    listed.retain(|key, _| match unsafe_key(key) {
+        Some(reason) => {
+            report
+                .errors
+                .push(format!("{key}: unsafe key ({reason}); not cataloged"));
+            false
+        }
+        None => true,
+    });
 
     // 2. Diff against the catalog.
     let known: HashMap<String, object::Model> = object::Entity::find()
@@ -353,7 +363,9 @@ pub async fn sync(
     // 5. Footers of changed logs and Parquet files, a few at a time.
     let footer_jobs: Vec<ObjectMeta> = needs_read
         .iter()
-        .filter(|m| m.key.ends_with(".mcap") || m.key.ends_with(".parquet"))
+        .filter(|m| {
+            m.key.ends_with(".mcap") || (m.key.ends_with(".parquet") && !is_metrics(&m.key))
+        })
         .cloned()
         .collect();
     let results: Vec<(ObjectMeta, Result<serde_json::Value, String>)> =
@@ -398,30 +410,36 @@ pub async fn sync(
     for drive_id in &touched_drives {
         refresh_topics(catalog, drive_id).await?;
     }
-    for meta in needs_read
-        .iter()
-        .filter(|m| m.key.ends_with("/metrics.parquet"))
-    {
-        let change = Change { meta: meta.clone() };
-        match owners.owner_of(&change.meta.key) {
-            Some(OwnerRef::Run(run_id)) => match read_metrics(&reader, &change.meta).await {
-                Ok(metrics) => {
+    // metrics.parquet is read whole, once: its footer and its aggregates come from the same bytes.
+    for meta in needs_read.iter().filter(|m| is_metrics(&m.key)) {
+        let outcome = match owners.owner_of(&meta.key) {
+            Some(OwnerRef::Run(run_id)) => match read_metrics(&reader, meta).await {
+                Ok((summary, metrics)) => {
                     run::Entity::update_many()
                         .col_expr(run::Column::Metrics, Expr::value(metrics))
                         .filter(run::Column::Id.eq(run_id))
                         .exec(db)
                         .await?;
                     touched_runs.insert(run_id.clone());
+                    summary
                 }
-                Err(message) => report
-                    .errors
-                    .push(format!("{}: {message}", change.meta.key)),
+                Err(message) => {
+                    report.errors.push(format!("{}: {message}", meta.key));
+                    serde_json::json!({ "error": message })
+                }
             },
-            _ => report.errors.push(format!(
-                "{}: metrics.parquet outside any run (no run.json beside it)",
-                change.meta.key
-            )),
-        }
+            _ => {
+                let message = "metrics.parquet outside any run (no run.json beside it)";
+                report.errors.push(format!("{}: {message}", meta.key));
+                serde_json::json!({ "error": message })
+            }
+        };
+        object::Entity::update_many()
+            .col_expr(object::Column::Metadata, Expr::value(outcome))
+            .filter(object::Column::Bucket.eq(&options.bucket))
+            .filter(object::Column::Key.eq(&meta.key))
+            .exec(db)
+            .await?;
     }
 
     // 7. The search index follows.
@@ -684,12 +702,48 @@ async fn read_footer(reader: &Reader, meta: &ObjectMeta) -> Result<serde_json::V
     result.map_err(|err| err.to_string())
 }
 
-async fn read_metrics(reader: &Reader, meta: &ObjectMeta) -> Result<serde_json::Value, String> {
+/// Reads a run's metrics.parquet once; returns its object metadata and the run's metrics.
+async fn read_metrics(
+    reader: &Reader,
+    meta: &ObjectMeta,
+) -> Result<(serde_json::Value, serde_json::Value), String> {
     let body = reader
         .read_whole(meta, metadata::MAX_METRICS_BYTES as usize)
         .await?;
-    let stats = metadata::run_metrics_from_parquet(body).map_err(|err| err.to_string())?;
-    serde_json::to_value(stats).map_err(|err| format!("cannot encode metrics: {err}"))
+    let footer = metadata::read_parquet_footer(&body)
+        .await
+        .map_err(|err| err.to_string())?;
+    let stats = tokio::task::spawn_blocking(move || metadata::run_metrics_from_parquet(body))
+        .await
+        .map_err(|err| format!("metrics task failed: {err}"))?
+        .map_err(|err| err.to_string())?;
+    let metrics =
+        serde_json::to_value(stats).map_err(|err| format!("cannot encode metrics: {err}"))?;
+    Ok((
+        serde_json::json!({ "format": "parquet", "parquet": footer }),
+        metrics,
+    ))
+}
+
+fn is_metrics(key: &str) -> bool {
+    key.ends_with("/metrics.parquet")
+}
+
+/// Why a key must not be cataloged: it could name a path outside a view directory.
+fn unsafe_key(key: &str) -> Option<&'static str> {
+    if key.starts_with('/') {
+        Some("absolute path")
+    } else if key.contains('\0') {
+        Some("contains a NUL byte")
+    } else if key.contains('\\') {
+        Some("contains a backslash")
+    } else if key.split('/').any(|step| step == "..") {
+        Some("contains a `..` step")
+    } else if key.split('/').any(|step| step == ".") {
+        Some("contains a `.` step")
+    } else {
+        None
+    }
 }
 
 async fn refresh_topics(catalog: &Catalog, drive_id: &str) -> Result<(), SyncError> {
@@ -974,6 +1028,19 @@ mod tests {
             sidecar_terms("input.scenarios[0].end: x"),
             "invalid sidecar: scenarios[0].end: x"
         );
+    }
+
+    #[test]
+    fn keys_that_escape_are_unsafe() {
+        assert_eq!(
+            unsafe_key("drives/a/../../etc/passwd"),
+            Some("contains a `..` step")
+        );
+        assert_eq!(unsafe_key("/etc/passwd"), Some("absolute path"));
+        assert_eq!(unsafe_key("drives/a\\b"), Some("contains a backslash"));
+        assert_eq!(unsafe_key("drives/a\0b"), Some("contains a NUL byte"));
+        assert_eq!(unsafe_key("drives/./x"), Some("contains a `.` step"));
+        assert_eq!(unsafe_key("drives/a..b/c.mcap"), None);
     }
 
     #[test]

@@ -580,3 +580,145 @@ async fn search_facets_match_the_database_and_pages_cover_every_hit_once() {
     w.app.shutdown().await;
     w.s3.shutdown().await;
 }
+
+#[tokio::test]
+async fn describing_a_file_costs_at_most_two_gets_and_512_kib_and_bad_data_is_reported() {
+    let s3_dir = tempfile::tempdir().expect("tempdir");
+    let s3 = LoopbackS3::start(
+        s3_dir.path(),
+        ([127, 0, 0, 1], 0).into(),
+        "test-key",
+        "test-secret",
+    )
+    .await
+    .expect("loopback s3");
+    let store = milepost_cacher::build_store(&s3.settings(), Arc::new(EgressMeter::default()))
+        .expect("store");
+    let fleet = fleet::generate(&FleetSpec::small(5));
+    seed_fleet(&store, BUCKET, &fleet).await.expect("seed");
+    // Every request of the server under test passes this proxy, which records it.
+    let proxy = milepost_cacher::testing::FaultProxy::start(&s3.endpoint())
+        .await
+        .expect("proxy");
+    let mut settings = s3.settings();
+    settings.endpoint = Some(proxy.endpoint());
+    let app = TestApp::builder().upstream(settings, BUCKET).start().await;
+    let admin = app.token("admin", Role::Admin).await;
+    let w = World {
+        _s3_dir: s3_dir,
+        s3,
+        store,
+        fleet,
+        app,
+        admin,
+    };
+    let first = sync(&w).await;
+    assert_eq!(first["errors"], json!([]), "{first}");
+
+    let mut gets: BTreeMap<String, usize> = BTreeMap::new();
+    for request in proxy.seen() {
+        if request.method == "GET" && !request.target.contains("list-type") {
+            let key = request
+                .target
+                .split('?')
+                .next()
+                .unwrap_or_default()
+                .trim_start_matches(&format!("/{BUCKET}/"))
+                .to_owned();
+            *gets.entry(key).or_default() += 1;
+        }
+    }
+    let ledger = milepost_schema::entity::egress_ledger::Entity::find()
+        .all(w.app.db())
+        .await
+        .expect("ledger");
+    let mut described = 0;
+    for file in w
+        .fleet
+        .files()
+        .filter(|f| f.key.ends_with(".mcap") || f.key.ends_with(".parquet"))
+    {
+        described += 1;
+        let count = gets.get(&file.key).copied().unwrap_or_default();
+        assert!((1..=2).contains(&count), "{}: {count} GETs", file.key);
+        let bytes: i64 = ledger
+            .iter()
+            .filter(|row| row.key == file.key)
+            .map(|row| row.bytes_from_upstream)
+            .sum();
+        assert!(
+            bytes > 0 && bytes <= 512 * 1024,
+            "{}: {bytes} bytes",
+            file.key
+        );
+    }
+    assert!(described > 10);
+
+    // Bad data: a truncated log, a Parquet file with a corrupt footer, a malformed sidecar.
+    let drive = &w.fleet.drives[1];
+    let log = drive
+        .files
+        .iter()
+        .find(|f| f.key.ends_with(".mcap"))
+        .expect("a log");
+    let full = log.render().expect("render");
+    let truncated_key = format!("{}logs/truncated.mcap", drive.prefix);
+    w.store
+        .put(BUCKET, &truncated_key, full.slice(..full.len() * 2 / 3))
+        .await
+        .expect("put");
+    let parquet = w
+        .fleet
+        .runs
+        .iter()
+        .flat_map(|r| &r.files)
+        .find(|f| f.key.ends_with(".parquet"))
+        .expect("parquet");
+    let mut corrupt = parquet.render().expect("render").to_vec();
+    let footer_at = corrupt.len() - 8 - 40;
+    for byte in &mut corrupt[footer_at..footer_at + 32] {
+        *byte = 0xff;
+    }
+    let corrupt_key = format!("{}outputs/corrupt.parquet", drive.prefix);
+    w.store
+        .put(BUCKET, &corrupt_key, Bytes::from(corrupt))
+        .await
+        .expect("put");
+    let malformed_key = "drives/2026-02-02/yy-000/malformed/drive.json";
+    w.store
+        .put(BUCKET, malformed_key, Bytes::from_static(b"[1, 2, 3]"))
+        .await
+        .expect("put");
+
+    let second = sync(&w).await;
+    let errors: Vec<&str> = second["errors"]
+        .as_array()
+        .expect("errors")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(errors.len(), 3, "{errors:?}");
+    for key in [truncated_key.as_str(), corrupt_key.as_str(), malformed_key] {
+        assert!(
+            errors.iter().any(|e| e.starts_with(key)),
+            "{key} not reported: {errors:?}"
+        );
+    }
+    // Nothing already cataloged was lost.
+    let (_, body) = w
+        .app
+        .graphql(
+            Some(&w.admin),
+            r#"{ search(query: "kind:drive", first: 100) { totalCount } }"#,
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        body["data"]["search"]["totalCount"].as_u64(),
+        Some(w.fleet.drives.len() as u64),
+        "{body}"
+    );
+    proxy.shutdown().await;
+    w.app.shutdown().await;
+    w.s3.shutdown().await;
+}

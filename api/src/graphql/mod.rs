@@ -1,6 +1,7 @@
 //! The GraphQL endpoint: schema with depth and complexity limits, the POST handler (auth, body
 //! parsing, error codes) and GraphiQL on GET.
 
+pub mod datasets;
 mod inputs;
 mod mutation;
 mod query;
@@ -10,7 +11,7 @@ mod types;
 
 use std::sync::Arc;
 
-use async_graphql::{EmptySubscription, Schema, ServerError};
+use async_graphql::{MergedObject, Schema, ServerError};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
@@ -25,21 +26,31 @@ use crate::server::{AppState, HttpState};
 pub use mutation::Mutation;
 pub use query::Query;
 
-pub type MilepostSchema = Schema<Query, Mutation, EmptySubscription>;
+#[derive(MergedObject, Default, Debug)]
+pub struct QueryRoot(Query, datasets::DatasetQuery);
+
+#[derive(MergedObject, Default, Debug)]
+pub struct MutationRoot(Mutation, datasets::DatasetMutation);
+
+pub type MilepostSchema = Schema<QueryRoot, MutationRoot, datasets::Subscription>;
 
 /// Most items one page of a connection may ask for.
 pub const MAX_PAGE_SIZE: i32 = 500;
 
 pub fn build_schema(state: Arc<AppState>) -> MilepostSchema {
     let server = &state.config.server;
-    Schema::build(Query, Mutation, EmptySubscription)
-        .limit_depth(server.max_query_depth)
-        .limit_complexity(server.max_query_complexity)
-        .limit_recursive_depth(64)
-        .limit_directives(16)
-        .register_output_type::<types::Node>()
-        .data(state.clone())
-        .finish()
+    Schema::build(
+        QueryRoot::default(),
+        MutationRoot::default(),
+        datasets::Subscription,
+    )
+    .limit_depth(server.max_query_depth)
+    .limit_complexity(server.max_query_complexity)
+    .limit_recursive_depth(64)
+    .limit_directives(16)
+    .register_output_type::<types::Node>()
+    .data(state.clone())
+    .finish()
 }
 
 pub(crate) fn state<'a>(ctx: &async_graphql::Context<'a>) -> &'a AppState {
@@ -191,4 +202,49 @@ pub async fn graphiql() -> Html<String> {
             .title("Milepost GraphQL")
             .finish(),
     )
+}
+
+/// Subscriptions over WebSocket (`graphql-transport-ws`, and the older `graphql-ws`). The
+/// token comes from the upgrade request's `Authorization` header or, for browsers that cannot
+/// set headers on a WebSocket, from `connection_init`'s payload (`{"Authorization": "Bearer
+/// ..."}`).
+pub async fn graphql_ws(
+    State(http): State<HttpState>,
+    headers: HeaderMap,
+    protocol: async_graphql_axum::GraphQLProtocol,
+    upgrade: axum::extract::ws::WebSocketUpgrade,
+) -> Response {
+    let from_header = authenticate(&http.app, &headers)
+        .await
+        .ok()
+        .filter(|p| !p.anonymous);
+    let app = http.app.clone();
+    let schema = http.schema.clone();
+    upgrade
+        .protocols(async_graphql::http::ALL_WEBSOCKET_PROTOCOLS)
+        .on_upgrade(move |socket| {
+            async_graphql_axum::GraphQLWebSocket::new(socket, schema, protocol)
+                .on_connection_init(move |payload: serde_json::Value| async move {
+                    let principal = match from_header {
+                        Some(principal) => principal,
+                        None => {
+                            let mut headers = HeaderMap::new();
+                            let token = payload
+                                .get("Authorization")
+                                .or_else(|| payload.get("authorization"))
+                                .and_then(|v| v.as_str());
+                            if let Some(value) = token.and_then(|t| t.parse().ok()) {
+                                headers.insert(axum::http::header::AUTHORIZATION, value);
+                            }
+                            authenticate(&app, &headers)
+                                .await
+                                .map_err(|err| async_graphql::Error::new(err.client_message()))?
+                        }
+                    };
+                    let mut data = async_graphql::Data::default();
+                    data.insert(principal);
+                    Ok(data)
+                })
+                .serve()
+        })
 }

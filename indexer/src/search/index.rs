@@ -162,18 +162,21 @@ impl SearchIndex {
             phrase_prefix_at,
         } = compile(&self.fields, &parsed, request.kinds.as_deref());
         let searcher = self.reader.searcher();
-        let segments = match searcher.search(&*query, &MatchCollector { order }) {
-            Ok(segments) => segments,
+        let segments = match (
+            searcher.search(&*query, &MatchCollector { order }),
+            phrase_prefix_at,
+        ) {
+            (Ok(segments), _) => segments,
             // The only invalid argument a compiled query can meet: a too-broad phrase prefix.
-            Err(tantivy::TantivyError::InvalidArgument(_)) if phrase_prefix_at.is_some() => {
+            (Err(tantivy::TantivyError::InvalidArgument(_)), Some(position)) => {
                 return Err(SearchError::query(
-                    phrase_prefix_at.unwrap_or_default(),
+                    position,
                     QueryError::PrefixTooBroad {
                         max: MAX_PREFIX_EXPANSIONS,
                     },
                 ));
             }
-            Err(source) => return Err(SearchError::index("searching")(source)),
+            (Err(source), _) => return Err(SearchError::index("searching")(source)),
         };
         let total = collect::total(&segments);
         let facets = collect::facets(&segments).map_err(SearchError::index("counting facets"))?;

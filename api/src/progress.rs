@@ -1,0 +1,163 @@
+//! `milepost reserve --wait`: a progress bar on stderr (bytes, objects, rate, ETA) until the
+//! reservation is READY or has failed.
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use serde_json::json;
+
+use crate::client::Client;
+
+const POLL: Duration = Duration::from_millis(500);
+const BAR_WIDTH: usize = 30;
+
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+fn human_duration(seconds: f64) -> String {
+    let s = seconds.round() as u64;
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+/// One line of progress: `[#####-----]  42% 1.2 GiB/2.9 GiB  17/40 objects  85.3 MiB/s  ETA 20s`.
+pub fn render_line(
+    done: u64,
+    total: u64,
+    objects_done: u64,
+    objects_total: u64,
+    rate: f64,
+) -> String {
+    let fraction = if total == 0 {
+        1.0
+    } else {
+        done as f64 / total as f64
+    };
+    let filled = ((fraction * BAR_WIDTH as f64).round() as usize).min(BAR_WIDTH);
+    let eta = if rate > 0.0 && total > done {
+        human_duration((total - done) as f64 / rate)
+    } else {
+        "-".to_owned()
+    };
+    format!(
+        "[{}{}] {:>3.0}% {}/{}  {objects_done}/{objects_total} objects  {}/s  ETA {eta}",
+        "#".repeat(filled),
+        "-".repeat(BAR_WIDTH - filled),
+        fraction * 100.0,
+        human_bytes(done),
+        human_bytes(total),
+        human_bytes(rate as u64),
+    )
+}
+
+pub async fn reserve(
+    client: &Client,
+    dataset: &str,
+    version: Option<i32>,
+    ttl: Duration,
+    purpose: Option<String>,
+    wait: bool,
+) -> anyhow::Result<()> {
+    let ttl_seconds = i32::try_from(ttl.as_secs()).unwrap_or(i32::MAX);
+    let data = client
+        .query(
+            "mutation($input: ReserveDatasetInput!) { reserveDataset(input: $input) { id state expiresAt } }",
+            json!({ "input": { "dataset": dataset, "version": version, "ttlSeconds": ttl_seconds, "purpose": purpose } }),
+        )
+        .await?;
+    let id = data["reserveDataset"]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    eprintln!(
+        "reservation {id} of {dataset}, expires {}",
+        data["reserveDataset"]["expiresAt"].as_str().unwrap_or("?")
+    );
+    if !wait {
+        println!("{id}");
+        return Ok(());
+    }
+    let started = Instant::now();
+    let mut stderr = std::io::stderr();
+    loop {
+        let data = client
+            .query(
+                "query($id: ID!) { reservation(id: $id) { state objectsDone objectsTotal bytesDone bytesTotal bytesFromUpstream localPath error } }",
+                json!({ "id": id }),
+            )
+            .await?;
+        let r = &data["reservation"];
+        let done = r["bytesDone"].as_u64().unwrap_or_default();
+        let rate = done as f64 / started.elapsed().as_secs_f64().max(0.001);
+        let line = render_line(
+            done,
+            r["bytesTotal"].as_u64().unwrap_or_default(),
+            r["objectsDone"].as_u64().unwrap_or_default(),
+            r["objectsTotal"].as_u64().unwrap_or_default(),
+            rate,
+        );
+        let _ = write!(stderr, "\r{line}");
+        let _ = stderr.flush();
+        match r["state"].as_str().unwrap_or_default() {
+            "READY" => {
+                eprintln!(
+                    "\nREADY in {}; {} from upstream",
+                    human_duration(started.elapsed().as_secs_f64()),
+                    human_bytes(r["bytesFromUpstream"].as_u64().unwrap_or_default())
+                );
+                println!("{}", r["localPath"].as_str().unwrap_or_default());
+                return Ok(());
+            }
+            "FAILED" => {
+                eprintln!();
+                bail!(
+                    "reservation {id} failed: {}",
+                    r["error"].as_str().unwrap_or("no reason given")
+                );
+            }
+            "RELEASED" | "EXPIRED" => {
+                eprintln!();
+                bail!(
+                    "reservation {id} ended: {}",
+                    r["state"].as_str().unwrap_or_default()
+                );
+            }
+            _ => tokio::time::sleep(POLL).await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_line() {
+        let line = render_line(512 << 20, 1 << 30, 3, 6, (64 << 20) as f64);
+        assert!(
+            line.starts_with("[###############---------------]  50%"),
+            "{line}"
+        );
+        assert!(line.contains("512.0 MiB/1.0 GiB"), "{line}");
+        assert!(line.contains("3/6 objects"), "{line}");
+        assert!(line.contains("64.0 MiB/s"), "{line}");
+        assert!(line.contains("ETA 8s"), "{line}");
+        assert_eq!(human_bytes(999), "999 B");
+    }
+}

@@ -1,0 +1,314 @@
+//! [`CacheBook`]: the office cache's bookkeeping (sizes, LRU order, pins) as a pure,
+//! synchronous structure without I/O, so that its rules can be stated and tested on their own.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use super::ObjectKey;
+
+/// Whether an entry of a [`CacheBook`] is being downloaded or is in the content store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EntryState {
+    /// Admitted and downloading: its bytes are reserved but it cannot be evicted or read
+    /// as a cached object yet.
+    Pending,
+    /// In the content store: readable and, when unpinned, evictable.
+    Ready,
+}
+
+/// Why an object cannot be admitted: even after evicting every unpinned ready entry, it would
+/// not fit. The numbers are bytes at the time of the refusal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Full {
+    /// The size of the object that does not fit.
+    pub incoming: u64,
+    /// The capacity of the cache.
+    pub capacity: u64,
+    /// Bytes held by entries (ready and pending).
+    pub used: u64,
+    /// Bytes held by pinned entries.
+    pub pinned: u64,
+    /// Bytes that cannot be evicted now: pinned entries and downloads in progress.
+    pub unevictable: u64,
+}
+
+#[derive(Clone, Debug)]
+struct Entry {
+    size: u64,
+    state: EntryState,
+    /// The logical clock value of the last insert, completion or touch.
+    last_access: u64,
+}
+
+/// The office cache's bookkeeping: which objects it holds (or is downloading), their sizes,
+/// their order of last access, and who pins them. No I/O: the caller deletes what
+/// [`plan_eviction`](Self::plan_eviction) names, then [`remove`](Self::remove)s it.
+///
+/// # Invariants
+///
+/// Checked after every operation by the property tests at the end of this file:
+///
+/// 1. [`used`](Self::used) is the sum of the sizes of all entries, ready and pending.
+/// 2. [`pinned`](Self::pinned) is the sum of the sizes of the entries (ready or pending) that
+///    at least one holder pins. Pins may name objects that are not entries (pinned before
+///    they are cached, or after their eviction failed): they count once the object is
+///    inserted, so pinned bytes are always a subset of the entries' bytes (`pinned <= used`).
+/// 3. A holder pins an object at most once; an object is pinned while one holder pins it.
+/// 4. The LRU index holds exactly the ready entries, ordered by last access; the clock only
+///    moves forward, so no two entries share a last access.
+/// 5. [`plan_eviction`](Self::plan_eviction) never names a pinned or pending entry; it names
+///    ready entries in LRU order (least recently used first), skipping pinned ones, and stops
+///    as soon as the low watermark is reached; it names nothing while
+///    `used + incoming <= high watermark`.
+/// 6. After a successful plan, `used - evicted + incoming <= capacity`. A plan fails with
+///    [`Full`] exactly when `incoming > capacity` or when even evicting every unpinned ready
+///    entry leaves `used - evictable + incoming > capacity`.
+#[derive(Clone, Debug)]
+pub struct CacheBook {
+    capacity: u64,
+    high: u64,
+    low: u64,
+    clock: u64,
+    entries: HashMap<ObjectKey, Entry>,
+    /// Ready entries by last access.
+    lru: BTreeMap<u64, ObjectKey>,
+    holders: HashMap<String, BTreeSet<ObjectKey>>,
+    /// How many holders pin each object (present only when > 0).
+    pin_counts: HashMap<ObjectKey, usize>,
+    used: u64,
+    pinned: u64,
+}
+
+impl CacheBook {
+    /// An empty book for `capacity` bytes. Eviction starts above `high_watermark × capacity`
+    /// and goes down to `low_watermark × capacity`; both fractions are clamped to `0..=1` and
+    /// the low one to at most the high one.
+    pub fn new(capacity: u64, high_watermark: f64, low_watermark: f64) -> Self {
+        let high = fraction_of(capacity, high_watermark);
+        let low = fraction_of(capacity, low_watermark).min(high);
+        Self {
+            capacity,
+            high,
+            low,
+            clock: 0,
+            entries: HashMap::new(),
+            lru: BTreeMap::new(),
+            holders: HashMap::new(),
+            pin_counts: HashMap::new(),
+            used: 0,
+            pinned: 0,
+        }
+    }
+
+    /// The capacity, in bytes.
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    /// Bytes held by entries, ready and pending.
+    pub fn used(&self) -> u64 {
+        self.used
+    }
+
+    /// Bytes held by pinned entries, ready and pending.
+    pub fn pinned(&self) -> u64 {
+        self.pinned
+    }
+
+    /// How many ready entries the book holds.
+    pub fn ready_count(&self) -> usize {
+        self.lru.len()
+    }
+
+    /// The state of `key`'s entry, if it has one.
+    pub fn state(&self, key: &ObjectKey) -> Option<EntryState> {
+        self.entries.get(key).map(|e| e.state)
+    }
+
+    /// Whether `key` has a ready entry.
+    pub fn is_ready(&self, key: &ObjectKey) -> bool {
+        self.state(key) == Some(EntryState::Ready)
+    }
+
+    /// Whether at least one holder pins `key`.
+    pub fn is_pinned(&self, key: &ObjectKey) -> bool {
+        self.pin_counts.contains_key(key)
+    }
+
+    /// Adds a ready entry of `size` bytes as the most recently used one (replacing any entry
+    /// of `key`). Used when rebuilding the book; admission of a download goes through
+    /// [`plan_eviction`](Self::plan_eviction), [`begin`](Self::begin) and
+    /// [`complete`](Self::complete).
+    pub fn insert(&mut self, key: ObjectKey, size: u64) {
+        self.remove(&key);
+        self.add(key, size, EntryState::Ready);
+    }
+
+    /// Adds a pending entry of `size` bytes: its bytes count as used, it cannot be evicted.
+    /// Returns false (and changes nothing) if `key` already has an entry.
+    pub fn begin(&mut self, key: ObjectKey, size: u64) -> bool {
+        if self.entries.contains_key(&key) {
+            return false;
+        }
+        self.add(key, size, EntryState::Pending);
+        true
+    }
+
+    /// Makes `key`'s pending entry ready, as the most recently used one. Returns false if it
+    /// has no pending entry.
+    pub fn complete(&mut self, key: &ObjectKey) -> bool {
+        self.clock += 1;
+        let clock = self.clock;
+        match self.entries.get_mut(key) {
+            Some(entry) if entry.state == EntryState::Pending => {
+                entry.state = EntryState::Ready;
+                entry.last_access = clock;
+                self.lru.insert(clock, key.clone());
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Marks `key` as just used. Returns false if it has no entry.
+    pub fn touch(&mut self, key: &ObjectKey) -> bool {
+        self.clock += 1;
+        let clock = self.clock;
+        let Some(entry) = self.entries.get_mut(key) else {
+            return false;
+        };
+        if entry.state == EntryState::Ready {
+            self.lru.remove(&entry.last_access);
+            self.lru.insert(clock, key.clone());
+        }
+        entry.last_access = clock;
+        true
+    }
+
+    /// Removes `key`'s entry (ready or pending) and returns its size. Pins on `key` stay: the
+    /// object is protected again if it comes back.
+    pub fn remove(&mut self, key: &ObjectKey) -> Option<u64> {
+        let entry = self.entries.remove(key)?;
+        if entry.state == EntryState::Ready {
+            self.lru.remove(&entry.last_access);
+        }
+        self.used -= entry.size;
+        if self.is_pinned(key) {
+            self.pinned -= entry.size;
+        }
+        Some(entry.size)
+    }
+
+    /// `holder` pins `keys` (cached or not); pinning twice is the same as once.
+    pub fn pin<'a>(&mut self, holder: &str, keys: impl IntoIterator<Item = &'a ObjectKey>) {
+        let held = self.holders.entry(holder.to_owned()).or_default();
+        for key in keys {
+            if !held.insert(key.clone()) {
+                continue;
+            }
+            let count = self.pin_counts.entry(key.clone()).or_insert(0);
+            *count += 1;
+            if *count == 1 {
+                if let Some(entry) = self.entries.get(key) {
+                    self.pinned += entry.size;
+                }
+            }
+        }
+        if held.is_empty() {
+            self.holders.remove(holder);
+        }
+    }
+
+    /// `holder` releases every object it pins. Returns how many it pinned.
+    pub fn unpin_all(&mut self, holder: &str) -> usize {
+        let Some(held) = self.holders.remove(holder) else {
+            return 0;
+        };
+        for key in &held {
+            let Some(count) = self.pin_counts.get_mut(key) else {
+                continue;
+            };
+            *count -= 1;
+            if *count == 0 {
+                self.pin_counts.remove(key);
+                if let Some(entry) = self.entries.get(key) {
+                    self.pinned -= entry.size;
+                }
+            }
+        }
+        held.len()
+    }
+
+    /// What to evict before (or after) `incoming` more bytes arrive: nothing while
+    /// `used + incoming` stays at or below the high watermark; otherwise unpinned ready entries
+    /// in LRU order until `used + incoming` is at or below the low watermark, or as close as
+    /// pins allow. Fails with [`Full`] when the object cannot fit even after evicting every
+    /// unpinned ready entry. Pure: the caller removes the entries it deletes.
+    pub fn plan_eviction(&self, incoming: u64) -> Result<Vec<ObjectKey>, Full> {
+        let evictable: u64 = self.evictable().map(|(_, size)| size).sum();
+        let unevictable = self.used - evictable;
+        if incoming > self.capacity || unevictable + incoming > self.capacity {
+            return Err(Full {
+                incoming,
+                capacity: self.capacity,
+                used: self.used,
+                pinned: self.pinned,
+                unevictable,
+            });
+        }
+        let mut after = self.used + incoming;
+        if after <= self.high {
+            return Ok(Vec::new());
+        }
+        let mut victims = Vec::new();
+        for (key, size) in self.evictable() {
+            if after <= self.low {
+                break;
+            }
+            victims.push(key.clone());
+            after -= size;
+        }
+        Ok(victims)
+    }
+
+    /// Every unpinned ready entry, least recently used first.
+    pub fn evictable(&self) -> impl Iterator<Item = (&ObjectKey, u64)> + '_ {
+        self.lru.values().filter_map(|key| {
+            let entry = &self.entries[key];
+            (!self.is_pinned(key)).then_some((key, entry.size))
+        })
+    }
+
+    fn add(&mut self, key: ObjectKey, size: u64, state: EntryState) {
+        self.clock += 1;
+        if state == EntryState::Ready {
+            self.lru.insert(self.clock, key.clone());
+        }
+        self.used += size;
+        if self.is_pinned(&key) {
+            self.pinned += size;
+        }
+        self.entries.insert(
+            key,
+            Entry {
+                size,
+                state,
+                last_access: self.clock,
+            },
+        );
+    }
+}
+
+fn fraction_of(capacity: u64, fraction: f64) -> u64 {
+    let fraction = if fraction.is_nan() {
+        1.0
+    } else {
+        fraction.clamp(0.0, 1.0)
+    };
+    // Exact enough: capacities are far below 2^53 bytes in practice; the cast saturates and
+    // the result is clamped to the capacity.
+    let bytes = (capacity as f64 * fraction) as u64;
+    bytes.min(capacity)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,541 @@
+//! One download of one object: the single-flight unit every caller needing the object
+//! shares. Parallel ranged GETs of `part_size` bytes, each under a permit of the global limit
+//! and pinned by `If-Match`, written at their offsets into a staging file; per-part progress
+//! published through a `watch` channel (read-through readers and the MD5 check follow it);
+//! then verification, fsync, atomic rename into the content store and the `cache_entries`
+//! row.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::{StreamExt as _, TryStreamExt as _};
+use md5::{Digest as _, Md5};
+use tokio::sync::watch;
+
+use super::{entries, CacheError, FetchContext, Inner, Layout, ObjectKey, Victim};
+use crate::upstream::{ByteRange, StoreError, Target};
+
+/// How a download ended: the bytes it took from upstream, or its error (shared by every
+/// caller waiting for it).
+pub(super) type FlightEnd = Result<u64, Arc<CacheError>>;
+
+/// Bytes gathered from a part's body before one positional write.
+const WRITE_BATCH: usize = 512 * 1024;
+/// Bytes hashed per blocking call by the MD5 check.
+const HASH_CHUNK: u64 = 4 * 1024 * 1024;
+
+/// A download in progress.
+#[derive(Debug)]
+pub(super) struct Flight {
+    object: ObjectKey,
+    part_size: u64,
+    progress: watch::Sender<Progress>,
+}
+
+/// What a download has done so far.
+#[derive(Debug)]
+pub(super) struct Progress {
+    /// The staging file, once created (it stays readable through this handle after the
+    /// rename into the content store).
+    file: Option<Arc<File>>,
+    /// Bytes written of each part, from the part's start.
+    landed: Vec<u64>,
+    /// Bytes written in all.
+    total: u64,
+    /// Set once, when the download ends.
+    end: Option<FlightEnd>,
+}
+
+impl Flight {
+    pub fn new(object: ObjectKey, part_size: u64) -> Self {
+        let parts = usize::try_from(object.size.div_ceil(part_size)).unwrap_or(usize::MAX);
+        let (progress, _) = watch::channel(Progress {
+            file: None,
+            landed: vec![0; parts],
+            total: 0,
+            end: None,
+        });
+        Self {
+            object,
+            part_size,
+            progress,
+        }
+    }
+
+    pub fn object(&self) -> &ObjectKey {
+        &self.object
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Progress> {
+        self.progress.subscribe()
+    }
+
+    fn parts(&self) -> u64 {
+        self.object.size.div_ceil(self.part_size)
+    }
+
+    fn downloaded(&self) -> u64 {
+        self.progress.borrow().total
+    }
+
+    fn set_file(&self, file: Arc<File>) {
+        self.progress.send_modify(|p| p.file = Some(file));
+    }
+
+    fn landed(&self, part: u64, len: u64) {
+        self.progress.send_modify(|p| {
+            if let Some(landed) = usize::try_from(part).ok().and_then(|i| p.landed.get_mut(i)) {
+                *landed += len;
+            }
+            p.total += len;
+        });
+    }
+
+    pub fn finish(&self, end: &FlightEnd) {
+        self.progress.send_modify(|p| p.end = Some(end.clone()));
+    }
+
+    /// Waits for the end of the download, calling `progress` with the bytes landed so far
+    /// whenever they change. Returns the bytes the download took from upstream.
+    pub async fn wait(
+        &self,
+        progress: Option<&(dyn Fn(u64) + Send + Sync)>,
+    ) -> Result<u64, CacheError> {
+        let mut rx = self.subscribe();
+        let mut reported = None;
+        loop {
+            let (total, end) = {
+                let p = rx.borrow_and_update();
+                (p.total, p.end.clone())
+            };
+            if let Some(report) = progress {
+                if reported != Some(total) {
+                    report(total);
+                    reported = Some(total);
+                }
+            }
+            match end {
+                Some(Ok(downloaded)) => return Ok(downloaded),
+                Some(Err(err)) => return Err(CacheError::Shared(err)),
+                None => {}
+            }
+            if rx.changed().await.is_err() {
+                return Err(self.interrupted());
+            }
+        }
+    }
+
+    fn interrupted(&self) -> CacheError {
+        CacheError::Interrupted {
+            object: self.object.to_string(),
+            reason: "the download task ended without a result",
+        }
+    }
+}
+
+/// Waits until the byte at `pos` (< the object's size) has landed; returns the file to read
+/// it from and the end (exclusive) of the bytes available from `pos` on. Fails with the
+/// download's error if it fails first.
+pub(super) async fn available_from(
+    rx: &mut watch::Receiver<Progress>,
+    flight: &Flight,
+    pos: u64,
+) -> Result<(Arc<File>, u64), CacheError> {
+    loop {
+        {
+            let p = rx.borrow_and_update();
+            match &p.end {
+                Some(Err(err)) => return Err(CacheError::Shared(Arc::clone(err))),
+                Some(Ok(_)) => {
+                    if let Some(file) = &p.file {
+                        return Ok((Arc::clone(file), flight.object.size));
+                    }
+                    return Err(flight.interrupted());
+                }
+                None => {}
+            }
+            if let Some(file) = &p.file {
+                let part = pos / flight.part_size;
+                let landed = usize::try_from(part)
+                    .ok()
+                    .and_then(|i| p.landed.get(i))
+                    .copied()
+                    .unwrap_or(0);
+                let available = part * flight.part_size + landed;
+                if available > pos {
+                    return Ok((Arc::clone(file), available));
+                }
+            }
+        }
+        if rx.changed().await.is_err() {
+            return Err(flight.interrupted());
+        }
+    }
+}
+
+impl Inner {
+    /// The task of one download: deletes what admission evicted, downloads, records the
+    /// egress, and tells the book and the waiters how it ended.
+    pub(super) async fn run_flight(
+        self: Arc<Self>,
+        flight: Arc<Flight>,
+        ctx: FetchContext,
+        victims: Vec<Victim>,
+    ) {
+        let mut guard = EndGuard {
+            inner: Arc::clone(&self),
+            flight: Arc::clone(&flight),
+            ended: false,
+        };
+        self.delete_victims(victims).await;
+        let object = flight.object().clone();
+        let staging = self.layout.staging_path(&object);
+        let result = tokio::select! {
+            result = self.download(&flight, &staging) => result,
+            () = self.stop.cancelled() => Err(CacheError::Interrupted {
+                object: object.to_string(),
+                reason: "the cache is shutting down",
+            }),
+        };
+        let downloaded = flight.downloaded();
+        if downloaded > 0 {
+            self.recorder.downloaded(&object, &ctx, downloaded);
+        }
+        match &result {
+            Ok(()) => {
+                tracing::debug!(object = %object, etag = %object.etag, bytes = downloaded, "cached")
+            }
+            Err(err) => {
+                tracing::warn!(object = %object, etag = %object.etag, error = %err, "download failed");
+                remove_quietly(staging).await;
+            }
+        }
+        let end = result.map(|()| downloaded).map_err(Arc::new);
+        self.finish_flight(&flight, &end);
+        guard.ended = true;
+    }
+
+    /// Downloads, verifies and installs `flight`'s object.
+    async fn download(
+        self: &Arc<Self>,
+        flight: &Arc<Flight>,
+        staging: &Path,
+    ) -> Result<(), CacheError> {
+        let object = flight.object();
+        if object.size == 0 {
+            // No range of an empty object can be read: check that it still is what we expect.
+            let meta = self.store.head(&object.bucket, &object.key).await?;
+            check_meta(object, &meta.etag, meta.size)?;
+        }
+        let file = blocking(format!("creating the staging file for {object}"), {
+            let staging = staging.to_owned();
+            move || {
+                File::options()
+                    .read(true)
+                    .write(true)
+                    .create_new(true)
+                    .open(staging)
+            }
+        })
+        .await?;
+        let file = Arc::new(file);
+        flight.set_file(Arc::clone(&file));
+
+        // Owned handles in each part's future: borrowed ones make the task's future fail the
+        // `Send` check (higher-ranked lifetimes of closures returning futures).
+        let parts = futures::stream::iter(0..flight.parts())
+            .map(Ok)
+            .try_for_each_concurrent(self.settings.concurrency, |part| {
+                let (inner, flight, file) =
+                    (Arc::clone(self), Arc::clone(flight), Arc::clone(&file));
+                async move { inner.download_part(&flight, &file, part).await }
+            });
+        let digest = async {
+            match expected_md5(&object.etag) {
+                Some(_) => md5_follow(flight).await.map(Some),
+                None => Ok(None),
+            }
+        };
+        let ((), digest) = tokio::try_join!(parts, digest)?;
+
+        let written = flight.downloaded();
+        if written != object.size {
+            return Err(CacheError::Corrupt {
+                object: object.to_string(),
+                reason: format!("downloaded {written} bytes, expected {}", object.size),
+            });
+        }
+        if let (Some(expected), Some(actual)) = (expected_md5(&object.etag), digest) {
+            if expected != actual {
+                return Err(CacheError::Corrupt {
+                    object: object.to_string(),
+                    reason: format!(
+                        "the md5 of the bytes is {}, the etag {} says otherwise",
+                        hex::encode(actual),
+                        object.etag
+                    ),
+                });
+            }
+        }
+        let content = self.layout.content_path(object);
+        install(&file, staging, &content, object).await?;
+        if let Err(err) =
+            entries::upsert_ready(&self.db, object, &Layout::content_relative(object)).await
+        {
+            // The bytes are verified and in place; without the row, the next start-up
+            // removes the file as an orphan. Not worth failing the callers for.
+            tracing::error!(object = %object, error = %err, "cannot record a cache entry");
+        }
+        Ok(())
+    }
+
+    /// Downloads part `part` of `flight`'s object into `file`.
+    async fn download_part(
+        &self,
+        flight: &Flight,
+        file: &Arc<File>,
+        part: u64,
+    ) -> Result<(), CacheError> {
+        let object = flight.object();
+        let start = part * flight.part_size;
+        let end = (start + flight.part_size).min(object.size) - 1;
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| CacheError::Interrupted {
+                object: object.to_string(),
+                reason: "the cache is shutting down",
+            })?;
+        let range = ByteRange::Bounded {
+            start,
+            end_inclusive: end,
+        };
+        let response = self
+            .store
+            .get(&object.bucket, &object.key, range, Some(&object.etag))
+            .await?;
+        check_meta(object, &response.meta.etag, response.meta.size)?;
+        let whole = start == 0 && end + 1 == object.size;
+        if !(response.range == Some((start, end)) || (response.range.is_none() && whole)) {
+            return Err(StoreError::corrupt(
+                Target::new("get", &object.bucket, &object.key),
+                format!(
+                    "asked for bytes {start}-{end}, the answer carries {:?}",
+                    response.range
+                ),
+            )
+            .into());
+        }
+        let mut body = response.body;
+        let mut offset = start;
+        let mut batch = Vec::new();
+        let mut batch_len = 0u64;
+        loop {
+            let chunk = body.next().await.transpose()?;
+            let finished = chunk.is_none();
+            if let Some(chunk) = chunk {
+                batch_len += chunk.len() as u64;
+                batch.push(chunk);
+                if offset + batch_len > end + 1 {
+                    return Err(StoreError::corrupt(
+                        Target::new("get", &object.bucket, &object.key),
+                        format!("the body of bytes {start}-{end} is longer than asked"),
+                    )
+                    .into());
+                }
+                if batch_len < WRITE_BATCH as u64 {
+                    continue;
+                }
+            }
+            if batch_len > 0 {
+                self.write_batch(flight, file, part, offset, std::mem::take(&mut batch))
+                    .await?;
+                offset += batch_len;
+                batch_len = 0;
+            }
+            if finished {
+                break;
+            }
+        }
+        if offset != end + 1 {
+            return Err(StoreError::unavailable(
+                Target::new("get", &object.bucket, &object.key),
+                format!("the body of bytes {start}-{end} ended at {offset}"),
+            )
+            .into());
+        }
+        Ok(())
+    }
+
+    /// Writes `chunks` at `offset` and publishes them as landed.
+    async fn write_batch(
+        &self,
+        flight: &Flight,
+        file: &Arc<File>,
+        part: u64,
+        offset: u64,
+        chunks: Vec<Bytes>,
+    ) -> Result<(), CacheError> {
+        let object = flight.object();
+        let file = Arc::clone(file);
+        let len = blocking(format!("writing {object} to its staging file"), move || {
+            let mut at = offset;
+            for chunk in &chunks {
+                file.write_all_at(chunk, at)?;
+                at += chunk.len() as u64;
+            }
+            Ok(at - offset)
+        })
+        .await?;
+        flight.landed(part, len);
+        self.counters
+            .bytes_from_upstream
+            .fetch_add(len, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// Ends a download whose task stopped without ending it (dropped with its runtime, or
+/// panicked), so that its waiters get an error instead of waiting for ever and the book
+/// releases its bytes. The staging file is left for the next start-up to remove.
+struct EndGuard {
+    inner: Arc<Inner>,
+    flight: Arc<Flight>,
+    ended: bool,
+}
+
+impl Drop for EndGuard {
+    fn drop(&mut self) {
+        if !self.ended {
+            let err = CacheError::Interrupted {
+                object: self.flight.object().to_string(),
+                reason: "the download task stopped",
+            };
+            self.inner.finish_flight(&self.flight, &Err(Arc::new(err)));
+        }
+    }
+}
+
+/// Refuses an answer about another version of `object`.
+fn check_meta(object: &ObjectKey, etag: &str, size: u64) -> Result<(), CacheError> {
+    if etag != object.etag {
+        return Err(StoreError::PreconditionFailed {
+            target: Target::new("get", &object.bucket, &object.key),
+            detail: format!(
+                "asked for etag {}, the upstream has etag {etag}",
+                object.etag
+            ),
+        }
+        .into());
+    }
+    if size != object.size {
+        return Err(CacheError::Corrupt {
+            object: object.to_string(),
+            reason: format!(
+                "the upstream object with etag {etag} has {size} bytes, expected {}",
+                object.size
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// The MD5 a single-part ETag (32 hex digits) states, or `None` for other ETags (multipart:
+/// `<hex>-<parts>`), which say nothing checkable about the bytes.
+pub(super) fn expected_md5(etag: &str) -> Option<[u8; 16]> {
+    if etag.len() != 32 {
+        return None;
+    }
+    let mut digest = [0u8; 16];
+    hex::decode_to_slice(etag, &mut digest).ok()?;
+    Some(digest)
+}
+
+/// The MD5 of the object, computed as its bytes land, in order (overlapping the download).
+async fn md5_follow(flight: &Flight) -> Result<[u8; 16], CacheError> {
+    let object = flight.object();
+    let mut rx = flight.subscribe();
+    let mut hasher = Md5::new();
+    let mut buf = Vec::new();
+    let mut pos = 0;
+    while pos < object.size {
+        let (file, available) = available_from(&mut rx, flight, pos).await?;
+        let len = (available - pos).min(HASH_CHUNK);
+        let (h, b) = blocking(format!("hashing the staging file of {object}"), move || {
+            buf.resize(usize::try_from(len).unwrap_or(usize::MAX), 0);
+            file.read_exact_at(&mut buf, pos)?;
+            hasher.update(&buf);
+            Ok((hasher, buf))
+        })
+        .await?;
+        (hasher, buf) = (h, b);
+        pos += len;
+    }
+    Ok(hasher.finalize().into())
+}
+
+/// Makes the verified staging file durable and moves it into the content store.
+async fn install(
+    file: &Arc<File>,
+    staging: &Path,
+    content: &Path,
+    object: &ObjectKey,
+) -> Result<(), CacheError> {
+    let file = Arc::clone(file);
+    let (staging, content) = (staging.to_owned(), content.to_owned());
+    blocking(
+        format!("installing {object} in the content store"),
+        move || {
+            file.sync_all()?;
+            let dir = content.parent().unwrap_or(Path::new("."));
+            std::fs::create_dir_all(dir)?;
+            std::fs::rename(&staging, &content)?;
+            // Make the rename durable too.
+            File::open(dir)?.sync_all()
+        },
+    )
+    .await
+}
+
+/// Runs blocking file I/O off the runtime; errors name `context`.
+pub(super) async fn blocking<T, F>(context: String, op: F) -> Result<T, CacheError>
+where
+    F: FnOnce() -> std::io::Result<T> + Send + 'static,
+    T: Send + 'static,
+{
+    match tokio::task::spawn_blocking(op).await {
+        Ok(result) => result.map_err(|err| CacheError::io(context, err)),
+        Err(join) => Err(CacheError::io(context, std::io::Error::other(join))),
+    }
+}
+
+/// Removes a file, logging failures other than "already gone".
+pub(super) async fn remove_quietly(path: PathBuf) {
+    let shown = path.display().to_string();
+    let result = tokio::task::spawn_blocking(move || std::fs::remove_file(path)).await;
+    match result {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Ok(Err(err)) => tracing::warn!(path = %shown, error = %err, "cannot remove a cache file"),
+        Err(err) => tracing::warn!(path = %shown, error = %err, "removing a cache file failed"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::expected_md5;
+
+    #[test]
+    fn only_single_part_etags_state_an_md5() {
+        assert!(expected_md5("d41d8cd98f00b204e9800998ecf8427e").is_some());
+        assert!(expected_md5("D41D8CD98F00B204E9800998ECF8427E").is_some());
+        assert!(expected_md5("d41d8cd98f00b204e9800998ecf8427e-3").is_none());
+        assert!(expected_md5("zz1d8cd98f00b204e9800998ecf8427e").is_none());
+        assert!(expected_md5("").is_none());
+    }
+}

@@ -1,0 +1,481 @@
+//! The office cache: a content store on local disk keyed by (bucket, key, ETag), filled from
+//! the upstream store with parallel ranged GETs, one download per object however many callers
+//! need it (single-flight), read through while it downloads, evicted in LRU order among
+//! unpinned entries, with views of hard links for reservations and an egress ledger.
+//!
+//! - [`OfficeCache`] is the service object; `mod.rs` holds its public calls.
+//! - [`CacheBook`] (`book.rs`) is the bookkeeping as a pure structure with its invariants.
+//! - `flight.rs` downloads one object (the single-flight unit), `stream.rs` streams byte
+//!   ranges from content and staging files, `views.rs` builds views, `reconcile.rs` makes
+//!   the disk and the `cache_entries` table agree at start-up, and `recorder.rs` writes the
+//!   egress ledger and access times in the background.
+//!
+//! # Lifecycle of an entry
+//!
+//! A missing object is admitted (space planned, [`Full`](CacheErrorKind::Full) if it cannot
+//! fit, least recently used unpinned entries evicted to make room), downloaded into
+//! `staging/`, verified (size; MD5 for a single-part ETag), fsynced, renamed into
+//! `objects/<xx>/<sha256>` and recorded as a `cache_entries` row in state `ready`. Nothing
+//! half-written is ever under `objects/`. After each insert, if the used bytes exceed the
+//! high watermark, unpinned entries are evicted in LRU order down to the low watermark.
+
+mod book;
+mod entries;
+mod error;
+mod flight;
+mod layout;
+mod reconcile;
+mod recorder;
+mod stream;
+mod types;
+mod views;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use sea_orm::DatabaseConnection;
+use tokio::sync::{watch, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::upstream::{ByteRange, ObjectStore};
+
+pub use book::{CacheBook, EntryState, Full};
+pub use error::{CacheError, CacheErrorKind};
+pub use types::{
+    CacheRead, CacheSettings, CacheStatsSnapshot, FetchContext, FetchOutcome, ObjectKey,
+};
+
+use flight::{Flight, FlightEnd};
+use layout::Layout;
+use recorder::{Recorder, ServeRecord};
+use stream::Source;
+
+/// The holder that pins `dirty` entries found at start-up (written locally, not yet in S3),
+/// so that they are never evicted.
+pub const WRITE_BACK_HOLDER: &str = "write-back";
+
+/// The office cache; see the [module documentation](self). Shared as `Arc<OfficeCache>`;
+/// every call takes `&self`.
+pub struct OfficeCache {
+    inner: Arc<Inner>,
+}
+
+/// The state shared by the cache and its background tasks.
+struct Inner {
+    settings: CacheSettings,
+    layout: Layout,
+    db: DatabaseConnection,
+    store: Arc<dyn ObjectStore>,
+    /// The global limit of ranged GETs in flight.
+    permits: Semaphore,
+    state: Mutex<State>,
+    counters: Counters,
+    recorder: Recorder,
+    /// Downloads and deletions in progress.
+    tasks: TaskTracker,
+    /// Stops downloads at shutdown.
+    stop: CancellationToken,
+}
+
+/// What the cache holds and does now, under one lock held only for bookkeeping (no I/O).
+struct State {
+    book: CacheBook,
+    /// Downloads in progress, by object: the single-flight map.
+    flights: HashMap<ObjectKey, Arc<Flight>>,
+    /// Entries being deleted (evicted): a new download of the same object waits for the
+    /// deletion, so that a late delete never removes its file or row. The sender is dropped
+    /// when the deletion is done.
+    deleting: HashMap<ObjectKey, watch::Receiver<()>>,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    hits: AtomicU64,
+    misses: AtomicU64,
+    bytes_served: AtomicU64,
+    bytes_from_upstream: AtomicU64,
+}
+
+/// An entry chosen for eviction, with the gate that holds back new downloads of it until
+/// its file and row are deleted.
+struct Victim {
+    object: ObjectKey,
+    _gate: watch::Sender<()>,
+}
+
+/// What a caller needing an object finds.
+enum Lookup {
+    /// Cached: its content file.
+    Hit(PathBuf),
+    /// Downloading (`started`: by this caller).
+    Flight { flight: Arc<Flight>, started: bool },
+    /// Being deleted: wait for the receiver to close, then look again.
+    Wait(watch::Receiver<()>),
+}
+
+impl fmt::Debug for OfficeCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OfficeCache")
+            .field("root", &self.inner.layout.root)
+            .field("office", &self.inner.settings.office)
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+impl OfficeCache {
+    /// Opens the cache in `settings.root` (creating `objects/`, `staging/` and `views/`),
+    /// makes the disk and the `cache_entries` table agree (staging files removed, content
+    /// files without a row removed, rows whose file is missing or has the wrong size dropped,
+    /// rows in state `staging` dropped), rebuilds the bookkeeping from the rows (LRU order by
+    /// their last access; `dirty` entries pinned by [`WRITE_BACK_HOLDER`]) and logs what it
+    /// fixed. Must be called within a tokio runtime: it starts the ledger writer.
+    pub async fn open(
+        settings: CacheSettings,
+        db: DatabaseConnection,
+        store: Arc<dyn ObjectStore>,
+    ) -> Result<Arc<OfficeCache>, CacheError> {
+        settings.validate()?;
+        let layout = Layout::new(&settings.root);
+        let book = CacheBook::new(
+            settings.capacity,
+            settings.high_watermark,
+            settings.low_watermark,
+        );
+        let book = reconcile::reconcile(&layout, &db, book).await?;
+        let recorder = Recorder::start(db.clone(), settings.office.clone());
+        let inner = Arc::new(Inner {
+            permits: Semaphore::new(settings.concurrency),
+            layout,
+            db,
+            store,
+            state: Mutex::new(State {
+                book,
+                flights: HashMap::new(),
+                deleting: HashMap::new(),
+            }),
+            counters: Counters::default(),
+            recorder,
+            tasks: TaskTracker::new(),
+            stop: CancellationToken::new(),
+            settings,
+        });
+        // The capacity may have shrunk since the entries were written.
+        let victims = {
+            let mut state = inner.lock();
+            let planned = state
+                .book
+                .plan_eviction(0)
+                .unwrap_or_else(|_| state.book.evictable().map(|(key, _)| key.clone()).collect());
+            inner.take_victims(&mut state, planned)
+        };
+        if !victims.is_empty() {
+            tracing::info!(
+                count = victims.len(),
+                "office cache above its high watermark at start-up, evicting"
+            );
+            inner.delete_victims(victims).await;
+        }
+        Ok(Arc::new(OfficeCache { inner }))
+    }
+
+    /// Makes `object` cached and returns its content file. Concurrent callers needing the
+    /// same missing object share one download (single-flight); the caller that started it is
+    /// credited with its bytes in [`FetchOutcome::bytes_from_upstream`] and the egress
+    /// ledger. `progress`, if given, is called with the bytes downloaded so far as they land
+    /// (also when joining another caller's download). The download goes on if this call is
+    /// dropped.
+    ///
+    /// Errors: [`Full`](CacheErrorKind::Full) before any download when the object cannot fit
+    /// even after evicting every unpinned entry; [`NotFound`](CacheErrorKind::NotFound),
+    /// [`PreconditionFailed`](CacheErrorKind::PreconditionFailed) (the object changed
+    /// upstream), [`Upstream`](CacheErrorKind::Upstream), [`Corrupt`](CacheErrorKind::Corrupt)
+    /// (verification failed) or [`Io`](CacheErrorKind::Io); nothing is cached then.
+    pub async fn fetch(
+        &self,
+        object: &ObjectKey,
+        ctx: &FetchContext,
+        progress: Option<&(dyn Fn(u64) + Send + Sync)>,
+    ) -> Result<FetchOutcome, CacheError> {
+        loop {
+            match self.inner.lookup(object, ctx)? {
+                Lookup::Hit(path) => {
+                    self.inner.counters.hits.fetch_add(1, Ordering::Relaxed);
+                    return Ok(FetchOutcome {
+                        path,
+                        bytes_from_upstream: 0,
+                        hit: true,
+                    });
+                }
+                Lookup::Wait(mut gate) => {
+                    // Closed when the deletion is done; then look again.
+                    let _ = gate.changed().await;
+                }
+                Lookup::Flight { flight, started } => {
+                    self.inner.counters.misses.fetch_add(1, Ordering::Relaxed);
+                    let downloaded = flight.wait(progress).await?;
+                    return Ok(FetchOutcome {
+                        path: self.inner.layout.content_path(object),
+                        bytes_from_upstream: if started { downloaded } else { 0 },
+                        hit: false,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Reads `range` of `object`: from its content file when cached (counts as an access for
+    /// LRU), otherwise through the download (started or joined, single-flight): the body
+    /// streams the requested bytes as they land, without buffering the object and without a
+    /// second upstream request. Returns once the first requested bytes are available, so
+    /// that an upstream failure is an error here rather than a broken body. Dropping the body
+    /// does not stop the download. Each read adds a row to the egress ledger when its body is
+    /// dropped, with the bytes it served.
+    ///
+    /// Errors: [`InvalidRange`](CacheErrorKind::InvalidRange) before any upstream traffic
+    /// when `range` cannot be satisfied for `object.size` (any range of an empty object);
+    /// otherwise those of [`fetch`](Self::fetch).
+    pub async fn read(
+        &self,
+        object: &ObjectKey,
+        range: ByteRange,
+        ctx: &FetchContext,
+    ) -> Result<CacheRead, CacheError> {
+        let Some((start, end)) = range.resolve(object.size) else {
+            return Err(CacheError::InvalidRange {
+                object: object.to_string(),
+                range: range.to_string(),
+                size: object.size,
+            });
+        };
+        let mut vanished = 0;
+        loop {
+            let (source, hit) = match self.inner.lookup(object, ctx)? {
+                Lookup::Hit(path) => match stream::open(&path, object).await {
+                    Ok(file) => (Source::File(file), true),
+                    // Evicted between the lookup and the open: look again.
+                    Err(err) if err.kind() == CacheErrorKind::NotFound && vanished < 3 => {
+                        vanished += 1;
+                        continue;
+                    }
+                    Err(err) => return Err(err),
+                },
+                Lookup::Wait(mut gate) => {
+                    let _ = gate.changed().await;
+                    continue;
+                }
+                Lookup::Flight { flight, .. } => {
+                    let mut progress = flight.subscribe();
+                    flight::available_from(&mut progress, &flight, start).await?;
+                    (Source::Flight { flight, progress }, false)
+                }
+            };
+            let counter = if hit {
+                &self.inner.counters.hits
+            } else {
+                &self.inner.counters.misses
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+            let record =
+                ServeRecord::new(Arc::clone(&self.inner), object.clone(), ctx.clone(), hit);
+            return Ok(CacheRead {
+                total_size: object.size,
+                range: (start, end),
+                hit,
+                body: stream::range_stream(source, object.clone(), start, end, record),
+            });
+        }
+    }
+
+    /// `holder` (a reservation id) pins `objects`: they are never evicted until
+    /// [`unpin_all`](Self::unpin_all). Objects not cached yet may be pinned: they are
+    /// protected once they land.
+    pub fn pin(&self, holder: &str, objects: &[ObjectKey]) {
+        self.inner.lock().book.pin(holder, objects);
+    }
+
+    /// `holder` releases every object it pins.
+    pub fn unpin_all(&self, holder: &str) {
+        let released = self.inner.lock().book.unpin_all(holder);
+        tracing::debug!(holder, released, "unpinned");
+    }
+
+    /// Makes the view `name`: `root/views/<name>/<bucket>/<key>` hard links to the content
+    /// files of `objects`, replacing any view of that name (the new tree appears at once,
+    /// complete). Every object must be cached ([`NotFound`](CacheErrorKind::NotFound)
+    /// otherwise); a name or key that could escape the view directory (`..`, `.` or empty
+    /// segments, absolute, NUL, backslash) is refused with
+    /// [`Invalid`](CacheErrorKind::Invalid). Returns the view's directory.
+    pub async fn create_view(
+        &self,
+        name: &str,
+        objects: &[ObjectKey],
+    ) -> Result<PathBuf, CacheError> {
+        views::create(&self.inner, name, objects).await
+    }
+
+    /// Removes the view `name` (the content files stay). Removing a missing view succeeds.
+    pub async fn remove_view(&self, name: &str) -> Result<(), CacheError> {
+        views::remove(&self.inner, name).await
+    }
+
+    /// Whether `object` is in the content store.
+    pub fn is_cached(&self, object: &ObjectKey) -> bool {
+        self.inner.lock().book.is_ready(object)
+    }
+
+    /// The content file of `object`, if it is cached.
+    pub fn content_path(&self, object: &ObjectKey) -> Option<PathBuf> {
+        self.is_cached(object)
+            .then(|| self.inner.layout.content_path(object))
+    }
+
+    /// Capacity, usage and the counters since start (the api adds the ledger's totals).
+    pub fn stats(&self) -> CacheStatsSnapshot {
+        let (used, pinned, objects) = {
+            let state = self.inner.lock();
+            (
+                state.book.used(),
+                state.book.pinned(),
+                state.book.ready_count() as u64,
+            )
+        };
+        let counters = &self.inner.counters;
+        CacheStatsSnapshot {
+            capacity_bytes: self.inner.settings.capacity,
+            used_bytes: used,
+            pinned_bytes: pinned,
+            objects,
+            hits: counters.hits.load(Ordering::Relaxed),
+            misses: counters.misses.load(Ordering::Relaxed),
+            bytes_served: counters.bytes_served.load(Ordering::Relaxed),
+            bytes_from_upstream: counters.bytes_from_upstream.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The settings the cache was opened with.
+    pub fn settings(&self) -> &CacheSettings {
+        &self.inner.settings
+    }
+
+    /// Waits until the ledger rows and access times recorded so far are written.
+    pub async fn flush(&self) {
+        self.inner.recorder.flush().await;
+    }
+
+    /// Stops: downloads in progress end with an error (their staging files removed),
+    /// deletions finish, then the ledger is flushed. Calls after this may fail.
+    pub async fn shutdown(&self) {
+        self.inner.stop.cancel();
+        self.inner.tasks.close();
+        self.inner.tasks.wait().await;
+        self.inner.recorder.shutdown().await;
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Finds `object`, or admits it and starts its download.
+    fn lookup(
+        self: &Arc<Self>,
+        object: &ObjectKey,
+        ctx: &FetchContext,
+    ) -> Result<Lookup, CacheError> {
+        let mut state = self.lock();
+        if state.book.is_ready(object) {
+            state.book.touch(object);
+            drop(state);
+            self.recorder.touch(object);
+            return Ok(Lookup::Hit(self.layout.content_path(object)));
+        }
+        if let Some(flight) = state.flights.get(object) {
+            return Ok(Lookup::Flight {
+                flight: Arc::clone(flight),
+                started: false,
+            });
+        }
+        if let Some(gate) = state.deleting.get(object) {
+            return Ok(Lookup::Wait(gate.clone()));
+        }
+        let planned = state
+            .book
+            .plan_eviction(object.size)
+            .map_err(|full| CacheError::Full {
+                object: object.to_string(),
+                needed: object.size,
+                capacity: full.capacity,
+                used: full.used,
+                pinned: full.pinned,
+                unevictable: full.unevictable,
+            })?;
+        let victims = self.take_victims(&mut state, planned);
+        state.book.begin(object.clone(), object.size);
+        let flight = Arc::new(Flight::new(object.clone(), self.settings.part_size));
+        state.flights.insert(object.clone(), Arc::clone(&flight));
+        drop(state);
+        let started = Arc::clone(&flight);
+        self.tasks
+            .spawn(Arc::clone(self).run_flight(flight, ctx.clone(), victims));
+        Ok(Lookup::Flight {
+            flight: started,
+            started: true,
+        })
+    }
+
+    /// Removes `planned` from the book and gates new downloads of them until
+    /// [`delete_victims`](Self::delete_victims) is done.
+    fn take_victims(&self, state: &mut State, planned: Vec<ObjectKey>) -> Vec<Victim> {
+        planned
+            .into_iter()
+            .map(|object| {
+                state.book.remove(&object);
+                let (gate, waiters) = watch::channel(());
+                state.deleting.insert(object.clone(), waiters);
+                Victim {
+                    object,
+                    _gate: gate,
+                }
+            })
+            .collect()
+    }
+
+    /// Deletes the files and rows of evicted entries, then lets waiting downloads of them
+    /// go. Failures are logged: the entries are already out of the book, and a file left
+    /// behind without its row is removed at the next start-up.
+    async fn delete_victims(&self, victims: Vec<Victim>) {
+        for victim in victims {
+            flight::remove_quietly(self.layout.content_path(&victim.object)).await;
+            if let Err(err) = entries::delete(&self.db, &victim.object).await {
+                tracing::warn!(object = %victim.object, error = %err, "cannot delete an evicted cache entry's row");
+            }
+            tracing::debug!(object = %victim.object, size = victim.object.size, "evicted");
+            self.lock().deleting.remove(&victim.object);
+            // Dropping the victim drops its gate: waiting downloads look again.
+        }
+    }
+
+    /// Ends a download: the book and the single-flight map learn the outcome, then the
+    /// waiters. No eviction is needed here: admission reserved the object's bytes and evicted
+    /// for them (the watermark check counts the incoming bytes), so completing it does not
+    /// change the used bytes.
+    fn finish_flight(&self, flight: &Flight, end: &FlightEnd) {
+        let object = flight.object();
+        {
+            let mut state = self.lock();
+            state.flights.remove(object);
+            if end.is_ok() {
+                state.book.complete(object);
+            } else {
+                state.book.remove(object);
+            }
+        }
+        flight.finish(end);
+    }
+}

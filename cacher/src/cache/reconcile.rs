@@ -1,0 +1,253 @@
+//! Start-up reconciliation: the disk and the `cache_entries` table are made to agree, and
+//! the bookkeeping is rebuilt from what survives. The disk wins for bytes (a row whose file
+//! is missing or has the wrong size is dropped), the table wins for existence (a content file
+//! without a row is removed: nothing proves it was verified).
+
+use std::collections::HashSet;
+use std::io;
+use std::path::Path;
+
+use milepost_schema::entity::cache_entry;
+use milepost_schema::enums::CacheEntryState;
+use sea_orm::DatabaseConnection;
+
+use super::flight::blocking;
+use super::layout::{Layout, OBJECTS};
+use super::{entries, CacheBook, CacheError, ObjectKey, WRITE_BACK_HOLDER};
+
+/// What reconciliation fixed, for the log.
+#[derive(Debug, Default)]
+struct Fixed {
+    staging_removed: usize,
+    view_temps_removed: usize,
+    rows_staging: usize,
+    rows_missing_file: usize,
+    rows_wrong_size: usize,
+    orphans_removed: usize,
+}
+
+/// A row checked against the disk.
+enum Verdict {
+    Keep,
+    MissingFile,
+    WrongSize(u64),
+}
+
+/// Creates the cache's directories, reconciles them with the table and returns `book` filled
+/// with the entries that survive.
+pub(super) async fn reconcile(
+    layout: &Layout,
+    db: &DatabaseConnection,
+    mut book: CacheBook,
+) -> Result<CacheBook, CacheError> {
+    let mut fixed = Fixed::default();
+    let (objects, staging, views) = (
+        layout.objects.clone(),
+        layout.staging.clone(),
+        layout.views.clone(),
+    );
+    let root = layout.root.display().to_string();
+    (fixed.staging_removed, fixed.view_temps_removed) =
+        blocking(format!("preparing the cache directory {root}"), move || {
+            for dir in [&objects, &staging, &views] {
+                std::fs::create_dir_all(dir)?;
+            }
+            let staging_removed = clear_dir(&staging)?;
+            let view_temps_removed = remove_view_temps(&views)?;
+            Ok((staging_removed, view_temps_removed))
+        })
+        .await?;
+
+    let rows = entries::load_all(db).await?;
+    let (rows_staging, rows): (Vec<_>, Vec<_>) = rows
+        .into_iter()
+        .partition(|row| row.state == CacheEntryState::Staging);
+    fixed.rows_staging = rows_staging.len();
+    for row in &rows_staging {
+        tracing::info!(bucket = %row.bucket, key = %row.key, etag = %row.etag, "dropping a cache entry left in state staging");
+    }
+
+    // Check each row's file; the expected path is derived from the key, whatever the row says.
+    let checks: Vec<_> = rows
+        .iter()
+        .map(|row| {
+            let object = object_of(row);
+            let relative = Layout::content_relative(&object);
+            (layout.root.join(&relative), row.size)
+        })
+        .collect();
+    let verdicts = blocking(
+        format!("checking the cache files under {root}"),
+        move || {
+            checks
+                .into_iter()
+                .map(|(path, size)| check_file(&path, size))
+                .collect::<io::Result<Vec<_>>>()
+        },
+    )
+    .await?;
+
+    let mut drop_ids: Vec<i64> = rows_staging.iter().map(|row| row.id).collect();
+    let mut kept = Vec::new();
+    for (row, verdict) in rows.into_iter().zip(verdicts) {
+        let object = object_of(&row);
+        match verdict {
+            Verdict::Keep => kept.push((object, row.state)),
+            Verdict::MissingFile => {
+                tracing::warn!(object = %object, etag = %object.etag, "dropping a cache entry whose file is missing");
+                fixed.rows_missing_file += 1;
+                drop_ids.push(row.id);
+            }
+            Verdict::WrongSize(actual) => {
+                tracing::warn!(object = %object, etag = %object.etag, expected = row.size, actual, "dropping a cache entry whose file has the wrong size");
+                fixed.rows_wrong_size += 1;
+                drop_ids.push(row.id);
+            }
+        }
+    }
+    entries::delete_ids(db, &drop_ids).await?;
+
+    // Remove content files no kept row accounts for (their rows were dropped above, or never
+    // written: a crash between the rename and the insert).
+    let known: HashSet<String> = kept
+        .iter()
+        .map(|(object, _)| Layout::content_relative(object))
+        .collect();
+    let objects = layout.objects.clone();
+    fixed.orphans_removed = blocking(
+        format!("removing orphan cache files under {root}"),
+        move || remove_orphans(&objects, &known),
+    )
+    .await?;
+
+    let mut write_back = Vec::new();
+    for (object, state) in kept {
+        let size = object.size;
+        if state == CacheEntryState::Dirty {
+            write_back.push(object.clone());
+        }
+        book.insert(object, size);
+    }
+    book.pin(WRITE_BACK_HOLDER, &write_back);
+
+    let Fixed {
+        staging_removed,
+        view_temps_removed,
+        rows_staging,
+        rows_missing_file,
+        rows_wrong_size,
+        orphans_removed,
+    } = fixed;
+    let repaired = staging_removed
+        + view_temps_removed
+        + rows_staging
+        + rows_missing_file
+        + rows_wrong_size
+        + orphans_removed;
+    let entries = book.ready_count();
+    let used = book.used();
+    if repaired > 0 {
+        tracing::info!(
+            root,
+            entries,
+            used,
+            staging_removed,
+            view_temps_removed,
+            rows_staging,
+            rows_missing_file,
+            rows_wrong_size,
+            orphans_removed,
+            "office cache reconciled, repairs made"
+        );
+    } else {
+        tracing::info!(
+            root,
+            entries,
+            used,
+            "office cache opened, disk and table agree"
+        );
+    }
+    Ok(book)
+}
+
+fn object_of(row: &cache_entry::Model) -> ObjectKey {
+    ObjectKey {
+        bucket: row.bucket.clone(),
+        key: row.key.clone(),
+        etag: row.etag.clone(),
+        size: u64::try_from(row.size).unwrap_or(u64::MAX),
+    }
+}
+
+fn check_file(path: &Path, expected: i64) -> io::Result<Verdict> {
+    match std::fs::metadata(path) {
+        Ok(meta) if !meta.is_file() => Ok(Verdict::MissingFile),
+        Ok(meta) if i64::try_from(meta.len()).ok() == Some(expected) => Ok(Verdict::Keep),
+        Ok(meta) => Ok(Verdict::WrongSize(meta.len())),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(Verdict::MissingFile),
+        Err(err) => Err(err),
+    }
+}
+
+/// Removes everything in `dir`; returns how many entries it removed.
+fn clear_dir(dir: &Path) -> io::Result<usize> {
+    let mut removed = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        tracing::debug!(path = %path.display(), "removing a leftover staging file");
+        if entry.file_type()?.is_dir() {
+            std::fs::remove_dir_all(&path)?;
+        } else {
+            std::fs::remove_file(&path)?;
+        }
+        removed += 1;
+    }
+    Ok(removed)
+}
+
+/// Removes the temporary directories of views that were being built.
+fn remove_view_temps(views: &Path) -> io::Result<usize> {
+    let mut removed = 0;
+    for entry in std::fs::read_dir(views)? {
+        let entry = entry?;
+        if entry.file_name().to_string_lossy().starts_with(".tmp-") {
+            tracing::debug!(path = %entry.path().display(), "removing a half-built view");
+            std::fs::remove_dir_all(entry.path())?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+/// Removes the files under `objects` (`<xx>/<name>`) whose path relative to the root is not
+/// in `known`; returns how many it removed.
+fn remove_orphans(objects: &Path, known: &HashSet<String>) -> io::Result<usize> {
+    let mut removed = 0;
+    for shard in std::fs::read_dir(objects)? {
+        let shard = shard?;
+        if !shard.file_type()?.is_dir() {
+            tracing::debug!(path = %shard.path().display(), "removing a stray file in the content store");
+            std::fs::remove_file(shard.path())?;
+            removed += 1;
+            continue;
+        }
+        let shard_name = shard.file_name().to_string_lossy().into_owned();
+        for file in std::fs::read_dir(shard.path())? {
+            let file = file?;
+            let name = file.file_name().to_string_lossy().into_owned();
+            let relative = format!("{OBJECTS}/{shard_name}/{name}");
+            if known.contains(&relative) {
+                continue;
+            }
+            tracing::info!(path = %file.path().display(), "removing a content file without a cache entry");
+            if file.file_type()?.is_dir() {
+                std::fs::remove_dir_all(file.path())?;
+            } else {
+                std::fs::remove_file(file.path())?;
+            }
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}

@@ -1,0 +1,220 @@
+//! The background writer of the egress ledger and of entries' access times: callers hand it
+//! records without waiting (an unbounded channel, so a slow database never blocks a stream);
+//! it writes them in batches of whatever queued up meanwhile.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use chrono::{DateTime, Utc};
+use milepost_schema::entity::{cache_entry, egress_ledger};
+use sea_orm::sea_query::Expr;
+use sea_orm::{ColumnTrait as _, DatabaseConnection, EntityTrait as _, QueryFilter as _, Set};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use super::{FetchContext, Inner, ObjectKey};
+
+/// Records written per batch at most.
+const BATCH: usize = 512;
+/// Ledger rows per INSERT statement (10 columns each, under every backend's parameter limit).
+const ROWS_PER_INSERT: usize = 100;
+
+enum Record {
+    Ledger(LedgerRow),
+    Touch(ObjectKey, DateTime<Utc>),
+    Flush(oneshot::Sender<()>),
+    Stop,
+}
+
+struct LedgerRow {
+    at: DateTime<Utc>,
+    bucket: String,
+    key: String,
+    ctx: FetchContext,
+    bytes_from_upstream: u64,
+    bytes_served: u64,
+    cache_hit: bool,
+}
+
+/// The handle on the writer task.
+#[derive(Debug)]
+pub(super) struct Recorder {
+    tx: mpsc::UnboundedSender<Record>,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Recorder {
+    /// Starts the writer; rows name `office`.
+    pub fn start(db: DatabaseConnection, office: String) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(run(db, office, rx));
+        Self {
+            tx,
+            task: Mutex::new(Some(task)),
+        }
+    }
+
+    fn send(&self, record: Record) {
+        if self.tx.send(record).is_err() {
+            tracing::debug!("cache recorder stopped, record dropped");
+        }
+    }
+
+    /// `object` was read from the cache now.
+    pub fn touch(&self, object: &ObjectKey) {
+        self.send(Record::Touch(object.clone(), Utc::now()));
+    }
+
+    /// A download of `object` for `ctx` took `bytes` from upstream.
+    pub fn downloaded(&self, object: &ObjectKey, ctx: &FetchContext, bytes: u64) {
+        self.send(Record::Ledger(LedgerRow {
+            at: Utc::now(),
+            bucket: object.bucket.clone(),
+            key: object.key.clone(),
+            ctx: ctx.clone(),
+            bytes_from_upstream: bytes,
+            bytes_served: 0,
+            cache_hit: false,
+        }));
+    }
+
+    /// Waits until everything recorded before this call is written (or dropped on error).
+    pub async fn flush(&self) {
+        let (done, wait) = oneshot::channel();
+        self.send(Record::Flush(done));
+        let _ = wait.await;
+    }
+
+    /// Writes what is queued and stops the writer.
+    pub async fn shutdown(&self) {
+        self.send(Record::Stop);
+        let task = self
+            .task
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(task) = task {
+            if let Err(err) = task.await {
+                tracing::warn!(error = %err, "cache recorder task failed");
+            }
+        }
+    }
+}
+
+/// The ledger row of one `read`, written when its body is dropped (finished or not), with
+/// the bytes it served. Also counts them into the cache's `bytes_served` as they go.
+pub(super) struct ServeRecord {
+    inner: Arc<Inner>,
+    object: ObjectKey,
+    ctx: FetchContext,
+    hit: bool,
+    served: u64,
+}
+
+impl ServeRecord {
+    pub fn new(inner: Arc<Inner>, object: ObjectKey, ctx: FetchContext, hit: bool) -> Self {
+        Self {
+            inner,
+            object,
+            ctx,
+            hit,
+            served: 0,
+        }
+    }
+
+    pub fn served(&mut self, bytes: u64) {
+        self.served += bytes;
+        self.inner
+            .counters
+            .bytes_served
+            .fetch_add(bytes, Ordering::Relaxed);
+    }
+}
+
+impl Drop for ServeRecord {
+    fn drop(&mut self) {
+        self.inner.recorder.send(Record::Ledger(LedgerRow {
+            at: Utc::now(),
+            bucket: std::mem::take(&mut self.object.bucket),
+            key: std::mem::take(&mut self.object.key),
+            ctx: std::mem::take(&mut self.ctx),
+            bytes_from_upstream: 0,
+            bytes_served: self.served,
+            cache_hit: self.hit,
+        }));
+    }
+}
+
+async fn run(db: DatabaseConnection, office: String, mut rx: mpsc::UnboundedReceiver<Record>) {
+    let mut batch = Vec::with_capacity(BATCH);
+    loop {
+        if rx.recv_many(&mut batch, BATCH).await == 0 {
+            return; // every sender is gone
+        }
+        let mut rows = Vec::new();
+        let mut touches = HashMap::new();
+        let mut flushes = Vec::new();
+        let mut stop = false;
+        for record in batch.drain(..) {
+            match record {
+                Record::Ledger(row) => rows.push(row),
+                Record::Touch(object, at) => {
+                    touches.insert(object, at);
+                }
+                Record::Flush(done) => flushes.push(done),
+                Record::Stop => stop = true,
+            }
+        }
+        write_ledger(&db, &office, rows).await;
+        write_touches(&db, touches).await;
+        for done in flushes {
+            let _ = done.send(());
+        }
+        if stop {
+            return;
+        }
+    }
+}
+
+async fn write_ledger(db: &DatabaseConnection, office: &str, rows: Vec<LedgerRow>) {
+    let as_i64 = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    let models: Vec<_> = rows
+        .into_iter()
+        .map(|row| egress_ledger::ActiveModel {
+            recorded_at: Set(row.at),
+            office: Set(office.to_owned()),
+            bucket: Set(row.bucket),
+            key: Set(row.key),
+            dataset: Set(row.ctx.dataset),
+            owner: Set(row.ctx.owner),
+            bytes_from_upstream: Set(as_i64(row.bytes_from_upstream)),
+            bytes_served: Set(as_i64(row.bytes_served)),
+            cache_hit: Set(row.cache_hit),
+            ..Default::default()
+        })
+        .collect();
+    for chunk in models.chunks(ROWS_PER_INSERT) {
+        let result = egress_ledger::Entity::insert_many(chunk.to_vec())
+            .exec(db)
+            .await;
+        if let Err(err) = result {
+            tracing::warn!(rows = chunk.len(), error = %err, "cannot write egress ledger rows, dropping them");
+        }
+    }
+}
+
+async fn write_touches(db: &DatabaseConnection, touches: HashMap<ObjectKey, DateTime<Utc>>) {
+    for (object, at) in touches {
+        let result = cache_entry::Entity::update_many()
+            .col_expr(cache_entry::Column::LastAccess, Expr::value(at))
+            .filter(cache_entry::Column::Bucket.eq(&object.bucket))
+            .filter(cache_entry::Column::Key.eq(&object.key))
+            .filter(cache_entry::Column::Etag.eq(&object.etag))
+            .exec(db)
+            .await;
+        if let Err(err) = result {
+            tracing::warn!(object = %object, error = %err, "cannot record a cache entry's last access");
+        }
+    }
+}
