@@ -247,3 +247,54 @@ mod tests {
         assert_eq!(bearer_secret("Bearer "), None);
     }
 }
+
+/// Recently verified tokens, so a busy client does not cost a database lookup per request.
+///
+/// Entries live for [`TokenCache::TTL`]. Revocation through this process (`AppState`) drops
+/// the cache at once; a revocation made by another process (`milepost token revoke` on the
+/// host) takes effect within the TTL.
+#[derive(Debug, Default)]
+pub struct TokenCache {
+    entries: std::sync::Mutex<std::collections::HashMap<String, (Principal, std::time::Instant)>>,
+}
+
+impl TokenCache {
+    pub const TTL: std::time::Duration = std::time::Duration::from_secs(10);
+    /// Bounds memory under a flood of distinct (invalid) secrets: only valid ones are cached,
+    /// and the map is cleared when it grows past this.
+    const MAX_ENTRIES: usize = 10_000;
+
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, (Principal, std::time::Instant)>>
+    {
+        self.entries
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Resolves a secret, from the cache when a fresh entry exists.
+    pub async fn authenticate(
+        &self,
+        db: &DatabaseConnection,
+        secret: &str,
+    ) -> ApiResult<Principal> {
+        let hash = hash_secret(secret);
+        if let Some((principal, at)) = self.lock().get(&hash) {
+            if at.elapsed() < Self::TTL {
+                return Ok(principal.clone());
+            }
+        }
+        let principal = authenticate(db, secret).await?;
+        let mut entries = self.lock();
+        if entries.len() >= Self::MAX_ENTRIES {
+            entries.clear();
+        }
+        entries.insert(hash, (principal.clone(), std::time::Instant::now()));
+        Ok(principal)
+    }
+
+    pub fn clear(&self) {
+        self.lock().clear();
+    }
+}

@@ -1,5 +1,4 @@
-//! The `milepost` service: configuration, CLI, and the axum server with the GraphQL catalog API,
-//! bearer-token auth and Prometheus metrics. See `docs/ARCHITECTURE.md` for the whole map.
+#![doc = include_str!("../README.md")]
 
 pub mod auth;
 pub mod cli;

@@ -53,6 +53,8 @@ pub struct AppState {
     /// The office cache: content store, single-flight downloads, views, eviction.
     pub cache: Arc<OfficeCache>,
     pub reservations: Arc<Reservations>,
+    /// Recently verified API tokens.
+    pub tokens: crate::auth::TokenCache,
 }
 
 /// Router state: the application plus the GraphQL schema built over it.
@@ -118,8 +120,11 @@ impl AppState {
         let cache = OfficeCache::open(cache_settings, db.clone(), store.clone())
             .await
             .context("cannot open the office cache")?;
-        let reservations =
-            Reservations::new(db.clone(), cache.clone(), ReservationSettings::default());
+        let reservation_settings = ReservationSettings {
+            expiry_check: config.cache.expiry_check.0,
+            ..ReservationSettings::default()
+        };
+        let reservations = Reservations::new(db.clone(), cache.clone(), reservation_settings);
         Ok(Arc::new(AppState {
             config,
             db,
@@ -131,7 +136,15 @@ impl AppState {
             sync_lock: tokio::sync::Mutex::new(()),
             cache,
             reservations,
+            tokens: crate::auth::TokenCache::default(),
         }))
+    }
+
+    /// Revokes a token; through this process it stops working on the next request.
+    pub async fn revoke_token(&self, name: &str) -> crate::error::ApiResult<()> {
+        crate::auth::revoke_token(&self.db, name).await?;
+        self.tokens.clear();
+        Ok(())
     }
 
     pub fn sync_options(&self) -> SyncOptions {

@@ -18,6 +18,9 @@ use tokio_util::sync::CancellationToken;
 pub enum Fault {
     /// Answer `503 SlowDown` (S3's throttling answer, with its XML body) without forwarding.
     SlowDown,
+    /// Answer this HTTP status with an S3 error body without forwarding: code
+    /// `InternalError` for 500, `ServiceUnavailable` for 503, `InjectedFault` otherwise.
+    Status(u16),
     /// Reset the connection (TCP RST) without answering or forwarding.
     Reset,
     /// Forward, but close the connection after this many bytes of the response body. Applies
@@ -278,6 +281,29 @@ async fn handle(mut client: TcpStream, state: &State) -> io::Result<()> {
             let answer = format!(
                 "HTTP/1.1 503 Slow Down\r\ncontent-type: application/xml\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                 SLOW_DOWN_BODY.len()
+            );
+            client.write_all(answer.as_bytes()).await?;
+            client.shutdown().await
+        }
+        Some(Fault::Status(status)) => {
+            drain_body(&mut client, &head, buf.len() - head_len).await;
+            let (code, reason) = match status {
+                500 => ("InternalError", "Internal Server Error"),
+                503 => ("ServiceUnavailable", "Service Unavailable"),
+                _ => ("InjectedFault", "Injected Fault"),
+            };
+            let error_body = format!(
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code>\
+<Message>Injected by the fault proxy.</Message><RequestId>fault-proxy</RequestId></Error>"
+            );
+            let body = if head.method == "HEAD" {
+                ""
+            } else {
+                error_body.as_str()
+            };
+            let answer = format!(
+                "HTTP/1.1 {status} {reason}\r\ncontent-type: application/xml\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                error_body.len()
             );
             client.write_all(answer.as_bytes()).await?;
             client.shutdown().await

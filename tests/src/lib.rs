@@ -1,9 +1,4 @@
-//! End-to-end test harness: [`TestApp`] starts the real `milepost` server on `127.0.0.1:0`
-//! against a database of its own and cleans up on drop.
-//!
-//! The backend is chosen by `MILEPOST_TEST_DATABASE_URL`: unset means SQLite in a temporary
-//! directory; a `postgres://` URL means a fresh database, created on that server for each test
-//! and dropped afterwards. CI runs the suite once each way.
+#![doc = include_str!("../README.md")]
 
 use std::time::Duration;
 

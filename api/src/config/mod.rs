@@ -148,6 +148,8 @@ pub struct CacheConfig {
     pub concurrency: usize,
     /// Price of one GiB of egress, for `egressSavedUsd`.
     pub egress_usd_per_gib: f64,
+    /// How often reservations past their `expiresAt` are expired (unpinned, views removed).
+    pub expiry_check: DurationSetting,
 }
 
 impl Default for CacheConfig {
@@ -157,6 +159,7 @@ impl Default for CacheConfig {
             part_size: ByteSize(8 << 20),
             concurrency: 16,
             egress_usd_per_gib: 0.09,
+            expiry_check: DurationSetting(std::time::Duration::from_secs(30)),
         }
     }
 }
@@ -312,6 +315,13 @@ impl Config {
                 "a price of zero or more",
             ));
         }
+        if self.cache.expiry_check.0.is_zero() {
+            return Err(invalid(
+                "cache.expiry_check",
+                self.cache.expiry_check.to_string(),
+                "a duration above zero, e.g. 30s",
+            ));
+        }
         if self.server.max_query_depth == 0 || self.server.max_query_complexity == 0 {
             return Err(invalid(
                 "server.max_query_depth",
@@ -423,6 +433,28 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn expiry_check_defaults_to_30s_is_read_and_must_be_positive() {
+        let config = Config::from_parts("", None, &env(&[])).expect("defaults are valid");
+        assert_eq!(
+            config.cache.expiry_check.0,
+            std::time::Duration::from_secs(30)
+        );
+        let config = Config::from_parts("[cache]\nexpiry_check = \"250ms\"", None, &env(&[]))
+            .expect("valid");
+        assert_eq!(
+            config.cache.expiry_check.0,
+            std::time::Duration::from_millis(250)
+        );
+        let err = Config::from_parts("", None, &env(&[("MILEPOST_CACHE_EXPIRY_CHECK", "0s")]))
+            .expect_err("zero")
+            .to_string();
+        assert!(
+            err.contains("cache.expiry_check") && err.contains("above zero"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -92,7 +92,7 @@ pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> ApiResult<Pr
                 .ok_or(ApiError::Unauthenticated(
                     "malformed Authorization header: expected Bearer <token>",
                 ))?;
-            crate::auth::authenticate(&state.db, secret).await
+            state.tokens.authenticate(&state.db, secret).await
         }
     }
 }
