@@ -80,6 +80,9 @@ pub enum ApiError {
     NotFound { what: String },
     #[error("{0}")]
     Conflict(String),
+    /// A dependency (upstream S3) cannot be reached; the message says which and is safe to show.
+    #[error("{0}")]
+    Unavailable(String),
     #[error(transparent)]
     Database(#[from] DbError),
     #[error(transparent)]
@@ -142,6 +145,7 @@ impl ApiError {
             ApiError::Forbidden { .. } => ErrorCode::Forbidden,
             ApiError::NotFound { .. } => ErrorCode::NotFound,
             ApiError::Conflict(_) => ErrorCode::Conflict,
+            ApiError::Unavailable(_) => ErrorCode::Unavailable,
             ApiError::Database(err) => code_of_kind(err.kind()),
             ApiError::Catalog(err) => code_of_kind(err.kind()),
             ApiError::Sync(err) => code_of_kind(err.kind()),
@@ -176,6 +180,7 @@ impl ApiError {
                     {
                         "cannot list the catalog bucket upstream, try again shortly".to_owned()
                     }
+                    (ErrorCode::Unavailable, ApiError::Unavailable(message)) => message.clone(),
                     (ErrorCode::Unavailable, _) => {
                         "the catalog database is unavailable, try again shortly".to_owned()
                     }

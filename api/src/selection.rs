@@ -248,10 +248,9 @@ pub async fn resolve(
                         }
                         Err(err) => {
                             tracing::warn!(error = %err, "head failed while building a dataset");
-                            return Err(ApiError::bad_input(
-                                field,
-                                format!("cannot reach upstream to look up s3://{bucket}/{key}, try again shortly"),
-                            ));
+                            return Err(ApiError::Unavailable(format!(
+                                "{field}: cannot reach upstream to look up s3://{bucket}/{key}, try again shortly"
+                            )));
                         }
                     },
                 };

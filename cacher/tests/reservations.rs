@@ -70,6 +70,7 @@ on_both_backends!(
     concurrent_reservations_fetch_each_object_once,
     subscription_follows_the_lifecycle_in_order,
     object_changed_upstream_fails_naming_it,
+    final_rows_are_only_read_once_pins_are_released,
     release_unpins_and_admission_counts_pins,
     release_during_materialization_stops_it,
     extend_checks_owner_ttl_and_state,
@@ -677,6 +678,71 @@ async fn object_changed_upstream_fails_naming_it(backend: Backend) {
         .await
         .expect("release");
     assert_eq!(again.state, ReservationState::Failed);
+    env.finish().await;
+}
+
+/// Whoever reads a failed or released row (here: polling the database as fast as it can, while
+/// the reservation ends) finds its pins released already.
+async fn final_rows_are_only_read_once_pins_are_released(backend: Backend) {
+    let Some(mut env) = Env::start(backend, Options::default()).await else {
+        return;
+    };
+    let entries = env.put_random("racing", &[64 * KIB, 300 * KIB, 10]).await;
+    let ds = env.dataset("racing", entries.clone()).await;
+    let changed = entries[1].key.clone();
+    env.put(&changed, random_bytes(300 * KIB)).await;
+    let first_final = |id: String| {
+        let (service, cache) = (Arc::clone(&env.service), Arc::clone(&env.cache));
+        tokio::spawn(async move {
+            let deadline = tokio::time::Instant::now() + WAIT;
+            loop {
+                let row = service.get(&id).await.expect("get");
+                if !matches!(
+                    row.state,
+                    ReservationState::Pending
+                        | ReservationState::Materializing
+                        | ReservationState::Ready
+                ) {
+                    return (row.state, cache.stats().pinned_bytes);
+                }
+                assert!(tokio::time::Instant::now() < deadline, "{row:?}");
+                tokio::task::yield_now().await;
+            }
+        })
+    };
+    for _ in 0..10 {
+        // Fails: the other two objects are cached and pinned until then.
+        let pending = env
+            .service
+            .reserve(&ds, "alice", None, Duration::from_secs(60))
+            .await
+            .expect("reserve");
+        let (state, pinned) = first_final(pending.id.clone()).await.expect("poller");
+        assert_eq!(state, ReservationState::Failed);
+        assert_eq!(pinned, 0, "a failed row was read while its pins were held");
+    }
+    let good = env
+        .dataset("good", vec![entries[0].clone(), entries[2].clone()])
+        .await;
+    for _ in 0..10 {
+        let pending = env
+            .service
+            .reserve(&good, "alice", None, Duration::from_secs(60))
+            .await
+            .expect("reserve");
+        settle(&env.service, &pending.id).await;
+        let poller = first_final(pending.id.clone());
+        env.service
+            .release(&pending.id, Actor::user("alice"))
+            .await
+            .expect("release");
+        let (state, pinned) = poller.await.expect("poller");
+        assert_eq!(state, ReservationState::Released);
+        assert_eq!(
+            pinned, 0,
+            "a released row was read while its pins were held"
+        );
+    }
     env.finish().await;
 }
 

@@ -17,6 +17,11 @@ pub enum EntryState {
 
 /// Why an object cannot be admitted: even after evicting every unpinned ready entry, it would
 /// not fit. The numbers are bytes at the time of the refusal.
+///
+/// The refusal may be for now only: unpinned downloads in progress (pending entries) cannot be
+/// evicted, but once they end they are either ready (evictable) or gone.
+/// [`fits_once_downloads_end`](Self::fits_once_downloads_end) says whether that would make
+/// room.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Full {
     /// The size of the object that does not fit.
@@ -29,6 +34,17 @@ pub struct Full {
     pub pinned: u64,
     /// Bytes that cannot be evicted now: pinned entries and downloads in progress.
     pub unevictable: u64,
+}
+
+impl Full {
+    /// Whether the object would fit once the downloads in progress have ended (pins staying
+    /// as they are): only pinned bytes are unevictable then, so it fits exactly when
+    /// `pinned + incoming <= capacity`. True means the refusal is due to unpinned downloads
+    /// in progress, and waiting for them can succeed; false means it cannot fit whatever
+    /// they do, short of pins being released.
+    pub fn fits_once_downloads_end(&self) -> bool {
+        self.pinned.saturating_add(self.incoming) <= self.capacity
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -62,6 +78,9 @@ struct Entry {
 /// 6. After a successful plan, `used - evicted + incoming <= capacity`. A plan fails with
 ///    [`Full`] exactly when `incoming > capacity` or when even evicting every unpinned ready
 ///    entry leaves `used - evictable + incoming > capacity`.
+/// 7. A failed plan's [`Full::fits_once_downloads_end`] is true exactly when the same plan
+///    succeeds, pins unchanged, once every pending entry has completed (or once the unpinned
+///    ones have been removed instead: a failed download frees what an evictable one would).
 #[derive(Clone, Debug)]
 pub struct CacheBook {
     capacity: u64,
@@ -242,7 +261,8 @@ impl CacheBook {
     /// `used + incoming` stays at or below the high watermark; otherwise unpinned ready entries
     /// in LRU order until `used + incoming` is at or below the low watermark, or as close as
     /// pins allow. Fails with [`Full`] when the object cannot fit even after evicting every
-    /// unpinned ready entry. Pure: the caller removes the entries it deletes.
+    /// unpinned ready entry; [`Full::fits_once_downloads_end`] tells whether waiting for the
+    /// downloads in progress can help. Pure: the caller removes the entries it deletes.
     pub fn plan_eviction(&self, incoming: u64) -> Result<Vec<ObjectKey>, Full> {
         let evictable: u64 = self.evictable().map(|(_, size)| size).sum();
         let unevictable = self.used - evictable;

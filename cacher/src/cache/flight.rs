@@ -492,6 +492,11 @@ async fn install(
         format!("installing {object} in the content store"),
         move || {
             file.sync_all()?;
+            // Views are hard links to this file: read-only, so writing through a view cannot
+            // change the bytes every other reader of this version sees.
+            let mut permissions = file.metadata()?.permissions();
+            permissions.set_readonly(true);
+            std::fs::set_permissions(&staging, permissions)?;
             let dir = content.parent().unwrap_or(Path::new("."));
             std::fs::create_dir_all(dir)?;
             std::fs::rename(&staging, &content)?;

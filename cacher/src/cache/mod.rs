@@ -16,8 +16,15 @@
 //! fit, least recently used unpinned entries evicted to make room), downloaded into
 //! `staging/`, verified (size; MD5 for a single-part ETag), fsynced, renamed into
 //! `objects/<xx>/<sha256>` and recorded as a `cache_entries` row in state `ready`. Nothing
-//! half-written is ever under `objects/`. After each insert, if the used bytes exceed the
-//! high watermark, unpinned entries are evicted in LRU order down to the low watermark.
+//! half-written is ever under `objects/`. The watermark check happens at admission, with the
+//! incoming bytes counted (they are reserved while downloading, so the insert itself does not
+//! change the used bytes): if used + incoming exceeds the high watermark, unpinned entries
+//! are evicted in LRU order down to the low watermark, before the download writes a byte.
+//!
+//! Downloads in progress cannot be evicted. When only unpinned ones stand in the way (the
+//! object would fit next to the pinned bytes), admission waits for a download to end (it is
+//! then evictable, or gone) and plans again; it fails with `Full` at once only when the object
+//! cannot fit even once every download has ended.
 
 mod book;
 mod entries;
@@ -79,6 +86,9 @@ struct Inner {
     tasks: TaskTracker,
     /// Stops downloads at shutdown.
     stop: CancellationToken,
+    /// Signalled whenever a download ends (completed or failed): admissions held back by
+    /// unpinned downloads in progress wait for it, then plan again.
+    downloads_ended: watch::Sender<()>,
 }
 
 /// What the cache holds and does now, under one lock held only for bookkeeping (no I/O).
@@ -113,7 +123,8 @@ enum Lookup {
     Hit(PathBuf),
     /// Downloading (`started`: by this caller).
     Flight { flight: Arc<Flight>, started: bool },
-    /// Being deleted: wait for the receiver to close, then look again.
+    /// Being deleted, or no room until an unpinned download in progress ends: wait for the
+    /// receiver to change or close, then look again.
     Wait(watch::Receiver<()>),
 }
 
@@ -162,6 +173,7 @@ impl OfficeCache {
             recorder,
             tasks: TaskTracker::new(),
             stop: CancellationToken::new(),
+            downloads_ended: watch::channel(()).0,
             settings,
         });
         // The capacity may have shrunk since the entries were written.
@@ -190,6 +202,9 @@ impl OfficeCache {
     /// (also when joining another caller's download). The download goes on if this call is
     /// dropped.
     ///
+    /// When the object fits only once unpinned downloads in progress have ended (they cannot
+    /// be evicted before), this waits for them.
+    ///
     /// Errors: [`Full`](CacheErrorKind::Full) before any download when the object cannot fit
     /// even after evicting every unpinned entry; [`NotFound`](CacheErrorKind::NotFound),
     /// [`PreconditionFailed`](CacheErrorKind::PreconditionFailed) (the object changed
@@ -212,7 +227,7 @@ impl OfficeCache {
                     });
                 }
                 Lookup::Wait(mut gate) => {
-                    // Closed when the deletion is done; then look again.
+                    // The deletion is done, or a download ended: look again.
                     let _ = gate.changed().await;
                 }
                 Lookup::Flight { flight, started } => {
@@ -404,17 +419,24 @@ impl Inner {
         if let Some(gate) = state.deleting.get(object) {
             return Ok(Lookup::Wait(gate.clone()));
         }
-        let planned = state
-            .book
-            .plan_eviction(object.size)
-            .map_err(|full| CacheError::Full {
-                object: object.to_string(),
-                needed: object.size,
-                capacity: full.capacity,
-                used: full.used,
-                pinned: full.pinned,
-                unevictable: full.unevictable,
-            })?;
+        let planned = match state.book.plan_eviction(object.size) {
+            Ok(planned) => planned,
+            // Only unpinned downloads in progress are in the way: each becomes evictable (or
+            // goes away) when it ends. Subscribed under the lock, so no ending is missed.
+            Err(full) if full.fits_once_downloads_end() => {
+                return Ok(Lookup::Wait(self.downloads_ended.subscribe()));
+            }
+            Err(full) => {
+                return Err(CacheError::Full {
+                    object: object.to_string(),
+                    needed: object.size,
+                    capacity: full.capacity,
+                    used: full.used,
+                    pinned: full.pinned,
+                    unevictable: full.unevictable,
+                })
+            }
+        };
         let victims = self.take_victims(&mut state, planned);
         state.book.begin(object.clone(), object.size);
         let flight = Arc::new(Flight::new(object.clone(), self.settings.part_size));
@@ -462,9 +484,9 @@ impl Inner {
     }
 
     /// Ends a download: the book and the single-flight map learn the outcome, then the
-    /// waiters. No eviction is needed here: admission reserved the object's bytes and evicted
-    /// for them (the watermark check counts the incoming bytes), so completing it does not
-    /// change the used bytes.
+    /// admissions waiting for room and the download's waiters. No eviction is needed here:
+    /// admission reserved the object's bytes and evicted for them (the watermark check counts
+    /// the incoming bytes), so completing it does not change the used bytes.
     fn finish_flight(&self, flight: &Flight, end: &FlightEnd) {
         let object = flight.object();
         {
@@ -476,6 +498,7 @@ impl Inner {
                 state.book.remove(object);
             }
         }
+        self.downloads_ended.send_replace(());
         flight.finish(end);
     }
 }

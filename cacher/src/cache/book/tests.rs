@@ -165,6 +165,7 @@ fn apply(book: &mut CacheBook, model: &mut Model, op: &Op) -> Result<(), TestCas
                     prop_assert_eq!(full.incoming, SIZES[*k]);
                     prop_assert_eq!(full.used, model.used());
                     prop_assert_eq!(full.pinned, model.pinned());
+                    check_waiting(book, model, &full)?;
                 }
                 (got, want) => prop_assert!(false, "plan {got:?}, model {want:?}"),
             }
@@ -266,13 +267,48 @@ fn check(book: &CacheBook, model: &Model, probe: u64) -> Result<(), TestCaseErro
                     prop_assert!(victims.is_empty());
                 }
             }
-            Err(Full { unevictable, .. }) => {
+            Err(full) => {
                 prop_assert!(model.plan(incoming).is_none());
                 prop_assert!(
-                    incoming > book.capacity() || unevictable + incoming > book.capacity()
+                    incoming > book.capacity() || full.unevictable + incoming > book.capacity()
                 );
+                check_waiting(book, model, &full)?;
             }
         }
+    }
+    Ok(())
+}
+
+/// 7: a refusal says that waiting for the downloads in progress helps exactly when, pins
+/// unchanged, the same plan succeeds once they have ended: all completed, or the unpinned
+/// ones failed (removed) and the pinned ones completed.
+fn check_waiting(book: &CacheBook, model: &Model, full: &Full) -> Result<(), TestCaseError> {
+    let pending: Vec<usize> = model
+        .entries
+        .iter()
+        .filter(|(_, s, _)| *s == EntryState::Pending)
+        .map(|(i, _, _)| *i)
+        .collect();
+    for unpinned_fail in [false, true] {
+        let mut after = book.clone();
+        for &k in &pending {
+            if unpinned_fail && !after.is_pinned(&key(k)) {
+                prop_assert!(after.remove(&key(k)).is_some());
+            } else {
+                prop_assert!(after.complete(&key(k)));
+            }
+        }
+        prop_assert_eq!(
+            after.plan_eviction(full.incoming).is_ok(),
+            full.fits_once_downloads_end(),
+            "{:?}, unpinned downloads failing: {}",
+            full,
+            unpinned_fail
+        );
+    }
+    // Waiting can only help when there are unpinned downloads to wait for.
+    if full.fits_once_downloads_end() {
+        prop_assert!(pending.iter().any(|k| !model.pinned_key(*k)));
     }
     Ok(())
 }
@@ -342,6 +378,64 @@ fn eviction_goes_from_the_high_to_the_low_watermark_in_lru_order() {
     assert_eq!(book.unpin_all("r-2"), 3);
     assert_eq!(book.pinned(), 20);
     assert!(book.plan_eviction(101).is_err(), "larger than the capacity");
+}
+
+#[test]
+fn refusals_due_to_unpinned_downloads_say_that_waiting_helps() {
+    let key = |name: &str, size| ObjectKey {
+        bucket: "b".into(),
+        key: name.into(),
+        etag: "e".into(),
+        size,
+    };
+    // The reported case: 8 MiB (here 8 units), four unpinned 1-unit read-throughs and a
+    // pinned 3-unit object downloading; another pinned 3-unit object arrives.
+    let mut book = CacheBook::new(8, 1.0, 1.0);
+    let reads: Vec<_> = (0..4).map(|i| key(&format!("read-{i}"), 1)).collect();
+    let (a1, a2) = (key("a1", 3), key("a2", 3));
+    book.pin("res", [&a1, &a2]);
+    for read in &reads {
+        assert!(book.begin(read.clone(), 1));
+    }
+    assert!(book.begin(a1.clone(), 3));
+    let full = book.plan_eviction(3).expect_err("7 unevictable + 3 > 8");
+    assert_eq!(
+        full,
+        Full {
+            incoming: 3,
+            capacity: 8,
+            used: 7,
+            pinned: 3,
+            unevictable: 7,
+        }
+    );
+    assert!(full.fits_once_downloads_end(), "3 pinned + 3 <= 8");
+    // Too large next to the pinned bytes: waiting cannot help.
+    assert!(!book
+        .plan_eviction(6)
+        .expect_err("full")
+        .fits_once_downloads_end());
+    assert!(!book
+        .plan_eviction(9)
+        .expect_err("full")
+        .fits_once_downloads_end());
+
+    // One read ends: still in the way, still worth waiting.
+    assert!(book.complete(&reads[0]));
+    let full = book.plan_eviction(3).expect_err("6 unevictable + 3 > 8");
+    assert!(full.fits_once_downloads_end());
+    // Another one fails: now it fits, evicting the finished read.
+    assert_eq!(book.remove(&reads[1]), Some(1));
+    assert_eq!(book.plan_eviction(3), Ok(vec![reads[0].clone()]));
+
+    // Pinned downloads are not worth waiting for: they stay unevictable.
+    let mut pinned = CacheBook::new(8, 1.0, 1.0);
+    pinned.pin("res", [&a1]);
+    assert!(pinned.begin(a1.clone(), 3));
+    assert!(pinned.begin(key("b", 3), 3));
+    pinned.pin("other", [&key("b", 3)]);
+    let full = pinned.plan_eviction(3).expect_err("6 pinned + 3 > 8");
+    assert!(!full.fits_once_downloads_end());
 }
 
 #[test]

@@ -1,0 +1,690 @@
+//! `bench_sync`: one full catalog sync of a 100,000-object bucket (1,000 MCAP logs) from the
+//! loopback S3 server, then a second sync of the unchanged bucket.
+//!
+//! ```text
+//! cargo build --release -p milepost-tests --bins
+//! target/release/bench_sync [--objects N] [--logs N] [--runs N] [--templates N]
+//!                           [--drive-mib N] [--seed S] [--dir PATH] [--no-aws]
+//! ```
+//!
+//! - Seeds a [`LoopbackS3`] (s3s-fs in a temp dir, or `--dir`) through the S3 API: the
+//!   synthetic fleet's drives (as many as it takes to have `--logs` MCAP logs; sidecars as
+//!   generated), `--runs` runs (run.json, metrics.parquet, outputs, rendered), and small
+//!   camera/lidar blobs under the drives up to `--objects` objects. MCAP logs are real
+//!   generated logs (`--drive-mib` sets their size), but only `--templates` distinct ones are
+//!   rendered and re-uploaded under every log key, to keep seeding fast. Seeding is timed but
+//!   is not part of any figure.
+//! - Puts a [`FaultProxy`] (pass-through, counting) in front of it and serves the real
+//!   application state (`AppState::open_with_upstream`: SQLite catalog and on-disk search
+//!   index in a temp dir) over the proxy, then times `sync_catalog()`: wall time, objects/s,
+//!   requests by kind, GETs and bytes per MCAP log (proxy log and egress ledger).
+//! - A second sync of the unchanged bucket: time and requests (it must GET nothing).
+//! - Peers in the same run, through the same proxy: the client's own listing alone
+//!   (`list_all`), a sample of sequential HEADs, and `aws s3 ls --recursive` when the AWS CLI
+//!   is on PATH.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use bytes::Bytes;
+use milepost_api::config::{Config, Interval, ListenAddr};
+use milepost_api::server::AppState;
+use milepost_cacher::loopback::LoopbackS3;
+use milepost_cacher::testing::{FaultProxy, SeenRequest};
+use milepost_cacher::{EgressMeter, ObjectStore, UpstreamSettings};
+use milepost_indexer::fleet::{self, FileKind, FleetSpec, GeneratedFile};
+use milepost_indexer::sync::SyncReport;
+use milepost_schema::entity::egress_ledger;
+use sea_orm::EntityTrait;
+
+const BUCKET: &str = "fleet";
+const ACCESS_KEY: &str = "bench-key";
+const SECRET_KEY: &str = "bench-secret";
+
+struct Args {
+    objects: usize,
+    logs: usize,
+    runs: usize,
+    templates: usize,
+    drive_mib: u64,
+    seed: u64,
+    dir: Option<PathBuf>,
+    concurrency: usize,
+    aws: bool,
+    direct: bool,
+}
+
+fn parse_args() -> anyhow::Result<Args> {
+    let mut args = Args {
+        objects: 100_000,
+        logs: 1_000,
+        runs: 50,
+        templates: 32,
+        drive_mib: 6,
+        seed: 20_261_125,
+        dir: None,
+        concurrency: 32,
+        aws: true,
+        direct: true,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut value = |name: &str| {
+            it.next()
+                .with_context(|| format!("{name} needs a value"))
+                .map(|v| v.replace('_', ""))
+        };
+        match arg.as_str() {
+            "--objects" => args.objects = value("--objects")?.parse()?,
+            "--logs" => args.logs = value("--logs")?.parse()?,
+            "--runs" => args.runs = value("--runs")?.parse()?,
+            "--templates" => args.templates = value("--templates")?.parse()?,
+            "--drive-mib" => args.drive_mib = value("--drive-mib")?.parse()?,
+            "--seed" => args.seed = value("--seed")?.parse()?,
+            "--dir" => args.dir = Some(PathBuf::from(value("--dir")?)),
+            "--concurrency" => args.concurrency = value("--concurrency")?.parse()?,
+            "--no-aws" => args.aws = false,
+            "--no-direct" => args.direct = false,
+            "-h" | "--help" => {
+                println!(
+                    "bench_sync [--objects N] [--logs N] [--runs N] [--templates N] [--drive-mib N] [--seed S] [--dir PATH] [--concurrency N] [--no-aws] [--no-direct]"
+                );
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument {other:?} (try --help)"),
+        }
+    }
+    if args.logs == 0 || args.templates == 0 {
+        bail!("--logs and --templates must be positive");
+    }
+    Ok(args)
+}
+
+/// What the bucket will hold: (key, how its bytes are made).
+enum Body {
+    /// Rendered from the fleet plan (sidecars, Parquet files).
+    Render(GeneratedFile),
+    /// The n-th rendered MCAP template.
+    Log(usize),
+    /// The n-th small blob.
+    Blob(usize),
+}
+
+struct Plan {
+    objects: Vec<(String, Body)>,
+    drives: usize,
+    logs: usize,
+    runs: usize,
+    log_templates: Vec<GeneratedFile>,
+}
+
+/// The fleet's drives until `logs` logs, its runs, and padding blobs up to `objects`.
+fn plan(args: &Args) -> anyhow::Result<Plan> {
+    let mut spec = FleetSpec {
+        seed: args.seed,
+        drives: args.logs / 2 + 16,
+        runs: args.runs,
+        drive_bytes: args.drive_mib << 20,
+        bucket: BUCKET.to_owned(),
+        drives_prefix: "drives/".to_owned(),
+        runs_prefix: "runs/".to_owned(),
+    };
+    let fleet = loop {
+        let fleet = fleet::generate(&spec);
+        let logs: usize = fleet.drives.iter().map(|d| d.expected.len()).sum();
+        if logs >= args.logs {
+            break fleet;
+        }
+        spec.drives = spec.drives * 3 / 2 + 1;
+    };
+    // Exactly the drives needed, planned again so that run inputs name only those (a drive's
+    // plan depends on its index only).
+    let mut logs = 0;
+    spec.drives = fleet
+        .drives
+        .iter()
+        .take_while(|d| {
+            let needed = logs < args.logs;
+            logs += d.expected.len();
+            needed
+        })
+        .count();
+    let fleet = fleet::generate(&spec);
+    let mut objects = Vec::with_capacity(args.objects);
+    let mut log_templates = Vec::new();
+    let mut logs = 0;
+    let mut prefixes = Vec::new();
+    for drive in &fleet.drives {
+        if logs >= args.logs {
+            break;
+        }
+        prefixes.push(drive.prefix.clone());
+        for file in &drive.files {
+            match file.kind {
+                FileKind::Mcap => {
+                    if logs >= args.logs {
+                        continue;
+                    }
+                    let template = logs % args.templates;
+                    if log_templates.len() <= template {
+                        log_templates.push(file.clone());
+                    }
+                    objects.push((file.key.clone(), Body::Log(template)));
+                    logs += 1;
+                }
+                FileKind::Camera | FileKind::Lidar => {
+                    objects.push((file.key.clone(), Body::Blob(objects.len())));
+                }
+                _ => objects.push((file.key.clone(), Body::Render(file.clone()))),
+            }
+        }
+    }
+    for run in &fleet.runs {
+        for file in &run.files {
+            objects.push((file.key.clone(), Body::Render(file.clone())));
+        }
+    }
+    if objects.len() > args.objects {
+        bail!(
+            "the fleet alone has {} objects, more than --objects {}",
+            objects.len(),
+            args.objects
+        );
+    }
+    let padding = args.objects - objects.len();
+    for p in 0..padding {
+        let prefix = &prefixes[p % prefixes.len()];
+        let frame = p / prefixes.len();
+        let key = if p % 2 == 0 {
+            format!("{prefix}camera/left/{frame:06}.jpg")
+        } else {
+            format!("{prefix}lidar/aux/{frame:06}.bin")
+        };
+        objects.push((key, Body::Blob(p)));
+    }
+    Ok(Plan {
+        drives: prefixes.len(),
+        logs,
+        runs: fleet.runs.len(),
+        objects,
+        log_templates,
+    })
+}
+
+/// 16 small payloads of 2 to 32 KiB, cheap to make.
+fn blobs() -> Vec<Bytes> {
+    (0..16u64)
+        .map(|i| {
+            let len = 2048 + (i as usize * 1987) % (30 * 1024);
+            let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ i;
+            let data: Vec<u8> = (0..len)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect();
+            Bytes::from(data)
+        })
+        .collect()
+}
+
+async fn seed(
+    store: &Arc<dyn ObjectStore>,
+    plan: Plan,
+    concurrency: usize,
+) -> anyhow::Result<(usize, u64)> {
+    store.ensure_bucket(BUCKET).await?;
+    let templates: Vec<Bytes> = plan
+        .log_templates
+        .iter()
+        .map(GeneratedFile::render)
+        .collect::<Result<_, _>>()?;
+    let templates = Arc::new(templates);
+    let blobs = Arc::new(blobs());
+    let semaphore = Arc::new(tokio::sync::Semaphore::new(concurrency));
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut bytes = 0u64;
+    let mut count = 0usize;
+    for (key, body) in plan.objects {
+        let permit = semaphore.clone().acquire_owned().await?;
+        let store = store.clone();
+        let templates = templates.clone();
+        let blobs = blobs.clone();
+        tasks.spawn(async move {
+            let data = match body {
+                Body::Render(file) => tokio::task::spawn_blocking(move || file.render()).await??,
+                Body::Log(n) => templates[n].clone(),
+                Body::Blob(n) => blobs[n % blobs.len()].clone(),
+            };
+            let len = data.len() as u64;
+            store
+                .put(BUCKET, &key, data)
+                .await
+                .with_context(|| format!("cannot upload {key}"))?;
+            drop(permit);
+            anyhow::Ok(len)
+        });
+        while let Some(done) = tasks.try_join_next() {
+            bytes += done??;
+            count += 1;
+        }
+    }
+    while let Some(done) = tasks.join_next().await {
+        bytes += done??;
+        count += 1;
+    }
+    Ok((count, bytes))
+}
+
+/// Requests of a proxy log by kind.
+#[derive(Debug, Default)]
+struct Requests {
+    list: usize,
+    head: usize,
+    get: usize,
+    other: usize,
+    /// GETs per object key.
+    gets: BTreeMap<String, usize>,
+}
+
+fn classify(seen: &[SeenRequest]) -> Requests {
+    let mut r = Requests::default();
+    let prefix = format!("/{BUCKET}/");
+    for request in seen {
+        match request.method.as_str() {
+            "GET" if request.target.contains("list-type") => r.list += 1,
+            "GET" => {
+                r.get += 1;
+                let key = request
+                    .target
+                    .split('?')
+                    .next()
+                    .unwrap_or_default()
+                    .trim_start_matches(&prefix)
+                    .to_owned();
+                *r.gets.entry(key).or_default() += 1;
+            }
+            "HEAD" => r.head += 1,
+            _ => r.other += 1,
+        }
+    }
+    r
+}
+
+fn app_config(data_dir: &Path) -> Config {
+    let mut config = Config {
+        data_dir: data_dir.to_owned(),
+        ..Config::default()
+    };
+    config.server.listen = ListenAddr(([127, 0, 0, 1], 0).into());
+    config.catalog.sync_interval = Interval(None);
+    config.catalog.bucket = BUCKET.to_owned();
+    config
+}
+
+fn print_report(label: &str, report: &SyncReport, took: Duration) {
+    println!(
+        "{label}: {:.2} s; seen {}, changed {}, deleted {}, drives {}, runs {}, files read {}, bytes read {} ({:.1} MiB), errors {}",
+        took.as_secs_f64(),
+        report.objects_seen,
+        report.objects_changed,
+        report.objects_deleted,
+        report.drives,
+        report.runs,
+        report.files_read,
+        report.bytes_read,
+        report.bytes_read as f64 / (1 << 20) as f64,
+        report.errors.len()
+    );
+    for error in report.errors.iter().take(5) {
+        println!("  error: {error}");
+    }
+}
+
+/// `aws s3 ls --recursive` of the bucket through `endpoint`: (seconds, lines, startup seconds).
+fn aws_listing(endpoint: &str) -> Option<(f64, usize, f64)> {
+    let command = || {
+        let mut c = std::process::Command::new("aws");
+        c.env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+            .env(
+                "AWS_DEFAULT_REGION",
+                milepost_cacher::loopback::LOOPBACK_REGION,
+            )
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env_remove("AWS_PROFILE");
+        c
+    };
+    let t = Instant::now();
+    let version = command().arg("--version").output().ok()?;
+    let startup = t.elapsed().as_secs_f64();
+    if !version.status.success() {
+        return None;
+    }
+    let t = Instant::now();
+    let out = command()
+        .args([
+            "s3",
+            "ls",
+            "--recursive",
+            &format!("s3://{BUCKET}/"),
+            "--endpoint-url",
+            endpoint,
+        ])
+        .output()
+        .ok()?;
+    let took = t.elapsed().as_secs_f64();
+    if !out.status.success() {
+        eprintln!(
+            "aws s3 ls failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        return None;
+    }
+    let lines = out
+        .stdout
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .count();
+    Some((took, lines, startup))
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = parse_args()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let temp = tempfile::tempdir()?;
+    let root = args.dir.clone().unwrap_or_else(|| temp.path().to_owned());
+    let s3_dir = root.join("s3");
+    let data_dir = root.join("milepost");
+    if s3_dir.exists() || data_dir.exists() {
+        bail!("{} is not empty: pick a fresh --dir", root.display());
+    }
+    println!(
+        "bench_sync: {} objects, {} MCAP logs ({} distinct), {} runs, drives of ~{} MiB, seed {}; data in {}",
+        args.objects,
+        args.logs,
+        args.templates.min(args.logs),
+        args.runs,
+        args.drive_mib,
+        args.seed,
+        root.display()
+    );
+    println!(
+        "machine: {} cores",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+
+    let s3 = LoopbackS3::start(&s3_dir, ([127, 0, 0, 1], 0).into(), ACCESS_KEY, SECRET_KEY).await?;
+
+    // Seeding (not measured as part of any figure).
+    let t = Instant::now();
+    let plan = plan(&args)?;
+    let (drives, logs, runs) = (plan.drives, plan.logs, plan.runs);
+    let seeder = milepost_cacher::build_store(&s3.settings(), Arc::new(EgressMeter::default()))?;
+    let (count, bytes) = seed(&seeder, plan, args.concurrency).await?;
+    println!(
+        "seeded {count} objects ({drives} drives, {logs} MCAP logs, {runs} runs), {:.0} MiB, in {:.1} s",
+        bytes as f64 / (1 << 20) as f64,
+        t.elapsed().as_secs_f64()
+    );
+
+    let proxy = FaultProxy::start(&s3.endpoint()).await?;
+    let mut upstream: UpstreamSettings = s3.settings();
+    upstream.endpoint = Some(proxy.endpoint());
+
+    // Peers first (cold listing for everyone: the server's page cache is warm from seeding).
+    let client = milepost_cacher::build_store(&upstream, Arc::new(EgressMeter::default()))?;
+    proxy.reset_counters();
+    let t = Instant::now();
+    let mut listed = 0;
+    for prefix in ["drives/", "runs/"] {
+        listed += milepost_cacher::list_all(&*client, BUCKET, prefix)
+            .await?
+            .len();
+    }
+    let list_floor = t.elapsed();
+    let list_pages = classify(&proxy.seen()).list;
+    println!(
+        "peer: list_all through the proxy: {listed} objects, {list_pages} LIST pages in {:.2} s = {:.0} objects/s",
+        list_floor.as_secs_f64(),
+        listed as f64 / list_floor.as_secs_f64()
+    );
+    let sample: Vec<String> = milepost_cacher::list_all(&*client, BUCKET, "drives/")
+        .await?
+        .into_iter()
+        .step_by(50)
+        .take(2000)
+        .map(|m| m.key)
+        .collect();
+    let t = Instant::now();
+    for key in &sample {
+        client.head(BUCKET, key).await?;
+    }
+    let head_each = t.elapsed() / sample.len().max(1) as u32;
+    let t = Instant::now();
+    for key in &sample {
+        seeder.head(BUCKET, key).await?;
+    }
+    let head_direct = t.elapsed() / sample.len().max(1) as u32;
+    println!(
+        "peer: {} sequential HEADs: {:.3} ms each through the proxy, {:.3} ms each direct",
+        sample.len(),
+        head_each.as_secs_f64() * 1000.0,
+        head_direct.as_secs_f64() * 1000.0
+    );
+    let aws = if args.aws {
+        let endpoint = proxy.endpoint();
+        tokio::task::spawn_blocking(move || aws_listing(&endpoint)).await?
+    } else {
+        None
+    };
+    match aws {
+        Some((took, lines, startup)) => println!(
+            "peer: aws s3 ls --recursive through the proxy: {lines} objects in {took:.2} s (CLI start-up alone {startup:.2} s) = {:.0} objects/s",
+            lines as f64 / took
+        ),
+        None => println!("peer: aws s3 ls skipped (--no-aws, or the AWS CLI is unavailable)"),
+    }
+
+    // The application, over the proxy.
+    let state = AppState::open_with_upstream(app_config(&data_dir), upstream).await?;
+
+    proxy.reset_counters();
+    let egress_before = state.egress.snapshot();
+    let t = Instant::now();
+    let first = state.sync_catalog().await?;
+    let first_took = t.elapsed();
+    let egress = state.egress.snapshot();
+    let seen = proxy.seen();
+    let requests = classify(&seen);
+    println!();
+    print_report("first sync", &first, first_took);
+
+    let ledger = egress_ledger::Entity::find().all(&state.db).await?;
+    let mut bytes_by_key: BTreeMap<&str, i64> = BTreeMap::new();
+    for row in &ledger {
+        *bytes_by_key.entry(row.key.as_str()).or_default() += row.bytes_from_upstream;
+    }
+    let mcap_gets: Vec<usize> = requests
+        .gets
+        .iter()
+        .filter(|(k, _)| k.ends_with(".mcap"))
+        .map(|(_, n)| *n)
+        .collect();
+    let mcap_bytes: Vec<i64> = bytes_by_key
+        .iter()
+        .filter(|(k, _)| k.ends_with(".mcap"))
+        .map(|(_, b)| *b)
+        .collect();
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    let gets_f: Vec<f64> = mcap_gets.iter().map(|n| *n as f64).collect();
+    let bytes_f: Vec<f64> = mcap_bytes.iter().map(|n| *n as f64).collect();
+    let objects_per_s = first.objects_seen as f64 / first_took.as_secs_f64();
+    println!(
+        "  requests: {} LIST, {} HEAD, {} GET, {} other; {} bytes from the proxy to the client",
+        requests.list,
+        requests.head,
+        requests.get,
+        requests.other,
+        proxy.bytes_to_client()
+    );
+    println!(
+        "  egress meter: {} GETs, {} body bytes; {} other calls",
+        egress.get_requests - egress_before.get_requests,
+        egress.bytes_from_upstream - egress_before.bytes_from_upstream,
+        egress.other_requests - egress_before.other_requests
+    );
+    println!(
+        "  MCAP logs read: {} (of {logs}); GETs per log mean {:.2}, max {}; bytes per log mean {:.0} ({:.0} KiB), max {} ({:.0} KiB)",
+        mcap_gets.len(),
+        mean(&gets_f),
+        mcap_gets.iter().max().copied().unwrap_or(0),
+        mean(&bytes_f),
+        mean(&bytes_f) / 1024.0,
+        mcap_bytes.iter().max().copied().unwrap_or(0),
+        mcap_bytes.iter().max().copied().unwrap_or(0) as f64 / 1024.0
+    );
+    let other_read: Vec<(&str, usize)> = requests
+        .gets
+        .iter()
+        .filter(|(k, _)| !k.ends_with(".mcap"))
+        .map(|(k, n)| (k.as_str(), *n))
+        .collect();
+    println!(
+        "  other files read: {} ({} GETs: sidecars whole, Parquet footers, metrics.parquet whole)",
+        other_read.len(),
+        other_read.iter().map(|(_, n)| n).sum::<usize>()
+    );
+    println!(
+        "  => {objects_per_s:.0} objects/s; listing floor {:.1}% of the sync, HEADs (~{} x {:.3} ms) ~{:.1}%",
+        list_floor.as_secs_f64() / first_took.as_secs_f64() * 100.0,
+        requests.head,
+        head_each.as_secs_f64() * 1000.0,
+        requests.head as f64 * head_each.as_secs_f64() / first_took.as_secs_f64() * 100.0
+    );
+
+    // Second sync: nothing changed.
+    proxy.reset_counters();
+    let t = Instant::now();
+    let second = state.sync_catalog().await?;
+    let second_took = t.elapsed();
+    let again = classify(&proxy.seen());
+    println!();
+    print_report("second sync (unchanged bucket)", &second, second_took);
+    println!(
+        "  requests: {} LIST, {} HEAD, {} GET, {} other => {:.0} objects/s",
+        again.list,
+        again.head,
+        again.get,
+        again.other,
+        second.objects_seen as f64 / second_took.as_secs_f64()
+    );
+    if again.get != 0 {
+        println!("  !! the unchanged sync issued {} GETs", again.get);
+    }
+
+    let docs = state.catalog.search.doc_count();
+    println!("\nsearch index: {docs} documents after the sync");
+    drop(state);
+
+    // The same first sync without the proxy in between (a fresh catalog): the proxy opens
+    // one upstream connection per request, which the client's pool would otherwise reuse.
+    let direct = if args.direct {
+        let state =
+            AppState::open_with_upstream(app_config(&root.join("milepost-direct")), s3.settings())
+                .await?;
+        let t = Instant::now();
+        let report = state.sync_catalog().await?;
+        let took = t.elapsed();
+        println!();
+        print_report(
+            "first sync without the proxy (fresh catalog)",
+            &report,
+            took,
+        );
+        println!(
+            "  => {:.0} objects/s",
+            report.objects_seen as f64 / took.as_secs_f64()
+        );
+        Some((report, took))
+    } else {
+        None
+    };
+
+    // Summary table.
+    println!("\n| measure | value |");
+    println!("| --- | ---: |");
+    println!(
+        "| objects in the bucket (MCAP logs) | {} ({logs}) |",
+        first.objects_seen
+    );
+    println!(
+        "| first sync wall time | {:.1} s |",
+        first_took.as_secs_f64()
+    );
+    println!("| objects/s | {objects_per_s:.0} |");
+    if let Some((report, took)) = &direct {
+        println!(
+            "| first sync without the proxy: wall time, objects/s | {:.1} s, {:.0} |",
+            took.as_secs_f64(),
+            report.objects_seen as f64 / took.as_secs_f64()
+        );
+    }
+    println!(
+        "| LIST / HEAD / GET requests | {} / {} / {} |",
+        requests.list, requests.head, requests.get
+    );
+    println!(
+        "| GETs per MCAP log (mean / max) | {:.2} / {} |",
+        mean(&gets_f),
+        mcap_gets.iter().max().copied().unwrap_or(0)
+    );
+    println!(
+        "| bytes read per MCAP log (mean / max) | {:.0} KiB / {:.0} KiB |",
+        mean(&bytes_f) / 1024.0,
+        mcap_bytes.iter().max().copied().unwrap_or(0) as f64 / 1024.0
+    );
+    println!(
+        "| files read / bytes read (report) | {} / {:.1} MiB |",
+        first.files_read,
+        first.bytes_read as f64 / (1 << 20) as f64
+    );
+    println!(
+        "| second sync (no change): time, LIST / HEAD / GET | {:.1} s, {} / {} / {} |",
+        second_took.as_secs_f64(),
+        again.list,
+        again.head,
+        again.get
+    );
+    println!(
+        "| peer: sequential HEAD, through the proxy / direct | {:.2} ms / {:.2} ms |",
+        head_each.as_secs_f64() * 1000.0,
+        head_direct.as_secs_f64() * 1000.0
+    );
+    println!(
+        "| peer: list_all through the proxy | {:.2} s ({:.0} objects/s) |",
+        list_floor.as_secs_f64(),
+        listed as f64 / list_floor.as_secs_f64()
+    );
+    if let Some((took, lines, startup)) = aws {
+        println!(
+            "| peer: aws s3 ls --recursive | {took:.2} s for {lines} objects (start-up {startup:.2} s) |"
+        );
+    }
+
+    proxy.shutdown().await;
+    s3.shutdown().await;
+    Ok(())
+}
