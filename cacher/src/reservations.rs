@@ -1073,10 +1073,22 @@ impl Inner {
         }
     }
 
-    /// Unpins `id`'s objects in the cache and in the admission ledger.
-    fn unpin(&self, id: &str) {
+    /// Unpins `id`'s objects in the cache and in the admission ledger. Returns what it held
+    /// in the ledger, for [`restore_pins`](Self::restore_pins).
+    fn unpin(&self, id: &str) -> Option<Arc<[ObjectKey]>> {
         self.cache.unpin_all(id);
-        self.lock().pins.release(id);
+        let mut state = self.lock();
+        let held = state.pins.holders.get(id).cloned();
+        state.pins.release(id);
+        held
+    }
+
+    /// Gives `id` back the pins [`unpin`](Self::unpin) took, when the final state they were
+    /// released for was not written and the reservation may still be live.
+    fn restore_pins(&self, id: &str, held: Option<&Arc<[ObjectKey]>>) {
+        if let Some(objects) = held {
+            self.repin(id, objects);
+        }
     }
 
     /// Pins `objects` for `id` in the cache and the ledger (no admission check: it was
@@ -1088,8 +1100,9 @@ impl Inner {
 
     /// The conditional update of reservation `id`: only if its state is one of `from` (and,
     /// with `expired_before`, if it expires before that instant). Sets `updated_at` and reads
-    /// the row back; `None` when the condition did not hold. The caller publishes the row
-    /// once its side effects are done (unpinned, view removed).
+    /// the row back; `None` when the condition did not hold. A caller writing a final state
+    /// unpins before (whoever reads the final row, from the database or a subscription, finds
+    /// the pins released) and publishes the row once its other side effects are done.
     async fn update(
         &self,
         id: &str,
@@ -1120,9 +1133,9 @@ impl Inner {
     }
 
     /// Moves `row` to the final state `to` (released or expired; with `expired_before`, only
-    /// if it still expires before it): stops its materialization, removes its view, writes
-    /// the state, unpins. `None` if another change won (the reservation is then taken over
-    /// again if it is still live, e.g. extended while expiring).
+    /// if it still expires before it): stops its materialization, removes its view, unpins,
+    /// writes the state. `None` if another change won (the reservation is then pinned and
+    /// taken over again if it is still live, e.g. extended while expiring).
     async fn end(
         self: &Arc<Self>,
         row: &reservation::Model,
@@ -1137,6 +1150,9 @@ impl Inner {
         if let Err(err) = self.cache.remove_view(id).await {
             tracing::warn!(reservation = %id, error = %err, "cannot remove a reservation's view");
         }
+        // Before the state is written too: whoever reads the final row finds the pins
+        // released. Given back below if the reservation turns out to be still live.
+        let held = self.unpin(id);
         let ended = self
             .update(id, &ACTIVE, expired_before, |q| {
                 q.col_expr(reservation::Column::State, Expr::value(to))
@@ -1145,30 +1161,34 @@ impl Inner {
             .await;
         match ended {
             Ok(Some(row)) => {
-                self.unpin(id);
                 self.publish(row.clone());
                 Ok(Some(row))
             }
             Ok(None) => {
                 // Someone else ended it (nothing to undo), or it was extended meanwhile: then
-                // it is live, and its materialization or view must come back.
-                if let Some(current) = reservation::Entity::find_by_id(id).one(&self.db).await? {
-                    if !is_final(current.state) {
-                        self.adopt(&current).await?;
+                // it is live, and its pins, materialization or view must come back.
+                let current = match reservation::Entity::find_by_id(id).one(&self.db).await {
+                    Ok(current) => current,
+                    Err(err) => {
+                        self.restore_pins(id, held.as_ref());
+                        return Err(err.into());
                     }
+                };
+                if let Some(current) = current.filter(|c| !is_final(c.state)) {
+                    self.restore_pins(id, held.as_ref());
+                    self.adopt(&current).await?;
                 }
                 Ok(None)
             }
             Err(err) => {
-                if let Some(current) = reservation::Entity::find_by_id(id)
-                    .one(&self.db)
-                    .await
-                    .ok()
-                    .flatten()
-                {
-                    if !is_final(current.state) {
+                match reservation::Entity::find_by_id(id).one(&self.db).await {
+                    Ok(Some(current)) if !is_final(current.state) => {
+                        self.restore_pins(id, held.as_ref());
                         let _ = self.adopt(&current).await;
                     }
+                    Ok(_) => {}
+                    // Unknown: keep it protected, as it was.
+                    Err(_) => self.restore_pins(id, held.as_ref()),
                 }
                 Err(err.into())
             }
@@ -1263,6 +1283,9 @@ impl Inner {
         } else {
             &[ReservationState::Pending, ReservationState::Materializing]
         };
+        // Before the failed row is written, so that whoever reads it (from the database or a
+        // subscription) finds the pins released; given back if the write fails.
+        let held = self.unpin(id);
         match self
             .update(id, from, None, |q| {
                 q.col_expr(
@@ -1278,11 +1301,13 @@ impl Inner {
                 if let Err(err) = self.cache.remove_view(id).await {
                     tracing::warn!(reservation = %id, error = %err, "cannot remove a failed reservation's view");
                 }
-                self.unpin(id);
                 self.publish(row);
             }
+            // Released or expired meanwhile: its pins go with it.
             Ok(None) => {}
             Err(err) => {
+                // Still live in the database: keep it protected, as it was.
+                self.restore_pins(id, held.as_ref());
                 tracing::error!(reservation = %id, error = %err, "cannot record a failed reservation");
             }
         }
