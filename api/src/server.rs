@@ -83,9 +83,13 @@ impl AppState {
 
     /// As [`open`](Self::open), with explicit upstream settings (`milepost demo`, tests).
     pub async fn open_with_upstream(
-        config: Config,
+        mut config: Config,
         upstream: UpstreamSettings,
     ) -> anyhow::Result<Arc<AppState>> {
+        // Paths handed to clients (a reservation's localPath) must not depend on the
+        // directory the server was started from.
+        config.data_dir = std::path::absolute(&config.data_dir)
+            .with_context(|| format!("cannot resolve data_dir {}", config.data_dir.display()))?;
         let url = config.database_url();
         let db = milepost_schema::connect(&url)
             .await
