@@ -55,6 +55,7 @@ struct Args {
     concurrency: usize,
     aws: bool,
     direct: bool,
+    list_floor: bool,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -68,7 +69,8 @@ fn parse_args() -> anyhow::Result<Args> {
         dir: None,
         concurrency: 32,
         aws: true,
-        direct: true,
+        direct: false,
+        list_floor: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -87,10 +89,11 @@ fn parse_args() -> anyhow::Result<Args> {
             "--dir" => args.dir = Some(PathBuf::from(value("--dir")?)),
             "--concurrency" => args.concurrency = value("--concurrency")?.parse()?,
             "--no-aws" => args.aws = false,
-            "--no-direct" => args.direct = false,
+            "--direct" => args.direct = true,
+            "--list-floor" => args.list_floor = true,
             "-h" | "--help" => {
                 println!(
-                    "bench_sync [--objects N] [--logs N] [--runs N] [--templates N] [--drive-mib N] [--seed S] [--dir PATH] [--concurrency N] [--no-aws] [--no-direct]"
+                    "bench_sync [--objects N] [--logs N] [--runs N] [--templates N] [--drive-mib N] [--seed S] [--dir PATH] [--concurrency N] [--no-aws] [--direct] [--list-floor]"
                 );
                 std::process::exit(0);
             }
@@ -432,6 +435,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let t = Instant::now();
     let plan = plan(&args)?;
     let (drives, logs, runs) = (plan.drives, plan.logs, plan.runs);
+    let sample: Vec<String> = plan
+        .objects
+        .iter()
+        .step_by(50)
+        .take(2000)
+        .map(|(key, _)| key.clone())
+        .collect();
     let seeder = milepost_cacher::build_store(&s3.settings(), Arc::new(EgressMeter::default()))?;
     let (count, bytes) = seed(&seeder, plan, args.concurrency).await?;
     println!(
@@ -444,30 +454,46 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut upstream: UpstreamSettings = s3.settings();
     upstream.endpoint = Some(proxy.endpoint());
 
-    // Peers first (cold listing for everyone: the server's page cache is warm from seeding).
+    // Peers first, through the same proxy as the sync.
     let client = milepost_cacher::build_store(&upstream, Arc::new(EgressMeter::default()))?;
-    proxy.reset_counters();
+    // s3s-fs walks and sorts the whole bucket for every ListObjectsV2 page, so a listing
+    // costs pages x one walk. Time a few pages; `--list-floor` times a whole listing.
     let t = Instant::now();
-    let mut listed = 0;
-    for prefix in ["drives/", "runs/"] {
-        listed += milepost_cacher::list_all(&*client, BUCKET, prefix)
-            .await?
-            .len();
+    let mut continuation = None;
+    let mut timed_pages = 0u32;
+    for _ in 0..3 {
+        let page = client
+            .list_page(BUCKET, "drives/", continuation.take())
+            .await?;
+        timed_pages += 1;
+        match page.next {
+            Some(next) => continuation = Some(next),
+            None => break,
+        }
     }
-    let list_floor = t.elapsed();
-    let list_pages = classify(&proxy.seen()).list;
+    let per_page = t.elapsed() / timed_pages;
     println!(
-        "peer: list_all through the proxy: {listed} objects, {list_pages} LIST pages in {:.2} s = {:.0} objects/s",
-        list_floor.as_secs_f64(),
-        listed as f64 / list_floor.as_secs_f64()
+        "peer: one LIST page (1000 keys) through the proxy: {:.2} s",
+        per_page.as_secs_f64()
     );
-    let sample: Vec<String> = milepost_cacher::list_all(&*client, BUCKET, "drives/")
-        .await?
-        .into_iter()
-        .step_by(50)
-        .take(2000)
-        .map(|m| m.key)
-        .collect();
+    let full_listing = if args.list_floor {
+        let t = Instant::now();
+        let mut listed = 0;
+        for prefix in ["drives/", "runs/"] {
+            listed += milepost_cacher::list_all(&*client, BUCKET, prefix)
+                .await?
+                .len();
+        }
+        let took = t.elapsed();
+        println!(
+            "peer: list_all through the proxy: {listed} objects in {:.2} s = {:.0} objects/s",
+            took.as_secs_f64(),
+            listed as f64 / took.as_secs_f64()
+        );
+        Some((took, listed))
+    } else {
+        None
+    };
     let t = Instant::now();
     for key in &sample {
         client.head(BUCKET, key).await?;
@@ -567,8 +593,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         other_read.len(),
         other_read.iter().map(|(_, n)| n).sum::<usize>()
     );
+    let list_floor = full_listing.map_or(per_page * requests.list as u32, |(took, _)| took);
     println!(
-        "  => {objects_per_s:.0} objects/s; listing floor {:.1}% of the sync, HEADs (~{} x {:.3} ms) ~{:.1}%",
+        "  => {objects_per_s:.0} objects/s; listing ({} pages, ~{:.0} s) ~{:.0}% of the sync, HEADs (~{} x {:.3} ms) ~{:.0}%",
+        requests.list,
+        list_floor.as_secs_f64(),
         list_floor.as_secs_f64() / first_took.as_secs_f64() * 100.0,
         requests.head,
         head_each.as_secs_f64() * 1000.0,
@@ -674,10 +703,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
         head_direct.as_secs_f64() * 1000.0
     );
     println!(
-        "| peer: list_all through the proxy | {:.2} s ({:.0} objects/s) |",
-        list_floor.as_secs_f64(),
-        listed as f64 / list_floor.as_secs_f64()
+        "| peer: one LIST page through the proxy (s3s-fs walks the whole bucket per page) | {:.2} s |",
+        per_page.as_secs_f64()
     );
+    if let Some((took, listed)) = full_listing {
+        println!(
+            "| peer: list_all through the proxy | {:.1} s ({:.0} objects/s) |",
+            took.as_secs_f64(),
+            listed as f64 / took.as_secs_f64()
+        );
+    }
     if let Some((took, lines, startup)) = aws {
         println!(
             "| peer: aws s3 ls --recursive | {took:.2} s for {lines} objects (start-up {startup:.2} s) |"
