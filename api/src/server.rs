@@ -126,6 +126,9 @@ impl AppState {
             .context("cannot open the office cache")?;
         let reservation_settings = ReservationSettings {
             expiry_check: config.cache.expiry_check.0,
+            // As many objects in flight as ranged GETs may be: a dataset of many small objects
+            // then keeps every permit busy; large objects still share the one global limit.
+            concurrency_objects: config.cache.concurrency,
             ..ReservationSettings::default()
         };
         let reservations = Reservations::new(db.clone(), cache.clone(), reservation_settings);

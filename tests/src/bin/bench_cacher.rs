@@ -1,0 +1,843 @@
+//! `bench_cacher`: the office cache against its peers, all on one Garage server on loopback.
+//!
+//! ```text
+//! cargo install garage --locked --version 2.5.0     # once, ~6 min
+//! apt-get install rclone awscli nginx curl           # the peers and the HTTP client
+//! cargo build --release -p milepost-api -p milepost-tests --bins
+//! target/release/bench_cacher [--rounds N] [--big-mib N] [--small N] [--dir PATH]
+//!                             [--milepost PATH] [--skip-peers]
+//! ```
+//!
+//! 1. Starts a single-node Garage (`db_engine = "sqlite"`, replication 1, no compression) in
+//!    a work directory and seeds it with one `--big-mib` object (`big/`, uploaded multipart)
+//!    and `--small` objects of 1 MiB (`small/`), random bytes.
+//! 2. Cold transfer, `--rounds` times each into a fresh directory: `rclone copy --transfers
+//!    16 --multi-thread-streams 8 --multi-thread-cutoff 32M`, `aws s3 cp --recursive`, and
+//!    Milepost — the real `milepost serve` process with a fresh catalog and cache per round;
+//!    timed from `reserveDataset` until the reservation is READY (polled every 10 ms), the
+//!    dataset created beforehand. Each side's files are checked for count and size, and
+//!    Milepost's `bytesFromUpstream` against the dataset's bytes.
+//! 3. Hot read of the big object: `GET /data/...` from the cache vs nginx (sendfile) serving
+//!    the same file, both read by curl into /dev/null.
+//! 4. Memory: the server's peak RSS (VmHWM, reset between phases through `clear_refs`) while
+//!    8 curls read the big object at once, cold (read-through, one upstream fetch) and hot.
+//!
+//! Figures go to stdout as a Markdown table; the best of the rounds and the median are shown.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context as _};
+use bytes::Bytes;
+use futures::StreamExt as _;
+use milepost_cacher::{
+    upload_file, ObjectStore, S3Store, StaticCredentials, UploadOptions, UpstreamSettings,
+};
+use rand::RngCore as _;
+use serde_json::{json, Value};
+
+const BUCKET: &str = "bench";
+const MIB: u64 = 1 << 20;
+
+struct Args {
+    rounds: usize,
+    big_mib: u64,
+    small: usize,
+    dir: Option<PathBuf>,
+    milepost: PathBuf,
+    peers: bool,
+}
+
+fn parse_args() -> anyhow::Result<Args> {
+    let mut args = Args {
+        rounds: 3,
+        big_mib: 1024,
+        small: 1000,
+        dir: None,
+        milepost: PathBuf::from("target/release/milepost"),
+        peers: true,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut value = |name: &str| it.next().with_context(|| format!("{name} needs a value"));
+        match arg.as_str() {
+            "--rounds" => args.rounds = value("--rounds")?.parse()?,
+            "--big-mib" => args.big_mib = value("--big-mib")?.parse()?,
+            "--small" => args.small = value("--small")?.parse()?,
+            "--dir" => args.dir = Some(value("--dir")?.into()),
+            "--milepost" => args.milepost = value("--milepost")?.into(),
+            "--skip-peers" => args.peers = false,
+            other => bail!("unknown argument {other:?} (see the doc comment of bench_cacher)"),
+        }
+    }
+    ensure!(args.rounds > 0, "--rounds must be at least 1");
+    Ok(args)
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = parse_args()?;
+    for tool in ["garage", "rclone", "aws", "nginx", "curl"] {
+        if !args.peers && matches!(tool, "rclone" | "aws") {
+            continue;
+        }
+        ensure!(
+            which(tool),
+            "{tool} is not on PATH (see the doc comment of bench_cacher for what to install)"
+        );
+    }
+    ensure!(
+        args.milepost.exists(),
+        "{} does not exist: cargo build --release -p milepost-api",
+        args.milepost.display()
+    );
+    let milepost = std::fs::canonicalize(&args.milepost)?;
+    let _temp;
+    let work = match &args.dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)?;
+            std::fs::canonicalize(dir)?
+        }
+        None => {
+            _temp = tempfile::Builder::new()
+                .prefix("milepost-bench-cacher")
+                .tempdir_in(std::env::current_dir()?.join("target"))?;
+            _temp.path().to_owned()
+        }
+    };
+    let runtime = tokio::runtime::Runtime::new()?;
+
+    eprintln!("work directory {}", work.display());
+    let garage = Garage::start(&work.join("garage"))?;
+    let store = Arc::new(S3Store::new(&UpstreamSettings {
+        endpoint: Some(garage.endpoint.clone()),
+        region: "us-east-1".into(),
+        force_path_style: true,
+        credentials: Some(StaticCredentials::new(&garage.key_id, &garage.secret)),
+        ..UpstreamSettings::default()
+    })?);
+    let big_bytes = args.big_mib * MIB;
+    let small_bytes = args.small as u64 * MIB;
+    let seeded = Instant::now();
+    runtime.block_on(seed(&store, &work, big_bytes, args.small))?;
+    eprintln!("seeded in {:.1} s", seeded.elapsed().as_secs_f64());
+
+    let mut report = Report::default();
+    let sets = [
+        ("big", format!("1 × {} MiB", args.big_mib), 1, big_bytes),
+        (
+            "small",
+            format!("{} × 1 MiB", args.small),
+            args.small,
+            small_bytes,
+        ),
+    ];
+    for (prefix, label, count, bytes) in &sets {
+        if args.peers {
+            let mut rclone = Vec::new();
+            let mut aws = Vec::new();
+            for round in 0..args.rounds {
+                let dest = work.join(format!("rclone-{prefix}-{round}"));
+                rclone.push(timed(|| rclone_copy(&garage, prefix, &dest))?);
+                check_tree(&dest, *count, *bytes)?;
+                std::fs::remove_dir_all(&dest)?;
+                let dest = work.join(format!("aws-{prefix}-{round}"));
+                aws.push(timed(|| aws_copy(&garage, prefix, &dest))?);
+                check_tree(&dest, *count, *bytes)?;
+                std::fs::remove_dir_all(&dest)?;
+            }
+            report.cold(label, "rclone", &rclone, *bytes);
+            report.cold(label, "aws s3 cp", &aws, *bytes);
+        }
+        let mut ours = Vec::new();
+        for round in 0..args.rounds {
+            let server = Server::start(
+                &milepost,
+                &work.join(format!("mp-{prefix}-{round}")),
+                &garage,
+            )?;
+            let secs = runtime.block_on(cold_materialization(&server, prefix, *count, *bytes))?;
+            ours.push(secs);
+            if *prefix == "big" && round + 1 == args.rounds {
+                hot_reads(&runtime, &server, &mut report, *bytes, args.rounds)?;
+            }
+            server.stop()?;
+        }
+        report.cold(label, "milepost", &ours, *bytes);
+    }
+
+    let server = Server::start(&milepost, &work.join("mp-rss"), &garage)?;
+    let cold = concurrent_reads(&server, 8, big_bytes)?;
+    let cold_hwm = server.peak_rss()?;
+    server.reset_peak_rss()?;
+    let hot = concurrent_reads(&server, 8, big_bytes)?;
+    let hot_hwm = server.peak_rss()?;
+    server.stop()?;
+    let _ = writeln!(
+        report.memory,
+        "| 8 concurrent reads of the {} MiB object, cold (read-through) | {:.2} s | {} MiB |",
+        args.big_mib,
+        cold,
+        cold_hwm / MIB
+    );
+    let _ = writeln!(
+        report.memory,
+        "| 8 concurrent reads of the {} MiB object, hot (cached) | {:.2} s | {} MiB |",
+        args.big_mib,
+        hot,
+        hot_hwm / MIB
+    );
+    drop(garage);
+    report.print();
+    Ok(())
+}
+
+fn which(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn timed(op: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    op()?;
+    Ok(started.elapsed().as_secs_f64())
+}
+
+fn run(command: &mut Command) -> anyhow::Result<String> {
+    let output = command
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {command:?}"))?;
+    if !output.status.success() {
+        bail!(
+            "{command:?} failed ({}): {}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// A single-node Garage server, stopped on drop.
+struct Garage {
+    child: Child,
+    config: PathBuf,
+    endpoint: String,
+    key_id: String,
+    secret: String,
+}
+
+impl Garage {
+    fn start(dir: &Path) -> anyhow::Result<Garage> {
+        std::fs::create_dir_all(dir)?;
+        let (s3, rpc, admin) = (free_port()?, free_port()?, free_port()?);
+        let mut secret = [0u8; 32];
+        rand::rng().fill_bytes(&mut secret);
+        let config = dir.join("garage.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"metadata_dir = "{dir}/meta"
+data_dir = "{dir}/data"
+db_engine = "sqlite"
+replication_factor = 1
+compression_level = "none"
+rpc_bind_addr = "127.0.0.1:{rpc}"
+rpc_public_addr = "127.0.0.1:{rpc}"
+rpc_secret = "{secret}"
+
+[s3_api]
+s3_region = "us-east-1"
+api_bind_addr = "127.0.0.1:{s3}"
+root_domain = ".s3.garage.localhost"
+
+[admin]
+api_bind_addr = "127.0.0.1:{admin}"
+"#,
+                dir = dir.display(),
+                secret = hex::encode(secret),
+            ),
+        )?;
+        let log = std::fs::File::create(dir.join("garage.log"))?;
+        let child = Command::new("garage")
+            .arg("-c")
+            .arg(&config)
+            .arg("server")
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting garage")?;
+        let mut garage = Garage {
+            child,
+            config,
+            endpoint: format!("http://127.0.0.1:{s3}"),
+            key_id: String::new(),
+            secret: String::new(),
+        };
+        let node = (0..100)
+            .find_map(|_| {
+                let out = garage.cli(&["node", "id", "-q"]).ok();
+                if out.is_none() {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                out
+            })
+            .context("garage did not answer `node id` within 10 s")?;
+        let node = node.trim().split('@').next().unwrap_or_default().to_owned();
+        garage.cli(&["layout", "assign", "-z", "dc1", "-c", "100G", &node])?;
+        garage.cli(&["layout", "apply", "--version", "1"])?;
+        garage.cli(&["bucket", "create", BUCKET])?;
+        let key = garage.cli(&["key", "create", "bench-key"])?;
+        let field = |name: &str| {
+            key.lines()
+                .find_map(|line| line.trim().strip_prefix(name))
+                .map(|v| v.trim_start_matches(':').trim().to_owned())
+                .with_context(|| format!("no {name:?} in `garage key create` output: {key}"))
+        };
+        garage.key_id = field("Key ID")?;
+        garage.secret = field("Secret key")?;
+        garage.cli(&[
+            "bucket",
+            "allow",
+            "--read",
+            "--write",
+            "--owner",
+            BUCKET,
+            "--key",
+            "bench-key",
+        ])?;
+        Ok(garage)
+    }
+
+    fn cli(&self, args: &[&str]) -> anyhow::Result<String> {
+        run(Command::new("garage")
+            .arg("-c")
+            .arg(&self.config)
+            .args(args))
+    }
+
+    fn aws_env(&self, command: &mut Command) {
+        command
+            .env("AWS_ACCESS_KEY_ID", &self.key_id)
+            .env("AWS_SECRET_ACCESS_KEY", &self.secret)
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_DEFAULT_REGION", "us-east-1")
+            .env_remove("AWS_PROFILE");
+    }
+}
+
+impl Drop for Garage {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn seed(store: &S3Store, work: &Path, big: u64, small: usize) -> anyhow::Result<()> {
+    let source = work.join("big.bin");
+    {
+        let mut file = std::io::BufWriter::new(std::fs::File::create(&source)?);
+        let mut block = vec![0u8; MIB as usize];
+        for _ in 0..big / MIB {
+            rand::rng().fill_bytes(&mut block);
+            file.write_all(&block)?;
+        }
+        file.flush()?;
+    }
+    upload_file(
+        store,
+        BUCKET,
+        "big/object.bin",
+        &source,
+        &UploadOptions::default(),
+    )
+    .await?;
+    std::fs::remove_file(&source)?;
+    let mut uploads = futures::stream::iter(0..small)
+        .map(|i| async move {
+            let mut body = vec![0u8; MIB as usize];
+            rand::rng().fill_bytes(&mut body);
+            store
+                .put(BUCKET, &format!("small/{i:05}.bin"), Bytes::from(body))
+                .await
+        })
+        .buffer_unordered(16);
+    while let Some(result) = uploads.next().await {
+        result?;
+    }
+    Ok(())
+}
+
+fn rclone_copy(garage: &Garage, prefix: &str, dest: &Path) -> anyhow::Result<()> {
+    let mut command = Command::new("rclone");
+    command
+        .env_remove("AWS_CA_BUNDLE")
+        .env("RCLONE_CONFIG_GARAGE_TYPE", "s3")
+        .env("RCLONE_CONFIG_GARAGE_PROVIDER", "Other")
+        .env("RCLONE_CONFIG_GARAGE_ACCESS_KEY_ID", &garage.key_id)
+        .env("RCLONE_CONFIG_GARAGE_SECRET_ACCESS_KEY", &garage.secret)
+        .env("RCLONE_CONFIG_GARAGE_ENDPOINT", &garage.endpoint)
+        .env("RCLONE_CONFIG_GARAGE_REGION", "us-east-1")
+        .env("RCLONE_CONFIG_GARAGE_FORCE_PATH_STYLE", "true")
+        .args([
+            "copy",
+            "--transfers",
+            "16",
+            "--multi-thread-streams",
+            "8",
+            "--multi-thread-cutoff",
+            "32M",
+        ])
+        .arg(format!("garage:{BUCKET}/{prefix}"))
+        .arg(dest);
+    run(&mut command).map(drop)
+}
+
+fn aws_copy(garage: &Garage, prefix: &str, dest: &Path) -> anyhow::Result<()> {
+    let mut command = Command::new("aws");
+    garage.aws_env(&mut command);
+    command
+        .args([
+            "s3",
+            "cp",
+            "--recursive",
+            "--only-show-errors",
+            "--endpoint-url",
+        ])
+        .arg(&garage.endpoint)
+        .arg(format!("s3://{BUCKET}/{prefix}/"))
+        .arg(dest);
+    run(&mut command).map(drop)
+}
+
+/// Checks that `dir` holds `count` files of `bytes` bytes in all.
+fn check_tree(dir: &Path, count: usize, bytes: u64) -> anyhow::Result<()> {
+    let (mut files, mut total) = (0usize, 0u64);
+    let mut stack = vec![dir.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            let meta = std::fs::metadata(entry.path())?;
+            if meta.is_dir() {
+                stack.push(entry.path());
+            } else {
+                files += 1;
+                total += meta.len();
+            }
+        }
+    }
+    ensure!(
+        files == count && total == bytes,
+        "{} holds {files} files of {total} bytes, expected {count} files of {bytes} bytes",
+        dir.display()
+    );
+    Ok(())
+}
+
+/// A `milepost serve` process with its own data directory, catalog and cache.
+struct Server {
+    child: Child,
+    url: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl Server {
+    fn start(milepost: &Path, dir: &Path, garage: &Garage) -> anyhow::Result<Server> {
+        std::fs::create_dir_all(dir)?;
+        let port = free_port()?;
+        let config = dir.join("milepost.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"data_dir = "{dir}"
+office = "bench"
+
+[server]
+listen = "127.0.0.1:{port}"
+
+[upstream]
+endpoint = "{endpoint}"
+region = "us-east-1"
+force_path_style = true
+
+[catalog]
+bucket = "{BUCKET}"
+sync_interval = "off"
+
+[cache]
+capacity = "64GiB"
+"#,
+                dir = dir.display(),
+                endpoint = garage.endpoint,
+            ),
+        )?;
+        let mut token = Command::new(milepost);
+        token
+            .arg("--config")
+            .arg(&config)
+            .args(["token", "create", "--name", "bench", "--role", "admin"]);
+        let token = run(&mut token)?.trim().to_owned();
+        let mut command = Command::new(milepost);
+        garage.aws_env(&mut command);
+        let log = std::fs::File::create(dir.join("server.log"))?;
+        let child = command
+            .arg("--config")
+            .arg(&config)
+            .arg("serve")
+            .env("MILEPOST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        let server = Server {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            token,
+            http: reqwest::Client::new(),
+        };
+        let healthy = (0..200).any(|_| {
+            let ok = Command::new("curl")
+                .args(["-sf", "-o", "/dev/null"])
+                .arg(format!("{}/healthz", server.url))
+                .status()
+                .is_ok_and(|s| s.success());
+            if !ok {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            ok
+        });
+        ensure!(
+            healthy,
+            "milepost serve did not answer /healthz within 10 s"
+        );
+        Ok(server)
+    }
+
+    async fn graphql(&self, query: &str, variables: Value) -> anyhow::Result<Value> {
+        let body: Value = self
+            .http
+            .post(format!("{}/graphql", self.url))
+            .bearer_auth(&self.token)
+            .json(&json!({ "query": query, "variables": variables }))
+            .send()
+            .await?
+            .json()
+            .await?;
+        if let Some(errors) = body.get("errors") {
+            bail!("GraphQL errors: {errors}");
+        }
+        Ok(body["data"].clone())
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The peak resident set size since start or the last reset, in bytes.
+    fn peak_rss(&self) -> anyhow::Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
+        let kib: u64 = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmHWM:"))
+            .context("no VmHWM in /proc/PID/status")?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()?;
+        Ok(kib * 1024)
+    }
+
+    fn reset_peak_rss(&self) -> anyhow::Result<()> {
+        // "5" resets the peak RSS counter (Documentation/filesystems/proc.rst, clear_refs).
+        std::fs::write(format!("/proc/{}/clear_refs", self.pid()), "5")
+            .context("resetting VmHWM through /proc/PID/clear_refs")
+    }
+
+    fn data_url(&self, key: &str) -> String {
+        format!("{}/data/{BUCKET}/{key}", self.url)
+    }
+
+    fn stop(mut self) -> anyhow::Result<()> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let status = self.child.wait()?;
+        ensure!(status.success(), "milepost serve exited with {status}");
+        Ok(())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Creates a dataset of everything under `prefix/`, reserves it and returns the seconds from
+/// `reserveDataset` to READY.
+async fn cold_materialization(
+    server: &Server,
+    prefix: &str,
+    count: usize,
+    bytes: u64,
+) -> anyhow::Result<f64> {
+    let objects: Vec<Value> = if count == 1 {
+        vec![json!({ "bucket": BUCKET, "key": format!("{prefix}/object.bin") })]
+    } else {
+        (0..count)
+            .map(|i| json!({ "bucket": BUCKET, "key": format!("{prefix}/{i:05}.bin") }))
+            .collect()
+    };
+    let data = server
+        .graphql(
+            "mutation($input: CreateDatasetInput!) { createDataset(input: $input) { name totalBytes objectCount } }",
+            json!({ "input": { "name": prefix, "objects": objects } }),
+        )
+        .await?;
+    ensure!(
+        data["createDataset"]["totalBytes"].as_u64() == Some(bytes),
+        "dataset {prefix}: {data}"
+    );
+    let started = Instant::now();
+    let data = server
+        .graphql(
+            "mutation($input: ReserveDatasetInput!) { reserveDataset(input: $input) { id } }",
+            json!({ "input": { "dataset": prefix, "ttlSeconds": 3600 } }),
+        )
+        .await?;
+    let id = data["reserveDataset"]["id"]
+        .as_str()
+        .context("reserveDataset returned no id")?
+        .to_owned();
+    loop {
+        let data = server
+            .graphql(
+                "query($id: ID!) { reservation(id: $id) { state bytesFromUpstream localPath error } }",
+                json!({ "id": id }),
+            )
+            .await?;
+        let r = &data["reservation"];
+        match r["state"].as_str() {
+            Some("READY") => {
+                let secs = started.elapsed().as_secs_f64();
+                ensure!(
+                    r["bytesFromUpstream"].as_u64() == Some(bytes),
+                    "READY but bytesFromUpstream is {}, expected {bytes}",
+                    r["bytesFromUpstream"]
+                );
+                let path = r["localPath"].as_str().context("READY without localPath")?;
+                check_tree(Path::new(path), count, bytes)?;
+                return Ok(secs);
+            }
+            Some("FAILED") => bail!("reservation failed: {}", r["error"]),
+            _ => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
+}
+
+/// curl reads of the cached big object through `/data` and through nginx, alternating.
+fn hot_reads(
+    runtime: &tokio::runtime::Runtime,
+    server: &Server,
+    report: &mut Report,
+    bytes: u64,
+    rounds: usize,
+) -> anyhow::Result<()> {
+    let data = runtime.block_on(server.graphql(
+        "query { reservations(first: 1) { edges { node { localPath } } } }",
+        json!({}),
+    ))?;
+    let root = data["reservations"]["edges"][0]["node"]["localPath"]
+        .as_str()
+        .context("no reservation with a localPath")?
+        .to_owned();
+    let nginx = Nginx::start(Path::new(&root))?;
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for _ in 0..rounds.max(3) {
+        ours.push(curl_read(
+            &server.data_url("big/object.bin"),
+            Some(&server.token),
+            bytes,
+        )?);
+        theirs.push(curl_read(
+            &format!("{}/big/object.bin", nginx.url),
+            None,
+            bytes,
+        )?);
+    }
+    report.hot("milepost /data", &ours, bytes);
+    report.hot("nginx (sendfile)", &theirs, bytes);
+    Ok(())
+}
+
+fn curl_read(url: &str, token: Option<&str>, bytes: u64) -> anyhow::Result<f64> {
+    let mut command = Command::new("curl");
+    command.args(["-sS", "-f", "-o", "/dev/null", "-w", "%{size_download}"]);
+    if let Some(token) = token {
+        command.args(["-H", &format!("Authorization: Bearer {token}")]);
+    }
+    let started = Instant::now();
+    let size = run(command.arg(url))?;
+    let secs = started.elapsed().as_secs_f64();
+    ensure!(
+        size.trim() == bytes.to_string(),
+        "{url}: read {size} bytes, expected {bytes}"
+    );
+    Ok(secs)
+}
+
+/// `n` curls reading the big object through `/data` at once; the seconds until all ended.
+fn concurrent_reads(server: &Server, n: usize, bytes: u64) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    let readers: Vec<_> = (0..n)
+        .map(|_| {
+            let url = server.data_url("big/object.bin");
+            let token = server.token.clone();
+            std::thread::spawn(move || curl_read(&url, Some(&token), bytes))
+        })
+        .collect();
+    for reader in readers {
+        reader
+            .join()
+            .map_err(|_| anyhow::anyhow!("a reader thread panicked"))??;
+    }
+    Ok(started.elapsed().as_secs_f64())
+}
+
+/// nginx serving `root` on a free loopback port, stopped on drop.
+struct Nginx {
+    child: Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Nginx {
+    fn start(root: &Path) -> anyhow::Result<Nginx> {
+        let dir = tempfile::tempdir()?;
+        let port = free_port()?;
+        let config = dir.path().join("nginx.conf");
+        // `user root` lets workers started by root read the cache's private directories; it is
+        // ignored (with a warning) when not running as root.
+        std::fs::write(
+            &config,
+            format!(
+                r#"daemon off;
+master_process on;
+worker_processes 1;
+user root;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    default_type application/octet-stream;
+    client_body_temp_path {dir};
+    proxy_temp_path {dir};
+    fastcgi_temp_path {dir};
+    uwsgi_temp_path {dir};
+    scgi_temp_path {dir};
+    server {{
+        listen 127.0.0.1:{port};
+        root {root};
+    }}
+}}
+"#,
+                dir = dir.path().display(),
+                root = root.display(),
+            ),
+        )?;
+        let child = Command::new("nginx")
+            .arg("-c")
+            .arg(&config)
+            .arg("-p")
+            .arg(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting nginx")?;
+        let url = format!("http://127.0.0.1:{port}");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Ok(Nginx {
+                    child,
+                    url,
+                    _dir: dir,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("nginx did not listen within 5 s")
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[derive(Default)]
+struct Report {
+    cold: String,
+    hot: String,
+    memory: String,
+}
+
+fn best_and_median(samples: &[f64]) -> (f64, f64) {
+    let mut sorted = samples.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    (sorted[0], sorted[sorted.len() / 2])
+}
+
+impl Report {
+    fn cold(&mut self, set: &str, tool: &str, samples: &[f64], bytes: u64) {
+        let (best, median) = best_and_median(samples);
+        let _ = writeln!(
+            self.cold,
+            "| {set} | {tool} | {best:.2} s | {median:.2} s | {:.0} MiB/s |",
+            bytes as f64 / MIB as f64 / median
+        );
+    }
+
+    fn hot(&mut self, tool: &str, samples: &[f64], bytes: u64) {
+        let (best, median) = best_and_median(samples);
+        let _ = writeln!(
+            self.hot,
+            "| {tool} | {best:.2} s | {median:.2} s | {:.0} MiB/s |",
+            bytes as f64 / MIB as f64 / median
+        );
+    }
+
+    fn print(&self) {
+        println!("Cold transfer from Garage (best, median of the rounds):\n");
+        println!("| set | tool | best | median | median rate |\n|---|---|---|---|---|");
+        print!("{}", self.cold);
+        println!("\nHot read of the big object (curl into /dev/null):\n");
+        println!("| server | best | median | median rate |\n|---|---|---|---|");
+        print!("{}", self.hot);
+        println!("\nServer memory:\n");
+        println!("| phase | wall time | peak RSS |\n|---|---|---|");
+        print!("{}", self.memory);
+    }
+}
