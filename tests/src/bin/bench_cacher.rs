@@ -652,7 +652,8 @@ async fn cold_materialization(
     }
 }
 
-/// curl reads of the cached big object through `/data` and through nginx, alternating.
+/// curl reads of the cached big object through `/data` and through nginx (serving the
+/// reservation's view, `localPath/<bucket>/<key>`), alternating.
 fn hot_reads(
     runtime: &tokio::runtime::Runtime,
     server: &Server,
@@ -677,7 +678,7 @@ fn hot_reads(
             bytes,
         )?);
         theirs.push(curl_read(
-            &format!("{}/big/object.bin", nginx.url),
+            &format!("{}/{BUCKET}/big/object.bin", nginx.url),
             None,
             bytes,
         )?);
