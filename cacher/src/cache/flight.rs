@@ -27,6 +27,8 @@ pub(super) type FlightEnd = Result<u64, Arc<CacheError>>;
 const WRITE_BATCH: usize = 512 * 1024;
 /// Bytes hashed per blocking call by the MD5 check.
 const HASH_CHUNK: u64 = 4 * 1024 * 1024;
+/// Landed bytes after which the staging file is flushed to disk while the download goes on.
+const FLUSH_BEHIND: u64 = 64 * 1024 * 1024;
 
 /// A download in progress.
 #[derive(Debug)]
@@ -260,7 +262,7 @@ impl Inner {
                 None => Ok(None),
             }
         };
-        let ((), digest) = tokio::try_join!(parts, digest)?;
+        let ((), digest, ()) = tokio::try_join!(parts, digest, flush_behind(flight))?;
 
         let written = flight.downloaded();
         if written != object.size {
@@ -479,6 +481,40 @@ async fn md5_follow(flight: &Flight) -> Result<[u8; 16], CacheError> {
     Ok(hasher.finalize().into())
 }
 
+/// Flushes the staging file to disk every [`FLUSH_BEHIND`] landed bytes while the download
+/// goes on, so that the `fsync` before the install only has the tail left to write: without
+/// it, a large object waits for all of its bytes to reach the disk after the last one
+/// arrived (about a second per GiB here). Ends once every byte has landed.
+async fn flush_behind(flight: &Flight) -> Result<(), CacheError> {
+    let object = flight.object();
+    if object.size < 2 * FLUSH_BEHIND {
+        return Ok(());
+    }
+    let mut rx = flight.subscribe();
+    let mut flushed = 0;
+    loop {
+        let (file, total) = {
+            let p = rx.borrow_and_update();
+            (p.file.clone(), p.total)
+        };
+        if total >= object.size {
+            return Ok(());
+        }
+        if let Some(file) = file.filter(|_| total >= flushed + FLUSH_BEHIND) {
+            blocking(
+                format!("flushing the staging file of {object}"),
+                move || file.sync_data(),
+            )
+            .await?;
+            flushed = total;
+            continue;
+        }
+        if rx.changed().await.is_err() {
+            return Ok(());
+        }
+    }
+}
+
 /// Makes the verified staging file durable and moves it into the content store.
 async fn install(
     file: &Arc<File>,
@@ -499,9 +535,11 @@ async fn install(
             std::fs::set_permissions(&staging, permissions)?;
             let dir = content.parent().unwrap_or(Path::new("."));
             std::fs::create_dir_all(dir)?;
-            std::fs::rename(&staging, &content)?;
-            // Make the rename durable too.
-            File::open(dir)?.sync_all()
+            // The rename is not made durable on its own (no directory fsync, which costs a
+            // journal commit per object): the bytes are, and a rename lost to a power cut
+            // leaves the file in staging, removed at start-up, while reconciliation drops the
+            // entry whose content file is missing. A miss, never wrong bytes.
+            std::fs::rename(&staging, &content)
         },
     )
     .await
