@@ -15,7 +15,7 @@ use milepost_cacher::trim::{self, Window};
 use milepost_cacher::{EgressMeter, ObjectStore, UploadOptions};
 use milepost_schema::enums::Role;
 use milepost_tests::trimlogs::{
-    drive_sidecar, message_time, python_check, write_log, LogSpec, ScenarioSpec, TOPICS,
+    drive_sidecar, message_time, python_check, write_log, LogSpec, ScenarioSpec, TopicSpec, TOPICS,
 };
 use milepost_tests::{error_codes, first_error, TestApp};
 use serde_json::{json, Value};
@@ -616,6 +616,94 @@ async fn a_log_changed_upstream_fails_the_reservation() {
     assert!(
         error.contains("logs/lz4.mcap") && error.contains("changed upstream"),
         "{error}"
+    );
+    w.app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_30s_scenario_of_a_60min_log_reads_only_its_chunks_and_summary() {
+    // A lighter sensor mix than the other tests, so that the hour stays ~33 MiB.
+    let spec = LogSpec {
+        topics: vec![
+            TopicSpec {
+                topic: "/camera/front",
+                period_ms: 1000,
+                offset_ms: 0,
+                size: 3000,
+            },
+            TopicSpec {
+                topic: "/localization/pose",
+                period_ms: 20,
+                offset_ms: 7,
+                size: 120,
+            },
+        ],
+        ..log_spec(Some(Compression::Zstd), 3600)
+    };
+    let scenarios = [ScenarioSpec {
+        label: "cut-in",
+        start: t0() + secs(1800),
+        end: t0() + secs(1830),
+    }];
+    let w = world(3600, &[("hour.mcap", spec)], &scenarios).await;
+    let ids = scenario_ids(&w).await;
+    create(
+        &w,
+        json!({ "name": "cut-in", "entityIds": [ids["cut-in"]] }),
+    )
+    .await;
+    let r = reserve(&w, "cut-in").await;
+    let view = ready(&r);
+    let window = Window {
+        start_ns: ns(t0() + secs(1798)),
+        end_ns: ns(t0() + secs(1832)),
+    };
+    let (chunks, summary) = needed_bytes(&w.logs[0].path, window, &[]);
+    let upstream = r["bytesFromUpstream"].as_u64().expect("bytes");
+    let whole = std::fs::metadata(&w.logs[0].path).expect("log").len();
+    assert!(
+        upstream as f64 <= 1.1 * (chunks + summary) as f64,
+        "upstream {upstream} > 1.1 × (chunks {chunks} + summary {summary})"
+    );
+    assert!(upstream >= chunks, "upstream {upstream} < chunks {chunks}");
+    assert!(
+        whole > 50 * upstream,
+        "whole log {whole} is not 50× the {upstream} bytes read"
+    );
+    let files = view_files(&view);
+    assert_eq!(files.len(), 1, "{files:?}");
+    let report = python_check(
+        &w.logs[0].path,
+        &files[0],
+        window.start_ns,
+        window.end_ns,
+        &[],
+    );
+    // 34 s both ends included: 35 camera frames, 1700 poses.
+    assert_eq!(report["messages"], 1735, "{report}");
+
+    // The egress ledger counted the same ranged GETs (it is written in the background).
+    let mut ledger = 0;
+    for _ in 0..200 {
+        let (_, body) = w
+            .app
+            .graphql(
+                Some(&w.admin),
+                "{ cacheStats { bytesFromUpstream } }",
+                json!({}),
+            )
+            .await;
+        ledger = body["data"]["cacheStats"]["bytesFromUpstream"]
+            .as_u64()
+            .expect("stats");
+        if ledger == upstream {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(
+        ledger, upstream,
+        "the egress ledger counts the ranged reads"
     );
     w.app.shutdown().await;
 }
