@@ -23,6 +23,9 @@ use crate::trim::{self, TrimError, TrimErrorKind, Trimmer, Window, FOOTER_READ};
 /// that old trims are not served as new ones.
 const TRIM_FORMAT: &str = "milepost-trim-1";
 
+/// Chunks of one log fetched at once.
+const CHUNK_FETCHES: usize = 4;
+
 /// What materializing one trimmed member gave.
 #[derive(Debug)]
 pub(crate) struct Built {
@@ -206,11 +209,18 @@ async fn build_pinned(
         Err(err) => return Err(mcap_error(source, err)),
     };
 
+    // A few at once (each is one or more ranged GETs under the cache's global limit), in
+    // file order.
     let mut chunk_files = Vec::with_capacity(plan.chunks.len());
-    for chunk in &plan.chunks {
-        let (_, got) = fetch(chunk.chunk_start_offset, chunk.chunk_length).await?;
-        upstream += got.bytes_from_upstream;
-        chunk_files.push(got.path);
+    for group in plan.chunks.chunks(CHUNK_FETCHES) {
+        let fetches: Vec<_> = group
+            .iter()
+            .map(|chunk| fetch(chunk.chunk_start_offset, chunk.chunk_length))
+            .collect();
+        for (_, got) in futures::future::try_join_all(fetches).await? {
+            upstream += got.bytes_from_upstream;
+            chunk_files.push(got.path);
+        }
     }
 
     let placeholder = planned_key(source, spec);

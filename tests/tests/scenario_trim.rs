@@ -301,6 +301,33 @@ async fn scenario_datasets_hold_exactly_the_window_of_each_log() {
     )
     .await;
     assert_eq!(ds["objectCount"], 4, "{ds}");
+    // The manifest in S3 records each trimmed file's provenance.
+    let manifest = milepost_cacher::datasets::load_manifest(
+        w.store.as_ref(),
+        BUCKET,
+        ds["manifestKey"].as_str().expect("key"),
+    )
+    .await
+    .expect("manifest");
+    assert_eq!(manifest.len(), 4);
+    for entry in &manifest {
+        let trim = entry.trim.as_ref().expect("every log is a trimmed member");
+        let source = w
+            .logs
+            .iter()
+            .find(|l| l.key == entry.key)
+            .expect("source key");
+        let local = std::fs::read(&source.path).expect("source");
+        assert_eq!(entry.size, local.len() as u64);
+        let head = w.store.head(BUCKET, &entry.key).await.expect("head");
+        assert_eq!(entry.etag, head.etag);
+        assert_eq!(trim.scenario_id, ids["cut-in"]);
+        assert_eq!(
+            (trim.start_ns, trim.end_ns),
+            (ns(t0() + secs(28)), ns(t0() + secs(42)))
+        );
+        assert!(trim.topics.is_empty());
+    }
     let r1 = reserve(&w, "cut-in").await;
     let view = ready(&r1);
     let window = Window {
