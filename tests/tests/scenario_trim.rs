@@ -734,3 +734,47 @@ async fn a_30s_scenario_of_a_60min_log_reads_only_its_chunks_and_summary() {
     );
     w.app.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_reservations_of_one_scenario_fetch_each_range_once() {
+    let logs = [("zstd.mcap", log_spec(Some(Compression::Zstd), 60))];
+    let scenarios = [ScenarioSpec {
+        label: "cut-in",
+        start: t0() + secs(20),
+        end: t0() + secs(30),
+    }];
+    let w = world(60, &logs, &scenarios).await;
+    let ids = scenario_ids(&w).await;
+    for name in ["first", "second"] {
+        create(&w, json!({ "name": name, "entityIds": [ids["cut-in"]] })).await;
+    }
+    let (a, b) = tokio::join!(reserve(&w, "first"), reserve(&w, "second"));
+    let (view_a, view_b) = (ready(&a), ready(&b));
+    let window = Window {
+        start_ns: ns(t0() + secs(18)),
+        end_ns: ns(t0() + secs(32)),
+    };
+    let (chunks, summary) = needed_bytes(&w.logs[0].path, window, &[]);
+    let total =
+        a["bytesFromUpstream"].as_u64().expect("a") + b["bytesFromUpstream"].as_u64().expect("b");
+    assert_eq!(
+        total,
+        chunks + summary,
+        "footer, summary and every chunk come from upstream once between the two: {a} {b}"
+    );
+    let (files_a, files_b) = (view_files(&view_a), view_files(&view_b));
+    assert_eq!(files_a.len(), 1);
+    assert_eq!(
+        std::fs::read(&files_a[0]).expect("a"),
+        std::fs::read(&files_b[0]).expect("b"),
+        "one trimmed file, linked into both views"
+    );
+    python_check(
+        &w.logs[0].path,
+        &files_a[0],
+        window.start_ns,
+        window.end_ns,
+        &[],
+    );
+    w.app.shutdown().await;
+}
