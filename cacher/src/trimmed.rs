@@ -225,6 +225,7 @@ async fn build_pinned(
 
     let placeholder = planned_key(source, spec);
     let staging = cache.staging_path(&placeholder);
+    let mut leftover = Leftover(Some(staging.clone()));
     let written = {
         let staging = staging.clone();
         tokio::task::spawn_blocking(move || write_trim(&staging, &summary, plan, &chunk_files))
@@ -239,7 +240,6 @@ async fn build_pinned(
     let (size, messages) = match written {
         Ok(done) => done,
         Err(err) => {
-            let _ = tokio::fs::remove_file(&staging).await;
             return Err(match err {
                 WriteError::Trim(err) => mcap_error(source, err),
                 WriteError::Io(err) => CacheError::io(format!("trimming {source}"), err),
@@ -253,6 +253,8 @@ async fn build_pinned(
         size,
     );
     cache.pin(holder, std::slice::from_ref(&output));
+    // From here the cache owns the staging file (and removes it on failure).
+    leftover.0 = None;
     cache.insert_file(&output, staging).await?;
     tracing::info!(
         source = %source,
@@ -273,6 +275,23 @@ async fn read_file(path: &std::path::Path) -> Result<Vec<u8>, CacheError> {
     tokio::fs::read(path)
         .await
         .map_err(|err| CacheError::io("reading a cached range of an mcap log", err))
+}
+
+/// Removes a staging file the trim wrote when the build fails or is dropped before the cache
+/// takes the file over. (A file the blocking writer creates after the drop is removed at the
+/// next start-up, with every staging file.) The removal is one unlink: cheap enough for a drop.
+struct Leftover(Option<std::path::PathBuf>);
+
+impl Drop for Leftover {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.take() {
+            if let Err(err) = std::fs::remove_file(&path) {
+                if err.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!(path = %path.display(), error = %err, "cannot remove a trim's staging file");
+                }
+            }
+        }
+    }
 }
 
 enum WriteError {

@@ -452,41 +452,55 @@ impl OfficeCache {
                 }
             }
         };
-        inner.delete_victims(victims).await;
-        let content = inner.layout.content_path(object);
-        let installed = async {
-            let file = flight::blocking(format!("opening the built file of {object}"), {
-                let staging = staging.clone();
-                move || std::fs::File::open(staging)
+        // Admitted: the rest runs as a task of its own, so that a caller dropped half-way
+        // (a released reservation) never leaves a pending entry in the book.
+        let task = {
+            let (inner, object) = (Arc::clone(inner), object.clone());
+            self.inner.tasks.spawn(async move {
+                inner.delete_victims(victims).await;
+                let content = inner.layout.content_path(&object);
+                let installed = async {
+                    let file = flight::blocking(format!("opening the built file of {object}"), {
+                        let staging = staging.clone();
+                        move || std::fs::File::open(staging)
+                    })
+                    .await?;
+                    flight::install(&Arc::new(file), &staging, &content, &object).await?;
+                    if let Err(err) =
+                        entries::upsert_ready(&inner.db, &object, &Layout::content_relative(&object))
+                            .await
+                    {
+                        // As for downloads: the file is in place; without its row the next
+                        // start-up removes it as an orphan.
+                        tracing::error!(object = %object, error = %err, "cannot record a cache entry");
+                    }
+                    Ok::<(), CacheError>(())
+                }
+                .await;
+                {
+                    let mut state = inner.lock();
+                    if installed.is_ok() {
+                        state.book.complete(&object);
+                    } else {
+                        state.book.remove(&object);
+                    }
+                }
+                inner.downloads_ended.send_replace(());
+                match installed {
+                    Ok(()) => Ok(content),
+                    Err(err) => {
+                        flight::remove_quietly(staging).await;
+                        Err(err)
+                    }
+                }
             })
-            .await?;
-            flight::install(&Arc::new(file), &staging, &content, object).await?;
-            if let Err(err) =
-                entries::upsert_ready(&inner.db, object, &Layout::content_relative(object)).await
-            {
-                // As for downloads: the file is in place; without its row the next start-up
-                // removes it as an orphan.
-                tracing::error!(object = %object, error = %err, "cannot record a cache entry");
-            }
-            Ok::<(), CacheError>(())
-        }
-        .await;
-        {
-            let mut state = inner.lock();
-            if installed.is_ok() {
-                state.book.complete(object);
-            } else {
-                state.book.remove(object);
-            }
-        }
-        inner.downloads_ended.send_replace(());
-        match installed {
-            Ok(()) => Ok(content),
-            Err(err) => {
-                flight::remove_quietly(staging).await;
-                Err(err)
-            }
-        }
+        };
+        task.await.map_err(|err| {
+            CacheError::io(
+                format!("installing the built file of {object}"),
+                std::io::Error::other(err),
+            )
+        })?
     }
 
     /// `holder` (a reservation id) pins `objects`: they are never evicted until
