@@ -20,6 +20,13 @@
 //! `ready` with it as `local_path`. If any object fails, the reservation becomes `failed` with
 //! an `error` naming the objects and why, and its pins are released.
 //!
+//! A dataset member that is an MCAP log trimmed to a scenario's window
+//! ([`TrimSpec`]) is materialized by [`crate::trimmed`]: only the log's summary and overlapping
+//! chunks are fetched, the trimmed file is built in the office and pinned by the reservation
+//! once its size is known (admission counts its planned size until then). `bytes_total` becomes
+//! the view's real size when the reservation is ready, and `notes` says when a log came whole
+//! (no chunk index) or a window held no message.
+//!
 //! The pins hold until [`release`](Reservations::release) or expiry (`expires_at`, moved by
 //! [`extend`](Reservations::extend)); either removes the view and unpins. [`start`](Reservations::start)
 //! resumes what a previous process left (pending and materializing reservations are
