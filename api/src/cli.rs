@@ -99,6 +99,12 @@ pub enum DatasetCommand {
         /// Key globs to keep, e.g. "*.mcap"; repeatable.
         #[arg(long = "include")]
         include: Vec<String>,
+        /// Topics that scenarios' trimmed MCAP logs keep (all when omitted); repeatable.
+        #[arg(long = "topic")]
+        topics: Vec<String>,
+        /// Seconds kept before and after each scenario's span (default 2).
+        #[arg(long = "padding", allow_hyphen_values = true)]
+        padding_seconds: Option<i32>,
         #[arg(long)]
         description: Option<String>,
         #[command(flatten)]
@@ -214,6 +220,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     ids,
                     objects,
                     include,
+                    topics,
+                    padding_seconds,
                     description,
                     remote,
                 },
@@ -242,6 +250,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             if !include.is_empty() {
                 input["include"] = include.into();
+            }
+            if !topics.is_empty() {
+                input["topics"] = topics.into();
+            }
+            if let Some(padding) = padding_seconds {
+                input["paddingSeconds"] = padding.into();
             }
             let data = client(&config, remote)?
                 .query(

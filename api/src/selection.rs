@@ -1,12 +1,22 @@
 //! What a new dataset holds: the objects picked by a search query, by entity ids, or listed
 //! explicitly, optionally narrowed by key globs. Resolved against the catalog when the dataset
 //! is created, so the manifest freezes the ETags seen now.
+//!
+//! Drives and runs select their objects whole. A scenario selects, for each MCAP log of its
+//! drive whose messages overlap its span widened by the padding, that log trimmed to the window
+//! on the chosen topics ([`TrimSpec`]); other files of its drive only when an `include` glob
+//! names them (whole). When no log overlaps the window, the log nearest to it is selected, so
+//! that the dataset says so with an empty (valid) trimmed file rather than failing.
 
-use milepost_cacher::datasets::ManifestEntry;
+use std::collections::BTreeSet;
+
+use chrono::{DateTime, Timelike as _, Utc};
+use milepost_cacher::datasets::{ManifestEntry, TrimSpec};
 use milepost_cacher::StoreErrorKind;
 use milepost_indexer::catalog::{self, Owner};
+use milepost_indexer::metadata::McapSummary;
 use milepost_indexer::search::{EntityKind, SearchRequest};
-use milepost_schema::entity::object;
+use milepost_schema::entity::{object, scenario};
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
 
 use crate::error::{ApiError, ApiResult};
@@ -15,6 +25,60 @@ use crate::server::AppState;
 /// Most entities a query may select, so a careless query cannot build a petabyte dataset.
 pub const MAX_SELECTED_ENTITIES: usize = 10_000;
 
+/// Largest `paddingSeconds`.
+pub const MAX_PADDING_SECONDS: i32 = 3600;
+
+/// Padding around a scenario's span when none is given.
+pub const DEFAULT_PADDING_SECONDS: i32 = 2;
+
+/// How scenarios are trimmed: the topics kept (empty: all) and the padding around their span.
+#[derive(Clone, Debug)]
+pub struct TrimOptions {
+    /// Sorted, without duplicates.
+    pub topics: Vec<String>,
+    /// Seconds added before and after the span.
+    pub padding_seconds: i32,
+    /// The topics as given, for errors naming their position.
+    given: Vec<String>,
+}
+
+impl TrimOptions {
+    /// Checks `topics` (`input.topics[i]`: not empty, at most 256 characters) and `padding`
+    /// (`input.paddingSeconds`: 0 to [`MAX_PADDING_SECONDS`]).
+    pub fn new(topics: Option<&[String]>, padding: Option<i32>) -> ApiResult<Self> {
+        let padding_seconds = padding.unwrap_or(DEFAULT_PADDING_SECONDS);
+        if !(0..=MAX_PADDING_SECONDS).contains(&padding_seconds) {
+            return Err(ApiError::bad_input(
+                "input.paddingSeconds",
+                format!("{padding_seconds} is out of range: expected 0 to {MAX_PADDING_SECONDS} seconds"),
+            ));
+        }
+        let mut set = BTreeSet::new();
+        for (i, topic) in topics.unwrap_or_default().iter().enumerate() {
+            if topic.trim().is_empty() || topic.len() > 256 {
+                return Err(ApiError::bad_input(
+                    format!("input.topics[{i}]"),
+                    format!("{topic:?} is not a topic: expected 1 to 256 characters, e.g. /lidar/points"),
+                ));
+            }
+            set.insert(topic.clone());
+        }
+        Ok(Self {
+            topics: set.into_iter().collect(),
+            padding_seconds,
+            given: topics.unwrap_or_default().to_vec(),
+        })
+    }
+}
+
+/// What [`resolve`] found: the entries, and the topics of the drives of the scenarios it
+/// selected (to check the chosen topics against).
+#[derive(Debug, Default)]
+pub struct Resolved {
+    pub entries: Vec<ManifestEntry>,
+    pub scenarios: usize,
+    pub scenario_topics: BTreeSet<String>,
+}
 /// One of the three ways to pick objects.
 #[derive(Clone, Debug)]
 pub enum Selection {
@@ -87,7 +151,128 @@ fn entry(row: &object::Model) -> ManifestEntry {
         key: row.key.clone(),
         size: row.size as u64,
         etag: row.etag.clone(),
+        trim: None,
     }
+}
+
+/// The catalog's copy of an MCAP log's summary (read by the sync), if it has one.
+fn mcap_summary(row: &object::Model) -> Option<McapSummary> {
+    let metadata = row.metadata.as_ref()?;
+    if metadata["format"] != "mcap" {
+        return None;
+    }
+    serde_json::from_value(metadata["mcap"].clone()).ok()
+}
+
+fn nanos(at: DateTime<Utc>) -> u64 {
+    at.timestamp_nanos_opt()
+        .and_then(|ns| u64::try_from(ns).ok())
+        .unwrap_or(0)
+}
+
+/// `20261101T101500Z`, or `20261101T101500.250Z` when there are milliseconds.
+fn compact(at: DateTime<Utc>) -> String {
+    if at.nanosecond() == 0 {
+        at.format("%Y%m%dT%H%M%SZ").to_string()
+    } else {
+        at.format("%Y%m%dT%H%M%S%.3fZ").to_string()
+    }
+}
+
+/// The trimmed file's key: next to its log, named for the scenario, its span and the
+/// padding: `logs/d1_0.sc-1a2b.20261101T101500Z-20261101T101530Z.pad2s.mcap`.
+fn trimmed_key(log_key: &str, scenario: &scenario::Model, padding_seconds: i32) -> String {
+    let stem = log_key.strip_suffix(".mcap").unwrap_or(log_key);
+    format!(
+        "{stem}.{}.{}-{}.pad{padding_seconds}s.mcap",
+        scenario.id,
+        compact(scenario.start_time),
+        compact(scenario.end_time)
+    )
+}
+
+/// Trimmed members for `scenario`: its drive's MCAP logs overlapping the padded span (or the
+/// nearest log when none does), other drive files whole when an include glob names them.
+async fn scenario_objects(
+    app: &AppState,
+    scenario: &scenario::Model,
+    include: &[Glob],
+    trim: &TrimOptions,
+    out: &mut Resolved,
+) -> ApiResult<()> {
+    let (rows, prefix) = owned_objects(app, Owner::Drive(&scenario.drive_id)).await?;
+    if let Some(drive) = catalog::get_drive(&app.db, &scenario.drive_id).await? {
+        if let Some(topics) = drive.topics.as_array() {
+            out.scenario_topics
+                .extend(topics.iter().filter_map(|t| t.as_str().map(str::to_owned)));
+        }
+    }
+    out.scenarios += 1;
+    let padding = chrono::Duration::seconds(i64::from(trim.padding_seconds));
+    let start_ns = nanos(scenario.start_time - padding);
+    let end_ns = nanos(scenario.end_time + padding);
+    let included = |row: &object::Model| {
+        include
+            .iter()
+            .any(|g| g.matches(&row.key, prefix.as_deref()))
+    };
+    // (row, summary, distance from the window: 0 when it overlaps)
+    let mut logs = Vec::new();
+    for row in &rows {
+        if row.key.ends_with(".mcap") && (include.is_empty() || included(row)) {
+            let summary = mcap_summary(row);
+            let distance = match &summary {
+                Some(s) if s.message_count > 0 => {
+                    // 0 when the log's messages overlap the window.
+                    start_ns
+                        .saturating_sub(s.end_time_ns)
+                        .max(s.start_time_ns.saturating_sub(end_ns))
+                }
+                Some(_) => u64::MAX,
+                // Not described (no summary): only materialization can tell; keep it.
+                None => 0,
+            };
+            logs.push((row, summary, distance));
+        } else if !include.is_empty() && included(row) {
+            out.entries.push(entry(row));
+        }
+    }
+    let nearest = logs.iter().map(|l| l.2).min();
+    let chosen = logs
+        .iter()
+        .filter(|l| l.2 == 0 || (nearest != Some(0) && Some(l.2) == nearest))
+        // One nearest log is enough to say that the window is empty.
+        .take(if nearest == Some(0) { usize::MAX } else { 1 });
+    for (row, summary, _) in chosen {
+        let size = row.size as u64;
+        let planned_bytes = match summary {
+            Some(s) if !s.chunk_indexes.is_empty() => {
+                let chunks: u64 = s
+                    .chunk_indexes
+                    .iter()
+                    .filter(|c| {
+                        c.message_start_time_ns <= end_ns && c.message_end_time_ns >= start_ns
+                    })
+                    .map(|c| c.chunk_length)
+                    .sum();
+                // The new summary and header are about as large as the source's.
+                (chunks + size.saturating_sub(s.summary_start) + 4096).min(size.max(4096))
+            }
+            _ => size,
+        };
+        out.entries.push(ManifestEntry {
+            trim: Some(TrimSpec {
+                scenario_id: scenario.id.clone(),
+                start_ns,
+                end_ns,
+                topics: trim.topics.clone(),
+                view_key: trimmed_key(&row.key, scenario, trim.padding_seconds),
+                planned_bytes,
+            }),
+            ..entry(row)
+        });
+    }
+    Ok(())
 }
 
 /// Live objects of a drive or run with the prefix they are relative to.
@@ -121,19 +306,17 @@ async fn entity_objects(
     id: &str,
     field: &str,
     include: &[Glob],
-    out: &mut Vec<ManifestEntry>,
+    trim: &TrimOptions,
+    out: &mut Resolved,
 ) -> ApiResult<()> {
-    let owner_id;
     let owner = match kind {
         EntityKind::Drive => Owner::Drive(id),
         EntityKind::Run => Owner::Run(id),
-        // A scenario selects its drive's files whole (trimming to the span is a later step).
         EntityKind::Scenario => {
             let scenario = catalog::get_scenario(&app.db, id)
                 .await?
                 .ok_or_else(|| ApiError::bad_input(field, format!("unknown scenario {id:?}")))?;
-            owner_id = scenario.drive_id;
-            Owner::Drive(&owner_id)
+            return scenario_objects(app, &scenario, include, trim, out).await;
         }
         EntityKind::Dataset => {
             return Err(ApiError::bad_input(
@@ -143,7 +326,7 @@ async fn entity_objects(
         }
     };
     let (rows, prefix) = owned_objects(app, owner).await?;
-    out.extend(
+    out.entries.extend(
         rows.iter()
             .filter(|row| {
                 include.is_empty()
@@ -156,13 +339,16 @@ async fn entity_objects(
     Ok(())
 }
 
-/// Resolves a selection into manifest entries (unsorted, possibly with duplicates).
+/// Resolves a selection into manifest entries (unsorted, possibly with duplicates), scenarios
+/// trimmed per `trim`. Chosen topics that no drive of a selected scenario has are refused
+/// (`input.topics[i]`), as are topics when no scenario is selected (`input.topics`).
 pub async fn resolve(
     app: &AppState,
     selection: &Selection,
     include: &[Glob],
+    trim: &TrimOptions,
 ) -> ApiResult<Vec<ManifestEntry>> {
-    let mut out = Vec::new();
+    let mut out = Resolved::default();
     match selection {
         Selection::Query(query) => {
             let mut after = None;
@@ -191,8 +377,16 @@ pub async fn resolve(
                     ));
                 }
                 for hit in &page.hits {
-                    entity_objects(app, hit.kind, &hit.id, "input.query", include, &mut out)
-                        .await?;
+                    entity_objects(
+                        app,
+                        hit.kind,
+                        &hit.id,
+                        "input.query",
+                        include,
+                        trim,
+                        &mut out,
+                    )
+                    .await?;
                 }
                 seen += page.hits.len();
                 if !page.has_next || page.hits.is_empty() || seen >= page.total {
@@ -215,7 +409,7 @@ pub async fn resolve(
                         ))
                     }
                 };
-                entity_objects(app, kind, id, &field, include, &mut out).await?;
+                entity_objects(app, kind, id, &field, include, trim, &mut out).await?;
             }
         }
         Selection::Objects(objects) => {
@@ -239,6 +433,7 @@ pub async fn resolve(
                             key: key.clone(),
                             size: meta.size,
                             etag: meta.etag,
+                            trim: None,
                         },
                         Err(err) if err.kind() == StoreErrorKind::NotFound => {
                             return Err(ApiError::bad_input(
@@ -255,12 +450,32 @@ pub async fn resolve(
                     },
                 };
                 if include.is_empty() || include.iter().any(|g| g.matches(&found.key, None)) {
-                    out.push(found);
+                    out.entries.push(found);
                 }
             }
         }
     }
-    Ok(out)
+    if !trim.topics.is_empty() {
+        if out.scenarios == 0 {
+            return Err(ApiError::bad_input(
+                "input.topics",
+                "topics choose what trimmed scenario logs keep, and the selection has no scenario",
+            ));
+        }
+        for (i, topic) in trim.given.iter().enumerate() {
+            if !out.scenario_topics.contains(topic) {
+                let known: Vec<&str> = out.scenario_topics.iter().map(String::as_str).collect();
+                return Err(ApiError::bad_input(
+                    format!("input.topics[{i}]"),
+                    format!(
+                        "no log of the selected scenarios' drives has topic {topic:?} (they have: {})",
+                        if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(out.entries)
 }
 
 #[cfg(test)]

@@ -74,23 +74,58 @@ pub const MAX_MANIFEST_BYTES: usize = 256 * 1024 * 1024;
 /// Prefix of the PostgreSQL advisory lock key of a dataset name (see the module docs).
 const LOCK_NAMESPACE: &str = "milepost.dataset:";
 
-/// One object of a dataset, frozen at the ETag it had when the dataset was created.
+/// One object of a dataset, frozen at the ETag it had when the dataset was created: whole,
+/// or (with [`trim`](Self::trim)) an MCAP log trimmed to a scenario's window.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ManifestEntry {
     /// The bucket.
     pub bucket: String,
-    /// The key.
+    /// The key (of the source log, for a trimmed member).
     pub key: String,
-    /// The object's size in bytes.
+    /// The object's size in bytes (of the source log, for a trimmed member).
     pub size: u64,
-    /// The object's ETag, without quotes.
+    /// The object's ETag, without quotes (of the source log, for a trimmed member).
     pub etag: String,
+    /// For a trimmed MCAP log: what to keep of it and what the file is called in views.
+    pub trim: Option<TrimSpec>,
+}
+
+/// What a trimmed member keeps of its source log, and where it appears in views. The
+/// provenance of the trimmed file: source (the entry's bucket, key, ETag), window, topics.
+#[derive(
+    Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+pub struct TrimSpec {
+    /// The scenario whose span (with padding) is the window.
+    pub scenario_id: String,
+    /// The window of log times kept, nanoseconds since the epoch, both ends included.
+    pub start_ns: u64,
+    /// See [`start_ns`](Self::start_ns).
+    pub end_ns: u64,
+    /// The topics kept, sorted; empty: all.
+    pub topics: Vec<String>,
+    /// The trimmed file's key in views (same bucket): it names the scenario and the span.
+    pub view_key: String,
+    /// What the trimmed file is expected to weigh at most (the source chunks overlapping the
+    /// window, from the catalog's copy of its summary; the whole log when unknown), for
+    /// admission before it is built.
+    pub planned_bytes: u64,
 }
 
 impl ManifestEntry {
     /// `s3://bucket/key`, for messages.
     pub fn uri(&self) -> String {
         format!("s3://{}/{}", self.bucket, self.key)
+    }
+
+    /// The key the member has in views: the trimmed file's name, or the key.
+    pub fn view_key(&self) -> &str {
+        self.trim.as_ref().map_or(&self.key, |t| &t.view_key)
+    }
+
+    /// The bytes the member is expected to take in the cache.
+    pub fn planned_bytes(&self) -> u64 {
+        self.trim.as_ref().map_or(self.size, |t| t.planned_bytes)
     }
 }
 
@@ -102,6 +137,8 @@ impl From<dataset_member::Model> for ManifestEntry {
             // Sizes are checked non-negative when they are written.
             size: u64::try_from(m.size).unwrap_or(0),
             etag: m.etag,
+            // Written by this module from a TrimSpec; unreadable JSON would be a bug.
+            trim: m.trim.and_then(|t| serde_json::from_value(t).ok()),
         }
     }
 }
@@ -296,7 +333,7 @@ pub fn normalize_entries(
                 format!("{}: invalid bucket name `{}`", e.uri(), e.bucket),
             ));
         }
-        if let Some(problem) = view_path_problem(&e.key) {
+        if let Some(problem) = view_path_problem(e.view_key()) {
             return Err(DatasetError::invalid(
                 "objects",
                 format!(
@@ -321,10 +358,11 @@ pub fn normalize_entries(
             ));
         }
     }
-    // Stable: among duplicates the first given stays first, and dedup keeps it.
-    entries.sort_by(|a, b| (&a.bucket, &a.key).cmp(&(&b.bucket, &b.key)));
+    // Stable: among duplicates the first given stays first, and dedup keeps it. Members are
+    // identified by their place in views: a log and its trims are different members.
+    entries.sort_by(|a, b| (&a.bucket, a.view_key()).cmp(&(&b.bucket, b.view_key())));
     entries.dedup_by(|later, first| {
-        let same = later.bucket == first.bucket && later.key == first.key;
+        let same = later.bucket == first.bucket && later.view_key() == first.view_key();
         if same && (later.etag != first.etag || later.size != first.size) {
             tracing::debug!(
                 object = %first.uri(),
@@ -346,7 +384,10 @@ fn encode_error(err: ParquetError) -> DatasetError {
 }
 
 /// Encodes a manifest: Parquet, one row per entry in the given order, columns `bucket`, `key`,
-/// `etag` (UTF-8 strings) and `size` (INT64), zstd-compressed.
+/// `etag` (UTF-8 strings) and `size` (INT64), then the provenance of trimmed members
+/// (null for whole objects): `view_key` and `scenario_id` (strings), `window_start_ns` and
+/// `window_end_ns` (INT64, both included) and `topics` (a JSON array; `[]`: all);
+/// zstd-compressed.
 pub fn write_manifest(entries: &[ManifestEntry]) -> Result<Bytes, DatasetError> {
     let schema = parse_message_type(
         "message manifest {
@@ -354,6 +395,11 @@ pub fn write_manifest(entries: &[ManifestEntry]) -> Result<Bytes, DatasetError> 
             required binary key (STRING);
             required int64 size;
             required binary etag (STRING);
+            optional binary view_key (STRING);
+            optional binary scenario_id (STRING);
+            optional int64 window_start_ns;
+            optional int64 window_end_ns;
+            optional binary topics (STRING);
         }",
     )
     .map_err(encode_error)?;
@@ -363,39 +409,67 @@ pub fn write_manifest(entries: &[ManifestEntry]) -> Result<Bytes, DatasetError> 
         .build();
     let mut writer = SerializedFileWriter::new(Vec::new(), Arc::new(schema), Arc::new(props))
         .map_err(encode_error)?;
+    let too_large = |e: &ManifestEntry, n: u64| {
+        DatasetError::invalid("objects", format!("{}: {n} is too large", e.uri()))
+    };
     for group in entries.chunks(ROWS_PER_GROUP) {
         let mut rg = writer.next_row_group().map_err(encode_error)?;
+        let defs: Vec<i16> = group.iter().map(|e| i16::from(e.trim.is_some())).collect();
+        let trims = || group.iter().filter_map(|e| e.trim.as_ref().map(|t| (e, t)));
         let mut column = 0;
         while let Some(mut col) = rg.next_column().map_err(encode_error)? {
-            if column == 2 {
-                let sizes = group
-                    .iter()
-                    .map(|e| {
-                        i64::try_from(e.size).map_err(|_| {
-                            DatasetError::invalid(
-                                "objects",
-                                format!("{}: size {} is too large", e.uri(), e.size),
-                            )
+            match column {
+                2 => {
+                    let sizes = group
+                        .iter()
+                        .map(|e| i64::try_from(e.size).map_err(|_| too_large(e, e.size)))
+                        .collect::<Result<Vec<i64>, _>>()?;
+                    col.typed::<Int64Type>()
+                        .write_batch(&sizes, None, None)
+                        .map_err(encode_error)?;
+                }
+                0 | 1 | 3 => {
+                    let values: Vec<ByteArray> = group
+                        .iter()
+                        .map(|e| {
+                            ByteArray::from(match column {
+                                0 => e.bucket.as_str(),
+                                1 => e.key.as_str(),
+                                _ => e.etag.as_str(),
+                            })
                         })
-                    })
-                    .collect::<Result<Vec<i64>, _>>()?;
-                col.typed::<Int64Type>()
-                    .write_batch(&sizes, None, None)
-                    .map_err(encode_error)?;
-            } else {
-                let values: Vec<ByteArray> = group
-                    .iter()
-                    .map(|e| {
-                        ByteArray::from(match column {
-                            0 => e.bucket.as_str(),
-                            1 => e.key.as_str(),
-                            _ => e.etag.as_str(),
+                        .collect();
+                    col.typed::<ByteArrayType>()
+                        .write_batch(&values, None, None)
+                        .map_err(encode_error)?;
+                }
+                6 | 7 => {
+                    let values = trims()
+                        .map(|(e, t)| {
+                            let ns = if column == 6 { t.start_ns } else { t.end_ns };
+                            i64::try_from(ns).map_err(|_| too_large(e, ns))
                         })
-                    })
-                    .collect();
-                col.typed::<ByteArrayType>()
-                    .write_batch(&values, None, None)
-                    .map_err(encode_error)?;
+                        .collect::<Result<Vec<i64>, _>>()?;
+                    col.typed::<Int64Type>()
+                        .write_batch(&values, Some(&defs), None)
+                        .map_err(encode_error)?;
+                }
+                _ => {
+                    let values: Vec<ByteArray> = trims()
+                        .map(|(_, t)| match column {
+                            4 => ByteArray::from(t.view_key.as_str()),
+                            5 => ByteArray::from(t.scenario_id.as_str()),
+                            _ => ByteArray::from(
+                                serde_json::to_string(&t.topics)
+                                    .unwrap_or_else(|_| "[]".to_owned())
+                                    .into_bytes(),
+                            ),
+                        })
+                        .collect();
+                    col.typed::<ByteArrayType>()
+                        .write_batch(&values, Some(&defs), None)
+                        .map_err(encode_error)?;
+                }
             }
             col.close().map_err(encode_error)?;
             column += 1;
@@ -428,22 +502,33 @@ fn decode_manifest(bytes: Bytes) -> Result<Vec<ManifestEntry>, DatasetError> {
     let reader = SerializedFileReader::new(bytes).map_err(pq)?;
     let metadata = reader.metadata();
     let schema = metadata.file_metadata().schema_descr();
-    let find = |name: &str, physical: PhysicalType| -> Result<usize, DatasetError> {
-        let index = (0..schema.num_columns())
-            .find(|&i| schema.column(i).path().string() == name)
-            .ok_or_else(|| corrupt(format!("no `{name}` column")))?;
+    let lookup = |name: &str, physical: PhysicalType| -> Result<Option<usize>, DatasetError> {
+        let Some(index) =
+            (0..schema.num_columns()).find(|&i| schema.column(i).path().string() == name)
+        else {
+            return Ok(None);
+        };
         let found = schema.column(index).physical_type();
         if found != physical {
             return Err(corrupt(format!(
                 "column `{name}` is {found}, expected {physical}"
             )));
         }
-        Ok(index)
+        Ok(Some(index))
+    };
+    let find = |name: &str, physical: PhysicalType| -> Result<usize, DatasetError> {
+        lookup(name, physical)?.ok_or_else(|| corrupt(format!("no `{name}` column")))
     };
     let bucket_col = find("bucket", PhysicalType::BYTE_ARRAY)?;
     let key_col = find("key", PhysicalType::BYTE_ARRAY)?;
     let size_col = find("size", PhysicalType::INT64)?;
     let etag_col = find("etag", PhysicalType::BYTE_ARRAY)?;
+    // Provenance of trimmed members; manifests of datasets without any lack them.
+    let view_key_col = lookup("view_key", PhysicalType::BYTE_ARRAY)?;
+    let scenario_col = lookup("scenario_id", PhysicalType::BYTE_ARRAY)?;
+    let start_col = lookup("window_start_ns", PhysicalType::INT64)?;
+    let end_col = lookup("window_end_ns", PhysicalType::INT64)?;
+    let topics_col = lookup("topics", PhysicalType::BYTE_ARRAY)?;
 
     let total = metadata.file_metadata().num_rows();
     let mut entries = Vec::with_capacity(usize::try_from(total).unwrap_or(0).min(1 << 20));
@@ -451,7 +536,43 @@ fn decode_manifest(bytes: Bytes) -> Result<Vec<ManifestEntry>, DatasetError> {
         let rg = reader.get_row_group(g).map_err(pq)?;
         let rows = usize::try_from(rg.metadata().num_rows())
             .map_err(|_| corrupt(format!("row group {g} has a negative row count")))?;
-        let strings = |col: usize, name: &str| -> Result<Vec<String>, DatasetError> {
+        // Values by row, `None` where null (a required column has no nulls).
+        let spread = |name: &str,
+                      defs: Vec<i16>,
+                      values: usize|
+         -> Result<Vec<Option<usize>>, DatasetError> {
+            if defs.is_empty() {
+                if values != rows {
+                    return Err(corrupt(format!(
+                        "column `{name}` of row group {g} has {values} values for {rows} rows"
+                    )));
+                }
+                return Ok((0..rows).map(Some).collect());
+            }
+            if defs.len() != rows {
+                return Err(corrupt(format!(
+                    "column `{name}` of row group {g} has {} levels for {rows} rows",
+                    defs.len()
+                )));
+            }
+            let mut next = 0;
+            let out: Vec<Option<usize>> = defs
+                .iter()
+                .map(|&d| {
+                    (d > 0).then(|| {
+                        next += 1;
+                        next - 1
+                    })
+                })
+                .collect();
+            if next != values {
+                return Err(corrupt(format!(
+                    "column `{name}` of row group {g} has {values} values for {next} non-null rows"
+                )));
+            }
+            Ok(out)
+        };
+        let strings = |col: usize, name: &str| -> Result<Vec<Option<String>>, DatasetError> {
             let ColumnReader::ByteArrayColumnReader(mut r) =
                 rg.get_column_reader(col).map_err(pq)?
             else {
@@ -461,45 +582,98 @@ fn decode_manifest(bytes: Bytes) -> Result<Vec<ManifestEntry>, DatasetError> {
             let mut defs = Vec::with_capacity(rows);
             r.read_records(rows, Some(&mut defs), None, &mut values)
                 .map_err(pq)?;
-            if values.len() != rows {
-                return Err(corrupt(format!(
-                    "column `{name}` of row group {g} has {} values for {rows} rows (nulls?)",
-                    values.len()
-                )));
-            }
-            values
+            let values: Vec<String> = values
                 .into_iter()
                 .map(|v| {
                     String::from_utf8(v.data().to_vec())
                         .map_err(|_| corrupt(format!("column `{name}` holds invalid utf-8")))
                 })
-                .collect()
+                .collect::<Result<_, _>>()?;
+            let count = values.len();
+            Ok(spread(name, defs, count)?
+                .into_iter()
+                .map(|i| i.map(|i| values[i].clone()))
+                .collect())
         };
-        let buckets = strings(bucket_col, "bucket")?;
-        let keys = strings(key_col, "key")?;
-        let etags = strings(etag_col, "etag")?;
-        let ColumnReader::Int64ColumnReader(mut r) = rg.get_column_reader(size_col).map_err(pq)?
-        else {
-            return Err(corrupt("column `size` is not int64"));
+        let ints = |col: usize, name: &str| -> Result<Vec<Option<i64>>, DatasetError> {
+            let ColumnReader::Int64ColumnReader(mut r) = rg.get_column_reader(col).map_err(pq)?
+            else {
+                return Err(corrupt(format!("column `{name}` is not int64")));
+            };
+            let mut values = Vec::with_capacity(rows);
+            let mut defs = Vec::with_capacity(rows);
+            r.read_records(rows, Some(&mut defs), None, &mut values)
+                .map_err(pq)?;
+            let count = values.len();
+            Ok(spread(name, defs, count)?
+                .into_iter()
+                .map(|i| i.map(|i| values[i]))
+                .collect())
         };
-        let mut sizes = Vec::with_capacity(rows);
-        let mut defs = Vec::with_capacity(rows);
-        r.read_records(rows, Some(&mut defs), None, &mut sizes)
-            .map_err(pq)?;
-        if sizes.len() != rows {
-            return Err(corrupt(format!(
-                "column `size` of row group {g} has {} values for {rows} rows (nulls?)",
-                sizes.len()
-            )));
-        }
-        for (((bucket, key), size), etag) in buckets.into_iter().zip(keys).zip(sizes).zip(etags) {
+        let required =
+            |column: Vec<Option<String>>, name: &str| -> Result<Vec<String>, DatasetError> {
+                column
+                    .into_iter()
+                    .map(|v| v.ok_or_else(|| corrupt(format!("column `{name}` holds a null"))))
+                    .collect()
+            };
+        let buckets = required(strings(bucket_col, "bucket")?, "bucket")?;
+        let keys = required(strings(key_col, "key")?, "key")?;
+        let etags = required(strings(etag_col, "etag")?, "etag")?;
+        let sizes: Vec<i64> = ints(size_col, "size")?
+            .into_iter()
+            .map(|v| v.ok_or_else(|| corrupt("column `size` holds a null")))
+            .collect::<Result<_, _>>()?;
+        let optional_strings = |col: Option<usize>, name: &str| match col {
+            Some(col) => strings(col, name),
+            None => Ok(vec![None; rows]),
+        };
+        let optional_ints = |col: Option<usize>, name: &str| match col {
+            Some(col) => ints(col, name),
+            None => Ok(vec![None; rows]),
+        };
+        let view_keys = optional_strings(view_key_col, "view_key")?;
+        let scenarios = optional_strings(scenario_col, "scenario_id")?;
+        let starts = optional_ints(start_col, "window_start_ns")?;
+        let ends = optional_ints(end_col, "window_end_ns")?;
+        let topics = optional_strings(topics_col, "topics")?;
+        for (i, (((bucket, key), size), etag)) in buckets
+            .into_iter()
+            .zip(keys)
+            .zip(sizes)
+            .zip(etags)
+            .enumerate()
+        {
             let size = u64::try_from(size)
                 .map_err(|_| corrupt(format!("s3://{bucket}/{key} has a negative size")))?;
+            let trim = match (&view_keys[i], &scenarios[i], starts[i], ends[i], &topics[i]) {
+                (Some(view_key), Some(scenario), Some(start), Some(end), Some(topics)) => {
+                    let bad = || corrupt(format!("s3://{bucket}/{key} has an invalid trim window"));
+                    Some(TrimSpec {
+                        scenario_id: scenario.clone(),
+                        start_ns: u64::try_from(start).map_err(|_| bad())?,
+                        end_ns: u64::try_from(end).map_err(|_| bad())?,
+                        topics: serde_json::from_str(topics).map_err(|_| {
+                            corrupt(format!("s3://{bucket}/{key} has unreadable topics"))
+                        })?,
+                        view_key: view_key.clone(),
+                        // Admission estimate, not provenance: not in the manifest.
+                        planned_bytes: size,
+                    })
+                }
+                (None, None, None, None, None) => None,
+                _ => {
+                    return Err(corrupt(format!(
+                        "s3://{bucket}/{key} has some trim columns but not all"
+                    )))
+                }
+            };
             entries.push(ManifestEntry {
                 bucket,
                 key,
                 size,
                 etag,
+                trim,
             });
         }
     }
@@ -587,7 +761,9 @@ pub async fn create_dataset(
     let total_bytes = entries
         .iter()
         .try_fold(0i64, |acc, e| {
-            i64::try_from(e.size).ok().and_then(|s| acc.checked_add(s))
+            i64::try_from(e.planned_bytes())
+                .ok()
+                .and_then(|s| acc.checked_add(s))
         })
         .ok_or_else(|| DatasetError::invalid("objects", "the total size overflows"))?;
     let object_count = i64::try_from(entries.len())
@@ -733,6 +909,7 @@ async fn insert_rows(
                     // Checked by normalize_entries.
                     size: Set(i64::try_from(e.size).unwrap_or(i64::MAX)),
                     etag: Set(e.etag.clone()),
+                    trim: Set(e.trim.as_ref().and_then(|t| serde_json::to_value(t).ok())),
                 };
                 position += 1;
                 row
@@ -853,6 +1030,7 @@ mod tests {
             key: key.into(),
             size,
             etag: etag.into(),
+            trim: None,
         }
     }
 
@@ -965,6 +1143,34 @@ mod tests {
         assert_eq!(
             read_manifest(write_manifest(&many).expect("write")).expect("read"),
             many
+        );
+    }
+
+    #[test]
+    fn trimmed_members_keep_their_provenance_in_the_manifest() {
+        let trimmed = ManifestEntry {
+            trim: Some(TrimSpec {
+                scenario_id: "sc-0123456789abcdef".into(),
+                start_ns: 1_790_000_000_000_000_000,
+                end_ns: 1_790_000_034_000_000_000,
+                topics: vec!["/lidar/points".into()],
+                view_key: "drives/d/logs/a.sc-0123456789abcdef.20261101T100030Z-20261101T100100Z.pad2s.mcap".into(),
+                planned_bytes: 7,
+            }),
+            ..entry("fleet", "drives/d/logs/a.mcap", 7, "e-2")
+        };
+        let entries = vec![
+            entry("fleet", "drives/d/drive.json", 3, "e1"),
+            trimmed.clone(),
+            entry("fleet", "drives/d/logs/a.mcap", 7, "e-2"),
+        ];
+        // A log and its trim are two members.
+        assert_eq!(normalize_entries(entries.clone()).expect("valid").len(), 3);
+        let back = read_manifest(write_manifest(&entries).expect("write")).expect("read");
+        assert_eq!(back, entries);
+        assert_eq!(
+            back[1].view_key(),
+            trimmed.trim.as_ref().map_or("", |t| &t.view_key)
         );
     }
 

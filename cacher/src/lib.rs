@@ -7,6 +7,8 @@ pub mod loopback;
 pub mod reservations;
 #[cfg(feature = "loopback")]
 pub mod testing;
+pub mod trim;
+pub mod trimmed;
 pub mod upstream;
 
 pub use cache::{

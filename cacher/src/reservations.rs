@@ -20,6 +20,13 @@
 //! `ready` with it as `local_path`. If any object fails, the reservation becomes `failed` with
 //! an `error` naming the objects and why, and its pins are released.
 //!
+//! A dataset member that is an MCAP log trimmed to a scenario's window
+//! ([`TrimSpec`]) is materialized by [`crate::trimmed`]: only the log's summary and overlapping
+//! chunks are fetched, the trimmed file is built in the office and pinned by the reservation
+//! once its size is known (admission counts its planned size until then). `bytes_total` becomes
+//! the view's real size when the reservation is ready, and `notes` says when a log came whole
+//! (no chunk index) or a window held no message.
+//!
 //! The pins hold until [`release`](Reservations::release) or expiry (`expires_at`, moved by
 //! [`extend`](Reservations::extend)); either removes the view and unpins. [`start`](Reservations::start)
 //! resumes what a previous process left (pending and materializing reservations are
@@ -70,7 +77,8 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
 
 use crate::cache::{CacheError, CacheErrorKind, FetchContext, ObjectKey, OfficeCache};
-use crate::datasets::{all_members, DatasetError, DatasetErrorKind};
+use crate::datasets::{all_members, DatasetError, DatasetErrorKind, TrimSpec};
+use crate::trimmed;
 
 /// How many failed objects a reservation's `error` names before "and N more".
 pub const MAX_NAMED_FAILURES: usize = 10;
@@ -512,7 +520,8 @@ impl Reservations {
                 ));
             }
         }
-        let objects = self.inner.member_keys(dataset.id).await?;
+        let members = self.inner.members(dataset.id).await?;
+        let objects = self.inner.pin_keys(&members);
         let total_bytes: u64 = objects.iter().map(|o| o.size).sum();
         let capacity = self.inner.cache.settings().capacity;
         let label = format!("dataset `{}` version {}", dataset.name, dataset.version);
@@ -565,6 +574,7 @@ impl Reservations {
             bytes_from_upstream: Set(0),
             local_path: Set(None),
             error: Set(None),
+            notes: Set(None),
         };
         let inserted = match reservation::Entity::insert(row)
             .exec_with_returning(&self.inner.db)
@@ -944,6 +954,41 @@ impl Drop for TaskGuard {
     }
 }
 
+/// One member of a reservation's dataset.
+#[derive(Clone, Debug)]
+enum Member {
+    /// An object materialized as it is.
+    Whole(ObjectKey),
+    /// An MCAP log trimmed to a window ([`trimmed`]).
+    Trim {
+        /// The source log.
+        source: ObjectKey,
+        /// What to keep.
+        spec: TrimSpec,
+    },
+}
+
+impl Member {
+    /// The object named in failures: the object, or the source log.
+    fn object(&self) -> &ObjectKey {
+        match self {
+            Self::Whole(object) => object,
+            Self::Trim { source, .. } => source,
+        }
+    }
+}
+
+/// A member materialized.
+#[derive(Debug)]
+struct Done {
+    /// What goes into the view.
+    view: ObjectKey,
+    /// Bytes it took from upstream.
+    upstream: u64,
+    /// What the reservation should say about it.
+    note: Option<String>,
+}
+
 /// Progress counters of one materialization run, shared by its fetches.
 #[derive(Debug, Default)]
 struct Progress {
@@ -1043,12 +1088,34 @@ impl Inner {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    async fn member_keys(&self, dataset_id: i64) -> Result<Arc<[ObjectKey]>, ReservationError> {
+    async fn members(&self, dataset_id: i64) -> Result<Vec<Member>, ReservationError> {
         let members = all_members(&self.db, dataset_id).await?;
         Ok(members
             .into_iter()
-            .map(|m| ObjectKey::new(m.bucket, m.key, m.etag, m.size))
+            .map(|m| {
+                let object = ObjectKey::new(m.bucket, m.key, m.etag, m.size);
+                match m.trim {
+                    Some(spec) => Member::Trim {
+                        source: object,
+                        spec,
+                    },
+                    None => Member::Whole(object),
+                }
+            })
             .collect())
+    }
+
+    /// What pins and admission count for `members`: whole objects, and for trimmed logs the
+    /// trimmed file when it is cached already, else a stand-in of its planned size.
+    fn pin_keys(&self, members: &[Member]) -> Arc<[ObjectKey]> {
+        members
+            .iter()
+            .map(|m| match m {
+                Member::Whole(object) => object.clone(),
+                Member::Trim { source, spec } => trimmed::find_built(&self.cache, source, spec)
+                    .unwrap_or_else(|| trimmed::planned_key(source, spec)),
+            })
+            .collect()
     }
 
     /// Sends `row` to its subscribers if it is newer than what they have; forgets the channel
@@ -1202,7 +1269,8 @@ impl Inner {
         if self.lock().running.contains_key(&row.id) {
             return Ok(false);
         }
-        let objects = self.member_keys(row.dataset_id).await?;
+        let members = self.members(row.dataset_id).await?;
+        let objects = self.pin_keys(&members);
         self.repin(&row.id, &objects);
         match row.state {
             ReservationState::Pending | ReservationState::Materializing => {
@@ -1332,7 +1400,8 @@ impl Inner {
                     version: None,
                 })
             })?;
-        let objects = self.member_keys(dataset.id).await?;
+        let members = self.members(dataset.id).await?;
+        let objects = self.pin_keys(&members);
         let total_bytes: u64 = objects.iter().map(|o| o.size).sum();
         let base_upstream = u64::try_from(row.bytes_from_upstream).unwrap_or(0);
         if !repair {
@@ -1362,14 +1431,37 @@ impl Inner {
         };
         let progress = Arc::new(Progress::default());
         let halt = Arc::new(AtomicBool::new(false));
-        let fetches = futures::stream::iter(objects.iter().cloned())
-            .map(|object| {
+        let fetches = futures::stream::iter(members.iter().cloned())
+            .map(|member| {
                 let (cache, ctx) = (Arc::clone(&self.cache), ctx.clone());
                 let (progress, halt) = (Arc::clone(&progress), Arc::clone(&halt));
+                let holder = id.to_owned();
                 async move {
                     if halt.load(Ordering::Relaxed) {
-                        return (object, None);
+                        return (member, None);
                     }
+                    let object = match &member {
+                        Member::Whole(object) => object.clone(),
+                        Member::Trim { source, spec } => {
+                            let result = trimmed::build(&cache, source, spec, &ctx, &holder)
+                                .await
+                                .map(|built| Done {
+                                    view: built.view,
+                                    upstream: built.bytes_from_upstream,
+                                    note: built.note,
+                                });
+                            if let Ok(done) = &result {
+                                progress.objects_done.fetch_add(1, Ordering::Relaxed);
+                                progress
+                                    .bytes_done
+                                    .fetch_add(done.view.size, Ordering::Relaxed);
+                                progress
+                                    .upstream
+                                    .fetch_add(done.upstream, Ordering::Relaxed);
+                            }
+                            return (member, Some(result));
+                        }
+                    };
                     let seen = AtomicU64::new(0);
                     let on_progress = |landed: u64| {
                         let before = seen.swap(landed, Ordering::Relaxed);
@@ -1396,7 +1488,12 @@ impl Inner {
                             .upstream
                             .fetch_add(outcome.bytes_from_upstream, Ordering::Relaxed);
                     }
-                    (object, Some(result))
+                    let result = result.map(|outcome| Done {
+                        view: object,
+                        upstream: outcome.bytes_from_upstream,
+                        note: None,
+                    });
+                    (member, Some(result))
                 }
             })
             .buffer_unordered(self.settings.concurrency_objects);
@@ -1406,6 +1503,8 @@ impl Inner {
         ticks.tick().await;
         let mut written = (0, 0, 0);
         let mut failures: Vec<(ObjectKey, CacheError)> = Vec::new();
+        let mut views: Vec<ObjectKey> = Vec::with_capacity(members.len());
+        let mut notes: Vec<String> = Vec::new();
         let mut skipped = 0usize;
         loop {
             tokio::select! {
@@ -1414,8 +1513,12 @@ impl Inner {
                 next = fetches.next() => match next {
                     None => break,
                     Some((_, None)) => skipped += 1,
-                    Some((_, Some(Ok(_)))) => {}
-                    Some((object, Some(Err(err)))) => {
+                    Some((_, Some(Ok(done)))) => {
+                        views.push(done.view);
+                        notes.extend(done.note);
+                    }
+                    Some((member, Some(Err(err)))) => {
+                        let object = member.object().clone();
                         if is_interrupted(&err) {
                             tracing::info!(reservation = %id, "cache shutting down; materialization stops");
                             return Ok(Ended::Stopped);
@@ -1452,7 +1555,7 @@ impl Inner {
             self.fail(id, message, repair).await;
             return Ok(Ended::Failed);
         }
-        let path = match self.cache.create_view(id, &objects).await {
+        let path = match self.cache.create_view(id, &views).await {
             Ok(path) => path,
             Err(err) => {
                 tracing::error!(reservation = %id, error = %err, "cannot build a reservation's view");
@@ -1467,6 +1570,9 @@ impl Inner {
             }
         };
         let path = path.to_string_lossy().into_owned();
+        // The view's real size: trimmed files are known once built.
+        let view_bytes: u64 = views.iter().map(|o| o.size).sum();
+        notes.sort();
         let became_ready = if repair {
             let upstream = i64::try_from(base_upstream + snapshot.2).unwrap_or(i64::MAX);
             let updated = self
@@ -1480,8 +1586,8 @@ impl Inner {
                 .await?;
             updated.map(|row| self.publish(row)).is_some()
         } else {
-            let done = (objects.len() as u64, total_bytes, snapshot.2);
-            self.write_progress(id, done, base_upstream, Some(path))
+            let done = (members.len() as u64, view_bytes, snapshot.2);
+            self.write_progress(id, done, base_upstream, Some((path, notes)))
                 .await?
         };
         if !became_ready {
@@ -1490,8 +1596,8 @@ impl Inner {
         }
         tracing::info!(
             reservation = %id,
-            objects = objects.len(),
-            bytes = total_bytes,
+            objects = members.len(),
+            bytes = view_bytes,
             bytes_from_upstream = snapshot.2,
             "reservation ready"
         );
@@ -1499,14 +1605,15 @@ impl Inner {
     }
 
     /// Writes progress `(objects done, bytes done, bytes from upstream this run)` of a
-    /// materializing reservation; with `ready_at`, also moves it to `ready` with that view.
-    /// `false` when it is no longer materializing.
+    /// materializing reservation; with `ready_at` (view, notes), also moves it to `ready` with
+    /// that view, the bytes done as its total (trimmed files are only sized once built) and
+    /// the notes. `false` when it is no longer materializing.
     async fn write_progress(
         &self,
         id: &str,
         (objects, bytes, upstream): (u64, u64, u64),
         base_upstream: u64,
-        ready_at: Option<String>,
+        ready_at: Option<(String, Vec<String>)>,
     ) -> Result<bool, DbError> {
         let as_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
         let upstream = as_i64(base_upstream.saturating_add(upstream));
@@ -1523,12 +1630,17 @@ impl Inner {
                         Expr::value(upstream),
                     );
                 match ready_at {
-                    Some(path) => q
+                    Some((path, notes)) => q
                         .col_expr(
                             reservation::Column::State,
                             Expr::value(ReservationState::Ready),
                         )
-                        .col_expr(reservation::Column::LocalPath, Expr::value(Some(path))),
+                        .col_expr(reservation::Column::LocalPath, Expr::value(Some(path)))
+                        .col_expr(reservation::Column::BytesTotal, Expr::value(as_i64(bytes)))
+                        .col_expr(
+                            reservation::Column::Notes,
+                            Expr::value((!notes.is_empty()).then(|| serde_json::json!(notes))),
+                        ),
                     None => q,
                 }
             })
@@ -1584,6 +1696,7 @@ mod tests {
             bytes_from_upstream: 0,
             local_path: None,
             error: None,
+            notes: None,
         };
         let cursor = reservation_cursor(&row);
         assert_eq!(decode_cursor(&cursor), Some((at, "res_abc".to_owned())));
@@ -1656,6 +1769,7 @@ mod tests {
             bytes_from_upstream: 0,
             local_path: None,
             error: None,
+            notes: None,
         };
         let later = reservation::Model {
             updated_at: at + chrono::Duration::milliseconds(1),

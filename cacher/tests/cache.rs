@@ -914,3 +914,74 @@ async fn empty_objects_are_cached_without_ranged_reads() {
         .expect_err("no byte to read");
     assert_eq!(err.kind(), CacheErrorKind::InvalidRange);
 }
+
+#[tokio::test]
+async fn byte_ranges_are_entries_of_their_own_fetched_with_if_match() {
+    let t = TestCache::start().await;
+    let data = random_bytes(3 * MIB);
+    let object = t.put("drives/d-1/log.mcap", &data).await;
+    // 1.5 MiB from offset 1 MiB - 10: two parts of 1 MiB, shifted into the object.
+    let (start, len) = (MIB - 10, MIB + MIB / 2);
+    let (entry, outcome) = t
+        .cache
+        .fetch_range(&object, start, len, &ctx())
+        .await
+        .expect("range");
+    assert_eq!(entry, OfficeCache::range_key(&object, start, len));
+    assert_eq!(entry.size, len);
+    assert!(!outcome.hit);
+    assert_eq!(outcome.bytes_from_upstream, len);
+    let on_disk = std::fs::read(&outcome.path).expect("content");
+    assert_eq!(&on_disk[..], &data[start as usize..(start + len) as usize]);
+    assert_eq!(
+        t.meter.bytes_from_upstream(),
+        len,
+        "only the range was read"
+    );
+    let gets: Vec<_> = t
+        .proxy
+        .seen()
+        .into_iter()
+        .filter(|r| r.method == "GET")
+        .collect();
+    assert_eq!(gets.len(), 2);
+    for get in &gets {
+        assert_eq!(
+            get.header("if-match"),
+            Some(format!("\"{}\"", object.etag).as_str())
+        );
+    }
+    assert!(
+        !t.cache.is_cached(&object),
+        "the object itself is not cached"
+    );
+
+    // Again: a hit, nothing more from upstream.
+    let (_, again) = t
+        .cache
+        .fetch_range(&object, start, len, &ctx())
+        .await
+        .expect("range again");
+    assert!(again.hit);
+    assert_eq!(t.meter.bytes_from_upstream(), len);
+
+    // Past the end, or empty: refused before any request.
+    for (start, len) in [(3 * MIB - 5, 6), (0, 0)] {
+        let err = t
+            .cache
+            .fetch_range(&object, start, len, &ctx())
+            .await
+            .expect_err("invalid");
+        assert_eq!(err.kind(), CacheErrorKind::InvalidRange, "{err}");
+    }
+
+    // The object changed upstream: another range of the old version fails, nothing cached.
+    t.put("drives/d-1/log.mcap", &random_bytes(3 * MIB)).await;
+    let err = t
+        .cache
+        .fetch_range(&object, 0, 100, &ctx())
+        .await
+        .expect_err("changed");
+    assert_eq!(err.kind(), CacheErrorKind::PreconditionFailed, "{err}");
+    assert!(!t.cache.is_cached(&OfficeCache::range_key(&object, 0, 100)));
+}

@@ -193,6 +193,7 @@ impl Env {
             key: key.to_owned(),
             size: meta.size,
             etag: meta.etag,
+            trim: None,
         }
     }
 
@@ -1091,6 +1092,7 @@ async fn restart_resumes_pending_and_rebuilds_views(backend: Backend) {
             bytes_from_upstream: Set(0),
             local_path: Set(path),
             error: Set(None),
+            notes: Set(None),
         }
         .insert(&env.db)
         .await
@@ -1115,6 +1117,7 @@ async fn restart_resumes_pending_and_rebuilds_views(backend: Backend) {
         bytes_from_upstream: Set(0),
         local_path: Set(None),
         error: Set(None),
+        notes: Set(None),
     }
     .insert(&env.db)
     .await

@@ -5,6 +5,7 @@
 use sea_orm_migration::prelude::*;
 
 mod m20261125_000001_catalog;
+mod m20261125_000002_scenario_trims;
 
 /// All migrations of the catalog, oldest first.
 #[derive(Debug)]
@@ -13,6 +14,9 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m20261125_000001_catalog::Migration)]
+        vec![
+            Box::new(m20261125_000001_catalog::Migration),
+            Box::new(m20261125_000002_scenario_trims::Migration),
+        ]
     }
 }

@@ -81,7 +81,7 @@ async fn exercise(db: &DatabaseConnection) -> Result<(), DbError> {
         ))
         .await?
         .expect("one row");
-    assert_eq!(applied.try_get::<i64>("", "n")?, 1);
+    assert_eq!(applied.try_get::<i64>("", "n")?, 2);
 
     drive_and_children(db).await?;
     run_and_children(db).await?;
@@ -296,6 +296,7 @@ async fn dataset_and_reservation(db: &DatabaseConnection) -> Result<(), DbError>
             key: Set(format!("drives/x/log_{position}.mcap")),
             size: Set(5),
             etag: Set(format!("\"e{position}\"")),
+            trim: Set(None),
         }
         .insert(db)
         .await?;
@@ -324,6 +325,7 @@ async fn dataset_and_reservation(db: &DatabaseConnection) -> Result<(), DbError>
         bytes_from_upstream: Set(0),
         local_path: Set(None),
         error: Set(None),
+        notes: Set(None),
     }
     .insert(db)
     .await?;

@@ -1,5 +1,7 @@
 #![doc = include_str!("../README.md")]
 
+pub mod trimlogs;
+
 use std::time::Duration;
 
 use milepost_api::config::{Config, ListenAddr};

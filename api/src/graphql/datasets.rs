@@ -15,7 +15,7 @@ use super::scalars::Long;
 use super::types::{ObjectConnection, ObjectEdge, ObjectRef, PageInfo};
 use super::{page_limit, principal, state};
 use crate::error::{ApiError, ApiResult, GqlResultExt};
-use crate::selection::{self, Glob, Selection};
+use crate::selection::{self, Glob, Selection, TrimOptions};
 use crate::server::AppState;
 use async_graphql::Result as GqlResult;
 
@@ -73,6 +73,11 @@ pub struct CreateDatasetInput {
     pub objects: Option<Vec<ObjectKeyInput>>,
     /// Optional key globs, e.g. ["*.mcap", "camera/front/*"].
     pub include: Option<Vec<String>>,
+    /// Topics that trimmed scenario logs keep (all when omitted).
+    pub topics: Option<Vec<String>>,
+    /// Seconds kept before and after each scenario's span (0 to 3600).
+    #[graphql(default = 2)]
+    pub padding_seconds: Option<i32>,
 }
 
 #[derive(InputObject, Debug)]
@@ -178,17 +183,30 @@ impl Dataset {
             .map(|m| milepost_schema::ids::encode_cursor("member", m.position));
         let edges = rows
             .into_iter()
-            .map(|m| ObjectEdge {
-                cursor: milepost_schema::ids::encode_cursor("member", m.position),
-                node: ObjectRef {
-                    cached: app.cache.is_cached(&member_key(&m)),
-                    bucket: m.bucket,
-                    key: m.key,
-                    size: Long(m.size),
-                    etag: m.etag,
-                    last_modified: None,
-                    metadata: None,
-                },
+            .map(|m| {
+                // A trimmed member lists its source log, with the trim as metadata.
+                let trim: Option<datasets::TrimSpec> =
+                    m.trim.clone().and_then(|t| serde_json::from_value(t).ok());
+                let cached = match &trim {
+                    Some(spec) => {
+                        milepost_cacher::trimmed::find_built(&app.cache, &member_key(&m), spec)
+                            .is_some()
+                    }
+                    None => app.cache.is_cached(&member_key(&m)),
+                };
+                ObjectEdge {
+                    cursor: milepost_schema::ids::encode_cursor("member", m.position),
+                    node: ObjectRef {
+                        cached,
+                        metadata: trim
+                            .map(|t| async_graphql::Json(serde_json::json!({ "trim": t }))),
+                        bucket: m.bucket,
+                        key: m.key,
+                        size: Long(m.size),
+                        etag: m.etag,
+                        last_modified: None,
+                    },
+                }
             })
             .collect();
         Ok(ObjectConnection {
@@ -257,6 +275,15 @@ impl Reservation {
     }
     async fn error(&self) -> Option<&str> {
         self.0.error.as_deref()
+    }
+    /// How it was materialized where that differs from what was asked: a log materialized
+    /// whole for want of a chunk index, a scenario window without messages (empty file).
+    async fn notes(&self) -> Vec<String> {
+        self.0
+            .notes
+            .as_ref()
+            .and_then(|n| serde_json::from_value(n.clone()).ok())
+            .unwrap_or_default()
     }
 }
 
@@ -489,12 +516,17 @@ impl DatasetMutation {
                     .collect(),
             )
         };
-        let entries = selection::resolve(app, &selection, &include).await.gql()?;
+        let trim = TrimOptions::new(input.topics.as_deref(), input.padding_seconds).gql()?;
+        let entries = selection::resolve(app, &selection, &include, &trim)
+            .await
+            .gql()?;
         let recorded = serde_json::json!({
             "query": input.query,
             "entityIds": input.entity_ids.as_ref().map(|ids| ids.iter().map(|id| id.0.clone()).collect::<Vec<_>>()),
             "objects": input.objects.as_ref().map(|o| o.iter().map(|o| serde_json::json!({ "bucket": o.bucket, "key": o.key })).collect::<Vec<_>>()),
             "include": input.include,
+            "topics": input.topics,
+            "paddingSeconds": trim.padding_seconds,
         });
         let created = datasets::create_dataset(
             &app.db,

@@ -148,6 +148,15 @@ impl CacheBook {
         self.state(key) == Some(EntryState::Ready)
     }
 
+    /// The ready entry of (`bucket`, `key`, `etag`), whatever its size: for entries produced
+    /// in the office whose size is only known once they are built. A scan of the ready
+    /// entries.
+    pub fn find_ready(&self, bucket: &str, key: &str, etag: &str) -> Option<&ObjectKey> {
+        self.lru
+            .values()
+            .find(|k| k.bucket == bucket && k.key == key && k.etag == etag)
+    }
+
     /// Whether at least one holder pins `key`.
     pub fn is_pinned(&self, key: &ObjectKey) -> bool {
         self.pin_counts.contains_key(key)

@@ -19,6 +19,18 @@ use tokio::sync::watch;
 use super::{entries, CacheError, FetchContext, Inner, Layout, ObjectKey, Victim};
 use crate::upstream::{ByteRange, StoreError, Target};
 
+/// The object an entry that is a byte range of it is read from
+/// ([`OfficeCache::fetch_range`](super::OfficeCache::fetch_range)).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct RangeOrigin {
+    /// The upstream key (same bucket and ETag as the entry).
+    pub key: String,
+    /// Where the entry's first byte is in it.
+    pub offset: u64,
+    /// Its size.
+    pub source_size: u64,
+}
+
 /// How a download ended: the bytes it took from upstream, or its error (shared by every
 /// caller waiting for it).
 pub(super) type FlightEnd = Result<u64, Arc<CacheError>>;
@@ -34,6 +46,8 @@ const FLUSH_BEHIND: u64 = 64 * 1024 * 1024;
 #[derive(Debug)]
 pub(super) struct Flight {
     object: ObjectKey,
+    /// Where the bytes come from when the entry is a byte range of another object.
+    origin: Option<RangeOrigin>,
     part_size: u64,
     progress: watch::Sender<Progress>,
 }
@@ -53,7 +67,7 @@ pub(super) struct Progress {
 }
 
 impl Flight {
-    pub fn new(object: ObjectKey, part_size: u64) -> Self {
+    pub fn new(object: ObjectKey, origin: Option<RangeOrigin>, part_size: u64) -> Self {
         let parts = usize::try_from(object.size.div_ceil(part_size)).unwrap_or(usize::MAX);
         let (progress, _) = watch::channel(Progress {
             file: None,
@@ -63,8 +77,17 @@ impl Flight {
         });
         Self {
             object,
+            origin,
             part_size,
             progress,
+        }
+    }
+
+    /// The upstream key, the offset of the entry's first byte in it, and its size.
+    fn source(&self) -> (&str, u64, u64) {
+        match &self.origin {
+            Some(origin) => (&origin.key, origin.offset, origin.source_size),
+            None => (&self.object.key, 0, self.object.size),
         }
     }
 
@@ -231,7 +254,7 @@ impl Inner {
         if object.size == 0 {
             // No range of an empty object can be read: check that it still is what we expect.
             let meta = self.store.head(&object.bucket, &object.key).await?;
-            check_meta(object, &meta.etag, meta.size)?;
+            check_meta(object, &meta.etag, meta.size, object.size)?;
         }
         let file = blocking(format!("creating the staging file for {object}"), {
             let staging = staging.to_owned();
@@ -256,8 +279,14 @@ impl Inner {
                     (Arc::clone(self), Arc::clone(flight), Arc::clone(&file));
                 async move { inner.download_part(&flight, &file, part).await }
             });
+        // A byte range says nothing about the MD5 of the object its ETag names.
+        let single_part_md5 = flight
+            .origin
+            .is_none()
+            .then(|| expected_md5(&object.etag))
+            .flatten();
         let digest = async {
-            match expected_md5(&object.etag) {
+            match single_part_md5 {
                 Some(_) => md5_follow(flight).await.map(Some),
                 None => Ok(None),
             }
@@ -271,7 +300,7 @@ impl Inner {
                 reason: format!("downloaded {written} bytes, expected {}", object.size),
             });
         }
-        if let (Some(expected), Some(actual)) = (expected_md5(&object.etag), digest) {
+        if let (Some(expected), Some(actual)) = (single_part_md5, digest) {
             if expected != actual {
                 return Err(CacheError::Corrupt {
                     object: object.to_string(),
@@ -313,17 +342,20 @@ impl Inner {
                 object: object.to_string(),
                 reason: "the cache is shutting down",
             })?;
+        let (source_key, base, source_size) = flight.source();
         let range = ByteRange::Bounded {
-            start,
-            end_inclusive: end,
+            start: base + start,
+            end_inclusive: base + end,
         };
         let response = self
             .store
-            .get(&object.bucket, &object.key, range, Some(&object.etag))
+            .get(&object.bucket, source_key, range, Some(&object.etag))
             .await?;
-        check_meta(object, &response.meta.etag, response.meta.size)?;
-        let whole = start == 0 && end + 1 == object.size;
-        if !(response.range == Some((start, end)) || (response.range.is_none() && whole)) {
+        check_meta(object, &response.meta.etag, response.meta.size, source_size)?;
+        let whole = base == 0 && start == 0 && end + 1 == source_size;
+        if !(response.range == Some((base + start, base + end))
+            || (response.range.is_none() && whole))
+        {
             return Err(StoreError::corrupt(
                 Target::new("get", &object.bucket, &object.key),
                 format!(
@@ -424,7 +456,12 @@ impl Drop for EndGuard {
 }
 
 /// Refuses an answer about another version of `object`.
-fn check_meta(object: &ObjectKey, etag: &str, size: u64) -> Result<(), CacheError> {
+fn check_meta(
+    object: &ObjectKey,
+    etag: &str,
+    size: u64,
+    expected_size: u64,
+) -> Result<(), CacheError> {
     if etag != object.etag {
         return Err(StoreError::PreconditionFailed {
             target: Target::new("get", &object.bucket, &object.key),
@@ -435,12 +472,11 @@ fn check_meta(object: &ObjectKey, etag: &str, size: u64) -> Result<(), CacheErro
         }
         .into());
     }
-    if size != object.size {
+    if size != expected_size {
         return Err(CacheError::Corrupt {
             object: object.to_string(),
             reason: format!(
-                "the upstream object with etag {etag} has {size} bytes, expected {}",
-                object.size
+                "the upstream object with etag {etag} has {size} bytes, expected {expected_size}"
             ),
         });
     }
@@ -516,7 +552,7 @@ async fn flush_behind(flight: &Flight) -> Result<(), CacheError> {
 }
 
 /// Makes the verified staging file durable and moves it into the content store.
-async fn install(
+pub(super) async fn install(
     file: &Arc<File>,
     staging: &Path,
     content: &Path,

@@ -56,7 +56,7 @@ pub use types::{
     CacheRead, CacheSettings, CacheStatsSnapshot, FetchContext, FetchOutcome, ObjectKey,
 };
 
-use flight::{Flight, FlightEnd};
+use flight::{Flight, FlightEnd, RangeOrigin};
 use layout::Layout;
 use recorder::{Recorder, ServeRecord};
 use stream::Source;
@@ -216,8 +216,18 @@ impl OfficeCache {
         ctx: &FetchContext,
         progress: Option<&(dyn Fn(u64) + Send + Sync)>,
     ) -> Result<FetchOutcome, CacheError> {
+        self.fetch_from(object, None, ctx, progress).await
+    }
+
+    async fn fetch_from(
+        &self,
+        object: &ObjectKey,
+        origin: Option<&RangeOrigin>,
+        ctx: &FetchContext,
+        progress: Option<&(dyn Fn(u64) + Send + Sync)>,
+    ) -> Result<FetchOutcome, CacheError> {
         loop {
-            match self.inner.lookup(object, ctx)? {
+            match self.inner.lookup(object, origin, ctx)? {
                 Lookup::Hit(path) => {
                     self.inner.counters.hits.fetch_add(1, Ordering::Relaxed);
                     return Ok(FetchOutcome {
@@ -269,7 +279,7 @@ impl OfficeCache {
         };
         let mut vanished = 0;
         loop {
-            let (source, hit) = match self.inner.lookup(object, ctx)? {
+            let (source, hit) = match self.inner.lookup(object, None, ctx)? {
                 Lookup::Hit(path) => match stream::open(&path, object).await {
                     Ok(file) => (Source::File(file), true),
                     // Evicted between the lookup and the open: look again.
@@ -304,6 +314,193 @@ impl OfficeCache {
                 body: stream::range_stream(source, object.clone(), start, end, record),
             });
         }
+    }
+
+    /// The entry under which [`fetch_range`](Self::fetch_range) caches bytes
+    /// `start..start + len` of `source`: same bucket and ETag, key
+    /// `<key>#bytes=<start>-<end inclusive>` (no S3 key of a view can collide with it: views
+    /// never hold these entries), size `len`.
+    pub fn range_key(source: &ObjectKey, start: u64, len: u64) -> ObjectKey {
+        ObjectKey::new(
+            source.bucket.clone(),
+            format!(
+                "{}#bytes={start}-{}",
+                source.key,
+                start + len.saturating_sub(1)
+            ),
+            source.etag.clone(),
+            len,
+        )
+    }
+
+    /// Makes bytes `start..start + len` of `source` cached as an entry of their own
+    /// ([`range_key`](Self::range_key)), read from upstream with ranged GETs carrying
+    /// `If-Match: <source etag>` (a changed source is
+    /// [`PreconditionFailed`](CacheErrorKind::PreconditionFailed)). Everything else is as
+    /// [`fetch`](Self::fetch): single-flight, the egress ledger, LRU, pins by that key. Used to
+    /// read the summary and the chunks of MCAP logs a scenario needs, so that overlapping
+    /// scenarios of one log never fetch a chunk twice.
+    ///
+    /// Errors: [`InvalidRange`](CacheErrorKind::InvalidRange) for an empty range or one past
+    /// `source.size`; otherwise those of [`fetch`](Self::fetch).
+    pub async fn fetch_range(
+        &self,
+        source: &ObjectKey,
+        start: u64,
+        len: u64,
+        ctx: &FetchContext,
+    ) -> Result<(ObjectKey, FetchOutcome), CacheError> {
+        if len == 0 || start.checked_add(len).is_none_or(|end| end > source.size) {
+            return Err(CacheError::InvalidRange {
+                object: source.to_string(),
+                range: format!(
+                    "bytes={start}-{}",
+                    start.saturating_add(len).saturating_sub(1)
+                ),
+                size: source.size,
+            });
+        }
+        let entry = Self::range_key(source, start, len);
+        let origin = RangeOrigin {
+            key: source.key.clone(),
+            offset: start,
+            source_size: source.size,
+        };
+        let outcome = self.fetch_from(&entry, Some(&origin), ctx, None).await?;
+        Ok((entry, outcome))
+    }
+
+    /// The cached entry of (`bucket`, `key`, `etag`) whatever its size, for files built in the
+    /// office ([`insert_file`](Self::insert_file)) whose size is known only once built. Counts
+    /// as an access.
+    pub fn find_built(&self, bucket: &str, key: &str, etag: &str) -> Option<ObjectKey> {
+        let mut state = self.inner.lock();
+        let found = state.book.find_ready(bucket, key, etag).cloned()?;
+        state.book.touch(&found);
+        drop(state);
+        self.inner.recorder.touch(&found);
+        Some(found)
+    }
+
+    /// A new staging path for a file built in the office that [`insert_file`](Self::insert_file)
+    /// will take (left-over staging files are removed at start-up).
+    pub fn staging_path(&self, object: &ObjectKey) -> PathBuf {
+        self.inner.layout.staging_path(object)
+    }
+
+    /// Puts a file built in the office (not downloaded: a trimmed log) into the content store
+    /// as `object` (its `size` must be the file's): admission and eviction as for a download,
+    /// then fsync, read-only, rename from `staging` and the `cache_entries` row. If `object`
+    /// is cached already (built by someone else meanwhile), the staging file is removed and
+    /// the cached one returned. Errors: [`Full`](CacheErrorKind::Full), [`Io`](CacheErrorKind::Io).
+    pub async fn insert_file(
+        &self,
+        object: &ObjectKey,
+        staging: PathBuf,
+    ) -> Result<PathBuf, CacheError> {
+        enum Step {
+            Cached,
+            Wait(watch::Receiver<()>),
+            Admitted(Vec<Victim>),
+            Full(CacheError),
+        }
+        let inner = &self.inner;
+        let victims = loop {
+            let step = {
+                let mut state = inner.lock();
+                if state.book.is_ready(object) {
+                    state.book.touch(object);
+                    Step::Cached
+                } else if let Some(gate) = state.deleting.get(object) {
+                    Step::Wait(gate.clone())
+                } else if state.book.state(object).is_some() {
+                    // Being inserted by another caller: wait for it to end.
+                    Step::Wait(inner.downloads_ended.subscribe())
+                } else {
+                    match state.book.plan_eviction(object.size) {
+                        Ok(planned) => {
+                            let victims = inner.take_victims(&mut state, planned);
+                            state.book.begin(object.clone(), object.size);
+                            Step::Admitted(victims)
+                        }
+                        Err(full) if full.fits_once_downloads_end() => {
+                            Step::Wait(inner.downloads_ended.subscribe())
+                        }
+                        Err(full) => Step::Full(CacheError::Full {
+                            object: object.to_string(),
+                            needed: object.size,
+                            capacity: full.capacity,
+                            used: full.used,
+                            pinned: full.pinned,
+                            unevictable: full.unevictable,
+                        }),
+                    }
+                }
+            };
+            match step {
+                Step::Cached => {
+                    flight::remove_quietly(staging).await;
+                    return Ok(inner.layout.content_path(object));
+                }
+                Step::Wait(mut gate) => {
+                    let _ = gate.changed().await;
+                }
+                Step::Admitted(victims) => break victims,
+                Step::Full(err) => {
+                    flight::remove_quietly(staging).await;
+                    return Err(err);
+                }
+            }
+        };
+        // Admitted: the rest runs as a task of its own, so that a caller dropped half-way
+        // (a released reservation) never leaves a pending entry in the book.
+        let task = {
+            let (inner, object) = (Arc::clone(inner), object.clone());
+            self.inner.tasks.spawn(async move {
+                inner.delete_victims(victims).await;
+                let content = inner.layout.content_path(&object);
+                let installed = async {
+                    let file = flight::blocking(format!("opening the built file of {object}"), {
+                        let staging = staging.clone();
+                        move || std::fs::File::open(staging)
+                    })
+                    .await?;
+                    flight::install(&Arc::new(file), &staging, &content, &object).await?;
+                    if let Err(err) =
+                        entries::upsert_ready(&inner.db, &object, &Layout::content_relative(&object))
+                            .await
+                    {
+                        // As for downloads: the file is in place; without its row the next
+                        // start-up removes it as an orphan.
+                        tracing::error!(object = %object, error = %err, "cannot record a cache entry");
+                    }
+                    Ok::<(), CacheError>(())
+                }
+                .await;
+                {
+                    let mut state = inner.lock();
+                    if installed.is_ok() {
+                        state.book.complete(&object);
+                    } else {
+                        state.book.remove(&object);
+                    }
+                }
+                inner.downloads_ended.send_replace(());
+                match installed {
+                    Ok(()) => Ok(content),
+                    Err(err) => {
+                        flight::remove_quietly(staging).await;
+                        Err(err)
+                    }
+                }
+            })
+        };
+        task.await.map_err(|err| {
+            CacheError::io(
+                format!("installing the built file of {object}"),
+                std::io::Error::other(err),
+            )
+        })?
     }
 
     /// `holder` (a reservation id) pins `objects`: they are never evicted until
@@ -401,6 +598,7 @@ impl Inner {
     fn lookup(
         self: &Arc<Self>,
         object: &ObjectKey,
+        origin: Option<&RangeOrigin>,
         ctx: &FetchContext,
     ) -> Result<Lookup, CacheError> {
         let mut state = self.lock();
@@ -439,7 +637,11 @@ impl Inner {
         };
         let victims = self.take_victims(&mut state, planned);
         state.book.begin(object.clone(), object.size);
-        let flight = Arc::new(Flight::new(object.clone(), self.settings.part_size));
+        let flight = Arc::new(Flight::new(
+            object.clone(),
+            origin.cloned(),
+            self.settings.part_size,
+        ));
         state.flights.insert(object.clone(), Arc::clone(&flight));
         drop(state);
         let started = Arc::clone(&flight);

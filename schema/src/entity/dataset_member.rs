@@ -15,6 +15,11 @@ pub struct Model {
     pub key: String,
     pub size: i64,
     pub etag: String,
+    /// JSON, for a member that is an MCAP log trimmed to a scenario's window: the scenario,
+    /// the window, the topics and the file's name in views (`milepost_cacher::datasets::TrimSpec`).
+    /// Null for whole objects.
+    #[sea_orm(column_type = "JsonBinary", nullable)]
+    pub trim: Option<Json>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -30,6 +30,10 @@ pub struct Model {
     pub local_path: Option<String>,
     #[sea_orm(column_type = "Text", nullable)]
     pub error: Option<String>,
+    /// JSON array of strings: how it was materialized, when that differs from what was asked
+    /// (a log materialized whole for want of a chunk index, a window without messages).
+    #[sea_orm(column_type = "JsonBinary", nullable)]
+    pub notes: Option<Json>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
