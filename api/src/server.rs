@@ -126,9 +126,10 @@ impl AppState {
             .context("cannot open the office cache")?;
         let reservation_settings = ReservationSettings {
             expiry_check: config.cache.expiry_check.0,
-            // As many objects in flight as ranged GETs may be: a dataset of many small objects
-            // then keeps every permit busy; large objects still share the one global limit.
-            concurrency_objects: config.cache.concurrency,
+            // More objects in flight than ranged GETs may be: an object holds no GET permit
+            // while it is created, hashed and fsynced, so with small objects the extra ones
+            // keep every permit busy; large objects still share the one global limit.
+            concurrency_objects: config.cache.concurrency.saturating_mul(4),
             ..ReservationSettings::default()
         };
         let reservations = Reservations::new(db.clone(), cache.clone(), reservation_settings);

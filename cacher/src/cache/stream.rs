@@ -17,7 +17,7 @@ use super::recorder::ServeRecord;
 use super::{CacheError, ObjectKey};
 
 /// Bytes read per blocking call and yielded per stream item.
-const READ_CHUNK: u64 = 512 * 1024;
+const READ_CHUNK: u64 = 1024 * 1024;
 
 /// Where a read's bytes come from.
 pub(super) enum Source {
