@@ -293,6 +293,7 @@ async fn catalog_end_to_end_in_chromium() {
     browser.click_css("#create-button").await.unwrap();
     wait_url(&browser, "/datasets/e2e-city").await;
     assert_eq!(browser.text("#dataset-objects").await.unwrap(), previewed);
+    screenshots(&browser, "dataset").await;
 
     // Reserve it and watch it become READY.
     browser.type_into("#ttl", "2").await.unwrap();

@@ -36,6 +36,9 @@ pub struct CacheHistoryPoint {
     pub misses: i32,
     pub bytes_served: Long,
     pub bytes_from_upstream: Long,
+    /// Bytes of the reservations made in the bucket that were materialized (delivered into
+    /// views, from the cache or upstream).
+    pub bytes_reserved: Long,
 }
 
 /// A dataset by how much reservations asked of the cache.
@@ -164,6 +167,7 @@ impl InsightsQuery {
                         misses: 0,
                         bytes_served: Long(0),
                         bytes_from_upstream: Long(0),
+                        bytes_reserved: Long(0),
                     },
                 )
             })
@@ -178,6 +182,23 @@ impl InsightsQuery {
                 }
                 point.bytes_served.0 += served;
                 point.bytes_from_upstream.0 += upstream;
+            }
+        }
+        let reserved: Vec<(DateTime<Utc>, i64)> = reservation::Entity::find()
+            .select_only()
+            .column(reservation::Column::CreatedAt)
+            .column(reservation::Column::BytesTotal)
+            .filter(reservation::Column::LocalPath.is_not_null())
+            .filter(reservation::Column::CreatedAt.gte(since))
+            .into_tuple()
+            .all(&app.db)
+            .await
+            .map_err(db_error)
+            .gql()?;
+        for (at, bytes) in reserved {
+            let start = at.timestamp().div_euclid(width) * width;
+            if let Some(point) = points.get_mut(&start) {
+                point.bytes_reserved.0 += bytes;
             }
         }
         Ok(points.into_values().collect())

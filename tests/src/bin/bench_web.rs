@@ -23,15 +23,36 @@ use milepost_schema::enums::Role;
 
 /// The query mix of `bench_search` (short name, query).
 const QUERIES: &[(&str, &str)] = &[
-    ("text + city + weather", "cut-in city:guangzhou weather:rain"),
-    ("text + tag + software*", "pedestrian tag:night software:av-3.14*"),
-    ("kind + vehicle + after", "kind:drive vehicle:gz-004 after:2026-06-01"),
-    ("3 words + city - weather", "unprotected left turn city:munich -weather:snow"),
-    ("phrase + weather + tag", "\"lane merge\" weather:fog tag:highway"),
+    (
+        "text + city + weather",
+        "cut-in city:guangzhou weather:rain",
+    ),
+    (
+        "text + tag + software*",
+        "pedestrian tag:night software:av-3.14*",
+    ),
+    (
+        "kind + vehicle + after",
+        "kind:drive vehicle:gz-004 after:2026-06-01",
+    ),
+    (
+        "3 words + city - weather",
+        "unprotected left turn city:munich -weather:snow",
+    ),
+    (
+        "phrase + weather + tag",
+        "\"lane merge\" weather:fog tag:highway",
+    ),
     ("empty (all, facets)", ""),
     ("topic + city", "topic:/lidar/points city:shanghai"),
-    ("prefix + city + weather", "emerg* city:beijing weather:night"),
-    ("kind + label + tag", "kind:scenario label:jaywalker tag:occluded"),
+    (
+        "prefix + city + weather",
+        "emerg* city:beijing weather:night",
+    ),
+    (
+        "kind + label + tag",
+        "kind:scenario label:jaywalker tag:occluded",
+    ),
 ];
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -65,7 +86,10 @@ fn main() -> anyhow::Result<()> {
     }
     let dir = dir.context("--dir PATH: a data directory built by `bench_search --dir PATH`")?;
     if !dir.join("catalog.db").exists() || !dir.join("search-index").exists() {
-        bail!("{} has no catalog.db and search-index: run bench_search --dir first", dir.display());
+        bail!(
+            "{} has no catalog.db and search-index: run bench_search --dir first",
+            dir.display()
+        );
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -98,7 +122,12 @@ async fn run(dir: PathBuf, rounds: usize) -> anyhow::Result<()> {
         .redirect(reqwest::redirect::Policy::none())
         .build()?;
     let cookie = format!("{}={token}", milepost_ui::SESSION_COOKIE);
-    let get = |path: String| client.get(format!("{base}{path}")).header("cookie", &cookie).send();
+    let get = |path: String| {
+        client
+            .get(format!("{base}{path}"))
+            .header("cookie", &cookie)
+            .send()
+    };
 
     println!(
         "bench_web: {documents} documents in {}, {rounds} rounds of {} queries",
@@ -120,7 +149,10 @@ async fn run(dir: PathBuf, rounds: usize) -> anyhow::Result<()> {
                 bail!("query {q:?}: {status}: {}", &html[..html.len().min(400)]);
             }
             let start = html.find(r#"id="total-count">"#).map_or(0, |i| i + 17);
-            totals[i] = html[start..].chars().take_while(char::is_ascii_digit).collect();
+            totals[i] = html[start..]
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect();
             weights[i] = html.len();
         }
     }

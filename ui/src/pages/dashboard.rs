@@ -38,6 +38,7 @@ pub struct Point {
     pub misses: i64,
     pub bytes_served: i64,
     pub bytes_from_upstream: i64,
+    pub bytes_reserved: i64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -83,7 +84,7 @@ pub async fn cache(
     let query = format!(
         r#"query($w: Int!, $n: Int!) {{ {ME}
   cacheStats {{ office capacityBytes usedBytes pinnedBytes objects hits misses bytesServed bytesFromUpstream bytesDelivered egressSavedUsd }}
-  cacheHistory(bucketSeconds: $w, buckets: $n) {{ start hits misses bytesServed bytesFromUpstream }}
+  cacheHistory(bucketSeconds: $w, buckets: $n) {{ start hits misses bytesServed bytesFromUpstream bytesReserved }}
   topDatasets(first: 5) {{ name reservations bytesReserved bytesFromUpstream }} }}"#
     );
     let data: CacheData =
@@ -112,7 +113,7 @@ pub async fn cache(
     let from_cache = (delivered - s.bytes_from_upstream).max(0);
     w!(
         &mut b,
-        r#"<section class="tile"><h2>Hit ratio</h2><p class="big" id="hit-ratio">{}</p><p class="muted">of bytes delivered came from the cache · <span id="hits">{}</span> hits, <span id="misses">{}</span> misses on /data reads</p></section>"#,
+        r#"<section class="tile"><h2>Hit ratio</h2><p class="big" id="hit-ratio">{}</p><p class="muted">of bytes delivered came from the cache · <span id="hits">{}</span> hits on /data reads, <span id="misses">{}</span> downloads</p></section>"#,
         html::percent(from_cache, delivered),
         s.hits,
         s.misses
@@ -180,14 +181,15 @@ fn dollars(usd: f64) -> String {
     }
 }
 
-/// Bytes served from the cache and fetched from upstream per bucket, as paired bars.
+/// Bytes delivered (into reservations and over /data) and fetched from upstream per bucket,
+/// as paired bars: the gap between them is what the cache saved.
 fn chart(b: &mut String, points: &[Point], width: i64) {
     if points.is_empty() {
         return;
     }
     let max = points
         .iter()
-        .map(|p| p.bytes_served.max(p.bytes_from_upstream))
+        .map(|p| (p.bytes_served + p.bytes_reserved).max(p.bytes_from_upstream))
         .max()
         .unwrap_or(0)
         .max(1) as f64;
@@ -198,7 +200,7 @@ fn chart(b: &mut String, points: &[Point], width: i64) {
     let format = if width >= 86_400 { "%m-%d" } else { "%H:%M" };
     w!(
         b,
-        r#"<figure class="chart"><svg viewBox="0 0 {w} {h}" role="img" aria-labelledby="chart-title"><title id="chart-title">Bytes served from the cache and fetched from upstream, per {}; the tallest bar is {}</title><line class="baseline" x1="0" x2="{w}" y1="{}" y2="{}"/>"#,
+        r#"<figure class="chart"><svg viewBox="0 0 {w} {h}" role="img" aria-labelledby="chart-title"><title id="chart-title">Bytes delivered and fetched from upstream, per {}; the tallest bar is {}</title><line class="baseline" x1="0" x2="{w}" y1="{}" y2="{}"/>"#,
         html::duration(width),
         html::bytes(max as i64),
         h - bottom,
@@ -206,15 +208,16 @@ fn chart(b: &mut String, points: &[Point], width: i64) {
     );
     for (i, p) in points.iter().enumerate() {
         let x = i as f64 * slot + slot * 0.1;
-        let (hs, hu) = (scale(p.bytes_served), scale(p.bytes_from_upstream));
+        let delivered = p.bytes_served + p.bytes_reserved;
+        let (hs, hu) = (scale(delivered), scale(p.bytes_from_upstream));
         w!(
             b,
-            r#"<g><rect class="served" x="{x:.1}" y="{:.1}" width="{bar:.1}" height="{hs:.1}"/><rect class="fetched" x="{:.1}" y="{:.1}" width="{bar:.1}" height="{hu:.1}"/><title>{}: {} served from cache, {} fetched; {} hits, {} misses</title></g>"#,
+            r#"<g><rect class="served" x="{x:.1}" y="{:.1}" width="{bar:.1}" height="{hs:.1}"/><rect class="fetched" x="{:.1}" y="{:.1}" width="{bar:.1}" height="{hu:.1}"/><title>{}: {} delivered, {} fetched; {} hits, {} downloads</title></g>"#,
             h - bottom - hs,
             x + bar,
             h - bottom - hu,
             p.start.format("%Y-%m-%d %H:%M UTC"),
-            html::bytes(p.bytes_served),
+            html::bytes(delivered),
             html::bytes(p.bytes_from_upstream),
             p.hits,
             p.misses
@@ -230,7 +233,7 @@ fn chart(b: &mut String, points: &[Point], width: i64) {
             p.start.format(format)
         );
     }
-    b.push_str(r#"</svg><figcaption><span class="key served"></span> served from the cache over /data <span class="key fetched"></span> fetched from upstream</figcaption></figure>"#);
+    b.push_str(r#"</svg><figcaption><span class="key served"></span> delivered (reservations and /data) <span class="key fetched"></span> fetched from upstream</figcaption></figure>"#);
 }
 
 #[derive(Debug, Deserialize)]

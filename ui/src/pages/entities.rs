@@ -335,13 +335,15 @@ pub fn render_drive(
     b.push_str(r#"<section><h2>Timeline</h2>"#);
     timeline(&mut b, drive);
     if !drive.scenarios.is_empty() {
-        b.push_str(r#"<div class="table-wrap"><table><caption>Scenarios</caption><thead><tr><th scope="col">Label</th><th scope="col">From</th><th scope="col">To</th><th scope="col">Tags</th></tr></thead><tbody>"#);
+        b.push_str(r#"<div class="table-wrap"><table><caption>Scenarios (minutes:seconds from the start)</caption><thead><tr><th scope="col">Label</th><th scope="col" class="num">From</th><th scope="col" class="num">To</th><th scope="col">Tags</th></tr></thead><tbody>"#);
         for s in &drive.scenarios {
-            let offset =
-                |at: &DateTime<Utc>| (*at - drive.started_at).num_milliseconds() as f64 / 1000.0;
+            let offset = |at: &DateTime<Utc>| {
+                let s = (*at - drive.started_at).num_seconds().max(0);
+                format!("{}:{:02}", s / 60, s % 60)
+            };
             w!(
                 &mut b,
-                r#"<tr id="scenario-{}"><td>{}{}</td><td class="num">{:.1} s</td><td class="num">{:.1} s</td><td>{}</td></tr>"#,
+                r#"<tr id="scenario-{}"><td>{}{}</td><td class="num">{}</td><td class="num">{}</td><td>{}</td></tr>"#,
                 esc(&s.id),
                 esc(&s.label),
                 s.description
