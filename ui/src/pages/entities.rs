@@ -173,7 +173,7 @@ fn timeline(b: &mut String, drive: &Drive) {
     let height = 40 + lanes * 16;
     w!(
         b,
-        r#"<figure class="timeline"><svg viewBox="0 0 1000 {height}" role="img" aria-labelledby="timeline-title" preserveAspectRatio="none"><title id="timeline-title">Timeline: {} events and {} scenarios over {}</title><rect class="axis" x="0" y="18" width="1000" height="4"/>"#,
+        r#"<figure class="timeline"><svg viewBox="0 0 1000 {height}" role="img" aria-labelledby="timeline-title"><title id="timeline-title">Timeline: {} events and {} scenarios over {}</title><rect class="axis" x="0" y="18" width="1000" height="4"/>"#,
         drive.events.len(),
         drive.scenarios.len(),
         html::duration((drive.ended_at - drive.started_at).num_seconds())
@@ -196,9 +196,13 @@ fn timeline(b: &mut String, drive: &Drive) {
         let (x0, x1) = (x(&scenario.start_time), x(&scenario.end_time));
         w!(
             b,
-            r#"<g class="span"><rect x="{x0:.1}" y="{}" width="{:.1}" height="12" rx="2"/><title>{} ({})</title></g>"#,
+            r#"<g class="span"><rect x="{x0:.1}" y="{}" width="{:.1}" height="12" rx="2"/><text x="{:.1}" y="{}" text-anchor="{}">{}</text><title>{} ({})</title></g>"#,
             40 + lane * 16,
             (x1 - x0).max(2.0),
+            if x1 < 800.0 { x1 + 6.0 } else { x0 - 6.0 },
+            50 + lane * 16,
+            if x1 < 800.0 { "start" } else { "end" },
+            esc(&scenario.label),
             esc(&scenario.label),
             html::duration((scenario.end_time - scenario.start_time).num_seconds())
         );
