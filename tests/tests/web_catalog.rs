@@ -157,37 +157,37 @@ async fn catalog_end_to_end_in_chromium() {
     let browser = Browser::start().await.expect("chromium via chromedriver");
 
     sign_in(&browser, &base, &w.engineer).await;
-    assert_eq!(browser.text("#whoami").await.unwrap(), "alice");
-    let all: f64 = number(&browser.text("#total-count").await.unwrap());
+    assert_eq!(browser.text("#whoami").await.expect("test step"), "alice");
+    let all: f64 = number(&browser.text("#total-count").await.expect("test step"));
     assert!(all > 0.0, "the catalog shows its documents");
     screenshots(&browser, "search").await;
 
     // Autocomplete: a field name, then (keyboard only) its values from the facets.
-    browser.type_into("#q", "cit").await.unwrap();
-    let first = browser.text("#q-suggestions li").await.unwrap();
+    browser.type_into("#q", "cit").await.expect("test step");
+    let first = browser.text("#q-suggestions li").await.expect("test step");
     assert_eq!(first, "city:");
-    browser.keys("#q", ARROW_DOWN).await.unwrap();
-    browser.keys("#q", ENTER).await.unwrap();
+    browser.keys("#q", ARROW_DOWN).await.expect("test step");
+    browser.keys("#q", ENTER).await.expect("test step");
     let value = browser
         .script("return document.getElementById('q').value", json!([]))
         .await
-        .unwrap();
+        .expect("test step");
     assert_eq!(value, json!("city:"), "Enter accepts the highlighted field");
-    let values = browser.text("#q-suggestions li").await.unwrap();
+    let values = browser.text("#q-suggestions li").await.expect("test step");
     assert!(values.starts_with("city:"), "values follow: {values}");
 
     // A facet filters; clicking it again removes the filter.
-    browser.goto(&format!("{base}/")).await.unwrap();
+    browser.goto(&format!("{base}/")).await.expect("test step");
     let hrefs = browser
         .script(
             "return Array.from(document.querySelectorAll('.facets a.facet')).map(a => a.getAttribute('href'))",
             json!([]),
         )
         .await
-        .unwrap();
+        .expect("test step");
     let city = hrefs
         .as_array()
-        .unwrap()
+        .expect("test step")
         .iter()
         .filter_map(Value::as_str)
         .find(|h| h.contains("city%3A"))
@@ -196,63 +196,79 @@ async fn catalog_end_to_end_in_chromium() {
     browser
         .click_css(&format!("a.facet[href=\"{city}\"]"))
         .await
-        .unwrap();
+        .expect("test step");
     wait_url(&browser, "city%3A").await;
-    let filtered = number(&browser.text("#total-count").await.unwrap());
+    let filtered = number(&browser.text("#total-count").await.expect("test step"));
     assert!(filtered > 0.0 && filtered < all, "{filtered} of {all}");
     assert_eq!(
         browser
             .attribute("a.facet.on", "aria-pressed")
             .await
-            .unwrap()
+            .expect("test step")
             .as_deref(),
         Some("true")
     );
     let city_query = browser
         .script("return document.getElementById('q').value", json!([]))
         .await
-        .unwrap()
+        .expect("test step")
         .as_str()
-        .unwrap()
+        .expect("test step")
         .to_owned();
-    browser.click_css("a.facet.on").await.unwrap();
+    browser.click_css("a.facet.on").await.expect("test step");
     for _ in 0..100 {
-        if browser.find_all("a.facet.on").await.unwrap().is_empty() {
+        if browser
+            .find_all("a.facet.on")
+            .await
+            .expect("test step")
+            .is_empty()
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(browser.find_all("a.facet.on").await.unwrap().is_empty());
-    assert_eq!(number(&browser.text("#total-count").await.unwrap()), all);
+    assert!(browser
+        .find_all("a.facet.on")
+        .await
+        .expect("test step")
+        .is_empty());
+    assert_eq!(
+        number(&browser.text("#total-count").await.expect("test step")),
+        all
+    );
 
     // A drive: metadata, timeline, topics with message counts, files.
     browser
         .goto(&format!("{base}/?q=kind%3Adrive"))
         .await
-        .unwrap();
+        .expect("test step");
     let drive_href = browser
         .attribute("a.hit-title[href^='/drives/']", "href")
         .await
-        .unwrap()
+        .expect("test step")
         .expect("href");
     browser
         .click_css("a.hit-title[href^='/drives/']")
         .await
-        .unwrap();
+        .expect("test step");
     wait_url(&browser, "/drives/").await;
     let drive_id = drive_href.trim_start_matches("/drives/").to_owned();
-    assert!(browser.text("h1").await.unwrap().contains(&drive_id));
-    browser.find(".timeline svg").await.unwrap();
+    assert!(browser
+        .text("h1")
+        .await
+        .expect("test step")
+        .contains(&drive_id));
+    browser.find(".timeline svg").await.expect("test step");
     let counts = browser
         .script(
             "return Array.from(document.querySelectorAll('#topics tbody tr td.num')).map(td => Number(td.textContent))",
             json!([]),
         )
         .await
-        .unwrap();
+        .expect("test step");
     let counts: Vec<f64> = counts
         .as_array()
-        .unwrap()
+        .expect("test step")
         .iter()
         .filter_map(Value::as_f64)
         .collect();
@@ -266,7 +282,7 @@ async fn catalog_end_to_end_in_chromium() {
             json!([]),
         )
         .await
-        .unwrap();
+        .expect("test step");
     assert!(
         captions.as_str().unwrap_or_default().contains(" files"),
         "a files table: {captions}"
@@ -280,38 +296,60 @@ async fn catalog_end_to_end_in_chromium() {
             city_query.replace(':', "%3A").replace(' ', "%20")
         ))
         .await
-        .unwrap();
-    browser.click_css("#create-dataset").await.unwrap();
+        .expect("test step");
+    browser
+        .click_css("#create-dataset")
+        .await
+        .expect("test step");
     wait_url(&browser, "/new-dataset").await;
-    let previewed = browser.text("#preview-count").await.unwrap();
+    let previewed = browser.text("#preview-count").await.expect("test step");
     assert!(number(&previewed) > 0.0);
-    browser.type_into("#nd-name", "e2e-city").await.unwrap();
+    browser
+        .type_into("#nd-name", "e2e-city")
+        .await
+        .expect("test step");
     browser
         .type_into("#nd-description", "drives and scenarios of one city")
         .await
-        .unwrap();
-    browser.click_css("#create-button").await.unwrap();
+        .expect("test step");
+    browser
+        .click_css("#create-button")
+        .await
+        .expect("test step");
     wait_url(&browser, "/datasets/e2e-city").await;
-    assert_eq!(browser.text("#dataset-objects").await.unwrap(), previewed);
+    assert_eq!(
+        browser.text("#dataset-objects").await.expect("test step"),
+        previewed
+    );
     screenshots(&browser, "dataset").await;
 
     // Reserve it and watch it become READY.
-    browser.type_into("#ttl", "2").await.unwrap();
-    browser.type_into("#purpose", "e2e").await.unwrap();
-    browser.click_css("#reserve-button").await.unwrap();
+    browser.type_into("#ttl", "2").await.expect("test step");
+    browser
+        .type_into("#purpose", "e2e")
+        .await
+        .expect("test step");
+    browser
+        .click_css("#reserve-button")
+        .await
+        .expect("test step");
     wait_url(&browser, "/reservations/").await;
-    browser.find("#progress-bar").await.unwrap();
+    browser.find("#progress-bar").await.expect("test step");
     screenshots(&browser, "reservation-progress").await;
     let path = wait_ready(&browser).await;
     assert!(
         std::path::Path::new(&path).is_dir(),
         "localPath {path} is a directory on this machine"
     );
-    assert!(browser.text("#cmd-path").await.unwrap().contains(&path));
+    assert!(browser
+        .text("#cmd-path")
+        .await
+        .expect("test step")
+        .contains(&path));
     assert!(browser
         .text("#cmd-aws")
         .await
-        .unwrap()
+        .expect("test step")
         .contains("aws s3 cp --endpoint-url"));
     screenshots(&browser, "reservation-ready").await;
 
@@ -320,9 +358,12 @@ async fn catalog_end_to_end_in_chromium() {
     browser
         .goto(&format!("{base}/datasets/e2e-city"))
         .await
-        .unwrap();
-    browser.type_into("#ttl", "1").await.unwrap();
-    browser.click_css("#reserve-button").await.unwrap();
+        .expect("test step");
+    browser.type_into("#ttl", "1").await.expect("test step");
+    browser
+        .click_css("#reserve-button")
+        .await
+        .expect("test step");
     wait_url(&browser, "/reservations/").await;
     wait_ready(&browser).await;
     let mut after = dashboard(&browser, &base).await;
@@ -345,24 +386,33 @@ async fn catalog_end_to_end_in_chromium() {
     assert!(browser
         .text("#top-datasets")
         .await
-        .unwrap()
+        .expect("test step")
         .contains("e2e-city@1"));
-    browser.find(".chart svg rect.fetched").await.unwrap();
+    browser
+        .find(".chart svg rect.fetched")
+        .await
+        .expect("test step");
     screenshots(&browser, "dashboard").await;
 
     // My reservations lists both; the transfers page says write-back is not set up.
-    browser.goto(&format!("{base}/reservations")).await.unwrap();
+    browser
+        .goto(&format!("{base}/reservations"))
+        .await
+        .expect("test step");
     let listed = browser
         .find_all("#reservation-list > li")
         .await
-        .unwrap()
+        .expect("test step")
         .len();
     assert_eq!(listed, 2);
-    browser.goto(&format!("{base}/transfers")).await.unwrap();
+    browser
+        .goto(&format!("{base}/transfers"))
+        .await
+        .expect("test step");
     assert!(browser
         .text("#transfers-state")
         .await
-        .unwrap()
+        .expect("test step")
         .contains("not configured"));
 
     browser.quit().await;
@@ -422,14 +472,14 @@ async fn bad_form_input_is_shown_next_to_the_field() {
     browser
         .goto(&format!("{base}/?q=after%3Anot-a-date"))
         .await
-        .unwrap();
-    let message = browser.text("#q-error").await.unwrap();
+        .expect("test step");
+    let message = browser.text("#q-error").await.expect("test step");
     assert!(message.contains("after"), "{message}");
     assert_eq!(
         browser
             .attribute("#q", "aria-describedby")
             .await
-            .unwrap()
+            .expect("test step")
             .as_deref(),
         Some("q-error")
     );
@@ -438,22 +488,38 @@ async fn bad_form_input_is_shown_next_to_the_field() {
     browser
         .goto(&format!("{base}/new-dataset?q=kind%3Adrive"))
         .await
-        .unwrap();
-    browser.find("#preview-count").await.unwrap();
-    browser.click_css("#create-button").await.unwrap();
-    let message = browser.text("#nd-name-error").await.unwrap();
+        .expect("test step");
+    browser.find("#preview-count").await.expect("test step");
+    browser
+        .click_css("#create-button")
+        .await
+        .expect("test step");
+    let message = browser.text("#nd-name-error").await.expect("test step");
     assert!(message.contains("empty"), "{message}");
 
     // A TTL of -1 when reserving, and a bad glob when previewing.
-    browser.type_into("#nd-name", "ok-name").await.unwrap();
-    browser.click_css("#create-button").await.unwrap();
+    browser
+        .type_into("#nd-name", "ok-name")
+        .await
+        .expect("test step");
+    browser
+        .click_css("#create-button")
+        .await
+        .expect("test step");
     wait_url(&browser, "/datasets/ok-name").await;
-    browser.type_into("#ttl", "-1").await.unwrap();
-    browser.click_css("#reserve-button").await.unwrap();
-    let message = browser.text("#ttl-error").await.unwrap();
+    browser.type_into("#ttl", "-1").await.expect("test step");
+    browser
+        .click_css("#reserve-button")
+        .await
+        .expect("test step");
+    let message = browser.text("#ttl-error").await.expect("test step");
     assert!(message.contains("-1"), "{message}");
     assert_eq!(
-        browser.attribute("#ttl", "value").await.unwrap().as_deref(),
+        browser
+            .attribute("#ttl", "value")
+            .await
+            .expect("test step")
+            .as_deref(),
         Some("-1"),
         "what was typed is kept"
     );
@@ -463,24 +529,30 @@ async fn bad_form_input_is_shown_next_to_the_field() {
     let start = page.find("/drives/").expect("a drive link");
     let end = start + page[start..].find('"').expect("end of href");
     let drive_path = page[start..end].to_owned();
-    browser.goto(&format!("{base}{drive_path}")).await.unwrap();
+    browser
+        .goto(&format!("{base}{drive_path}"))
+        .await
+        .expect("test step");
     browser
         .script(
             "document.querySelectorAll('details.panel').forEach(d => d.open = true)",
             json!([]),
         )
         .await
-        .unwrap();
-    browser.type_into("#tag-start", "1").await.unwrap();
-    browser.type_into("#tag-end", "2").await.unwrap();
+        .expect("test step");
+    browser
+        .type_into("#tag-start", "1")
+        .await
+        .expect("test step");
+    browser.type_into("#tag-end", "2").await.expect("test step");
     browser
         .click_css("form[action$='/tag'] button[type=submit]")
         .await
-        .unwrap();
+        .expect("test step");
     assert!(browser
         .text("#tag-label-error")
         .await
-        .unwrap()
+        .expect("test step")
         .contains("label"));
     browser
         .script(
@@ -488,18 +560,27 @@ async fn bad_form_input_is_shown_next_to_the_field() {
             json!([]),
         )
         .await
-        .unwrap();
-    browser.type_into("#tag-label", "cut-in").await.unwrap();
-    browser.type_into("#tag-start", "5").await.unwrap();
-    browser.type_into("#tag-end", "abc").await.unwrap();
+        .expect("test step");
+    browser
+        .type_into("#tag-label", "cut-in")
+        .await
+        .expect("test step");
+    browser
+        .type_into("#tag-start", "5")
+        .await
+        .expect("test step");
+    browser
+        .type_into("#tag-end", "abc")
+        .await
+        .expect("test step");
     browser
         .click_css("form[action$='/tag'] button[type=submit]")
         .await
-        .unwrap();
+        .expect("test step");
     assert!(browser
         .text("#tag-end-error")
         .await
-        .unwrap()
+        .expect("test step")
         .contains("abc"));
 
     // The same refusals over plain HTTP: 400s, never a 500.
@@ -583,7 +664,7 @@ async fn roles_and_forgery_are_refused() {
         .expect("get");
     assert_eq!(response.status(), StatusCode::SEE_OTHER);
     assert_eq!(
-        response.headers()["location"].to_str().unwrap(),
+        response.headers()["location"].to_str().expect("test step"),
         "/signin?next=%2Fcache"
     );
     let response = client
@@ -597,7 +678,7 @@ async fn roles_and_forgery_are_refused() {
     assert!(response
         .text()
         .await
-        .unwrap()
+        .expect("test step")
         .contains("unknown or revoked"));
     let response = client
         .post(format!("{}/signin", w.app.base_url))
@@ -609,7 +690,7 @@ async fn roles_and_forgery_are_refused() {
     assert_eq!(response.status(), StatusCode::SEE_OTHER);
     let cookie = response.headers()["set-cookie"]
         .to_str()
-        .unwrap()
+        .expect("test step")
         .to_owned();
     assert!(
         cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
@@ -702,12 +783,24 @@ async fn roles_and_forgery_are_refused() {
         .expect("get");
     let csp = response.headers()["content-security-policy"]
         .to_str()
-        .unwrap()
+        .expect("test step")
         .to_owned();
     assert!(csp.contains("script-src 'self'"), "{csp}");
-    let html = response.text().await.unwrap();
-    let css = w.app.get("/assets/app.css").await.text().await.unwrap();
-    let js = w.app.get("/assets/app.js").await.text().await.unwrap();
+    let html = response.text().await.expect("test step");
+    let css = w
+        .app
+        .get("/assets/app.css")
+        .await
+        .text()
+        .await
+        .expect("test step");
+    let js = w
+        .app
+        .get("/assets/app.js")
+        .await
+        .text()
+        .await
+        .expect("test step");
     let weight = html.len() + css.len() + js.len();
     assert!(weight < 200 * 1024, "search page weighs {weight} bytes");
 
