@@ -119,6 +119,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     let running = server::start_with_state(state).await?;
     let addr = running.addr;
     println!("milepost demo is running");
+    println!("  web catalog: http://{addr}/   (sign in with the admin token below)");
     println!("  GraphQL:   http://{addr}/graphql   (GraphiQL in a browser)");
     println!("  health:    http://{addr}/healthz");
     println!(

@@ -12,3 +12,4 @@ pub mod metrics;
 pub mod progress;
 pub mod selection;
 pub mod server;
+pub mod web;

@@ -223,6 +223,13 @@ pub fn router(state: Arc<AppState>) -> Router {
         app: state.clone(),
         schema,
     };
+    let endpoint = state.config.upstream.endpoint.trim();
+    let catalog = milepost_ui::router(
+        Arc::new(crate::web::InProcess { http: http.clone() }),
+        milepost_ui::UiSettings {
+            s3_endpoint: (!endpoint.is_empty()).then(|| endpoint.to_owned()),
+        },
+    );
     Router::new()
         .route(
             "/graphql",
@@ -238,6 +245,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(server.max_body_size.0 as usize))
         .with_state(http)
+        .merge(catalog)
         .layer(middleware::from_fn_with_state(
             state.clone(),
             record_metrics,
@@ -464,7 +472,7 @@ pub async fn start_with_state(state: Arc<AppState>) -> anyhow::Result<RunningSer
         cleanup.cache.shutdown().await;
         Ok(())
     });
-    tracing::info!(%addr, "listening: GraphQL on http://{addr}/graphql");
+    tracing::info!(%addr, "listening: web catalog on http://{addr}/, GraphQL on http://{addr}/graphql");
     Ok(RunningServer {
         addr,
         state,

@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+pub mod browser;
 pub mod trimlogs;
 
 use std::time::Duration;
@@ -142,6 +143,12 @@ impl TestAppBuilder {
         config.catalog.sync_interval = milepost_api::config::Interval(None);
         if let Some(bucket) = self.bucket {
             config.catalog.bucket = bucket;
+        }
+        if let Some(endpoint) = self.upstream.as_ref().and_then(|u| u.endpoint.clone()) {
+            // What the server reports about its upstream (the web catalog's `aws s3`
+            // commands) then matches the store it really uses.
+            config.upstream.endpoint = endpoint;
+            config.upstream.force_path_style = true;
         }
         if let Some(change) = self.configure {
             change(&mut config);

@@ -148,6 +148,20 @@ impl Dataset {
     async fn manifest_key(&self) -> &str {
         &self.0.manifest_key
     }
+    /// Every version of this dataset's name, oldest first.
+    async fn versions(&self, ctx: &Context<'_>) -> GqlResult<Vec<i32>> {
+        use sea_orm::QueryOrder;
+        dataset::Entity::find()
+            .select_only()
+            .column(dataset::Column::Version)
+            .filter(dataset::Column::Name.eq(&self.0.name))
+            .order_by_asc(dataset::Column::Version)
+            .into_tuple()
+            .all(&state(ctx).db)
+            .await
+            .map_err(|err| ApiError::from(milepost_schema::DbError::from(err)))
+            .gql()
+    }
     async fn manifest_bucket(&self) -> &str {
         &self.0.manifest_bucket
     }
@@ -312,6 +326,10 @@ pub struct CacheStats {
     pub bytes_served: Long,
     pub bytes_from_upstream: Long,
     pub egress_saved_usd: f64,
+    /// Bytes handed out: served through `/data` plus delivered into reservation views. With
+    /// `bytesFromUpstream`, the byte hit ratio (reservations that find their objects cached
+    /// add no ledger rows, so `hits` counts `/data` reads only).
+    pub bytes_delivered: Long,
 }
 
 /// Totals of the egress ledger for this office (persisted, so they survive restarts).
@@ -385,6 +403,7 @@ pub async fn cache_stats(app: &AppState) -> ApiResult<CacheStats> {
         bytes_served: Long(ledger.bytes_served),
         bytes_from_upstream: Long(ledger.bytes_from_upstream),
         egress_saved_usd: saved_bytes as f64 / BYTES_PER_GIB * app.config.cache.egress_usd_per_gib,
+        bytes_delivered: Long(delivered),
     })
 }
 

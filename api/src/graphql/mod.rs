@@ -3,6 +3,7 @@
 
 pub mod datasets;
 mod inputs;
+mod insights;
 mod mutation;
 mod query;
 pub mod scalars;
@@ -27,7 +28,7 @@ pub use mutation::Mutation;
 pub use query::Query;
 
 #[derive(MergedObject, Default, Debug)]
-pub struct QueryRoot(Query, datasets::DatasetQuery);
+pub struct QueryRoot(Query, datasets::DatasetQuery, insights::InsightsQuery);
 
 #[derive(MergedObject, Default, Debug)]
 pub struct MutationRoot(Mutation, datasets::DatasetMutation);
@@ -162,7 +163,7 @@ pub async fn graphql_post(
 
 /// Errors raised before execution (syntax, validation, depth and complexity limits, variable
 /// types) come from async-graphql without a code; they are all the client's to fix.
-fn ensure_code(error: &mut ServerError) -> &'static str {
+pub(crate) fn ensure_code(error: &mut ServerError) -> &'static str {
     let existing = error
         .extensions
         .as_ref()
