@@ -621,17 +621,19 @@ pub async fn get_drive_page(
     let events: Option<serde_json::Value> = db(row.try_get("", "page_events"))?;
     let scenarios: Option<serde_json::Value> = db(row.try_get("", "page_scenarios"))?;
     let events = match events {
-        Some(json) => Some(decode_json::<Vec<EventRow>>(json, "drive_events")?
-            .into_iter()
-            .map(|(id, position, at, kind, label)| drive_event::Model {
-                id,
-                drive_id: drive.id.clone(),
-                position,
-                at,
-                kind,
-                label,
-            })
-            .collect()),
+        Some(json) => Some(
+            decode_json::<Vec<EventRow>>(json, "drive_events")?
+                .into_iter()
+                .map(|(id, position, at, kind, label)| drive_event::Model {
+                    id,
+                    drive_id: drive.id.clone(),
+                    position,
+                    at,
+                    kind,
+                    label,
+                })
+                .collect(),
+        ),
         None => None,
     };
     let scenarios = match scenarios {

@@ -253,7 +253,8 @@ impl SearchIndex {
         if let Some(hit) = cached.as_ref().filter(|c| c.generation == generation) {
             return Ok(hit.clone());
         }
-        let segments = collect::count_all(searcher).map_err(SearchError::index("counting facets"))?;
+        let segments =
+            collect::count_all(searcher).map_err(SearchError::index("counting facets"))?;
         let counts = MatchAll {
             generation,
             total: collect::total(&segments),
