@@ -27,7 +27,7 @@ impl Mutation {
             .register_drive(input.into(), RecordSource::Api)
             .await
             .gql()?;
-        Ok(Drive(drive))
+        Ok(Drive::new(drive))
     }
 
     /// PIPELINE or ADMIN; idempotent on id.

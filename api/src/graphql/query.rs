@@ -1,7 +1,7 @@
 use async_graphql::{Context, Object, ID};
 
 use super::search::{self, EntityKind, SearchResult};
-use super::types::{Drive, PrincipalView, Run, Scenario};
+use super::types::{Drive, DriveRelated, PrincipalView, Run, Scenario};
 use super::{principal, state};
 use milepost_indexer::catalog;
 
@@ -14,10 +14,26 @@ pub struct Query;
 #[Object]
 impl Query {
     async fn drive(&self, ctx: &Context<'_>, id: ID) -> GqlResult<Option<Drive>> {
-        Ok(catalog::get_drive(&state(ctx).db, &id)
-            .await
-            .gql()?
-            .map(Drive))
+        // The drive page asks for events and scenarios with the drive: read them in the same
+        // round trip when the selection has them.
+        let selection = ctx.look_ahead();
+        let page = catalog::get_drive_page(
+            &state(ctx).db,
+            &id,
+            selection.field("events").exists(),
+            selection.field("scenarios").exists(),
+        )
+        .await
+        .gql()?;
+        Ok(page.map(|page| {
+            Drive(
+                page.drive,
+                DriveRelated {
+                    events: page.events,
+                    scenarios: page.scenarios,
+                },
+            )
+        }))
     }
 
     async fn scenario(&self, ctx: &Context<'_>, id: ID) -> GqlResult<Option<Scenario>> {

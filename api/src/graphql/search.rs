@@ -78,7 +78,7 @@ pub async fn run_search(
         let node = match hit.kind {
             search::EntityKind::Drive => catalog::get_drive(&app.db, &hit.id)
                 .await?
-                .map(|m| CatalogEntity::Drive(Drive(m))),
+                .map(|m| CatalogEntity::Drive(Drive::new(m))),
             search::EntityKind::Scenario => catalog::get_scenario(&app.db, &hit.id)
                 .await?
                 .map(|m| CatalogEntity::Scenario(Scenario(m))),

@@ -149,7 +149,21 @@ pub enum CatalogEntity {
     Run(Run),
 }
 
-pub struct Drive(pub drive::Model);
+pub struct Drive(pub drive::Model, pub DriveRelated);
+
+/// Events and scenarios already read with the drive (see `catalog::get_drive_page`), so their
+/// resolvers need no query of their own.
+#[derive(Debug, Default)]
+pub struct DriveRelated {
+    pub events: Option<Vec<drive_event::Model>>,
+    pub scenarios: Option<Vec<scenario::Model>>,
+}
+
+impl Drive {
+    pub fn new(model: drive::Model) -> Drive {
+        Drive(model, DriveRelated::default())
+    }
+}
 
 #[Object]
 impl Drive {
@@ -195,6 +209,9 @@ impl Drive {
         Json(self.0.extra.clone())
     }
     async fn events(&self, ctx: &Context<'_>) -> GqlResult<Vec<DriveEvent>> {
+        if let Some(rows) = &self.1.events {
+            return Ok(rows.iter().cloned().map(DriveEvent::from).collect());
+        }
         let rows = catalog::drive_events(&state(ctx).db, &self.0.id)
             .await
             .gql()?;
@@ -205,6 +222,9 @@ impl Drive {
         string_list(&self.0.topics)
     }
     async fn scenarios(&self, ctx: &Context<'_>) -> GqlResult<Vec<Scenario>> {
+        if let Some(rows) = &self.1.scenarios {
+            return Ok(rows.iter().cloned().map(Scenario).collect());
+        }
         let rows = catalog::drive_scenarios(&state(ctx).db, &self.0.id)
             .await
             .gql()?;
@@ -250,7 +270,7 @@ impl Scenario {
                 crate::error::ApiError::not_found(format!("drive {:?}", self.0.drive_id))
             })
             .gql()?;
-        Ok(Drive(drive))
+        Ok(Drive::new(drive))
     }
     async fn label(&self) -> &str {
         &self.0.label
@@ -315,7 +335,7 @@ impl Run {
                 InputKind::Drive => catalog::get_drive(db, &input.input_id)
                     .await
                     .gql()?
-                    .map(|m| CatalogEntity::Drive(Drive(m))),
+                    .map(|m| CatalogEntity::Drive(Drive::new(m))),
                 InputKind::Scenario => catalog::get_scenario(db, &input.input_id)
                     .await
                     .gql()?

@@ -13,8 +13,8 @@ use milepost_schema::ids;
 use milepost_schema::DbError;
 use sea_orm::sea_query::{Expr, OnConflict};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter,
-    QueryOrder, QuerySelect, Set, TransactionTrait,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, FromQueryResult,
+    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set, Statement, TransactionTrait,
 };
 use sha2::{Digest, Sha256};
 
@@ -558,6 +558,150 @@ pub async fn get_drive(
     id: &str,
 ) -> CatalogResult<Option<drive::Model>> {
     db(drive::Entity::find_by_id(id).one(conn).await)
+}
+
+/// A drive with, when asked for, its events and scenarios (in the orders of
+/// [`drive_events`] and [`drive_scenarios`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct DrivePage {
+    pub drive: drive::Model,
+    pub events: Option<Vec<drive_event::Model>>,
+    pub scenarios: Option<Vec<scenario::Model>>,
+}
+
+/// The drive page in as few round trips as the backend makes worthwhile: on PostgreSQL one
+/// statement (events and scenarios aggregated as JSON next to the drive row), on SQLite, which
+/// runs in-process, the plain queries.
+pub async fn get_drive_page(
+    conn: &DatabaseConnection,
+    id: &str,
+    with_events: bool,
+    with_scenarios: bool,
+) -> CatalogResult<Option<DrivePage>> {
+    if conn.get_database_backend() != DbBackend::Postgres || !(with_events || with_scenarios) {
+        let Some(drive) = get_drive(conn, id).await? else {
+            return Ok(None);
+        };
+        let events = match with_events {
+            true => Some(drive_events(conn, id).await?),
+            false => None,
+        };
+        let scenarios = match with_scenarios {
+            true => Some(drive_scenarios(conn, id).await?),
+            false => None,
+        };
+        return Ok(Some(DrivePage {
+            drive,
+            events,
+            scenarios,
+        }));
+    }
+    // `ORDER BY` inside the aggregates keeps the orders of `drive_events` / `drive_scenarios`.
+    let sql = format!(
+        "SELECT d.*, {events} AS page_events, {scenarios} AS page_scenarios \
+         FROM drives d WHERE d.id = $1",
+        events = if with_events {
+            "(SELECT COALESCE(json_agg(json_build_array(e.id, e.position, e.at, e.kind, e.label) \
+             ORDER BY e.position), '[]') FROM drive_events e WHERE e.drive_id = d.id)"
+        } else {
+            "NULL::json"
+        },
+        scenarios = if with_scenarios {
+            "(SELECT COALESCE(json_agg(s ORDER BY s.start_time, s.id), '[]') \
+             FROM scenarios s WHERE s.drive_id = d.id)"
+        } else {
+            "NULL::json"
+        },
+    );
+    let statement = Statement::from_sql_and_values(DbBackend::Postgres, sql, [id.into()]);
+    let Some(row) = db(conn.query_one(statement).await)? else {
+        return Ok(None);
+    };
+    let drive = db(drive::Model::from_query_result(&row, ""))?;
+    let events: Option<serde_json::Value> = db(row.try_get("", "page_events"))?;
+    let scenarios: Option<serde_json::Value> = db(row.try_get("", "page_scenarios"))?;
+    let events = match events {
+        Some(json) => Some(
+            decode_json::<Vec<EventRow>>(json, "drive_events")?
+                .into_iter()
+                .map(|(id, position, at, kind, label)| drive_event::Model {
+                    id,
+                    drive_id: drive.id.clone(),
+                    position,
+                    at,
+                    kind,
+                    label,
+                })
+                .collect(),
+        ),
+        None => None,
+    };
+    let scenarios = match scenarios {
+        Some(json) => Some(
+            decode_json::<Vec<ScenarioRow>>(json, "scenarios")?
+                .into_iter()
+                .map(ScenarioRow::into_model)
+                .collect::<CatalogResult<Vec<_>>>()?,
+        ),
+        None => None,
+    };
+    Ok(Some(DrivePage {
+        drive,
+        events,
+        scenarios,
+    }))
+}
+
+/// A `drive_events` row as `json_build_array(id, position, at, kind, label)`.
+type EventRow = (i64, i32, DateTime<Utc>, String, Option<String>);
+
+/// A `scenarios` row as PostgreSQL's `row_to_json` writes it.
+#[derive(serde::Deserialize)]
+struct ScenarioRow {
+    id: String,
+    drive_id: String,
+    label: String,
+    tags: serde_json::Value,
+    start_time: DateTime<Utc>,
+    end_time: DateTime<Utc>,
+    description: Option<String>,
+    source: String,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+impl ScenarioRow {
+    fn into_model(self) -> CatalogResult<scenario::Model> {
+        let source = self.source.parse::<RecordSource>().map_err(|_| {
+            CatalogError::from(DbError::from(sea_orm::DbErr::Json(format!(
+                "scenarios.source: unknown value {:?}",
+                self.source
+            ))))
+        })?;
+        Ok(scenario::Model {
+            id: self.id,
+            drive_id: self.drive_id,
+            label: self.label,
+            tags: self.tags,
+            start_time: self.start_time,
+            end_time: self.end_time,
+            description: self.description,
+            source,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+        })
+    }
+}
+
+fn decode_json<T: serde::de::DeserializeOwned>(
+    json: serde_json::Value,
+    table: &str,
+) -> CatalogResult<T> {
+    serde_json::from_value(json).map_err(|err| {
+        CatalogError::from(DbError::from(sea_orm::DbErr::Json(format!(
+            "aggregated {table} rows: {err}"
+        ))))
+    })
 }
 
 pub async fn get_run(conn: &impl ConnectionTrait, id: &str) -> CatalogResult<Option<run::Model>> {

@@ -1,21 +1,29 @@
-//! Collecting every match of a query once: its score or time for ordering, and facet counts.
+//! Collecting every match of a query once: facet counts, the total, and the candidates for
+//! the requested page.
 //!
-//! Facet counts and the total need every match anyway, so one pass records all of them
-//! (a few bytes per match) and the page is selected afterwards: a partial selection on the
-//! primary key (score or time), then ids are read only for the documents that can still land
-//! on the page (those at or above the page's last primary value, ties included), so ordering
-//! is exact and stable across segments.
+//! Matches are read in blocks (tantivy's block iteration for filters, buffered blocks when
+//! scoring), and facet columns are read a block at a time, which is what makes counting over
+//! hundreds of thousands of matches cheap. Only the page's *candidates* are kept: matches at or
+//! above the primary key (score or time) of the `end`-th best seen so far, ties included; the
+//! page is selected from them afterwards, reading ids only for the few documents that can
+//! still land on it, so ordering is exact and stable across segments.
 
 use std::cmp::Ordering;
 use std::collections::HashMap;
 
 use tantivy::collector::{Collector, SegmentCollector};
-use tantivy::columnar::{Column, StrColumn};
+use tantivy::columnar::{Column, ColumnBlockAccessor, StrColumn};
 use tantivy::error::DataCorruption;
+use tantivy::query::Weight;
 use tantivy::{DocId, Score, Searcher, SegmentOrdinal, SegmentReader, TantivyError};
 
 use super::schema::{ID_SORT, KIND_RANK, TIME};
 use super::{EntityKind, Facet, FacetValue, FACET_FIELDS, MAX_FACET_VALUES};
+
+/// Documents per block when the collector buffers scored matches itself.
+const BLOCK: usize = 64;
+/// Fewest candidates kept before the first pruning, so small pages do not prune constantly.
+const MIN_CANDIDATES: usize = 256;
 
 /// How hits are ordered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -24,6 +32,25 @@ pub(crate) enum Order {
     Relevance,
     /// Time descending (none last), then id, then kind rank.
     Time,
+}
+
+impl Order {
+    /// Primary key comparison: `Less` when `a` comes first.
+    fn primary(self, a: &Match, b: &Match) -> Ordering {
+        match self {
+            Order::Relevance => b.score.total_cmp(&a.score),
+            Order::Time => b.time.cmp(&a.time),
+        }
+    }
+
+    /// Tie-break of equal primary keys, on kind rank and id (an id or, within one segment,
+    /// its term ordinal, which sorts the same way).
+    fn ties<I: Ord>(self, (a_rank, a_id): (u64, &I), (b_rank, b_id): (u64, &I)) -> Ordering {
+        match self {
+            Order::Relevance => a_rank.cmp(&b_rank).then_with(|| a_id.cmp(b_id)),
+            Order::Time => a_id.cmp(b_id).then_with(|| a_rank.cmp(&b_rank)),
+        }
+    }
 }
 
 /// One matching document.
@@ -46,14 +73,21 @@ pub(crate) struct RankedHit {
     pub position: usize,
 }
 
-/// Gathers every match with facet counts.
+/// Counts every match, optionally with facets, and keeps the candidates for the first `end`
+/// positions.
 #[derive(Debug)]
 pub(crate) struct MatchCollector {
     pub order: Order,
+    /// End (exclusive) of the requested page in the full ordered list.
+    pub end: usize,
+    /// Whether to count facets (the caller may already have them).
+    pub count_facets: bool,
 }
 
 /// What [`MatchCollector`] found in one segment.
 pub(crate) struct SegmentMatches {
+    total: usize,
+    /// Candidates for the page (not every match).
     matches: Vec<Match>,
     /// Per facet field (in [`FACET_FIELDS`] order): its column in this segment and the number
     /// of matches per term ordinal.
@@ -62,9 +96,47 @@ pub(crate) struct SegmentMatches {
 
 pub(crate) struct SegmentMatchCollector {
     segment: SegmentOrdinal,
+    order: Order,
+    end: usize,
     time: Option<Column<tantivy::DateTime>>,
+    times: Vec<Option<tantivy::DateTime>>,
+    total: usize,
     matches: Vec<Match>,
+    /// The `end`-th best candidate at the last pruning: nothing ranked below it can be on the
+    /// page.
+    pivot: Option<Match>,
+    /// Prune when `matches` reaches this length.
+    prune_at: usize,
     facets: Vec<(Option<StrColumn>, Vec<u64>)>,
+    accessor: ColumnBlockAccessor<u64>,
+}
+
+/// The facet columns of a segment with zeroed counts.
+fn facet_columns(reader: &SegmentReader) -> tantivy::Result<Vec<(Option<StrColumn>, Vec<u64>)>> {
+    let fast = reader.fast_fields();
+    FACET_FIELDS
+        .iter()
+        .map(|name| {
+            let column = fast.str(name)?;
+            let counts = vec![0; column.as_ref().map_or(0, |c| c.num_terms())];
+            Ok((column, counts))
+        })
+        .collect()
+}
+
+/// Adds the values of `docs` in `column` to `counts` (one per document and distinct value).
+fn count_block(
+    accessor: &mut ColumnBlockAccessor<u64>,
+    column: &StrColumn,
+    counts: &mut [u64],
+    docs: &[DocId],
+) {
+    accessor.fetch_block(docs, column.ords());
+    for ord in accessor.iter_vals() {
+        if let Some(count) = counts.get_mut(ord as usize) {
+            *count += 1;
+        }
+    }
 }
 
 impl Collector for MatchCollector {
@@ -76,24 +148,27 @@ impl Collector for MatchCollector {
         segment: SegmentOrdinal,
         reader: &SegmentReader,
     ) -> tantivy::Result<SegmentMatchCollector> {
-        let fast = reader.fast_fields();
         let time = match self.order {
-            Order::Time => fast.column_opt::<tantivy::DateTime>(TIME)?,
+            Order::Time => reader.fast_fields().column_opt::<tantivy::DateTime>(TIME)?,
             Order::Relevance => None,
         };
-        let facets = FACET_FIELDS
-            .iter()
-            .map(|name| {
-                let column = fast.str(name)?;
-                let counts = vec![0; column.as_ref().map_or(0, |c| c.num_terms())];
-                Ok((column, counts))
-            })
-            .collect::<tantivy::Result<_>>()?;
+        let facets = if self.count_facets {
+            facet_columns(reader)?
+        } else {
+            Vec::new()
+        };
         Ok(SegmentMatchCollector {
             segment,
+            order: self.order,
+            end: self.end,
             time,
+            times: Vec::with_capacity(BLOCK),
+            total: 0,
             matches: Vec::new(),
+            pivot: None,
+            prune_at: self.end.saturating_mul(2).max(MIN_CANDIDATES),
             facets,
+            accessor: ColumnBlockAccessor::default(),
         })
     }
 
@@ -104,45 +179,177 @@ impl Collector for MatchCollector {
     fn merge_fruits(&self, fruits: Vec<SegmentMatches>) -> tantivy::Result<Vec<SegmentMatches>> {
         Ok(fruits)
     }
+
+    /// Like tantivy's default, but scored matches are also handed over in blocks, and deleted
+    /// documents are filtered out of blocks rather than collected one by one.
+    fn collect_segment(
+        &self,
+        weight: &dyn Weight,
+        segment: SegmentOrdinal,
+        reader: &SegmentReader,
+    ) -> tantivy::Result<SegmentMatches> {
+        let mut child = self.for_segment(segment, reader)?;
+        let alive = reader.alive_bitset();
+        let is_alive = |doc: DocId| alive.is_none_or(|a| a.is_alive(doc));
+        let mut docs: Vec<DocId> = Vec::with_capacity(BLOCK);
+        if self.requires_scoring() {
+            let mut scores: Vec<Score> = Vec::with_capacity(BLOCK);
+            weight.for_each(reader, &mut |doc, score| {
+                if is_alive(doc) {
+                    docs.push(doc);
+                    scores.push(score);
+                    if docs.len() == BLOCK {
+                        child.collect_docs(&docs, &scores);
+                        docs.clear();
+                        scores.clear();
+                    }
+                }
+            })?;
+            child.collect_docs(&docs, &scores);
+        } else {
+            weight.for_each_no_score(reader, &mut |block| {
+                if alive.is_none() {
+                    child.collect_docs(block, &[]);
+                } else {
+                    docs.clear();
+                    docs.extend(block.iter().copied().filter(|doc| is_alive(*doc)));
+                    child.collect_docs(&docs, &[]);
+                }
+            })?;
+        }
+        Ok(child.harvest())
+    }
+}
+
+impl SegmentMatchCollector {
+    /// Collects `docs` (ascending) with their `scores` (empty when not scoring: every score is
+    /// then 0).
+    fn collect_docs(&mut self, docs: &[DocId], scores: &[Score]) {
+        if docs.is_empty() {
+            return;
+        }
+        self.total += docs.len();
+        for (column, counts) in &mut self.facets {
+            if let Some(column) = column {
+                count_block(&mut self.accessor, column, counts, docs);
+            }
+        }
+        if self.end == 0 {
+            return;
+        }
+        self.times.clear();
+        self.times.resize(docs.len(), None);
+        if let Some(time) = &self.time {
+            time.first_vals(docs, &mut self.times);
+        }
+        for (index, doc) in docs.iter().enumerate() {
+            let candidate = Match {
+                segment: self.segment,
+                doc: *doc,
+                score: scores.get(index).copied().unwrap_or(0.0),
+                time: self.times[index].map_or(i64::MIN, |t| t.into_timestamp_micros()),
+            };
+            let on_page = self
+                .pivot
+                .as_ref()
+                .is_none_or(|pivot| self.order.primary(&candidate, pivot) != Ordering::Greater);
+            if on_page {
+                self.matches.push(candidate);
+            }
+        }
+        if self.matches.len() >= self.prune_at {
+            self.prune();
+        }
+    }
+
+    /// Drops the candidates ranked below the `end`-th best (its ties stay).
+    fn prune(&mut self) {
+        let order = self.order;
+        let (_, pivot, _) = self
+            .matches
+            .select_nth_unstable_by(self.end - 1, |a, b| order.primary(a, b));
+        let pivot = *pivot;
+        self.matches
+            .retain(|m| order.primary(m, &pivot) != Ordering::Greater);
+        self.pivot = Some(pivot);
+        // Many ties with the pivot cannot be pruned: wait for the list to double again.
+        self.prune_at = self.prune_at.max(self.matches.len().saturating_mul(2));
+    }
 }
 
 impl SegmentCollector for SegmentMatchCollector {
     type Fruit = SegmentMatches;
 
     fn collect(&mut self, doc: DocId, score: Score) {
-        let time = self
-            .time
-            .as_ref()
-            .and_then(|c| c.first(doc))
-            .map_or(i64::MIN, |t| t.into_timestamp_micros());
-        self.matches.push(Match {
-            segment: self.segment,
-            doc,
-            score,
-            time,
-        });
-        for (column, counts) in &mut self.facets {
-            if let Some(column) = column {
-                for ord in column.term_ords(doc) {
-                    if let Some(count) = counts.get_mut(ord as usize) {
-                        *count += 1;
-                    }
-                }
-            }
-        }
+        self.collect_docs(&[doc], &[score]);
+    }
+
+    fn collect_block(&mut self, docs: &[DocId]) {
+        self.collect_docs(docs, &[]);
     }
 
     fn harvest(self) -> SegmentMatches {
         SegmentMatches {
+            total: self.total,
             matches: self.matches,
             facets: self.facets,
         }
     }
 }
 
+/// Total and facet counts of every live document, straight from the facet columns (no query):
+/// what a match-all query counts.
+pub(crate) fn count_all(searcher: &Searcher) -> tantivy::Result<Vec<SegmentMatches>> {
+    let mut out = Vec::with_capacity(searcher.segment_readers().len());
+    let mut values = vec![0u64; 1024];
+    let mut accessor = ColumnBlockAccessor::default();
+    for reader in searcher.segment_readers() {
+        let mut facets = facet_columns(reader)?;
+        match reader.alive_bitset() {
+            // Each row of a column is one (document, distinct value): count rows.
+            None => {
+                for (column, counts) in &mut facets {
+                    let Some(column) = column else { continue };
+                    let rows = &column.ords().values;
+                    let num_rows = u64::from(rows.num_vals());
+                    let mut at = 0u64;
+                    while at < num_rows {
+                        let len = usize::try_from(num_rows - at)
+                            .unwrap_or(usize::MAX)
+                            .min(values.len());
+                        rows.get_range(at, &mut values[..len]);
+                        for ord in &values[..len] {
+                            if let Some(count) = counts.get_mut(*ord as usize) {
+                                *count += 1;
+                            }
+                        }
+                        at += len as u64;
+                    }
+                }
+            }
+            Some(_) => {
+                let alive: Vec<DocId> = reader.doc_ids_alive().collect();
+                for block in alive.chunks(BLOCK) {
+                    for (column, counts) in &mut facets {
+                        if let Some(column) = column {
+                            count_block(&mut accessor, column, counts, block);
+                        }
+                    }
+                }
+            }
+        }
+        out.push(SegmentMatches {
+            total: usize::try_from(reader.num_docs()).unwrap_or(usize::MAX),
+            matches: Vec::new(),
+            facets,
+        });
+    }
+    Ok(out)
+}
+
 /// Number of matches.
 pub(crate) fn total(segments: &[SegmentMatches]) -> usize {
-    segments.iter().map(|s| s.matches.len()).sum()
+    segments.iter().map(|s| s.total).sum()
 }
 
 /// One facet per [`FACET_FIELDS`] entry, values by count descending then value.
@@ -186,7 +393,8 @@ pub(crate) fn facets(segments: &[SegmentMatches]) -> tantivy::Result<Vec<Facet>>
     Ok(out)
 }
 
-/// The hits at positions `start..end` of the full ordered list.
+/// The hits at positions `start..end` of the full ordered list, from the collected
+/// candidates (which hold every match that can be at a position before `end`).
 pub(crate) fn page(
     searcher: &Searcher,
     segments: Vec<SegmentMatches>,
@@ -199,26 +407,16 @@ pub(crate) fn page(
     if start >= end {
         return Ok(Vec::new());
     }
-    let primary = |a: &Match, b: &Match| match order {
-        Order::Relevance => b.score.total_cmp(&a.score),
-        Order::Time => b.time.cmp(&a.time),
-    };
     // Everything that can be on the page: at or above the primary value at position end - 1.
-    let (_, pivot, _) = all.select_nth_unstable_by(end - 1, primary);
+    let (_, pivot, _) = all.select_nth_unstable_by(end - 1, |a, b| order.primary(a, b));
     let pivot = *pivot;
-    all.retain(|m| primary(m, &pivot) != Ordering::Greater);
+    all.retain(|m| order.primary(m, &pivot) != Ordering::Greater);
 
-    let keys = resolve_keys(searcher, &all)?;
-    let mut ranked: Vec<(Match, u64, String)> = all
-        .into_iter()
-        .zip(keys)
-        .map(|(m, (rank, id))| (m, rank, id))
-        .collect();
+    let mut ranked = resolve_keys(searcher, all, order, end)?;
     ranked.sort_by(|(a, a_rank, a_id), (b, b_rank, b_id)| {
-        primary(a, b).then_with(|| match order {
-            Order::Relevance => a_rank.cmp(b_rank).then_with(|| a_id.cmp(b_id)),
-            Order::Time => a_id.cmp(b_id).then_with(|| a_rank.cmp(b_rank)),
-        })
+        order
+            .primary(a, b)
+            .then_with(|| order.ties((*a_rank, a_id), (*b_rank, b_id)))
     });
 
     ranked
@@ -244,15 +442,24 @@ pub(crate) fn page(
         .collect()
 }
 
-/// `(kind rank, id)` of each match, read from fast fields segment by segment (ids in term
-/// order, which is how the dictionary is cheapest to read).
-fn resolve_keys(searcher: &Searcher, matches: &[Match]) -> tantivy::Result<Vec<(u64, String)>> {
-    let mut keys = vec![(u64::MAX, String::new()); matches.len()];
-    let mut by_segment: HashMap<SegmentOrdinal, Vec<usize>> = HashMap::new();
-    for (index, m) in matches.iter().enumerate() {
-        by_segment.entry(m.segment).or_default().push(index);
+/// `(match, kind rank, id)` of the candidates that can be among the first `end` hits.
+///
+/// Within a segment, id term ordinals sort like ids, so each segment's candidates are ordered
+/// on ordinals first and only its best `end` have their id read from the dictionary: with many
+/// ties (a prefix query scores every match the same) that is a few dozen reads instead of one
+/// per match.
+fn resolve_keys(
+    searcher: &Searcher,
+    matches: Vec<Match>,
+    order: Order,
+    end: usize,
+) -> tantivy::Result<Vec<(Match, u64, String)>> {
+    let mut by_segment: HashMap<SegmentOrdinal, Vec<Match>> = HashMap::new();
+    for m in matches {
+        by_segment.entry(m.segment).or_default().push(m);
     }
-    for (segment, indexes) in by_segment {
+    let mut out = Vec::new();
+    for (segment, matches) in by_segment {
         let fast = searcher.segment_reader(segment).fast_fields();
         let ranks: Column<u64> = fast
             .column_opt(KIND_RANK)?
@@ -260,34 +467,50 @@ fn resolve_keys(searcher: &Searcher, matches: &[Match]) -> tantivy::Result<Vec<(
         let ids = fast
             .str(ID_SORT)?
             .ok_or_else(|| corrupt(format!("segment {segment} has no {ID_SORT} column")))?;
-        let mut by_ord: Vec<(u64, usize)> = Vec::with_capacity(indexes.len());
-        for index in indexes {
-            let doc = matches[index].doc;
-            keys[index].0 = ranks.first(doc).unwrap_or(u64::MAX);
+        let mut keyed: Vec<(Match, u64, u64)> = Vec::with_capacity(matches.len());
+        for m in matches {
+            let rank = ranks.first(m.doc).unwrap_or(u64::MAX);
             let ord = ids
-                .term_ords(doc)
+                .term_ords(m.doc)
                 .next()
-                .ok_or_else(|| corrupt(format!("document {doc} has no id")))?;
-            by_ord.push((ord, index));
+                .ok_or_else(|| corrupt(format!("document {} has no id", m.doc)))?;
+            keyed.push((m, rank, ord));
         }
-        by_ord.sort_unstable();
-        let mut targets = by_ord.iter().map(|(_, index)| *index);
-        let complete = ids.dictionary().sorted_ords_to_term_cb(
-            by_ord.iter().map(|(ord, _)| *ord),
-            |term| {
-                if let Some(index) = targets.next() {
-                    keys[index].1 = String::from_utf8_lossy(term).into_owned();
+        keyed.sort_by(|(a, a_rank, a_ord), (b, b_rank, b_ord)| {
+            order
+                .primary(a, b)
+                .then_with(|| order.ties((*a_rank, a_ord), (*b_rank, b_ord)))
+        });
+        keyed.truncate(end);
+
+        // The dictionary is cheapest to read in ordinal order.
+        let mut ords: Vec<u64> = keyed.iter().map(|(_, _, ord)| *ord).collect();
+        ords.sort_unstable();
+        ords.dedup();
+        let mut terms: HashMap<u64, String> = HashMap::with_capacity(ords.len());
+        let mut targets = ords.iter().copied();
+        let complete = ids
+            .dictionary()
+            .sorted_ords_to_term_cb(ords.iter().copied(), |term| {
+                if let Some(ord) = targets.next() {
+                    terms.insert(ord, String::from_utf8_lossy(term).into_owned());
                 }
                 Ok(())
-            },
-        )?;
+            })?;
         if !complete {
             return Err(corrupt(format!(
                 "segment {segment}: id dictionary is short"
             )));
         }
+        for (m, rank, ord) in keyed {
+            let id = terms
+                .get(&ord)
+                .cloned()
+                .ok_or_else(|| corrupt(format!("segment {segment}: no id for ordinal {ord}")))?;
+            out.push((m, rank, id));
+        }
     }
-    Ok(keys)
+    Ok(out)
 }
 
 fn corrupt(comment: String) -> TantivyError {

@@ -1,7 +1,8 @@
 //! Turning a [`ParsedQuery`] into a tantivy query.
 //!
 //! - Free text must match the `text` field (every free-text value); a match in the id or
-//!   title adds to the score. One word is a term query, several a phrase. A trailing `*` on
+//!   title adds to the score. One word is a term query, two words one word-pair term, more a
+//!   phrase of word pairs (see [`tokenizer`](super::tokenizer)). A trailing `*` on
 //!   one word is an unlimited range over the term dictionary; on a phrase (`cut-i*`) it is a
 //!   regex phrase whose last word expands to every matching word, up to
 //!   [`MAX_PREFIX_EXPANSIONS`] per segment: beyond that the search fails (a too-broad prefix)
@@ -24,6 +25,7 @@ use tantivy::Term;
 use super::collect::Order;
 use super::query::{ParsedQuery, QueryTerm, TimeBound};
 use super::schema::Fields;
+use super::tokenizer::pair;
 use super::EntityKind;
 
 /// Extra weight of a free-text match in the id or title.
@@ -70,8 +72,8 @@ pub(crate) fn compile(
         }
         let query = match &clause.term {
             QueryTerm::Text { words, prefix, .. } => {
-                let in_text = text_query(fields.text, words, *prefix);
-                let in_title = text_query(fields.title, words, *prefix);
+                let in_text = text_query(fields.text, fields.text_pairs, words, *prefix);
+                let in_title = text_query(fields.title, fields.title_pairs, words, *prefix);
                 Box::new(BooleanQuery::new(vec![
                     (Occur::Must, in_text),
                     (
@@ -110,7 +112,9 @@ fn filter(query: Box<dyn Query>) -> Box<dyn Query> {
 fn matcher(fields: &Fields, term: &QueryTerm) -> Box<dyn Query> {
     match term {
         QueryTerm::All => Box::new(AllQuery),
-        QueryTerm::Text { words, prefix, .. } => text_query(fields.text, words, *prefix),
+        QueryTerm::Text { words, prefix, .. } => {
+            text_query(fields.text, fields.text_pairs, words, *prefix)
+        }
         QueryTerm::Field {
             field,
             value,
@@ -136,7 +140,8 @@ fn matcher(fields: &Fields, term: &QueryTerm) -> Box<dyn Query> {
     }
 }
 
-fn text_query(field: Field, words: &[String], prefix: bool) -> Box<dyn Query> {
+/// Free text in `field`, whose word pairs are indexed in `pairs`.
+fn text_query(field: Field, pairs: Field, words: &[String], prefix: bool) -> Box<dyn Query> {
     if prefix && words.len() > 1 {
         // Words are letters and digits only: escaping is for form's sake.
         let mut patterns: Vec<String> = words
@@ -153,9 +158,15 @@ fn text_query(field: Field, words: &[String], prefix: bool) -> Box<dyn Query> {
     if let (true, [word]) = (prefix, words) {
         return prefix_query(field, word);
     }
+    if let [word] = words {
+        let term = Term::from_field_text(field, word);
+        return Box::new(TermQuery::new(term, IndexRecordOption::WithFreqs));
+    }
+    // Consecutive words are consecutive pairs: two words are one pair term, more a phrase of
+    // their pairs.
     let mut terms: Vec<Term> = words
-        .iter()
-        .map(|w| Term::from_field_text(field, w))
+        .windows(2)
+        .map(|w| Term::from_field_text(pairs, &pair(&w[0], &w[1])))
         .collect();
     if terms.len() == 1 {
         if let Some(term) = terms.pop() {

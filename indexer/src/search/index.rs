@@ -1,6 +1,8 @@
 //! [`SearchIndex`]: opening, writing and searching the tantivy index.
 
+use std::collections::HashSet;
 use std::fmt;
+use std::hash::{BuildHasher, RandomState};
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
@@ -15,10 +17,10 @@ use tantivy::{
 use super::collect::{self, MatchCollector};
 use super::compile::{compile, Compiled, MAX_PREFIX_EXPANSIONS};
 use super::error::{QueryError, SearchError, SearchResult};
-use super::query::parse_query;
+use super::query::{parse_query, QueryTerm};
 use super::schema::{self, Fields};
-use super::tokenizer::{WordTokenizer, WORD_TOKENIZER};
-use super::{EntityKind, SearchDocument, SearchHit, SearchPage, SearchRequest};
+use super::tokenizer::{PairTokenizer, WordTokenizer, PAIR_TOKENIZER, WORD_TOKENIZER};
+use super::{EntityKind, Facet, SearchDocument, SearchHit, SearchPage, SearchRequest};
 
 /// Memory the writer may buffer before flushing a segment.
 const WRITER_MEMORY_BYTES: usize = 50_000_000;
@@ -35,6 +37,16 @@ pub struct SearchIndex {
     reader: IndexReader,
     writer: Mutex<IndexWriter<TantivyDocument>>,
     fields: Fields,
+    /// Total and facets of the match-all query (the catalog's landing page) for one searcher
+    /// generation: they change only when the index does.
+    match_all: Mutex<Option<MatchAll>>,
+}
+
+#[derive(Clone, Debug)]
+struct MatchAll {
+    generation: u64,
+    total: usize,
+    facets: Vec<Facet>,
 }
 
 impl fmt::Debug for SearchIndex {
@@ -85,9 +97,14 @@ impl SearchIndex {
         index
             .tokenizers()
             .register(WORD_TOKENIZER, WordTokenizer::default());
+        index
+            .tokenizers()
+            .register(PAIR_TOKENIZER, PairTokenizer::default());
+        // Writes reload explicitly so they are visible when they return; the watch also picks
+        // up the segments of background merges, which a restarted process would see anyway.
         let reader = index
             .reader_builder()
-            .reload_policy(ReloadPolicy::Manual)
+            .reload_policy(ReloadPolicy::OnCommitWithDelay)
             .try_into()
             .map_err(SearchError::index("opening a reader"))?;
         let writer = index
@@ -98,6 +115,7 @@ impl SearchIndex {
             reader,
             writer: Mutex::new(writer),
             fields,
+            match_all: Mutex::new(None),
         })
     }
 
@@ -131,8 +149,16 @@ impl SearchIndex {
     pub fn rebuild(&self, docs: impl IntoIterator<Item = SearchDocument>) -> SearchResult<usize> {
         self.write("rebuilding", |writer, fields| {
             writer.delete_query(Box::new(AllQuery))?;
+            // Everything is deleted already, so only a key repeated within `docs` needs a
+            // delete (the last one wins, as in `upsert`). A delete per document would be
+            // checked against every segment flushed in this commit. Keys are remembered as
+            // hashes: a collision only costs a delete that finds nothing.
+            let hasher = RandomState::new();
+            let mut seen: HashSet<u64> = HashSet::new();
             for doc in docs {
-                writer.delete_term(key_term(fields, doc.kind, &doc.id));
+                if !seen.insert(hasher.hash_one((doc.kind.as_str(), doc.id.as_str()))) {
+                    writer.delete_term(key_term(fields, doc.kind, &doc.id));
+                }
                 writer.add_document(fields.document(&doc))?;
             }
             Ok(())
@@ -161,11 +187,23 @@ impl SearchIndex {
             order,
             phrase_prefix_at,
         } = compile(&self.fields, &parsed, request.kinds.as_deref());
+        let match_all = request.kinds.as_ref().is_none_or(Vec::is_empty)
+            && parsed
+                .clauses
+                .iter()
+                .all(|c| !c.negated && c.term == QueryTerm::All);
         let searcher = self.reader.searcher();
-        let segments = match (
-            searcher.search(&*query, &MatchCollector { order }),
-            phrase_prefix_at,
-        ) {
+        let counted = match match_all {
+            true => Some(self.match_all_counts(&searcher)?),
+            false => None,
+        };
+        let end = start.saturating_add(request.first);
+        let collector = MatchCollector {
+            order,
+            end,
+            count_facets: counted.is_none(),
+        };
+        let segments = match (searcher.search(&*query, &collector), phrase_prefix_at) {
             (Ok(segments), _) => segments,
             // The only invalid argument a compiled query can meet: a too-broad phrase prefix.
             (Err(tantivy::TantivyError::InvalidArgument(_)), Some(position)) => {
@@ -178,9 +216,14 @@ impl SearchIndex {
             }
             (Err(source), _) => return Err(SearchError::index("searching")(source)),
         };
-        let total = collect::total(&segments);
-        let facets = collect::facets(&segments).map_err(SearchError::index("counting facets"))?;
-        let end = start.saturating_add(request.first).min(total);
+        let (total, facets) = match counted {
+            Some(MatchAll { total, facets, .. }) => (total, facets),
+            None => (
+                collect::total(&segments),
+                collect::facets(&segments).map_err(SearchError::index("counting facets"))?,
+            ),
+        };
+        let end = end.min(total);
         let hits: Vec<SearchHit> = collect::page(&searcher, segments, order, start, end)
             .map_err(SearchError::index("reading hits"))?
             .into_iter()
@@ -198,6 +241,27 @@ impl SearchIndex {
             hits,
             facets,
         })
+    }
+
+    /// Total and facets over every document of `searcher`, cached per searcher generation.
+    fn match_all_counts(&self, searcher: &tantivy::Searcher) -> SearchResult<MatchAll> {
+        let generation = searcher.generation().generation_id();
+        let mut cached = self
+            .match_all
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(hit) = cached.as_ref().filter(|c| c.generation == generation) {
+            return Ok(hit.clone());
+        }
+        let segments =
+            collect::count_all(searcher).map_err(SearchError::index("counting facets"))?;
+        let counts = MatchAll {
+            generation,
+            total: collect::total(&segments),
+            facets: collect::facets(&segments).map_err(SearchError::index("counting facets"))?,
+        };
+        *cached = Some(counts.clone());
+        Ok(counts)
     }
 
     /// Runs `ops` on the writer, then commits and reloads the reader; on any failure the

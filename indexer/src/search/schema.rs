@@ -8,6 +8,7 @@
 //! | `kind_rank`, `id_sort` | kind's declaration order, the exact id; fast | hits and their order |
 //! | `text` | every free-text value, one value each (a position gap between them) | free text |
 //! | `title` | id and title | ranking boost |
+//! | `text_pairs`, `title_pairs` | the same values as word pairs (`cut in`) | phrases |
 //! | `time` | start time, microseconds; fast | `after:` / `before:`, time order |
 //! | `size_bytes` | size; fast | future sorting |
 //!
@@ -25,7 +26,7 @@ use tantivy::TantivyDocument;
 
 use super::compile::index_time;
 use super::query::QueryField;
-use super::tokenizer::{keyword, WORD_TOKENIZER};
+use super::tokenizer::{keyword, PAIR_TOKENIZER, WORD_TOKENIZER};
 use super::{EntityKind, SearchDocument};
 
 pub(crate) const KIND: &str = "kind";
@@ -53,6 +54,8 @@ pub(crate) struct Fields {
     pub drive: Field,
     pub text: Field,
     pub title: Field,
+    pub text_pairs: Field,
+    pub title_pairs: Field,
     pub time: Field,
     pub size_bytes: Field,
 }
@@ -70,6 +73,12 @@ pub(crate) fn build() -> (Schema, Fields) {
     let words = TextOptions::default().set_indexing_options(
         TextFieldIndexing::default()
             .set_tokenizer(WORD_TOKENIZER)
+            .set_index_option(IndexRecordOption::WithFreqsAndPositions)
+            .set_fieldnorms(true),
+    );
+    let pairs = TextOptions::default().set_indexing_options(
+        TextFieldIndexing::default()
+            .set_tokenizer(PAIR_TOKENIZER)
             .set_index_option(IndexRecordOption::WithFreqsAndPositions)
             .set_fieldnorms(true),
     );
@@ -91,6 +100,8 @@ pub(crate) fn build() -> (Schema, Fields) {
         drive: b.add_text_field("drive", exact),
         text: b.add_text_field("text", words.clone()),
         title: b.add_text_field("title", words),
+        text_pairs: b.add_text_field("text_pairs", pairs.clone()),
+        title_pairs: b.add_text_field("title_pairs", pairs),
         time: b.add_date_field(
             TIME,
             DateOptions::default()
@@ -171,6 +182,7 @@ impl Fields {
         for value in [d.id.as_str(), d.title.as_str()] {
             if !value.trim().is_empty() {
                 doc.add_text(self.title, value);
+                doc.add_text(self.title_pairs, value);
             }
         }
         let optional_text = [
@@ -194,6 +206,7 @@ impl Fields {
         for value in text {
             if !value.trim().is_empty() {
                 doc.add_text(self.text, value);
+                doc.add_text(self.text_pairs, value);
             }
         }
 
