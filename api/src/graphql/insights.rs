@@ -15,7 +15,7 @@ use super::datasets::Dataset;
 use super::scalars::Long;
 use super::state;
 use crate::error::{ApiError, ApiResult, GqlResultExt};
-use crate::selection::{self, Glob, Selection};
+use crate::selection::{self, Glob, Selection, TrimOptions};
 use async_graphql::Result as GqlResult;
 
 /// What `createDataset` with the same query and globs would hold if run now.
@@ -68,8 +68,11 @@ impl InsightsQuery {
         ctx: &Context<'_>,
         query: String,
         include: Option<Vec<String>>,
+        topics: Option<Vec<String>>,
+        padding_seconds: Option<i32>,
     ) -> GqlResult<DatasetPreview> {
         let app = state(ctx);
+        let trim = TrimOptions::new(topics.as_deref(), padding_seconds).gql()?;
         let globs: Vec<Glob> = include
             .iter()
             .flatten()
@@ -77,18 +80,23 @@ impl InsightsQuery {
             .map(|(i, pattern)| Glob::new(&format!("include[{i}]"), pattern))
             .collect::<ApiResult<_>>()
             .gql()?;
-        let entries = selection::resolve(app, &Selection::Query(query), &globs)
+        let entries = selection::resolve(app, &Selection::Query(query), &globs, &trim)
             .await
             .gql()?;
         // A scenario's objects are its drive's: the same key can be selected twice.
         let mut seen = HashSet::new();
         let (mut count, mut total, mut cached) = (0i64, 0u64, 0u64);
         for entry in entries {
-            if !seen.insert((entry.bucket.clone(), entry.key.clone())) {
+            if !seen.insert((entry.bucket.clone(), entry.key.clone(), entry.trim.clone())) {
                 continue;
             }
             count += 1;
-            total += entry.size;
+            // A trimmed member's size is planned (from the log's summary), as createDataset
+            // reports it; only whole objects can already be cached.
+            total += entry.planned_bytes();
+            if entry.trim.is_some() {
+                continue;
+            }
             let key = ObjectKey {
                 bucket: entry.bucket,
                 key: entry.key,
