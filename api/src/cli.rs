@@ -158,12 +158,13 @@ impl From<RoleArg> for Role {
 }
 
 /// Logs go to stderr: human-readable by default, JSON with `MILEPOST_LOG_FORMAT=json`;
-/// filtered by `MILEPOST_LOG` (or `RUST_LOG`), default `info`.
+/// filtered by `MILEPOST_LOG` (or `RUST_LOG`), default `info` for Milepost and `warn` for the
+/// libraries whose `info` is internal bookkeeping (tantivy logs every commit and merge).
 pub fn init_logging() {
     use tracing_subscriber::EnvFilter;
     let filter = std::env::var("MILEPOST_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
-        .unwrap_or_else(|_| "info,sqlx=warn,sea_orm=warn".to_owned());
+        .unwrap_or_else(|_| "info,sqlx=warn,sea_orm=warn,tantivy=warn".to_owned());
     let filter = EnvFilter::try_new(&filter).unwrap_or_else(|err| {
         eprintln!("warning: ignoring invalid log filter {filter:?}: {err}");
         EnvFilter::new("info")
