@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 pub mod browser;
+pub mod search_mix;
 pub mod trimlogs;
 
 use std::time::Duration;
@@ -223,6 +224,23 @@ impl TestApp {
         milepost_api::auth::create_token(self.db(), name, role)
             .await
             .expect("token created")
+    }
+
+    /// Runs `syncCatalog` as `admin` and asserts that it reported no errors: the start of
+    /// every test world seeded into an upstream bucket.
+    pub async fn sync_cleanly(&self, admin: &str) {
+        let (_, body) = self
+            .graphql(
+                Some(admin),
+                "mutation { syncCatalog { errors } }",
+                serde_json::json!({}),
+            )
+            .await;
+        assert_eq!(
+            body["data"]["syncCatalog"]["errors"],
+            serde_json::json!([]),
+            "{body}"
+        );
     }
 
     /// POSTs a GraphQL request; returns the HTTP status and the JSON body.

@@ -112,14 +112,7 @@ async fn world(duration_s: u64, logs: &[(&str, LogSpec)], scenarios: &[ScenarioS
         .await;
     let admin = app.token("admin", Role::Admin).await;
     let engineer = app.token("alice", Role::Engineer).await;
-    let (_, body) = app
-        .graphql(
-            Some(&admin),
-            "mutation { syncCatalog { errors } }",
-            json!({}),
-        )
-        .await;
-    assert_eq!(body["data"]["syncCatalog"]["errors"], json!([]), "{body}");
+    app.sync_cleanly(&admin).await;
     World {
         _s3_dir: s3_dir,
         logs_dir,

@@ -35,39 +35,7 @@ use milepost_schema::enums::{RecordSource, Role, RunKind, RunStatus};
 use sea_orm::{DatabaseConnection, EntityTrait, Set, TransactionTrait};
 use serde_json::{json, Value};
 
-/// The query mix: (short name, query). Every search also returns facet counts.
-const QUERIES: &[(&str, &str)] = &[
-    (
-        "text + city + weather",
-        "cut-in city:guangzhou weather:rain",
-    ),
-    (
-        "text + tag + software*",
-        "pedestrian tag:night software:av-3.14*",
-    ),
-    (
-        "kind + vehicle + after",
-        "kind:drive vehicle:gz-004 after:2026-06-01",
-    ),
-    (
-        "3 words + city - weather",
-        "unprotected left turn city:munich -weather:snow",
-    ),
-    (
-        "phrase + weather + tag",
-        "\"lane merge\" weather:fog tag:highway",
-    ),
-    ("empty (all, facets)", ""),
-    ("topic + city", "topic:/lidar/points city:shanghai"),
-    (
-        "prefix + city + weather",
-        "emerg* city:beijing weather:night",
-    ),
-    (
-        "kind + label + tag",
-        "kind:scenario label:jaywalker tag:occluded",
-    ),
-];
+use milepost_tests::search_mix::QUERIES;
 
 const PAGE: usize = 20;
 const DB_BATCH: usize = 500;

@@ -21,39 +21,7 @@ use milepost_api::config::{Config, Interval, ListenAddr};
 use milepost_api::server::{self, AppState};
 use milepost_schema::enums::Role;
 
-/// The query mix of `bench_search` (short name, query).
-const QUERIES: &[(&str, &str)] = &[
-    (
-        "text + city + weather",
-        "cut-in city:guangzhou weather:rain",
-    ),
-    (
-        "text + tag + software*",
-        "pedestrian tag:night software:av-3.14*",
-    ),
-    (
-        "kind + vehicle + after",
-        "kind:drive vehicle:gz-004 after:2026-06-01",
-    ),
-    (
-        "3 words + city - weather",
-        "unprotected left turn city:munich -weather:snow",
-    ),
-    (
-        "phrase + weather + tag",
-        "\"lane merge\" weather:fog tag:highway",
-    ),
-    ("empty (all, facets)", ""),
-    ("topic + city", "topic:/lidar/points city:shanghai"),
-    (
-        "prefix + city + weather",
-        "emerg* city:beijing weather:night",
-    ),
-    (
-        "kind + label + tag",
-        "kind:scenario label:jaywalker tag:occluded",
-    ),
-];
+use milepost_tests::search_mix::QUERIES;
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
