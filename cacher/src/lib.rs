@@ -7,6 +7,7 @@ pub mod loopback;
 pub mod reservations;
 #[cfg(feature = "loopback")]
 pub mod testing;
+pub mod transfer_policy;
 pub mod trim;
 pub mod trimmed;
 pub mod upstream;
