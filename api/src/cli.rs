@@ -80,6 +80,18 @@ pub enum Command {
         #[command(flatten)]
         remote: RemoteArgs,
     },
+    /// The write-back queue of a running server: rate, limit, ETA and the transfers in
+    /// upload order.
+    Transfers {
+        /// Only transfers in this state.
+        #[arg(long, value_enum)]
+        state: Option<crate::transfers::StateArg>,
+        /// How many transfers to list (at most 500).
+        #[arg(long, default_value_t = 50)]
+        first: i32,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -293,6 +305,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             )
             .await
         }
+        Command::Transfers {
+            state,
+            first,
+            remote,
+        } => crate::transfers::print(&client(&config, remote)?, state, first).await,
         Command::Reindex => {
             let state = AppState::open(config).await?;
             let documents = state.catalog.reindex().await?;

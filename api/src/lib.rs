@@ -12,4 +12,5 @@ pub mod metrics;
 pub mod progress;
 pub mod selection;
 pub mod server;
+pub mod transfers;
 pub mod web;

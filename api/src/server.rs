@@ -25,6 +25,7 @@ use tracing::Level;
 
 use milepost_cacher::cache::{CacheSettings, OfficeCache};
 use milepost_cacher::reservations::{ReservationSettings, Reservations};
+use milepost_cacher::transfer_policy::{PolicyHandle, UploadLimiter};
 use milepost_cacher::{EgressMeter, ObjectStore, UpstreamSettings};
 use milepost_indexer::catalog::Layout;
 use milepost_indexer::search::{SearchErrorKind, SearchIndex};
@@ -55,6 +56,11 @@ pub struct AppState {
     pub reservations: Arc<Reservations>,
     /// Recently verified API tokens.
     pub tokens: crate::auth::TokenCache,
+    /// The transfer policy in force (`[transfer]` at start, then `setTransferPolicy`).
+    pub transfer_policy: Arc<PolicyHandle>,
+    /// The office's upload token bucket, following `transfer_policy`; every upload body goes
+    /// through it (`Throttled`).
+    pub upload_limiter: Arc<UploadLimiter>,
 }
 
 /// Router state: the application plus the GraphQL schema built over it.
@@ -133,6 +139,12 @@ impl AppState {
             ..ReservationSettings::default()
         };
         let reservations = Reservations::new(db.clone(), cache.clone(), reservation_settings);
+        // Validated with the rest of the config; checked again for configs built in code.
+        let policy = config
+            .transfer_policy()
+            .context("invalid [transfer] policy (transfer.upload_schedule, transfer.priorities)")?;
+        let transfer_policy = PolicyHandle::new(policy);
+        let upload_limiter = UploadLimiter::new(transfer_policy.clone());
         Ok(Arc::new(AppState {
             config,
             db,
@@ -145,6 +157,8 @@ impl AppState {
             cache,
             reservations,
             tokens: crate::auth::TokenCache::default(),
+            transfer_policy,
+            upload_limiter,
         }))
     }
 

@@ -191,3 +191,98 @@ fn bad_config_fails_at_startup_naming_key_value_and_expectation() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("missing.toml"));
 }
+
+#[test]
+fn transfers_verb_prints_the_queue_and_policy_of_a_running_server() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let created = milepost(dir.path())
+        .args(["token", "create", "--name", "ops", "--role", "viewer"])
+        .output()
+        .expect("token create");
+    assert!(created.status.success());
+    let secret = String::from_utf8(created.stdout).expect("utf8");
+    let child = milepost(dir.path())
+        .arg("serve")
+        .env("MILEPOST_SERVER_LISTEN", "127.0.0.1:0")
+        .env("MILEPOST_TRANSFER_UPLOAD_SCHEDULE", "* 20MiB")
+        .env("MILEPOST_TRANSFER_PRIORITIES", r#"["*.json", "*"]"#)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn milepost serve");
+    let mut child = KillOnDrop(child);
+    let mut line = String::new();
+    BufReader::new(child.0.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read banner");
+    let server = line
+        .trim()
+        .strip_prefix("milepost listening on ")
+        .unwrap_or_else(|| panic!("unexpected banner {line:?}"))
+        .to_owned();
+
+    let output = milepost(dir.path())
+        .args(["transfers", "--server", &server, "--token", secret.trim()])
+        .output()
+        .expect("transfers");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(
+        lines[0].starts_with("rate 0 B/s, limit 20.0 MiB/s; queued 0 (0 B)"),
+        "{stdout}"
+    );
+    assert!(
+        lines[1].contains("schedule \"* 20MiB\"") && lines[1].contains("priorities *.json *"),
+        "{stdout}"
+    );
+    assert!(
+        lines[2].contains("STATE") && lines[2].contains("ATTEMPTS"),
+        "{stdout}"
+    );
+    assert_eq!(lines.last(), Some(&"0 transfers"), "{stdout}");
+
+    let output = milepost(dir.path())
+        .args(["transfers", "--server", &server, "--token", "mp_wrong"])
+        .output()
+        .expect("transfers");
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("UNAUTHENTICATED"));
+}
+
+#[test]
+fn a_bad_transfer_policy_fails_at_startup_naming_the_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let output = milepost(dir.path())
+        .arg("serve")
+        .env(
+            "MILEPOST_TRANSFER_UPLOAD_SCHEDULE",
+            "Mon-Fri 09:00-18:00 20MiB; Sat 25:00-26:00 1MiB",
+        )
+        .output()
+        .expect("serve");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("transfer.upload_schedule")
+            && stderr.contains("Sat 25:00-26:00 1MiB")
+            && stderr.contains("rule 2")
+            && stderr.contains("expected a schedule"),
+        "{stderr}"
+    );
+    let output = milepost(dir.path())
+        .arg("serve")
+        .env("MILEPOST_TRANSFER_PRIORITIES", r#"["*.json", ""]"#)
+        .output()
+        .expect("serve");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("transfer.priorities") && stderr.contains("priority 1"),
+        "{stderr}"
+    );
+}

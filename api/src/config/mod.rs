@@ -8,6 +8,7 @@ mod units;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use milepost_cacher::transfer_policy::{PolicyError, PolicyErrorKind, TransferPolicy};
 use serde::{Deserialize, Serialize};
 
 pub use units::{ByteSize, DurationSetting, Interval, ListenAddr};
@@ -258,6 +259,11 @@ impl Config {
         }
     }
 
+    /// The `[transfer]` policy, parsed.
+    pub fn transfer_policy(&self) -> Result<TransferPolicy, PolicyError> {
+        TransferPolicy::parse(&self.transfer.upload_schedule, &self.transfer.priorities)
+    }
+
     fn validate(
         &self,
         origins: &BTreeMap<String, String>,
@@ -321,6 +327,25 @@ impl Config {
                 self.cache.expiry_check.to_string(),
                 "a duration above zero, e.g. 30s",
             ));
+        }
+        if let Err(err) = self.transfer_policy() {
+            return Err(match err.kind() {
+                PolicyErrorKind::Schedule => invalid(
+                    "transfer.upload_schedule",
+                    format!("{:?}", self.transfer.upload_schedule),
+                    &format!("a schedule such as \"Mon-Fri 09:00-18:00 20MiB; * off\" ({err})"),
+                ),
+                PolicyErrorKind::Priorities => invalid(
+                    "transfer.priorities",
+                    match err.priority_index() {
+                        Some(i) => format!("{:?}", self.transfer.priorities[i]),
+                        None => format!("{} patterns", self.transfer.priorities.len()),
+                    },
+                    &format!(
+                        "key globs with only * and ? wildcards, e.g. [\"*.json\", \"*\"] ({err})"
+                    ),
+                ),
+            });
         }
         if self.server.max_query_depth == 0 || self.server.max_query_complexity == 0 {
             return Err(invalid(
@@ -533,6 +558,49 @@ mod tests {
             .to_string();
         assert!(
             err.contains("database.url") && err.contains("mysql"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn transfer_policy_is_validated_naming_key_value_and_expectation() {
+        let config = Config::from_parts("", None, &env(&[])).expect("defaults are valid");
+        let policy = config.transfer_policy().expect("default policy");
+        assert_eq!(policy.schedule.to_string(), "* off");
+        assert_eq!(policy.priority_of("drives/d/x.mcap"), 1);
+
+        let err = Config::from_parts(
+            "",
+            None,
+            &env(&[(
+                "MILEPOST_TRANSFER_UPLOAD_SCHEDULE",
+                "Mon-Fri 09:00-18:00 20MiB; Sat 10XB",
+            )]),
+        )
+        .expect_err("bad rate")
+        .to_string();
+        assert!(
+            err.contains("transfer.upload_schedule")
+                && err.contains("MILEPOST_TRANSFER_UPLOAD_SCHEDULE")
+                && err.contains("rule 2")
+                && err.contains("`10XB`")
+                && err.contains("expected a schedule")
+                && err.contains("got \"Mon-Fri 09:00-18:00 20MiB; Sat 10XB\""),
+            "{err}"
+        );
+
+        let err = Config::from_parts(
+            "[transfer]\npriorities = [\"*.json\", \"*.{mcap,bag}\"]",
+            Some(Path::new("m.toml")),
+            &env(&[]),
+        )
+        .expect_err("bad glob")
+        .to_string();
+        assert!(
+            err.contains("transfer.priorities")
+                && err.contains("m.toml")
+                && err.contains("*.{mcap,bag}")
+                && err.contains("priority 1"),
             "{err}"
         );
     }

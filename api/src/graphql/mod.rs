@@ -8,6 +8,7 @@ mod mutation;
 mod query;
 pub mod scalars;
 mod search;
+pub mod transfers;
 mod types;
 
 use std::sync::Arc;
@@ -28,10 +29,19 @@ pub use mutation::Mutation;
 pub use query::Query;
 
 #[derive(MergedObject, Default, Debug)]
-pub struct QueryRoot(Query, datasets::DatasetQuery, insights::InsightsQuery);
+pub struct QueryRoot(
+    Query,
+    datasets::DatasetQuery,
+    insights::InsightsQuery,
+    transfers::TransferQuery,
+);
 
 #[derive(MergedObject, Default, Debug)]
-pub struct MutationRoot(Mutation, datasets::DatasetMutation);
+pub struct MutationRoot(
+    Mutation,
+    datasets::DatasetMutation,
+    transfers::TransferMutation,
+);
 
 pub type MilepostSchema = Schema<QueryRoot, MutationRoot, datasets::Subscription>;
 

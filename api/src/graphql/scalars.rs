@@ -51,3 +51,9 @@ mirror_enum!(
     enums::RunStatus,
     [Running, Passed, Failed, Error]
 );
+mirror_enum!(
+    TransferState,
+    enums::TransferState,
+    [Queued, Uploading, Done, Failed]
+);
+mirror_enum!(TransferOp, enums::TransferOp, [Put, Delete]);

@@ -140,6 +140,7 @@ pub enum Node {
     Drive(Drive),
     Scenario(Scenario),
     Run(Run),
+    Transfer(super::transfers::Transfer),
 }
 
 #[derive(Union)]

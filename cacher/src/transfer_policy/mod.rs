@@ -183,7 +183,9 @@ fn validate_glob(index: usize, pattern: &str) -> Result<String, PolicyError> {
     };
     let trimmed = pattern.trim();
     if trimmed.is_empty() {
-        return Err(error("expected a key glob such as *.mcap, got an empty pattern"));
+        return Err(error(
+            "expected a key glob such as *.mcap, got an empty pattern",
+        ));
     }
     if trimmed.len() > MAX_PATTERN_LEN {
         return Err(error("expected a key glob of at most 1024 bytes"));
@@ -312,8 +314,8 @@ mod tests {
 
     #[test]
     fn first_matching_glob_wins_and_unmatched_keys_go_last() {
-        let policy =
-            TransferPolicy::parse("* off", &strings(&["*.json", "drives/*", "*.mcap"])).expect("valid");
+        let policy = TransferPolicy::parse("* off", &strings(&["*.json", "drives/*", "*.mcap"]))
+            .expect("valid");
         assert_eq!(policy.priority_of("runs/r1/run.json"), 0);
         assert_eq!(policy.priority_of("drives/d1/drive.json"), 0);
         assert_eq!(policy.priority_of("drives/d1/log.mcap"), 1);
@@ -327,8 +329,14 @@ mod tests {
     fn globs_match_the_whole_key_with_star_across_slashes() {
         assert!(glob_matches("*.mcap", "drives/2026-01-01/v/d/log.mcap"));
         assert!(!glob_matches("*.mcap", "drives/log.mcap.tmp"));
-        assert!(glob_matches("drives/*/camera/*", "drives/x/y/camera/front/0001.jpg"));
-        assert!(!glob_matches("camera/*", "drives/x/camera/f.jpg"), "anchored at the start");
+        assert!(glob_matches(
+            "drives/*/camera/*",
+            "drives/x/y/camera/front/0001.jpg"
+        ));
+        assert!(
+            !glob_matches("camera/*", "drives/x/camera/f.jpg"),
+            "anchored at the start"
+        );
         assert!(glob_matches("*camera/*", "drives/x/camera/f.jpg"));
         assert!(glob_matches("run?.json", "run1.json"));
         assert!(glob_matches("a?b", "a/b"), "? matches a slash too");
@@ -346,15 +354,22 @@ mod tests {
         let err = TransferPolicy::parse("* off", &strings(&["*.json", " "])).expect_err("invalid");
         assert_eq!(err.priority_index(), Some(1));
         assert_eq!(err.kind(), PolicyErrorKind::Priorities);
-        assert!(err.to_string().starts_with("priority 1 ` `: expected"), "{err}");
-        let err = TransferPolicy::parse("* off", &strings(&["*.{json,yaml}"])).expect_err("invalid");
+        assert!(
+            err.to_string().starts_with("priority 1 ` `: expected"),
+            "{err}"
+        );
+        let err =
+            TransferPolicy::parse("* off", &strings(&["*.{json,yaml}"])).expect_err("invalid");
         assert!(
             err.to_string().contains("`*.{json,yaml}`") && err.to_string().contains("alternatives"),
             "{err}"
         );
         let many = vec!["*".to_owned(); MAX_PRIORITIES + 1];
         let err = TransferPolicy::parse("* off", &many).expect_err("invalid");
-        assert_eq!(err.to_string(), "101 priorities given, expected at most 100");
+        assert_eq!(
+            err.to_string(),
+            "101 priorities given, expected at most 100"
+        );
         let err = TransferPolicy::parse("Mon-Fry 1MiB", &[]).expect_err("invalid");
         assert_eq!(err.kind(), PolicyErrorKind::Schedule);
         assert_eq!(err.priority_index(), None);

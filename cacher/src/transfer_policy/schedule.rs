@@ -40,7 +40,8 @@ use super::PolicyError;
 const MINUTES_PER_DAY: u32 = 24 * 60;
 const DAY_NAMES: [&str; 7] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
 
-const DAYS_EXPECTED: &str = "days: `*`, a day (Mon..Sun), a range such as Mon-Fri, or a list such as Sat,Sun";
+const DAYS_EXPECTED: &str =
+    "days: `*`, a day (Mon..Sun), a range such as Mon-Fri, or a list such as Sat,Sun";
 const WINDOW_EXPECTED: &str = "a time window HH:MM-HH:MM (e.g. 09:00-18:00) or a rate";
 const RATE_EXPECTED: &str =
     "a rate per second such as 20MiB, 512KiB, 1.5GiB or 1000000 (bytes), or off (unlimited)";

@@ -96,8 +96,8 @@ impl RateWindow {
             .filter(|(s, _)| (oldest..=slot).contains(s))
             .map(|(_, b)| b)
             .sum();
-        let into_slot = now.duration_since(self.started).as_secs_f64()
-            - slot as f64 * RATE_SLOT.as_secs_f64();
+        let into_slot =
+            now.duration_since(self.started).as_secs_f64() - slot as f64 * RATE_SLOT.as_secs_f64();
         let span = (slot - oldest) as f64 * RATE_SLOT.as_secs_f64() + into_slot;
         if span <= 0.0 {
             0.0
@@ -235,7 +235,8 @@ impl UploadLimiter {
         }
         bucket.updated = now;
         let generation = self.policy.generation();
-        if generation == bucket.generation && now.saturating_duration_since(bucket.checked) < RECHECK
+        if generation == bucket.generation
+            && now.saturating_duration_since(bucket.checked) < RECHECK
         {
             return;
         }
@@ -279,7 +280,10 @@ impl<S> fmt::Debug for Throttled<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Throttled")
             .field("limiter", &self.limiter)
-            .field("waiting", &self.waiting.as_ref().map(|(chunk, _)| chunk.len()))
+            .field(
+                "waiting",
+                &self.waiting.as_ref().map(|(chunk, _)| chunk.len()),
+            )
             .finish_non_exhaustive()
     }
 }

@@ -1,5 +1,5 @@
 //! The cache dashboard (capacity, hit ratio, egress saved, the egress ledger over time, top
-//! datasets) and the transfers page.
+//! datasets). The transfers page is `transfers.rs`.
 
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
@@ -234,23 +234,4 @@ fn chart(b: &mut String, points: &[Point], width: i64) {
         );
     }
     b.push_str(r#"</svg><figcaption><span class="key served"></span> delivered (reservations and /data) <span class="key fetched"></span> fetched from upstream</figcaption></figure>"#);
-}
-
-#[derive(Debug, Deserialize)]
-pub struct MeOnly {
-    pub me: Me,
-}
-
-/// Write-back through the S3 gateway is not built yet, so there is no queue to show: the
-/// page says so instead of inventing one.
-pub async fn transfers(State(ui): State<UiState>, session: Session) -> Response {
-    let data: MeOnly = match fetch(&ui, &session, &format!("{{ {ME} }}"), json!({})).await {
-        Ok(data) => data,
-        Err(response) => return response,
-    };
-    let b = r#"<h1>Transfers</h1><section class="panel" id="transfers-state"><h2>Write-back is not configured in this office</h2><p>Uploads through an office S3 gateway, their queue with priorities, the current rate against the upload schedule and the schedule itself appear here once write-back is set up. Until then, nothing is queued for upload from this office.</p></section>"#;
-    html_response(
-        StatusCode::OK,
-        frame("Transfers", Nav::Transfers, Some((&data.me, &session)), b),
-    )
 }

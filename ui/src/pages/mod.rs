@@ -8,6 +8,7 @@ pub mod entities;
 pub mod reservations;
 pub mod search;
 pub mod signin;
+pub mod transfers;
 
 use axum::response::Response;
 use serde::de::DeserializeOwned;

@@ -32,7 +32,10 @@ fn the_issue_example_evaluates_as_documented() {
     assert_eq!(s.rate_at(at(2, 8, 59)), None);
     assert_eq!(s.rate_at(at(5, 3, 0)), Some(10 * MIB));
     assert_eq!(s.rate_at(at(6, 23, 59)), Some(10 * MIB));
-    assert_eq!(s.to_string(), "Mon-Fri 09:00-18:00 20MiB; Sat,Sun 10MiB; * off");
+    assert_eq!(
+        s.to_string(),
+        "Mon-Fri 09:00-18:00 20MiB; Sat,Sun 10MiB; * off"
+    );
 }
 
 #[test]
@@ -51,7 +54,11 @@ fn windows_wrapping_midnight_belong_to_their_start_day() {
     assert_eq!(s.rate_at(at(4, 22, 0)), Some(5 * MIB));
     assert_eq!(s.rate_at(at(5, 5, 59)), Some(5 * MIB), "Saturday morning");
     assert_eq!(s.rate_at(at(5, 6, 0)), None);
-    assert_eq!(s.rate_at(at(4, 5, 0)), None, "Friday morning is Thursday night's");
+    assert_eq!(
+        s.rate_at(at(4, 5, 0)),
+        None,
+        "Friday morning is Thursday night's"
+    );
     let sunday = parse("Sun 23:00-01:00 1MiB");
     assert_eq!(sunday.rate_at(at(0, 0, 30)), Some(MIB), "wraps into Monday");
 }
@@ -61,7 +68,11 @@ fn days_ranges_lists_and_case() {
     assert_eq!(parse("mon-WED 1MiB").to_string(), "Mon-Wed 1MiB");
     assert_eq!(parse("Sat,Sun 1MiB").to_string(), "Sat,Sun 1MiB");
     assert_eq!(parse("Mon,Tue,Wed 1MiB").to_string(), "Mon-Wed 1MiB");
-    assert_eq!(parse("Fri-Mon 1MiB").to_string(), "Mon,Fri-Sun 1MiB", "wraps the week");
+    assert_eq!(
+        parse("Fri-Mon 1MiB").to_string(),
+        "Mon,Fri-Sun 1MiB",
+        "wraps the week"
+    );
     assert_eq!(parse("Mon-Sun 1MiB").to_string(), "* 1MiB");
     assert_eq!(parse("Mon-Tue,Thu 1MiB").to_string(), "Mon,Tue,Thu 1MiB");
     let s = parse("Fri-Mon 1MiB");
@@ -86,39 +97,68 @@ fn rates_accept_units_fractions_bytes_and_per_second() {
 #[test]
 fn whole_day_windows_and_trailing_semicolons_are_normalised() {
     assert_eq!(parse("Mon 00:00-24:00 1MiB").to_string(), "Mon 1MiB");
-    assert_eq!(parse("Mon 18:00-00:00 1MiB;").to_string(), "Mon 18:00-24:00 1MiB");
-    assert_eq!(parse("  Mon   9:00-18:00   1MiB  ").to_string(), "Mon 09:00-18:00 1MiB");
+    assert_eq!(
+        parse("Mon 18:00-00:00 1MiB;").to_string(),
+        "Mon 18:00-24:00 1MiB"
+    );
+    assert_eq!(
+        parse("  Mon   9:00-18:00   1MiB  ").to_string(),
+        "Mon 09:00-18:00 1MiB"
+    );
 }
 
 #[test]
 fn errors_name_the_rule_the_token_and_the_expectation() {
     let err = error("Mon-Fri 09:00-18:00 20MiB; Sat,Sun 10XB; * off");
     assert!(
-        err.starts_with("upload schedule rule 2 `Sat,Sun 10XB`: unexpected `10XB`, expected a rate"),
+        err.starts_with(
+            "upload schedule rule 2 `Sat,Sun 10XB`: unexpected `10XB`, expected a rate"
+        ),
         "{err}"
     );
     let err = error("Mon-Fry 20MiB");
-    assert!(err.contains("rule 1") && err.contains("`Mon-Fry`") && err.contains("expected days"), "{err}");
+    assert!(
+        err.contains("rule 1") && err.contains("`Mon-Fry`") && err.contains("expected days"),
+        "{err}"
+    );
     let err = error("Mon 09:00-18:00");
     assert!(err.contains("ends early, expected a rate"), "{err}");
     let err = error("Mon 25:00-26:00 1MiB");
-    assert!(err.contains("`25:00-26:00`") && err.contains("00:00 to 24:00"), "{err}");
+    assert!(
+        err.contains("`25:00-26:00`") && err.contains("00:00 to 24:00"),
+        "{err}"
+    );
     let err = error("Mon 10:00-10:00 1MiB");
     assert!(err.contains("omit the window"), "{err}");
     let err = error("Mon 9-18 1MiB");
-    assert!(err.contains("`9-18`") && err.contains("expected a rate"), "{err}");
+    assert!(
+        err.contains("`9-18`") && err.contains("expected a rate"),
+        "{err}"
+    );
     let err = error("Mon 09:00 1MiB");
-    assert!(err.contains("`09:00`") && err.contains("time window"), "{err}");
+    assert!(
+        err.contains("`09:00`") && err.contains("time window"),
+        "{err}"
+    );
     let err = error("* 0");
     assert!(err.contains("above zero"), "{err}");
     let err = error("* 1MiB 2MiB");
-    assert!(err.contains("`2MiB`") && err.contains("separate rules with `;`"), "{err}");
+    assert!(
+        err.contains("`2MiB`") && err.contains("separate rules with `;`"),
+        "{err}"
+    );
     let err = error("");
-    assert!(err.contains("rule 1") && err.contains("ends early, expected days"), "{err}");
+    assert!(
+        err.contains("rule 1") && err.contains("ends early, expected days"),
+        "{err}"
+    );
     let err = error("* off;; Mon 1MiB");
     assert!(err.contains("rule 2"), "{err}");
     let err = error("20MiB");
-    assert!(err.contains("`20MiB`") && err.contains("expected days"), "{err}");
+    assert!(
+        err.contains("`20MiB`") && err.contains("expected days"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -127,7 +167,10 @@ fn next_change_finds_the_next_boundary_with_another_rate() {
     assert_eq!(s.next_change_after(at(0, 8, 30)), Some(at(0, 9, 0)));
     assert_eq!(s.next_change_after(at(0, 9, 0)), Some(at(0, 18, 0)));
     assert_eq!(s.next_change_after(at(4, 20, 0)), Some(at(5, 0, 0)));
-    assert_eq!(s.next_change_after(at(5, 12, 0)), Some(at(0, 0, 0) + Duration::days(7)));
+    assert_eq!(
+        s.next_change_after(at(5, 12, 0)),
+        Some(at(0, 0, 0) + Duration::days(7))
+    );
     // Boundaries where the rate stays the same are skipped.
     let same = parse("Mon 1MiB; Tue 1MiB; * off");
     assert_eq!(same.next_change_after(at(0, 1, 0)), Some(at(2, 0, 0)));
@@ -140,7 +183,8 @@ fn arb_rule() -> impl Strategy<Value = Rule> {
     let window = prop_oneof![
         Just(None),
         (0u32..1440, 1u32..=1440)
-            .prop_filter("not empty, not the whole day", |(s, e)| s != e && !(*s == 0 && *e == 1440))
+            .prop_filter("not empty, not the whole day", |(s, e)| s != e
+                && !(*s == 0 && *e == 1440))
             .prop_map(|(start, end)| Some(Window { start, end })),
     ];
     let rate = prop_oneof![
@@ -156,9 +200,8 @@ fn arb_schedule() -> impl Strategy<Value = Schedule> {
 }
 
 fn arb_time() -> impl Strategy<Value = NaiveDateTime> {
-    (0u32..7, 0u32..24, 0u32..60, 0u32..60).prop_map(|(d, h, m, s)| {
-        at(d, h, m) + Duration::seconds(i64::from(s))
-    })
+    (0u32..7, 0u32..24, 0u32..60, 0u32..60)
+        .prop_map(|(d, h, m, s)| at(d, h, m) + Duration::seconds(i64::from(s)))
 }
 
 proptest! {

@@ -57,7 +57,12 @@ async fn holds_20_mib_per_second_within_2_percent_over_30_seconds() {
     let limiter = limiter("* 20MiB");
     let bytes = drain_for(limiter.clone(), 30).await;
     assert_close(bytes as f64, (30 * 20 * MIB) as f64, 0.02, "bytes in 30 s");
-    assert_close(limiter.current_rate(), (20 * MIB) as f64, 0.05, "rate estimate");
+    assert_close(
+        limiter.current_rate(),
+        (20 * MIB) as f64,
+        0.05,
+        "rate estimate",
+    );
     assert!(limiter.bytes_total() >= bytes);
 }
 
@@ -134,8 +139,18 @@ async fn a_change_from_1_to_4_mib_per_second_is_felt_within_a_second() {
     let from = limiter.bytes_total();
     tokio::time::sleep(Duration::from_secs(10)).await;
     let sent = limiter.bytes_total() - from;
-    assert_close(sent as f64, (40 * MIB) as f64, 0.05, "bytes from 1 s to 11 s after");
-    assert_close(limiter.current_rate(), (4 * MIB) as f64, 0.1, "rate estimate");
+    assert_close(
+        sent as f64,
+        (40 * MIB) as f64,
+        0.05,
+        "bytes from 1 s to 11 s after",
+    );
+    assert_close(
+        limiter.current_rate(),
+        (4 * MIB) as f64,
+        0.1,
+        "rate estimate",
+    );
     upload.abort();
 }
 
@@ -143,8 +158,8 @@ async fn a_change_from_1_to_4_mib_per_second_is_felt_within_a_second() {
 async fn a_schedule_boundary_is_felt_within_a_second() {
     // Office time starts at 09:59:50 on a Wednesday and runs with the paused clock.
     let start = Instant::now();
-    let office_start = NaiveDateTime::parse_from_str("2026-11-25 09:59:50", "%Y-%m-%d %H:%M:%S")
-        .expect("time");
+    let office_start =
+        NaiveDateTime::parse_from_str("2026-11-25 09:59:50", "%Y-%m-%d %H:%M:%S").expect("time");
     let clock = Arc::new(move || {
         office_start + chrono::Duration::from_std(start.elapsed()).expect("short")
     });
@@ -198,7 +213,10 @@ async fn a_dropped_wait_takes_no_more_tokens() {
     let start = Instant::now();
     limiter.acquire(2 * MIB).await;
     let took = start.elapsed().as_secs_f64();
-    assert!((1.8..=2.2).contains(&took), "2 MiB at 1 MiB/s took {took} s");
+    assert!(
+        (1.8..=2.2).contains(&took),
+        "2 MiB at 1 MiB/s took {took} s"
+    );
 }
 
 #[tokio::test(start_paused = true)]
