@@ -25,6 +25,7 @@ struct World {
     _s3_dir: tempfile::TempDir,
     s3: LoopbackS3,
     app: TestApp,
+    admin: String,
     engineer: String,
     viewer: String,
 }
@@ -55,6 +56,7 @@ async fn world() -> World {
         _s3_dir: s3_dir,
         s3,
         app,
+        admin,
         engineer,
         viewer,
     }
@@ -387,7 +389,7 @@ async fn catalog_end_to_end_in_chromium() {
         .expect("test step");
     screenshots(&browser, "dashboard").await;
 
-    // My reservations lists both; the transfers page says write-back is not set up.
+    // My reservations lists both; the transfers page shows the queue and the policy.
     browser
         .goto(&format!("{base}/reservations"))
         .await
@@ -398,19 +400,93 @@ async fn catalog_end_to_end_in_chromium() {
         .expect("test step")
         .len();
     assert_eq!(listed, 2);
+    seed_transfers(&w.app).await;
     browser
         .goto(&format!("{base}/transfers"))
         .await
         .expect("test step");
     assert!(browser
-        .text("#transfers-state")
+        .text("#policy-schedule")
         .await
         .expect("test step")
-        .contains("not configured"));
+        .contains("* off"));
+    assert_eq!(
+        browser
+            .find_all("#transfers tbody tr:not(.transfer-error)")
+            .await
+            .expect("test step")
+            .len(),
+        3
+    );
+    assert_eq!(browser.text("#queued-count").await.expect("test step"), "1");
+    assert!(
+        browser
+            .find_all("#policy-form")
+            .await
+            .expect("test step")
+            .is_empty(),
+        "only an admin may change the policy"
+    );
+    screenshots(&browser, "transfers").await;
 
     browser.quit().await;
     w.app.shutdown().await;
     w.s3.shutdown().await;
+}
+
+/// Three rows of the write-back journal, as the uploader would write them.
+async fn seed_transfers(app: &TestApp) {
+    use milepost_schema::entity::transfer;
+    use milepost_schema::enums::{TransferOp, TransferState};
+    use sea_orm::{ActiveModelTrait, Set};
+    let rows = [
+        (
+            "drives/2026-11-24/gz-004/d-17/drive.json",
+            TransferState::Uploading,
+            0,
+            4096,
+            1024,
+            None,
+        ),
+        (
+            "drives/2026-11-24/gz-004/d-17/front.mcap",
+            TransferState::Queued,
+            1,
+            3 << 30,
+            0,
+            None,
+        ),
+        (
+            "runs/sim-881/outputs/trace.bin",
+            TransferState::Failed,
+            2,
+            75 << 20,
+            12 << 20,
+            Some("upstream refused: access denied"),
+        ),
+    ];
+    for (key, state, priority, size, done, error) in rows {
+        transfer::ActiveModel {
+            op: Set(TransferOp::Put),
+            bucket: Set(BUCKET.to_owned()),
+            key: Set(key.to_owned()),
+            size: Set(size),
+            etag: Set(None),
+            staging_path: Set(None),
+            state: Set(state),
+            priority: Set(priority),
+            bytes_done: Set(done),
+            attempts: Set(i32::from(state != TransferState::Queued)),
+            enqueued_at: Set(chrono::Utc::now()),
+            started_at: Set(None),
+            finished_at: Set(None),
+            error: Set(error.map(str::to_owned)),
+            ..Default::default()
+        }
+        .insert(app.db())
+        .await
+        .expect("transfer row");
+    }
 }
 
 /// A GET or POST as a signed-in browser would send it; returns status and body.
@@ -575,6 +651,76 @@ async fn bad_form_input_is_shown_next_to_the_field() {
         .await
         .expect("test step")
         .contains("abc"));
+
+    // An admin's transfer policy form: a bad schedule comes back under its field, the typed
+    // text kept; a good one is in force at once.
+    browser
+        .goto(&format!("{base}/signin?next=%2Ftransfers"))
+        .await
+        .expect("test step");
+    browser
+        .type_into("#token", &w.admin)
+        .await
+        .expect("test step");
+    browser
+        .click_css(".signin button[type=submit]")
+        .await
+        .expect("test step");
+    wait_url(&browser, "/transfers").await;
+    browser
+        .script(
+            "document.querySelectorAll('details.panel').forEach(d => d.open = true)",
+            json!([]),
+        )
+        .await
+        .expect("test step");
+    browser
+        .type_into(
+            "#tp-schedule",
+            "Mon-Fri 09:00-18:00 20MiB; Sat,Sun 10MB/x; * off",
+        )
+        .await
+        .expect("test step");
+    browser
+        .click_css("#policy-form button[type=submit]")
+        .await
+        .expect("test step");
+    let message = browser.text("#tp-schedule-error").await.expect("test step");
+    assert!(
+        message.contains("rule 2") && message.contains("10MB/x"),
+        "{message}"
+    );
+    assert_eq!(
+        browser
+            .attribute("#tp-schedule", "aria-invalid")
+            .await
+            .expect("test step")
+            .as_deref(),
+        Some("true")
+    );
+    screenshots(&browser, "transfers-policy-error").await;
+    browser
+        .type_into(
+            "#tp-schedule",
+            "Mon-Fri 09:00-18:00 20MiB; Sat,Sun 10MiB; * off",
+        )
+        .await
+        .expect("test step");
+    browser
+        .click_css("#policy-form button[type=submit]")
+        .await
+        .expect("test step");
+    // Saved: redirected from the form's /transfers/policy back to /transfers.
+    for _ in 0..200 {
+        if !browser.url().await.expect("url").contains("/policy") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        browser.text("#policy-schedule").await.expect("test step"),
+        "Mon-Fri 09:00-18:00 20MiB; Sat,Sun 10MiB; * off"
+    );
 
     // The same refusals over plain HTTP: 400s, never a 500.
     let (status, body) = as_session(&w.app, &w.engineer, "/?q=%22unclosed", None, None).await;
@@ -766,6 +912,72 @@ async fn roles_and_forgery_are_refused() {
     )
     .await;
     assert_eq!(status, StatusCode::SEE_OTHER, "the real form works");
+
+    // Only an admin sees and may use the transfer policy form; a bad schedule comes back to
+    // its field, a good one is in force at once.
+    let (_, page) = as_session(&w.app, &w.engineer, "/transfers", None, None).await;
+    assert!(!page.contains("policy-form"));
+    let (status, body) = as_session(
+        &w.app,
+        &w.engineer,
+        "/transfers/policy",
+        Some(&[
+            ("csrf", &engineer_csrf),
+            ("schedule", "* 1MiB"),
+            ("priorities", "*"),
+        ]),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let (_, page) = as_session(&w.app, &w.admin, "/transfers", None, None).await;
+    assert!(page.contains(r#"id="policy-form""#));
+    let admin_csrf = csrf_of(&page);
+    let (status, body) = as_session(
+        &w.app,
+        &w.admin,
+        "/transfers/policy",
+        Some(&[
+            ("csrf", &admin_csrf),
+            ("schedule", "Mon-Fri 09:00-18:00 20MiB; Sat 10XB"),
+            ("priorities", "*.json\n*"),
+        ]),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let field = body
+        .split(r#"id="tp-schedule-error""#)
+        .nth(1)
+        .expect("the error sits under the schedule field");
+    assert!(
+        field.contains("rule 2") && field.contains("10XB"),
+        "{field}"
+    );
+    assert!(body.contains("Sat 10XB"), "the typed value is kept");
+    let (status, _) = as_session(
+        &w.app,
+        &w.admin,
+        "/transfers/policy",
+        Some(&[
+            ("csrf", &admin_csrf),
+            ("schedule", "Mon-Fri 09:00-18:00 20MiB; * off"),
+            ("priorities", "*.json\r\n\r\n*.mcap\r\n"),
+        ]),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let (_, page) = as_session(&w.app, &w.viewer, "/transfers", None, None).await;
+    assert!(
+        page.contains(r#"<code id="policy-schedule">Mon-Fri 09:00-18:00 20MiB; * off</code>"#),
+        "{page}"
+    );
+    assert!(page.contains("<li><code>*.mcap</code></li>"));
+    assert_eq!(
+        w.app.state().transfer_policy.current().priorities,
+        vec!["*.json", "*.mcap"]
+    );
 
     // Pages stay small and carry a strict content security policy.
     let response = client
