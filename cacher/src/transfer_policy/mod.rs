@@ -35,7 +35,7 @@
 //! ```
 
 pub mod schedule;
-mod throttle;
+pub mod throttle;
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
