@@ -131,6 +131,11 @@ pub enum TokenCommand {
         name: String,
         #[arg(long, value_enum)]
         role: RoleArg,
+        /// Also create S3 credentials for the office gateway; prints shell assignments
+        /// (`MILEPOST_TOKEN=`, `AWS_ACCESS_KEY_ID=`, `AWS_SECRET_ACCESS_KEY=`) instead of the
+        /// bare secret.
+        #[arg(long)]
+        s3: bool,
     },
     /// List tokens (never their secrets).
     List,
@@ -463,7 +468,22 @@ async fn token(config: Config, command: TokenCommand) -> anyhow::Result<()> {
     let state = AppState::open(config).await?;
     let db = &state.db;
     match command {
-        TokenCommand::Create { name, role } => {
+        TokenCommand::Create {
+            name,
+            role,
+            s3: true,
+        } => {
+            let (secret, s3) = crate::auth::create_s3_token(db, &name, role.into()).await?;
+            println!("MILEPOST_TOKEN={secret}");
+            println!("AWS_ACCESS_KEY_ID={}", s3.access_key_id);
+            println!("AWS_SECRET_ACCESS_KEY={}", s3.secret_access_key);
+            eprintln!("token {name:?} created with S3 credentials for the gateway; store them now: they cannot be shown again");
+        }
+        TokenCommand::Create {
+            name,
+            role,
+            s3: false,
+        } => {
             let secret = crate::auth::create_token(db, &name, role.into()).await?;
             println!("{secret}");
             eprintln!("token {name:?} created; store the secret now: it is not kept and cannot be shown again");

@@ -315,6 +315,7 @@ async fn sigkill_mid_materialization_then_restart_reaches_ready_with_exact_bytes
             r#"data_dir = "{}"
 [server]
 listen = "127.0.0.1:0"
+s3_listen = "127.0.0.1:0"
 shutdown_grace = "2s"
 [upstream]
 endpoint = "{}"

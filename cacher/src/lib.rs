@@ -10,6 +10,7 @@ pub mod testing;
 pub mod trim;
 pub mod trimmed;
 pub mod upstream;
+pub mod writeback;
 
 pub use cache::{
     CacheError, CacheErrorKind, CacheRead, CacheSettings, CacheStatsSnapshot, FetchContext,

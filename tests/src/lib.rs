@@ -140,6 +140,7 @@ impl TestAppBuilder {
         };
         config.database.url = url;
         config.server.listen = ListenAddr(([127, 0, 0, 1], 0).into());
+        config.server.s3_listen = ListenAddr(([127, 0, 0, 1], 0).into());
         config.server.allow_anonymous_read = self.allow_anonymous_read;
         config.catalog.sync_interval = milepost_api::config::Interval(None);
         if let Some(bucket) = self.bucket {
