@@ -43,6 +43,27 @@ pub(crate) async fn enqueue(
     db: &DatabaseConnection,
     new: NewTransfer<'_>,
 ) -> Result<(transfer::Model, Vec<transfer::Model>), WriteBackError> {
+    // SQLite refuses a read-then-write transaction whose snapshot another writer moved past
+    // (SQLITE_BUSY_SNAPSHOT, which its busy timeout does not wait out); the transaction
+    // rolled back, so running it again is safe.
+    let mut attempt = 0;
+    loop {
+        match try_enqueue(db, &new).await {
+            Err(WriteBackError::Database { source, .. })
+                if attempt < 20 && source.to_string().contains("database is locked") =>
+            {
+                attempt += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(5 * attempt)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn try_enqueue(
+    db: &DatabaseConnection,
+    new: &NewTransfer<'_>,
+) -> Result<(transfer::Model, Vec<transfer::Model>), WriteBackError> {
     let what = || {
         format!(
             "journaling the {} of s3://{}/{}",
@@ -81,7 +102,7 @@ pub(crate) async fn enqueue(
             .object
             .map_or(0, |o| i64::try_from(o.size).unwrap_or(i64::MAX))),
         etag: Set(new.object.map(|o| o.etag.clone())),
-        staging_path: Set(new.path),
+        staging_path: Set(new.path.clone()),
         state: Set(TransferState::Queued),
         priority: Set(new.priority),
         bytes_done: Set(0),
