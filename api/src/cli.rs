@@ -452,6 +452,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
     let running = server::start(config).await?;
     println!("milepost listening on http://{}", running.addr);
+    println!("milepost s3 gateway on http://{}", running.s3_addr);
     let stop = running.shutdown_token();
     tokio::spawn(async move {
         server::shutdown_signal().await;

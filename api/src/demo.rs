@@ -128,6 +128,10 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         s3.endpoint()
     );
     println!("  admin token ({token_name}): {token}");
+    println!(
+        "  S3 gateway (this office): http://{}  create keys with `milepost token create --name NAME --role engineer --s3`",
+        running.s3_addr
+    );
     println!("  try: curl -s http://{addr}/graphql -H 'authorization: Bearer {token}' -H 'content-type: application/json' \\");
     println!("         -d '{{\"query\":\"{{ search(query: \\\"cut-in weather:rain\\\") {{ totalCount }} }}\"}}'");
     println!("milepost listening on http://{addr}");
