@@ -116,6 +116,52 @@ pub async fn create_token(db: &DatabaseConnection, name: &str, role: Role) -> Ap
     }
 }
 
+/// S3 credentials for the gateway: an access key id and its secret key.
+#[derive(Debug)]
+pub struct S3Credentials {
+    pub access_key_id: String,
+    /// Shown once. SigV4 verification needs it in the clear, so it is stored as is (the
+    /// database is office-local state; never logged, never sent back).
+    pub secret_access_key: String,
+}
+
+/// Creates a token with S3 credentials for the gateway as well; returns the bearer secret
+/// and the credentials, none of which can be shown again.
+pub async fn create_s3_token(
+    db: &DatabaseConnection,
+    name: &str,
+    role: Role,
+) -> ApiResult<(String, S3Credentials)> {
+    let secret = create_token(db, name, role).await?;
+    // 20 characters like AWS key ids; `MP` marks this office's keys in logs and configs.
+    let access_key_id = format!("MP{}", hex::encode_upper(rand::random::<[u8; 9]>()));
+    let secret_access_key = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD_NO_PAD,
+        rand::random::<[u8; 30]>(),
+    )
+    .replace(['+', '/'], "x");
+    token::Entity::update_many()
+        .col_expr(
+            token::Column::S3AccessKey,
+            sea_orm::sea_query::Expr::value(access_key_id.clone()),
+        )
+        .col_expr(
+            token::Column::S3Secret,
+            sea_orm::sea_query::Expr::value(secret_access_key.clone()),
+        )
+        .filter(token::Column::Name.eq(name))
+        .exec(db)
+        .await
+        .map_err(|err| ApiError::from(DbError::from(err)))?;
+    Ok((
+        secret,
+        S3Credentials {
+            access_key_id,
+            secret_access_key,
+        },
+    ))
+}
+
 fn validate_token_name(name: &str) -> ApiResult<()> {
     let ok = !name.is_empty()
         && name.len() <= 64

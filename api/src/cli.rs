@@ -143,6 +143,11 @@ pub enum TokenCommand {
         name: String,
         #[arg(long, value_enum)]
         role: RoleArg,
+        /// Also create S3 credentials for the office gateway; prints shell assignments
+        /// (`MILEPOST_TOKEN=`, `AWS_ACCESS_KEY_ID=`, `AWS_SECRET_ACCESS_KEY=`) instead of the
+        /// bare secret.
+        #[arg(long)]
+        s3: bool,
     },
     /// List tokens (never their secrets).
     List,
@@ -464,6 +469,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
     let running = server::start(config).await?;
     println!("milepost listening on http://{}", running.addr);
+    println!("milepost s3 gateway on http://{}", running.s3_addr);
     let stop = running.shutdown_token();
     tokio::spawn(async move {
         server::shutdown_signal().await;
@@ -480,7 +486,22 @@ async fn token(config: Config, command: TokenCommand) -> anyhow::Result<()> {
     let state = AppState::open(config).await?;
     let db = &state.db;
     match command {
-        TokenCommand::Create { name, role } => {
+        TokenCommand::Create {
+            name,
+            role,
+            s3: true,
+        } => {
+            let (secret, s3) = crate::auth::create_s3_token(db, &name, role.into()).await?;
+            println!("MILEPOST_TOKEN={secret}");
+            println!("AWS_ACCESS_KEY_ID={}", s3.access_key_id);
+            println!("AWS_SECRET_ACCESS_KEY={}", s3.secret_access_key);
+            eprintln!("token {name:?} created with S3 credentials for the gateway; store them now: they cannot be shown again");
+        }
+        TokenCommand::Create {
+            name,
+            role,
+            s3: false,
+        } => {
             let secret = crate::auth::create_token(db, &name, role.into()).await?;
             println!("{secret}");
             eprintln!("token {name:?} created; store the secret now: it is not kept and cannot be shown again");

@@ -71,6 +71,21 @@ async fn resolve(
     key: &str,
 ) -> Result<(ObjectKey, Option<chrono::DateTime<chrono::Utc>>), Response> {
     let app = &http.app;
+    // Written or deleted in the office and not yet in S3: the office's version is the object.
+    if let Some(version) = app.write_back.version(bucket, key) {
+        return match version {
+            milepost_cacher::writeback::OfficeVersion::Written {
+                object,
+                last_modified,
+                ..
+            } => Ok((object, Some(last_modified))),
+            milepost_cacher::writeback::OfficeVersion::Deleted { .. } => Err(error(
+                StatusCode::NOT_FOUND,
+                ErrorCode::NotFound,
+                &format!("s3://{bucket}/{key} not found"),
+            )),
+        };
+    }
     let row = object::Entity::find()
         .filter(object::Column::Bucket.eq(bucket))
         .filter(object::Column::Key.eq(key))

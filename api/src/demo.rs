@@ -75,8 +75,9 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
 
     let state = AppState::open_with_upstream(config, upstream).await?;
     let bucket = state.config.catalog.bucket.clone();
+    // Seeded straight into the loopback S3 (the source of truth), not through the office.
     let already_seeded = state
-        .store
+        .upstream
         .list_page(&bucket, &state.config.catalog.drives_prefix, None)
         .await
         .map(|page| !page.objects.is_empty())
@@ -93,7 +94,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
             fleet.runs.len(),
             fleet.approx_bytes() >> 20
         );
-        let bytes = seed_fleet(&state.store, &bucket, &fleet).await?;
+        let bytes = seed_fleet(&state.upstream, &bucket, &fleet).await?;
         eprintln!("seeded {} MiB", bytes >> 20);
     }
     let report = state
@@ -127,6 +128,10 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         s3.endpoint()
     );
     println!("  admin token ({token_name}): {token}");
+    println!(
+        "  S3 gateway (this office): http://{}  create keys with `milepost token create --name NAME --role engineer --s3`",
+        running.s3_addr
+    );
     println!("  try: curl -s http://{addr}/graphql -H 'authorization: Bearer {token}' -H 'content-type: application/json' \\");
     println!("         -d '{{\"query\":\"{{ search(query: \\\"cut-in weather:rain\\\") {{ totalCount }} }}\"}}'");
     println!("milepost listening on http://{addr}");

@@ -7,6 +7,7 @@ pub mod config;
 pub mod data;
 pub mod demo;
 pub mod error;
+pub mod gateway;
 pub mod graphql;
 pub mod metrics;
 pub mod progress;

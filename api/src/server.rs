@@ -25,7 +25,8 @@ use tracing::Level;
 
 use milepost_cacher::cache::{CacheSettings, OfficeCache};
 use milepost_cacher::reservations::{ReservationSettings, Reservations};
-use milepost_cacher::transfer_policy::{PolicyHandle, UploadLimiter};
+use milepost_cacher::transfer_policy::{PolicyHandle, PolicyShaper, UploadLimiter};
+use milepost_cacher::writeback::{OfficeStore, WriteBack, WriteBackSettings};
 use milepost_cacher::{EgressMeter, ObjectStore, UpstreamSettings};
 use milepost_indexer::catalog::Layout;
 use milepost_indexer::search::{SearchErrorKind, SearchIndex};
@@ -46,8 +47,19 @@ pub struct AppState {
     pub layout: Layout,
     /// The catalog database and search index, kept in step.
     pub catalog: Catalog,
-    /// The upstream S3 store, with retries and egress metering.
+    /// The object store as the office sees it: upstream S3 with the office's writes not yet
+    /// uploaded laid over it ([`OfficeStore`]); writes through it go to the write-back path.
+    /// Every reader uses this one.
     pub store: Arc<dyn ObjectStore>,
+    /// The same, typed: the S3 gateway needs its write-back handle.
+    pub office_store: Arc<OfficeStore>,
+    /// The upstream S3 store itself, with retries and egress metering: the cache downloads
+    /// and the uploader uploads through it.
+    pub upstream: Arc<dyn ObjectStore>,
+    /// Office writes on their way to S3: staging, journal, uploader.
+    pub write_back: Arc<WriteBack>,
+    /// Asks for a catalog sync soon (debounced): office uploads under the catalog's prefixes.
+    pub sync_soon: tokio::sync::Notify,
     pub egress: Arc<EgressMeter>,
     /// One sync at a time, whether periodic or asked for.
     pub sync_lock: tokio::sync::Mutex<()>,
@@ -130,6 +142,24 @@ impl AppState {
         let cache = OfficeCache::open(cache_settings, db.clone(), store.clone())
             .await
             .context("cannot open the office cache")?;
+        // Validated with the rest of the config; checked again for configs built in code.
+        let policy = config
+            .transfer_policy()
+            .context("invalid [transfer] policy (transfer.upload_schedule, transfer.priorities)")?;
+        let transfer_policy = PolicyHandle::new(policy);
+        let upload_limiter = UploadLimiter::new(transfer_policy.clone());
+        let write_back = WriteBack::open(
+            db.clone(),
+            cache.clone(),
+            store.clone(),
+            WriteBackSettings::default(),
+            PolicyShaper::new(upload_limiter.clone()),
+        )
+        .await
+        .context("cannot open the write-back journal")?;
+        let upstream = store;
+        let office_store = Arc::new(OfficeStore::new(upstream.clone(), write_back.clone()));
+        let store: Arc<dyn ObjectStore> = office_store.clone();
         let reservation_settings = ReservationSettings {
             expiry_check: config.cache.expiry_check.0,
             // More objects in flight than ranged GETs may be: an object holds no GET permit
@@ -139,12 +169,6 @@ impl AppState {
             ..ReservationSettings::default()
         };
         let reservations = Reservations::new(db.clone(), cache.clone(), reservation_settings);
-        // Validated with the rest of the config; checked again for configs built in code.
-        let policy = config
-            .transfer_policy()
-            .context("invalid [transfer] policy (transfer.upload_schedule, transfer.priorities)")?;
-        let transfer_policy = PolicyHandle::new(policy);
-        let upload_limiter = UploadLimiter::new(transfer_policy.clone());
         Ok(Arc::new(AppState {
             config,
             db,
@@ -152,6 +176,10 @@ impl AppState {
             layout,
             catalog,
             store,
+            office_store,
+            upstream,
+            write_back,
+            sync_soon: tokio::sync::Notify::new(),
             egress,
             sync_lock: tokio::sync::Mutex::new(()),
             cache,
@@ -409,6 +437,8 @@ async fn record_metrics(
 #[derive(Debug)]
 pub struct RunningServer {
     pub addr: SocketAddr,
+    /// Where the S3 gateway listens.
+    pub s3_addr: SocketAddr,
     pub state: Arc<AppState>,
     shutdown: CancellationToken,
     task: JoinHandle<anyhow::Result<()>>,
@@ -443,6 +473,13 @@ pub async fn start_with_state(state: Arc<AppState>) -> anyhow::Result<RunningSer
         .await
         .with_context(|| format!("cannot listen on {listen} (server.listen)"))?;
     let addr = listener.local_addr()?;
+    let s3_listen = state.config.server.s3_listen.0;
+    let s3_listener = TcpListener::bind(s3_listen)
+        .await
+        .with_context(|| format!("cannot listen on {s3_listen} (server.s3_listen)"))?;
+    let gateway = start_gateway(&state, s3_listener)?;
+    let s3_addr = gateway.addr;
+    state.write_back.start();
     let shutdown = CancellationToken::new();
     let grace = state.config.server.shutdown_grace.0;
     let app = router(state.clone());
@@ -452,6 +489,7 @@ pub async fn start_with_state(state: Arc<AppState>) -> anyhow::Result<RunningSer
     if let Some(every) = state.config.catalog.sync_interval.0 {
         workers.spawn(periodic_sync(state.clone(), every, shutdown.clone()));
     }
+    workers.spawn(sync_when_asked(state.clone(), shutdown.clone()));
     {
         // Resumes interrupted materializations, re-pins live reservations, expires old ones.
         let reservations = state.reservations.clone();
@@ -482,17 +520,96 @@ pub async fn start_with_state(state: Arc<AppState>) -> anyhow::Result<RunningSer
             tracing::warn!("background workers still busy after the grace period; abandoning them");
             workers.abort_all();
         }
+        gateway.shutdown().await;
+        // Uploads in progress are cut short; the journal runs them again at the next start.
+        cleanup.write_back.shutdown().await;
         cleanup.reservations.shutdown().await;
         cleanup.cache.shutdown().await;
         Ok(())
     });
-    tracing::info!(%addr, "listening: web catalog on http://{addr}/, GraphQL on http://{addr}/graphql");
+    tracing::info!(%addr, %s3_addr, "listening: web catalog on http://{addr}/, GraphQL on http://{addr}/graphql, S3 gateway on http://{s3_addr}/");
     Ok(RunningServer {
         addr,
+        s3_addr,
         state,
         shutdown,
         task,
     })
+}
+
+/// The S3 gateway over the office store; writes under the catalog's prefixes ask for a sync,
+/// so that uploads are searchable in the office at once.
+fn start_gateway(
+    state: &Arc<AppState>,
+    listener: TcpListener,
+) -> anyhow::Result<crate::gateway::GatewayHandle> {
+    let config = &state.config;
+    let on_write = {
+        let weak = Arc::downgrade(state);
+        let bucket = config.catalog.bucket.clone();
+        let prefixes = [
+            config.catalog.drives_prefix.clone(),
+            config.catalog.runs_prefix.clone(),
+        ];
+        Arc::new(move |b: &str, key: &str| {
+            if b == bucket && prefixes.iter().any(|p| key.starts_with(p.as_str())) {
+                if let Some(state) = weak.upgrade() {
+                    state.sync_soon.notify_one();
+                }
+            }
+        })
+    };
+    let gateway = crate::gateway::Gateway::new(
+        state.office_store.clone(),
+        config.gateway_buckets(),
+        on_write,
+    );
+    let keys = crate::gateway::TokenKeys::new(state.db.clone());
+    let access = crate::gateway::RoleAccess {
+        keys: keys.clone(),
+        buckets: Arc::new(config.gateway_buckets()),
+        allow_anonymous_read: config.server.allow_anonymous_read,
+    };
+    crate::gateway::start(
+        listener,
+        gateway,
+        keys,
+        access,
+        Some(&config.server.s3_domain),
+    )
+}
+
+/// How long writes must pause before the sync they asked for runs (a drive's files arrive
+/// together; one pass catalogs them all).
+const SYNC_DEBOUNCE: std::time::Duration = std::time::Duration::from_millis(300);
+
+/// Runs a catalog sync shortly after office uploads under the catalog's prefixes.
+async fn sync_when_asked(state: Arc<AppState>, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = state.sync_soon.notified() => {}
+        }
+        // Let a burst of writes settle.
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = state.sync_soon.notified() => continue,
+                () = tokio::time::sleep(SYNC_DEBOUNCE) => break,
+            }
+        }
+        let pass = tokio::select! {
+            () = stop.cancelled() => return,
+            result = state.sync_catalog() => result,
+        };
+        match pass {
+            Ok(report) if !report.errors.is_empty() => {
+                tracing::warn!(errors = ?report.errors, "catalog sync after office uploads reported problems");
+            }
+            Ok(_) => {}
+            Err(err) => tracing::warn!(error = %err, "catalog sync after office uploads failed"),
+        }
+    }
 }
 
 /// Syncs the catalog every `every` until `stop`; a failed pass is logged and retried next time.

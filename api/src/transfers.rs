@@ -23,6 +23,7 @@ pub enum StateArg {
     Uploading,
     Done,
     Failed,
+    Superseded,
 }
 
 impl StateArg {
@@ -32,6 +33,7 @@ impl StateArg {
             StateArg::Uploading => "UPLOADING",
             StateArg::Done => "DONE",
             StateArg::Failed => "FAILED",
+            StateArg::Superseded => "SUPERSEDED",
         }
     }
 }

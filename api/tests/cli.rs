@@ -52,6 +52,7 @@ fn serve_with_no_config_answers_healthz_and_stops_on_sigterm() {
     let child = milepost(dir.path())
         .arg("serve")
         .env("MILEPOST_SERVER_LISTEN", "127.0.0.1:0")
+        .env("MILEPOST_SERVER_S3_LISTEN", "127.0.0.1:0")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

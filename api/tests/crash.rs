@@ -79,6 +79,8 @@ fn milepost(dir: &Path) -> Command {
 struct Server {
     child: Child,
     addr: String,
+    /// The S3 gateway's address.
+    s3_addr: String,
     log: PathBuf,
     // Kept open: the process may still write to its stdout.
     _stdout: BufReader<ChildStdout>,
@@ -100,21 +102,29 @@ impl Server {
                 let mut reader = BufReader::new(stdout);
                 let mut line = String::new();
                 let _ = reader.read_line(&mut line);
+                let _ = reader.read_line(&mut line);
                 (line, reader)
             }),
         )
         .await;
-        let addr = match &banner {
-            Ok(Ok((line, _))) => line
-                .trim()
-                .strip_prefix("milepost listening on http://")
-                .map(str::to_owned),
+        let addrs = match &banner {
+            Ok(Ok((lines, _))) => {
+                let mut lines = lines.lines();
+                let http = lines
+                    .next()
+                    .and_then(|l| l.trim().strip_prefix("milepost listening on http://"));
+                let s3 = lines
+                    .next()
+                    .and_then(|l| l.trim().strip_prefix("milepost s3 gateway on http://"));
+                http.zip(s3).map(|(a, b)| (a.to_owned(), b.to_owned()))
+            }
             _ => None,
         };
-        match (addr, banner) {
-            (Some(addr), Ok(Ok((_, stdout)))) => Server {
+        match (addrs, banner) {
+            (Some((addr, s3_addr)), Ok(Ok((_, stdout)))) => Server {
                 child,
                 addr,
+                s3_addr,
                 log,
                 _stdout: stdout,
             },
@@ -315,6 +325,7 @@ async fn sigkill_mid_materialization_then_restart_reaches_ready_with_exact_bytes
             r#"data_dir = "{}"
 [server]
 listen = "127.0.0.1:0"
+s3_listen = "127.0.0.1:0"
 shutdown_grace = "2s"
 [upstream]
 endpoint = "{}"
@@ -491,6 +502,145 @@ concurrency = 4
                 request.target
             );
         }
+    }
+    server.sigterm();
+    proxy.shutdown().await;
+    s3.shutdown().await;
+}
+
+/// 200 objects acknowledged by the gateway while S3 is slow (every upstream request delayed),
+/// the process killed with SIGKILL with most of them still queued or uploading; after a
+/// restart the journal drives every one of them to S3 with the acknowledged bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_with_acknowledged_uploads_pending_then_restart_uploads_them_all() {
+    use futures::StreamExt as _;
+    use milepost_cacher::{list_all, ByteRange, S3Store, StaticCredentials, UpstreamSettings};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s3 = LoopbackS3::start(
+        &dir.path().join("s3"),
+        ([127, 0, 0, 1], 0).into(),
+        ACCESS_KEY,
+        SECRET_KEY,
+    )
+    .await
+    .expect("loopback s3");
+    let store = milepost_cacher::build_store(&s3.settings(), Arc::new(EgressMeter::default()))
+        .expect("store");
+    store.ensure_bucket(BUCKET).await.expect("bucket");
+    let proxy = FaultProxy::start(&s3.endpoint()).await.expect("proxy");
+    proxy.set_latency(Duration::from_millis(250));
+    let data_dir = dir.path().join("data");
+    std::fs::write(
+        dir.path().join("milepost.toml"),
+        format!(
+            r#"data_dir = "{}"
+[server]
+listen = "127.0.0.1:0"
+s3_listen = "127.0.0.1:0"
+shutdown_grace = "2s"
+[upstream]
+endpoint = "{}"
+region = "us-east-1"
+force_path_style = true
+[catalog]
+bucket = "{BUCKET}"
+sync_interval = "off"
+"#,
+            data_dir.display(),
+            proxy.endpoint()
+        ),
+    )
+    .expect("config");
+    let created = milepost(dir.path())
+        .args([
+            "token", "create", "--name", "vehicle", "--role", "engineer", "--s3",
+        ])
+        .output()
+        .expect("token create");
+    assert!(created.status.success(), "{created:?}");
+    let printed = String::from_utf8_lossy(&created.stdout).into_owned();
+    let value = |name: &str| {
+        printed
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}=")))
+            .unwrap_or_else(|| panic!("{name} in {printed}"))
+            .to_owned()
+    };
+    let credentials =
+        StaticCredentials::new(value("AWS_ACCESS_KEY_ID"), value("AWS_SECRET_ACCESS_KEY"));
+
+    let mut server = Server::start(dir.path(), 1).await;
+    let gateway = S3Store::new(&UpstreamSettings {
+        endpoint: Some(format!("http://{}", server.s3_addr)),
+        region: "us-east-1".to_owned(),
+        force_path_style: true,
+        credentials: Some(credentials),
+        ..UpstreamSettings::default()
+    })
+    .expect("gateway client");
+    let objects: Vec<(String, Vec<u8>)> = (0..200)
+        .map(|i| {
+            let mut data = vec![0u8; 4096 + i * 37];
+            rand::rng().fill_bytes(&mut data);
+            (format!("ingest/obj-{i:03}.bin"), data)
+        })
+        .collect();
+    let acknowledged: Vec<_> = futures::stream::iter(objects.iter())
+        .map(|(key, data)| {
+            let gateway = &gateway;
+            async move {
+                gateway
+                    .put(BUCKET, key, Bytes::from(data.clone()))
+                    .await
+                    .map(|_| key.clone())
+            }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    assert!(
+        acknowledged.iter().all(Result::is_ok),
+        "every PUT acknowledged: {acknowledged:?}"
+    );
+    server.sigkill();
+    let in_s3 = list_all(store.as_ref(), BUCKET, "ingest/")
+        .await
+        .expect("list")
+        .len();
+    assert!(
+        in_s3 < objects.len(),
+        "the kill came while uploads were pending ({in_s3} of 200 already in S3)"
+    );
+
+    // Restart with a fast S3: the journal uploads the rest.
+    proxy.set_latency(Duration::ZERO);
+    let mut server = Server::start(dir.path(), 2).await;
+    let started = Instant::now();
+    loop {
+        let listed = list_all(store.as_ref(), BUCKET, "ingest/")
+            .await
+            .expect("list");
+        if listed.len() == objects.len() {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{} of 200 in S3 a minute after the restart; log:\n{}",
+            listed.len(),
+            server.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for (key, data) in &objects {
+        let got = store
+            .get(BUCKET, key, ByteRange::All, None)
+            .await
+            .expect("get")
+            .collect(1 << 20)
+            .await
+            .expect("body");
+        assert_eq!(sha(&got), sha(data), "{key}: the acknowledged bytes");
     }
     server.sigterm();
     proxy.shutdown().await;

@@ -11,6 +11,7 @@ pub mod transfer_policy;
 pub mod trim;
 pub mod trimmed;
 pub mod upstream;
+pub mod writeback;
 
 pub use cache::{
     CacheError, CacheErrorKind, CacheRead, CacheSettings, CacheStatsSnapshot, FetchContext,

@@ -127,12 +127,16 @@ stored_enum! {
 }
 
 stored_enum! {
-    /// Lifecycle of a write-back transfer: `queued → uploading → done`, or `failed`.
+    /// Lifecycle of a write-back transfer: `queued → uploading → done`, or `failed` (a
+    /// permanent upstream error: the bytes stay dirty in the office and the transfer is
+    /// retried at the next start), or `superseded` (a later write or delete of the same key
+    /// was acknowledged before this one started: last write wins, so it never runs).
     TransferState as "transfer state" {
         Queued => "queued",
         Uploading => "uploading",
         Done => "done",
         Failed => "failed",
+        Superseded => "superseded",
     }
 }
 

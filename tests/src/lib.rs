@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use milepost_api::config::{Config, ListenAddr};
 use milepost_api::server::{self, AppState, RunningServer};
-use milepost_cacher::UpstreamSettings;
+use milepost_cacher::{S3Store, StaticCredentials, UpstreamSettings};
 use milepost_schema::enums::Role;
 use rand::Rng;
 use reqwest::StatusCode;
@@ -140,6 +140,7 @@ impl TestAppBuilder {
         };
         config.database.url = url;
         config.server.listen = ListenAddr(([127, 0, 0, 1], 0).into());
+        config.server.s3_listen = ListenAddr(([127, 0, 0, 1], 0).into());
         config.server.allow_anonymous_read = self.allow_anonymous_read;
         config.catalog.sync_interval = milepost_api::config::Interval(None);
         if let Some(bucket) = self.bucket {
@@ -224,6 +225,34 @@ impl TestApp {
         milepost_api::auth::create_token(self.db(), name, role)
             .await
             .expect("token created")
+    }
+
+    /// The S3 gateway's endpoint, `http://127.0.0.1:<port>`.
+    pub fn s3_endpoint(&self) -> String {
+        format!("http://{}", self.running().s3_addr)
+    }
+
+    /// Creates a token with S3 credentials; returns the bearer secret and the key pair.
+    pub async fn s3_token(&self, name: &str, role: Role) -> (String, StaticCredentials) {
+        let (secret, s3) = milepost_api::auth::create_s3_token(self.db(), name, role)
+            .await
+            .expect("s3 token created");
+        (
+            secret,
+            StaticCredentials::new(s3.access_key_id, s3.secret_access_key),
+        )
+    }
+
+    /// An S3 client of the gateway with `credentials` (path-style, region us-east-1).
+    pub fn s3_client(&self, credentials: StaticCredentials) -> S3Store {
+        S3Store::new(&UpstreamSettings {
+            endpoint: Some(self.s3_endpoint()),
+            region: "us-east-1".to_owned(),
+            force_path_style: true,
+            credentials: Some(credentials),
+            ..UpstreamSettings::default()
+        })
+        .expect("gateway client")
     }
 
     /// Runs `syncCatalog` as `admin` and asserts that it reported no errors: the start of

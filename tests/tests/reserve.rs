@@ -154,7 +154,16 @@ async fn reserve_materializes_exact_bytes_once_then_from_cache() {
         dataset["manifestKey"],
         ".milepost/datasets/first-drive/v1.parquet"
     );
-    // The manifest in S3 lists exactly the objects, with their ETags.
+    // The manifest reaches S3 through the write-back path, and lists exactly the objects,
+    // with their ETags.
+    assert!(
+        w.app
+            .state()
+            .write_back
+            .wait_idle(Duration::from_secs(30))
+            .await,
+        "the manifest was not written back"
+    );
     let manifest = read_manifest(
         upstream_bytes(&w, ".milepost/datasets/first-drive/v1.parquet")
             .await

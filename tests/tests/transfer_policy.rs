@@ -1,9 +1,16 @@
 //! Transfer policies over GraphQL against the real server: `transferPolicy`,
 //! `setTransferPolicy` (roles, errors naming the token, a change felt by the upload limiter at
-//! once) and the `transfers` queue (order, cursor paging, the summary) over rows written into
-//! the `transfers` journal directly, as the uploader would.
+//! once), the `transfers` queue (order, cursor paging, the summary) over rows written into
+//! the `transfers` journal directly, as the uploader would, and real write-back uploads to a
+//! loopback S3 held to the schedule's limit, re-prioritized and released by a policy change.
 
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
 use chrono::{TimeZone, Utc};
+use milepost_cacher::loopback::LoopbackS3;
+use milepost_cacher::EgressMeter;
 use milepost_schema::entity::transfer;
 use milepost_schema::enums::{Role, TransferOp, TransferState};
 use milepost_tests::{error_codes, first_error, TestApp};
@@ -245,6 +252,8 @@ async fn transfers_list_in_queue_order_with_cursor_paging_and_a_summary() {
         row(Done, 2, MIB, MIB),              // 8
         row(Queued, 0, 2 * MIB, 0),          // 9
     ];
+    // The uploader would pick the queued rows up (and fail them: they have no staged bytes).
+    app.state().write_back.shutdown().await;
     let seeded = seed(&app, &rows).await;
     let id = |i: usize| seeded[i].0.to_string();
 
@@ -346,4 +355,101 @@ async fn transfers_list_in_queue_order_with_cursor_paging_and_a_summary() {
     assert_eq!(node["key"], seeded[4].1.as_str());
     assert_eq!(node["enqueuedAt"], "2026-11-25T09:00:04+00:00");
     app.shutdown().await;
+}
+
+const UPLOAD_SUMMARY: &str = "{ transfers(state: QUEUED) {
+    edges { node { key priority } }
+    summary { queuedCount uploadingCount rateBytesPerSecond limitBytesPerSecond etaSeconds } } }";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_back_uploads_follow_the_limit_the_priorities_and_a_change() {
+    let s3_dir = tempfile::tempdir().expect("tempdir");
+    let s3 = LoopbackS3::start(
+        s3_dir.path(),
+        ([127, 0, 0, 1], 0).into(),
+        "test-key",
+        "test-secret",
+    )
+    .await
+    .expect("loopback s3");
+    let upstream = milepost_cacher::build_store(&s3.settings(), Arc::new(EgressMeter::default()))
+        .expect("store");
+    upstream.ensure_bucket("fleet").await.expect("bucket");
+    let app = TestApp::builder()
+        .upstream(s3.settings(), "fleet")
+        .configure(|config| {
+            config.transfer.upload_schedule = "* 1MiB".to_owned();
+            config.transfer.priorities = vec!["*.json".to_owned(), "*".to_owned()];
+        })
+        .start()
+        .await;
+    let admin = app.token("admin", Role::Admin).await;
+    let write_back = app.state().write_back.clone();
+
+    // Five 1 MiB objects: four upload at once (sharing 1 MiB/s), the fifth waits its turn.
+    let started = Instant::now();
+    for i in 0..5 {
+        write_back
+            .put_bytes(
+                "fleet",
+                &format!("uploads/f{i}.bin"),
+                Bytes::from(vec![i as u8; 1 << 20]),
+            )
+            .await
+            .expect("office write");
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (_, body) = app.graphql(Some(&admin), UPLOAD_SUMMARY, json!({})).await;
+    let list = &body["data"]["transfers"];
+    let summary = &list["summary"];
+    assert_eq!(summary["uploadingCount"], 4, "{body}");
+    assert_eq!(summary["queuedCount"], 1, "{body}");
+    assert_eq!(summary["limitBytesPerSecond"], MIB, "{body}");
+    let rate = summary["rateBytesPerSecond"].as_f64().expect("rate");
+    assert!(
+        (0.4 * MIB as f64..=1.5 * MIB as f64).contains(&rate),
+        "about 1 MiB/s, got {rate}: {body}"
+    );
+    assert!(
+        summary["etaSeconds"].as_f64().is_some_and(|eta| eta > 1.0),
+        "{body}"
+    );
+    assert_eq!(list["edges"][0]["node"]["priority"], 1, "{body}");
+    let sent = app.state().upload_limiter.bytes_total();
+    assert!(
+        sent <= (3 * MIB) as u64,
+        "held to about 1 MiB/s: {sent} bytes let through in {:?}",
+        started.elapsed()
+    );
+
+    // New priorities re-rank the queued transfer; lifting the limit lets everything go.
+    let (_, body) = app
+        .graphql(Some(&admin), SET, json!({ "s": "* 1MiB", "p": ["*.bin"] }))
+        .await;
+    assert!(body["errors"].is_null(), "{body}");
+    let (_, body) = app.graphql(Some(&admin), UPLOAD_SUMMARY, json!({})).await;
+    let queued = &body["data"]["transfers"]["edges"];
+    if let Some(edge) = queued.as_array().and_then(|e| e.first()) {
+        assert_eq!(edge["node"]["priority"], 0, "{body}");
+    }
+    let lifted = Instant::now();
+    let (_, body) = app
+        .graphql(Some(&admin), SET, json!({ "s": "* off", "p": ["*"] }))
+        .await;
+    assert!(body["errors"].is_null(), "{body}");
+    assert!(write_back.wait_idle(Duration::from_secs(30)).await);
+    assert!(
+        lifted.elapsed() < Duration::from_secs(3),
+        "the rest went within {:?} of lifting the limit",
+        lifted.elapsed()
+    );
+    for i in 0..5u8 {
+        let meta = upstream
+            .head("fleet", &format!("uploads/f{i}.bin"))
+            .await
+            .expect("in S3");
+        assert_eq!(meta.size, 1 << 20);
+    }
+    app.shutdown().await;
+    s3.shutdown().await;
 }

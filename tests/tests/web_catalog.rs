@@ -400,6 +400,8 @@ async fn catalog_end_to_end_in_chromium() {
         .expect("test step")
         .len();
     assert_eq!(listed, 2);
+    // Stopped, so that the seeded rows stay as written (they have no staged bytes to upload).
+    w.app.state().write_back.shutdown().await;
     seed_transfers(&w.app).await;
     browser
         .goto(&format!("{base}/transfers"))

@@ -60,6 +60,12 @@ pub struct ServerConfig {
     pub listen: ListenAddr,
     /// The S3-compatible gateway.
     pub s3_listen: ListenAddr,
+    /// Buckets the gateway serves; empty means the catalog bucket alone. Requests naming any
+    /// other bucket get `NoSuchBucket`.
+    pub s3_buckets: Vec<String>,
+    /// Base domain for virtual-host-style requests (`<bucket>.<domain>`); empty: path-style
+    /// only.
+    pub s3_domain: String,
     /// Lets clients without a token run queries (never mutations).
     pub allow_anonymous_read: bool,
     /// Deepest GraphQL selection accepted; deeper queries are refused before they run.
@@ -79,6 +85,8 @@ impl Default for ServerConfig {
         ServerConfig {
             listen: ListenAddr(([127, 0, 0, 1], 8080).into()),
             s3_listen: ListenAddr(([127, 0, 0, 1], 9100).into()),
+            s3_buckets: Vec::new(),
+            s3_domain: String::new(),
             allow_anonymous_read: false,
             max_query_depth: 12,
             max_query_complexity: 5_000,
@@ -262,6 +270,15 @@ impl Config {
     /// The `[transfer]` policy, parsed.
     pub fn transfer_policy(&self) -> Result<TransferPolicy, PolicyError> {
         TransferPolicy::parse(&self.transfer.upload_schedule, &self.transfer.priorities)
+    }
+
+    /// The buckets the S3 gateway serves: `server.s3_buckets`, or the catalog bucket.
+    pub fn gateway_buckets(&self) -> Vec<String> {
+        if self.server.s3_buckets.is_empty() {
+            vec![self.catalog.bucket.clone()]
+        } else {
+            self.server.s3_buckets.clone()
+        }
     }
 
     fn validate(

@@ -54,6 +54,6 @@ mirror_enum!(
 mirror_enum!(
     TransferState,
     enums::TransferState,
-    [Queued, Uploading, Done, Failed]
+    [Queued, Uploading, Done, Failed, Superseded]
 );
 mirror_enum!(TransferOp, enums::TransferOp, [Put, Delete]);

@@ -3,8 +3,8 @@
 //!
 //! `transfers` reads the `transfers` journal the uploader writes. Order of the list:
 //! UPLOADING first, then QUEUED, each in queue order (priority, then oldest first: the journal
-//! id); then DONE and FAILED together, newest first. A `state` argument keeps one of those
-//! groups (DONE or FAILED alone, still newest first). Cursors are keyset positions, so a page
+//! id); then the finished ones (DONE, FAILED, SUPERSEDED) together, newest first. A `state`
+//! argument keeps one state (a finished one still newest first). Cursors are keyset positions, so a page
 //! is stable against rows added elsewhere; a transfer that changes state between two pages
 //! moves to another group and may be skipped or shown twice, as in any live queue.
 
@@ -223,7 +223,9 @@ fn encode_cursor(row: &transfer::Model) -> String {
     let group = match row.state {
         enums::TransferState::Uploading => Group::Uploading,
         enums::TransferState::Queued => Group::Queued,
-        enums::TransferState::Done | enums::TransferState::Failed => Group::Finished,
+        enums::TransferState::Done
+        | enums::TransferState::Failed
+        | enums::TransferState::Superseded => Group::Finished,
     };
     URL_SAFE_NO_PAD.encode(format!(
         "{CURSOR_KIND}:{}:{}:{}",
@@ -253,7 +255,7 @@ fn groups(wanted: Option<enums::TransferState>) -> Vec<(Group, Vec<enums::Transf
         None => vec![
             (Group::Uploading, vec![S::Uploading]),
             (Group::Queued, vec![S::Queued]),
-            (Group::Finished, vec![S::Done, S::Failed]),
+            (Group::Finished, vec![S::Done, S::Failed, S::Superseded]),
         ],
         Some(S::Uploading) => vec![(Group::Uploading, vec![S::Uploading])],
         Some(S::Queued) => vec![(Group::Queued, vec![S::Queued])],
@@ -375,7 +377,7 @@ pub struct TransferQuery;
 #[Object]
 impl TransferQuery {
     /// The write-back queue: UPLOADING, then QUEUED in upload order (priority, then oldest),
-    /// then DONE and FAILED newest first; `state` keeps one of them.
+    /// then DONE, FAILED and SUPERSEDED newest first; `state` keeps one of them.
     async fn transfers(
         &self,
         ctx: &Context<'_>,
@@ -425,8 +427,8 @@ pub struct TransferMutation;
 #[Object]
 impl TransferMutation {
     /// ADMIN: replaces the schedule and priorities at once, without a restart; every upload
-    /// follows the new limit within a second. Priorities apply to transfers enqueued from now
-    /// on. Not persisted: a restart goes back to `[transfer]` of the config.
+    /// follows the new limit within a second, and queued transfers are re-prioritized. Not
+    /// persisted: a restart goes back to `[transfer]` of the config.
     async fn set_transfer_policy(
         &self,
         ctx: &Context<'_>,
@@ -440,6 +442,11 @@ impl TransferMutation {
             .gql()?;
         tracing::info!(by = %me.name, %policy, "transfer policy replaced");
         app.transfer_policy.set(policy);
+        // The new policy is in force either way; a queue that could not be re-prioritized
+        // keeps its order until the next change.
+        if let Err(err) = app.write_back.reprioritize().await {
+            tracing::warn!(error = %err, "cannot re-prioritize the upload queue");
+        }
         Ok(policy_view(app))
     }
 }

@@ -246,6 +246,29 @@ impl CacheBook {
         }
     }
 
+    /// `holder` releases `key` alone; true if it pinned it.
+    pub fn unpin(&mut self, holder: &str, key: &ObjectKey) -> bool {
+        let Some(held) = self.holders.get_mut(holder) else {
+            return false;
+        };
+        if !held.remove(key) {
+            return false;
+        }
+        if held.is_empty() {
+            self.holders.remove(holder);
+        }
+        if let Some(count) = self.pin_counts.get_mut(key) {
+            *count -= 1;
+            if *count == 0 {
+                self.pin_counts.remove(key);
+                if let Some(entry) = self.entries.get(key) {
+                    self.pinned -= entry.size;
+                }
+            }
+        }
+        true
+    }
+
     /// `holder` releases every object it pins. Returns how many it pinned.
     pub fn unpin_all(&mut self, holder: &str) -> usize {
         let Some(held) = self.holders.remove(holder) else {

@@ -20,6 +20,17 @@ pub(super) async fn upsert_ready(
     object: &ObjectKey,
     path: &str,
 ) -> Result<(), CacheError> {
+    upsert(db, object, path, CacheEntryState::Ready).await
+}
+
+/// Records `object` in `state` at `path` (relative to the cache root), replacing any row of
+/// the same (bucket, key, etag).
+pub(super) async fn upsert(
+    db: &DatabaseConnection,
+    object: &ObjectKey,
+    path: &str,
+    state: CacheEntryState,
+) -> Result<(), CacheError> {
     let now = Utc::now();
     let row = cache_entry::ActiveModel {
         bucket: Set(object.bucket.clone()),
@@ -27,7 +38,7 @@ pub(super) async fn upsert_ready(
         etag: Set(object.etag.clone()),
         size: Set(i64::try_from(object.size).unwrap_or(i64::MAX)),
         path: Set(path.to_owned()),
-        state: Set(CacheEntryState::Ready),
+        state: Set(state),
         last_access: Set(now),
         created_at: Set(now),
         ..Default::default()
@@ -54,6 +65,48 @@ pub(super) async fn upsert_ready(
             CacheError::database(format!("recording the cache entry of {object}"), err)
         })?;
     Ok(())
+}
+
+/// Sets the state of `object`'s row (`dirty` once written back becomes `ready`).
+pub(super) async fn set_state(
+    db: &DatabaseConnection,
+    object: &ObjectKey,
+    state: CacheEntryState,
+) -> Result<(), CacheError> {
+    cache_entry::Entity::update_many()
+        .col_expr(
+            cache_entry::Column::State,
+            sea_orm::sea_query::Expr::value(state),
+        )
+        .filter(cache_entry::Column::Bucket.eq(&object.bucket))
+        .filter(cache_entry::Column::Key.eq(&object.key))
+        .filter(cache_entry::Column::Etag.eq(&object.etag))
+        .exec(db)
+        .await
+        .map_err(|err| {
+            CacheError::database(format!("updating the cache entry of {object}"), err)
+        })?;
+    Ok(())
+}
+
+/// The objects whose rows are `dirty` (written in the office, not yet in S3).
+pub(super) async fn dirty(db: &DatabaseConnection) -> Result<Vec<ObjectKey>, CacheError> {
+    let rows = cache_entry::Entity::find()
+        .filter(cache_entry::Column::State.eq(CacheEntryState::Dirty))
+        .all(db)
+        .await
+        .map_err(|err| CacheError::database("loading the dirty cache entries", err))?;
+    Ok(rows
+        .into_iter()
+        .map(|row| {
+            ObjectKey::new(
+                row.bucket,
+                row.key,
+                row.etag,
+                u64::try_from(row.size).unwrap_or(0),
+            )
+        })
+        .collect())
 }
 
 /// Deletes the row of `object`, if any.

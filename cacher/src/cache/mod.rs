@@ -48,6 +48,8 @@ use tokio::sync::{watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use milepost_schema::enums::CacheEntryState;
+
 use crate::upstream::{ByteRange, ObjectStore};
 
 pub use book::{CacheBook, EntryState, Full};
@@ -398,6 +400,114 @@ impl OfficeCache {
         object: &ObjectKey,
         staging: PathBuf,
     ) -> Result<PathBuf, CacheError> {
+        self.install_built(object, staging, false).await
+    }
+
+    /// Puts a file written in the office (an upload through the gateway: fsynced, verified by
+    /// the caller) into the content store as `object`, `dirty`: its row says so and
+    /// [`WRITE_BACK_HOLDER`] pins it, so it is never evicted before
+    /// [`mark_clean`](Self::mark_clean) (S3 has it) or [`discard_dirty`](Self::discard_dirty)
+    /// (a later write replaced it). Admission, eviction and errors as
+    /// [`insert_file`](Self::insert_file); the same bytes already cached become dirty.
+    pub async fn insert_dirty(
+        &self,
+        object: &ObjectKey,
+        staging: PathBuf,
+    ) -> Result<PathBuf, CacheError> {
+        self.install_built(object, staging, true).await
+    }
+
+    /// `object`, written in the office, is now in S3 with `upstream_etag`: its entry becomes
+    /// an ordinary (evictable) one. When S3 gave it another ETag than the office did (S3's
+    /// multipart ETags depend on the part size), the same content is also entered under the
+    /// upstream ETag (a hard link: one file on disk, counted twice, which errs on the safe
+    /// side), so that readers resolving the object through S3 find it cached while datasets
+    /// frozen with the office ETag still do too. Returns the upstream entry's key.
+    pub async fn mark_clean(
+        &self,
+        object: &ObjectKey,
+        upstream_etag: &str,
+    ) -> Result<ObjectKey, CacheError> {
+        let inner = &self.inner;
+        entries::set_state(&inner.db, object, CacheEntryState::Ready).await?;
+        inner.lock().book.unpin(WRITE_BACK_HOLDER, object);
+        if upstream_etag == object.etag {
+            return Ok(object.clone());
+        }
+        let upstream = ObjectKey::new(
+            object.bucket.clone(),
+            object.key.clone(),
+            upstream_etag.to_owned(),
+            object.size,
+        );
+        {
+            let mut state = inner.lock();
+            if state.book.state(&upstream).is_some() {
+                return Ok(upstream);
+            }
+            // Admitted like any insert, so that the capacity accounting stays true.
+            match state.book.plan_eviction(upstream.size) {
+                Ok(planned) if planned.is_empty() => {
+                    state.book.begin(upstream.clone(), upstream.size);
+                }
+                // No room without evicting: leave it; a reader will fetch it if needed.
+                _ => return Ok(upstream),
+            }
+        }
+        let (from, to) = (
+            inner.layout.content_path(object),
+            inner.layout.content_path(&upstream),
+        );
+        let linked = flight::blocking(format!("linking the cache entry of {object}"), move || {
+            if let Some(dir) = to.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            match std::fs::hard_link(from, to) {
+                Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+                other => other,
+            }
+        })
+        .await;
+        let recorded = match linked {
+            Ok(()) => {
+                entries::upsert_ready(&inner.db, &upstream, &Layout::content_relative(&upstream))
+                    .await
+            }
+            Err(err) => Err(err),
+        };
+        {
+            let mut state = inner.lock();
+            if recorded.is_ok() {
+                state.book.complete(&upstream);
+            } else {
+                state.book.remove(&upstream);
+            }
+        }
+        inner.downloads_ended.send_replace(());
+        recorded.map(|()| upstream)
+    }
+
+    /// `object`, written in the office, was replaced by a later write of its key before it
+    /// reached S3: it will never be uploaded, so it becomes an ordinary entry, evicted in its
+    /// turn.
+    pub async fn discard_dirty(&self, object: &ObjectKey) -> Result<(), CacheError> {
+        entries::set_state(&self.inner.db, object, CacheEntryState::Ready).await?;
+        self.inner.lock().book.unpin(WRITE_BACK_HOLDER, object);
+        Ok(())
+    }
+
+    /// The entries that are dirty (recorded so in the database): written in the office and
+    /// not yet in S3.
+    pub async fn dirty_entries(&self) -> Result<Vec<ObjectKey>, CacheError> {
+        entries::dirty(&self.inner.db).await
+    }
+
+    async fn install_built(
+        &self,
+        object: &ObjectKey,
+        staging: PathBuf,
+        dirty: bool,
+    ) -> Result<PathBuf, CacheError> {
         enum Step {
             Cached,
             Wait(watch::Receiver<()>),
@@ -408,6 +518,11 @@ impl OfficeCache {
         let victims = loop {
             let step = {
                 let mut state = inner.lock();
+                if dirty {
+                    // Before admission, so that the entry is protected from the moment it
+                    // exists (pinning twice is pinning once).
+                    state.book.pin(WRITE_BACK_HOLDER, [object]);
+                }
                 if state.book.is_ready(object) {
                     state.book.touch(object);
                     Step::Cached
@@ -440,6 +555,11 @@ impl OfficeCache {
             match step {
                 Step::Cached => {
                     flight::remove_quietly(staging).await;
+                    if dirty {
+                        let relative = Layout::content_relative(object);
+                        entries::upsert(&inner.db, object, &relative, CacheEntryState::Dirty)
+                            .await?;
+                    }
                     return Ok(inner.layout.content_path(object));
                 }
                 Step::Wait(mut gate) => {
@@ -447,6 +567,9 @@ impl OfficeCache {
                 }
                 Step::Admitted(victims) => break victims,
                 Step::Full(err) => {
+                    if dirty {
+                        inner.lock().book.unpin(WRITE_BACK_HOLDER, object);
+                    }
                     flight::remove_quietly(staging).await;
                     return Err(err);
                 }
@@ -466,9 +589,13 @@ impl OfficeCache {
                     })
                     .await?;
                     flight::install(&Arc::new(file), &staging, &content, &object).await?;
-                    if let Err(err) =
-                        entries::upsert_ready(&inner.db, &object, &Layout::content_relative(&object))
-                            .await
+                    let relative = Layout::content_relative(&object);
+                    if dirty {
+                        // A dirty entry without its row would be lost at the next start-up:
+                        // the upload is not acknowledged unless the row is written.
+                        entries::upsert(&inner.db, &object, &relative, CacheEntryState::Dirty)
+                            .await?;
+                    } else if let Err(err) = entries::upsert_ready(&inner.db, &object, &relative).await
                     {
                         // As for downloads: the file is in place; without its row the next
                         // start-up removes it as an orphan.
@@ -483,6 +610,9 @@ impl OfficeCache {
                         state.book.complete(&object);
                     } else {
                         state.book.remove(&object);
+                        if dirty {
+                            state.book.unpin(WRITE_BACK_HOLDER, &object);
+                        }
                     }
                 }
                 inner.downloads_ended.send_replace(());

@@ -9,6 +9,8 @@
 //!   (`setTransferPolicy`); every throttled stream feels a change at once.
 //! - [`UploadLimiter`] and [`Throttled`]: a token bucket over upload bytes, shared by all
 //!   uploads of the office, and the stream wrapper the uploader puts around each upload body.
+//! - [`PolicyShaper`]: all of it as the write-back path's
+//!   [`UploadShaper`](crate::writeback::UploadShaper).
 //!
 //! # Priority globs
 //!
@@ -35,6 +37,7 @@
 //! ```
 
 pub mod schedule;
+mod shaper;
 pub mod throttle;
 
 use std::fmt;
@@ -45,6 +48,7 @@ use chrono::NaiveDateTime;
 use tokio::sync::watch;
 
 pub use schedule::{format_rate, Schedule};
+pub use shaper::PolicyShaper;
 pub use throttle::{Throttled, UploadLimiter};
 
 /// Most priority patterns a policy may have.

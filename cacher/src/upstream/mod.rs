@@ -235,7 +235,7 @@ pub fn build_store(
 }
 
 /// `etag` without surrounding quotes and without a weak validator prefix (`W/`).
-pub(crate) fn bare_etag(etag: &str) -> &str {
+pub fn bare_etag(etag: &str) -> &str {
     let etag = etag.strip_prefix("W/").unwrap_or(etag);
     etag.strip_prefix('"')
         .and_then(|e| e.strip_suffix('"'))

@@ -470,6 +470,7 @@ office = "bench"
 
 [server]
 listen = "127.0.0.1:{port}"
+s3_listen = "127.0.0.1:0"
 
 [upstream]
 endpoint = "{endpoint}"

@@ -325,6 +325,7 @@ fn app_config(data_dir: &Path) -> Config {
         ..Config::default()
     };
     config.server.listen = ListenAddr(([127, 0, 0, 1], 0).into());
+    config.server.s3_listen = ListenAddr(([127, 0, 0, 1], 0).into());
     config.catalog.sync_interval = Interval(None);
     config.catalog.bucket = BUCKET.to_owned();
     config

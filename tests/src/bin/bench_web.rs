@@ -72,6 +72,7 @@ async fn run(dir: PathBuf, rounds: usize) -> anyhow::Result<()> {
         ..Config::default()
     };
     config.server.listen = ListenAddr(([127, 0, 0, 1], 0).into());
+    config.server.s3_listen = ListenAddr(([127, 0, 0, 1], 0).into());
     config.catalog.sync_interval = Interval(None);
     config.catalog.bucket = "fleet".to_owned();
     let upstream = milepost_api::server::upstream_settings(&config);

@@ -18,12 +18,13 @@ use crate::{html_response, see_other, w, GraphqlError, UiState};
 /// Transfers listed per page.
 const PAGE: i64 = 50;
 
-const STATES: [(&str, &str, &str); 5] = [
+const STATES: [(&str, &str, &str); 6] = [
     ("", "", "All"),
     ("queued", "QUEUED", "Queued"),
     ("uploading", "UPLOADING", "Uploading"),
     ("done", "DONE", "Done"),
     ("failed", "FAILED", "Failed"),
+    ("superseded", "SUPERSEDED", "Superseded"),
 ];
 
 #[derive(Debug, Deserialize)]

@@ -31,6 +31,8 @@ enum Op {
     Remove(usize),
     Pin(usize, Vec<usize>),
     UnpinAll(usize),
+    /// One holder releases one key.
+    Unpin(usize, usize),
     /// Plans eviction with nothing incoming and removes the victims, as after an insert.
     Evict,
 }
@@ -44,8 +46,9 @@ fn op() -> impl Strategy<Value = Op> {
         2 => k.clone().prop_map(Op::Complete),
         1 => k.clone().prop_map(Op::Touch),
         1 => k.clone().prop_map(Op::Remove),
-        1 => (h.clone(), prop::collection::vec(k, 0..4)).prop_map(|(h, ks)| Op::Pin(h, ks)),
-        1 => h.prop_map(Op::UnpinAll),
+        1 => (h.clone(), prop::collection::vec(k.clone(), 0..4)).prop_map(|(h, ks)| Op::Pin(h, ks)),
+        1 => h.clone().prop_map(Op::UnpinAll),
+        1 => (h, k).prop_map(|(h, k)| Op::Unpin(h, k)),
         1 => Just(Op::Evict),
     ]
 }
@@ -206,6 +209,11 @@ fn apply(book: &mut CacheBook, model: &mut Model, op: &Op) -> Result<(), TestCas
             let expected = model.pins.iter().filter(|(i, _)| i == h).count();
             prop_assert_eq!(book.unpin_all(HOLDERS[*h]), expected);
             model.pins.retain(|(i, _)| i != h);
+        }
+        Op::Unpin(h, k) => {
+            let expected = model.pins.contains(&(*h, *k));
+            prop_assert_eq!(book.unpin(HOLDERS[*h], &key(*k)), expected);
+            model.pins.retain(|pin| pin != &(*h, *k));
         }
         Op::Evict => match (book.plan_eviction(0), model.plan(0)) {
             (Ok(victims), Some(expected)) => {

@@ -170,6 +170,14 @@ impl S3Store {
     }
 }
 
+impl S3Store {
+    /// The SDK client, for calls the [`ObjectStore`] contract does not offer (tests of the
+    /// office gateway use it to speak raw S3).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+}
+
 #[async_trait]
 impl ObjectStore for S3Store {
     async fn list_page(

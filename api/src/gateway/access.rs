@@ -1,0 +1,139 @@
+//! Who may use the S3 gateway: SigV4 access keys from `milepost token create --s3`
+//! ([`TokenKeys`]), and what each role may do ([`RoleAccess`]): VIEWER reads, ENGINEER and up
+//! also write. Buckets the office does not serve are refused before anything else.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use milepost_schema::entity::token;
+use milepost_schema::enums::Role;
+use s3s::access::{S3Access, S3AccessContext};
+use s3s::auth::{S3Auth, SecretKey};
+use s3s::path::S3Path;
+use s3s::{s3_error, S3Result};
+use sea_orm::{ColumnTrait as _, DatabaseConnection, EntityTrait as _, QueryFilter as _};
+
+/// How long a looked-up key is trusted before the database is asked again (a revoked token
+/// stops working within this time).
+const KEY_TTL: Duration = Duration::from_secs(10);
+
+/// The S3 credentials of the tokens table, with a short-lived cache.
+#[derive(Debug, Clone)]
+pub struct TokenKeys {
+    db: DatabaseConnection,
+    cache: Arc<Mutex<HashMap<String, (Instant, Option<(String, Role)>)>>>,
+}
+
+impl TokenKeys {
+    pub fn new(db: DatabaseConnection) -> Self {
+        Self {
+            db,
+            cache: Arc::default(),
+        }
+    }
+
+    /// The secret and role of `access_key`, if it belongs to a live token.
+    pub async fn lookup(&self, access_key: &str) -> S3Result<Option<(String, Role)>> {
+        if let Some((at, found)) = self
+            .cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(access_key)
+        {
+            if at.elapsed() < KEY_TTL {
+                return Ok(found.clone());
+            }
+        }
+        let row = token::Entity::find()
+            .filter(token::Column::S3AccessKey.eq(access_key))
+            .filter(token::Column::RevokedAt.is_null())
+            .one(&self.db)
+            .await
+            .map_err(|err| {
+                tracing::error!(error = %err, "cannot look up an s3 access key");
+                s3_error!(
+                    ServiceUnavailable,
+                    "the office catalog database is unavailable"
+                )
+            })?;
+        let found = row.and_then(|row| row.s3_secret.map(|secret| (secret, row.role)));
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        if cache.len() > 10_000 {
+            cache.clear();
+        }
+        cache.insert(access_key.to_owned(), (Instant::now(), found.clone()));
+        Ok(found)
+    }
+}
+
+#[async_trait::async_trait]
+impl S3Auth for TokenKeys {
+    async fn get_secret_key(&self, access_key: &str) -> S3Result<SecretKey> {
+        match self.lookup(access_key).await? {
+            Some((secret, _)) => Ok(SecretKey::from(secret)),
+            None => Err(s3_error!(
+                InvalidAccessKeyId,
+                "the access key id does not exist in this office (create one with `milepost token create --s3`)"
+            )),
+        }
+    }
+}
+
+/// Operations that only read.
+fn is_read(op: &str) -> bool {
+    matches!(
+        op,
+        "ListBuckets"
+            | "HeadBucket"
+            | "GetBucketLocation"
+            | "ListObjects"
+            | "ListObjectsV2"
+            | "HeadObject"
+            | "GetObject"
+            | "ListParts"
+            | "ListMultipartUploads"
+    )
+}
+
+/// Role checks and the served buckets.
+#[derive(Debug, Clone)]
+pub struct RoleAccess {
+    pub keys: TokenKeys,
+    pub buckets: Arc<Vec<String>>,
+    pub allow_anonymous_read: bool,
+}
+
+#[async_trait::async_trait]
+impl S3Access for RoleAccess {
+    async fn check(&self, cx: &mut S3AccessContext<'_>) -> S3Result<()> {
+        let op = cx.s3_op().name().to_owned();
+        let bucket = match cx.s3_path() {
+            S3Path::Root => None,
+            S3Path::Bucket { bucket } | S3Path::Object { bucket, .. } => Some(bucket.to_string()),
+        };
+        let role = match cx.credentials() {
+            Some(credentials) => match self.keys.lookup(&credentials.access_key).await? {
+                Some((_, role)) => role,
+                None => return Err(s3_error!(InvalidAccessKeyId)),
+            },
+            None if self.allow_anonymous_read && is_read(&op) => Role::Viewer,
+            None => return Err(s3_error!(AccessDenied, "a signed request is required")),
+        };
+        if let Some(bucket) = &bucket {
+            if !self.buckets.iter().any(|b| b == bucket) {
+                return Err(s3_error!(
+                    NoSuchBucket,
+                    "bucket {bucket} is not served by this office gateway"
+                ));
+            }
+        }
+        if !is_read(&op) && role < Role::Engineer {
+            return Err(s3_error!(
+                AccessDenied,
+                "{op} needs the ENGINEER role or higher; this key is VIEWER"
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,753 @@
+//! The office's S3-compatible gateway, on `server.s3_listen` (s3s): boto3, the AWS CLI and
+//! rclone work against it unchanged.
+//!
+//! Reads go through the office: [`OfficeStore`] answers listings and HEADs with the office's
+//! writes laid over S3, and GETs stream from the office cache (read-through, one upstream
+//! fetch per object however many readers). Writes go to the write-back path: a PUT, a
+//! completed multipart upload or a copy is acknowledged once fsynced and journaled, and
+//! reaches S3 in the background. Auth is SigV4 with keys from `milepost token create --s3`
+//! ([`access`]); errors are S3 XML errors ([`errors`]).
+
+mod access;
+mod errors;
+mod listing;
+mod serve;
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use base64::Engine as _;
+use bytes::Bytes;
+use futures::{Stream, StreamExt as _};
+use milepost_cacher::upstream::bare_etag;
+use milepost_cacher::writeback::{BodyChecks, OfficeStore, WriteBack};
+use milepost_cacher::{ByteRange, CacheErrorKind, FetchContext, ObjectKey, ObjectStore};
+use s3s::dto::*;
+use s3s::{s3_error, S3Request, S3Response, S3Result, S3};
+
+pub use access::{RoleAccess, TokenKeys};
+pub use serve::{start, GatewayHandle};
+
+/// The S3 operations of the gateway.
+#[derive(Clone)]
+pub struct Gateway {
+    store: Arc<OfficeStore>,
+    write_back: Arc<WriteBack>,
+    buckets: Arc<Vec<String>>,
+    /// Called after a write under the catalog's prefixes, so that the office catalogs it at
+    /// once (bucket, key).
+    on_write: Arc<dyn Fn(&str, &str) + Send + Sync>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("buckets", &self.buckets)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Gateway {
+    pub fn new(
+        store: Arc<OfficeStore>,
+        buckets: Vec<String>,
+        on_write: Arc<dyn Fn(&str, &str) + Send + Sync>,
+    ) -> Self {
+        Self {
+            write_back: Arc::clone(store.write_back()),
+            store,
+            buckets: Arc::new(buckets),
+            on_write,
+        }
+    }
+
+    fn owner<T>(req: &S3Request<T>) -> FetchContext {
+        FetchContext {
+            dataset: None,
+            owner: req
+                .credentials
+                .as_ref()
+                .map(|c| format!("s3:{}", c.access_key)),
+        }
+    }
+}
+
+/// Refuses keys that could escape a directory when materialized (`..`, absolute, NUL).
+fn check_key(key: &str) -> S3Result<()> {
+    match crate::data::key_problem(key) {
+        Some(problem) => Err(s3_error!(InvalidArgument, "key {key:?}: {problem}")),
+        None => Ok(()),
+    }
+}
+
+fn etag(value: &str) -> ETag {
+    ETag::Strong(value.to_owned())
+}
+
+fn timestamp(at: Option<chrono::DateTime<chrono::Utc>>) -> Option<Timestamp> {
+    at.map(|at| Timestamp::from(std::time::SystemTime::from(at)))
+}
+
+fn byte_range(range: Option<Range>) -> ByteRange {
+    match range {
+        None => ByteRange::All,
+        Some(Range::Int { first, last: None }) => ByteRange::From(first),
+        Some(Range::Int {
+            first,
+            last: Some(last),
+        }) => ByteRange::Bounded {
+            start: first,
+            end_inclusive: last,
+        },
+        Some(Range::Suffix { length }) => ByteRange::Suffix(length),
+    }
+}
+
+fn content_md5(value: Option<&str>) -> S3Result<Option<[u8; 16]>> {
+    let Some(value) = value else { return Ok(None) };
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(value)
+        .map_err(|_| s3_error!(InvalidDigest, "Content-MD5 is not base64"))?;
+    let md5: [u8; 16] = bytes
+        .try_into()
+        .map_err(|_| s3_error!(InvalidDigest, "Content-MD5 is not 16 bytes"))?;
+    Ok(Some(md5))
+}
+
+fn body_checks(length: Option<i64>, md5: Option<&str>) -> S3Result<BodyChecks> {
+    Ok(BodyChecks {
+        length: length.and_then(|l| u64::try_from(l).ok()),
+        md5: content_md5(md5)?,
+    })
+}
+
+/// Whether an `If-Match` / `If-None-Match` condition holds for `current`.
+fn condition_holds(condition: &ETagCondition, current: &str) -> bool {
+    match condition.as_etag() {
+        None => true, // `*`
+        Some(tag) => bare_etag(tag.value()) == current,
+    }
+}
+
+/// An s3s body needs `Sync`; the office's streams are `Send` only. Polling takes `&mut`, so
+/// the mutex is never contended (`get_mut`).
+struct SyncBody<S>(std::sync::Mutex<S>);
+
+impl<S: Stream + Unpin> Stream for SyncBody<S> {
+    type Item = S::Item;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<S::Item>> {
+        match self.0.get_mut() {
+            Ok(inner) => inner.poll_next_unpin(cx),
+            Err(poisoned) => poisoned.into_inner().poll_next_unpin(cx),
+        }
+    }
+}
+
+fn blob<S, E>(body: S) -> StreamingBlob
+where
+    S: Stream<Item = Result<Bytes, E>> + Send + Unpin + 'static,
+    E: std::error::Error + Send + Sync + 'static,
+{
+    StreamingBlob::wrap(SyncBody(std::sync::Mutex::new(body)))
+}
+
+impl Gateway {
+    fn served(&self, bucket: &str) -> S3Result<()> {
+        if self.buckets.iter().any(|b| b == bucket) {
+            Ok(())
+        } else {
+            Err(s3_error!(
+                NoSuchBucket,
+                "bucket {bucket} is not served by this office gateway"
+            ))
+        }
+    }
+
+    fn wrote(&self, bucket: &str, key: &str) {
+        (self.on_write)(bucket, key);
+    }
+
+    /// The object as the office sees it now.
+    async fn resolve(&self, bucket: &str, key: &str) -> S3Result<ObjectKey> {
+        let meta = self.store.head(bucket, key).await.map_err(errors::store)?;
+        Ok(ObjectKey::new(bucket, key, meta.etag, meta.size))
+    }
+}
+
+#[async_trait::async_trait]
+impl S3 for Gateway {
+    async fn list_buckets(
+        &self,
+        _req: S3Request<ListBucketsInput>,
+    ) -> S3Result<S3Response<ListBucketsOutput>> {
+        let buckets = self
+            .buckets
+            .iter()
+            .map(|name| Bucket {
+                name: Some(name.clone()),
+                creation_date: None,
+                bucket_region: None,
+            })
+            .collect();
+        Ok(S3Response::new(ListBucketsOutput {
+            buckets: Some(buckets),
+            ..Default::default()
+        }))
+    }
+
+    async fn head_bucket(
+        &self,
+        req: S3Request<HeadBucketInput>,
+    ) -> S3Result<S3Response<HeadBucketOutput>> {
+        self.served(&req.input.bucket)?;
+        Ok(S3Response::new(HeadBucketOutput::default()))
+    }
+
+    async fn get_bucket_location(
+        &self,
+        req: S3Request<GetBucketLocationInput>,
+    ) -> S3Result<S3Response<GetBucketLocationOutput>> {
+        self.served(&req.input.bucket)?;
+        Ok(S3Response::new(GetBucketLocationOutput::default()))
+    }
+
+    async fn list_objects_v2(
+        &self,
+        req: S3Request<ListObjectsV2Input>,
+    ) -> S3Result<S3Response<ListObjectsV2Output>> {
+        let input = req.input;
+        self.served(&input.bucket)?;
+        let prefix = input.prefix.clone().unwrap_or_default();
+        let max_keys = input.max_keys.unwrap_or(1000).clamp(0, 1000);
+        let resume = match input.continuation_token.as_deref() {
+            Some(token) => Some(listing::Resume::decode(token).ok_or_else(|| {
+                s3_error!(InvalidArgument, "the continuation token is not valid")
+            })?),
+            None => input.start_after.clone().map(listing::Resume::after),
+        };
+        let page = listing::list(
+            self.store.as_ref(),
+            &input.bucket,
+            &prefix,
+            input.delimiter.as_deref().filter(|d| !d.is_empty()),
+            resume,
+            usize::try_from(max_keys).unwrap_or(0),
+        )
+        .await
+        .map_err(errors::store)?;
+        let key_count = i32::try_from(page.contents.len() + page.prefixes.len()).unwrap_or(0);
+        Ok(S3Response::new(ListObjectsV2Output {
+            name: Some(input.bucket),
+            prefix: input.prefix,
+            delimiter: input.delimiter,
+            max_keys: Some(max_keys),
+            key_count: Some(key_count),
+            continuation_token: input.continuation_token,
+            start_after: input.start_after,
+            is_truncated: Some(page.next.is_some()),
+            next_continuation_token: page.next.as_ref().map(listing::Resume::encode),
+            contents: Some(page.contents),
+            common_prefixes: Some(page.prefixes),
+            encoding_type: input.encoding_type,
+            ..Default::default()
+        }))
+    }
+
+    async fn list_objects(
+        &self,
+        req: S3Request<ListObjectsInput>,
+    ) -> S3Result<S3Response<ListObjectsOutput>> {
+        let input = req.input;
+        self.served(&input.bucket)?;
+        let prefix = input.prefix.clone().unwrap_or_default();
+        let max_keys = input.max_keys.unwrap_or(1000).clamp(0, 1000);
+        let page = listing::list(
+            self.store.as_ref(),
+            &input.bucket,
+            &prefix,
+            input.delimiter.as_deref().filter(|d| !d.is_empty()),
+            input.marker.clone().map(listing::Resume::after),
+            usize::try_from(max_keys).unwrap_or(0),
+        )
+        .await
+        .map_err(errors::store)?;
+        let next_marker = page.next.as_ref().map(|r| r.marker());
+        Ok(S3Response::new(ListObjectsOutput {
+            name: Some(input.bucket),
+            prefix: input.prefix,
+            delimiter: input.delimiter,
+            marker: input.marker,
+            max_keys: Some(max_keys),
+            is_truncated: Some(page.next.is_some()),
+            next_marker,
+            contents: Some(page.contents),
+            common_prefixes: Some(page.prefixes),
+            encoding_type: input.encoding_type,
+            ..Default::default()
+        }))
+    }
+
+    async fn head_object(
+        &self,
+        req: S3Request<HeadObjectInput>,
+    ) -> S3Result<S3Response<HeadObjectOutput>> {
+        let input = req.input;
+        self.served(&input.bucket)?;
+        check_key(&input.key)?;
+        let meta = self
+            .store
+            .head(&input.bucket, &input.key)
+            .await
+            .map_err(errors::store)?;
+        if let Some(condition) = &input.if_match {
+            if !condition_holds(condition, &meta.etag) {
+                return Err(s3_error!(PreconditionFailed));
+            }
+        }
+        if let Some(condition) = &input.if_none_match {
+            if condition_holds(condition, &meta.etag) {
+                return Err(s3_error!(NotModified));
+            }
+        }
+        Ok(S3Response::new(HeadObjectOutput {
+            content_length: Some(i64::try_from(meta.size).unwrap_or(i64::MAX)),
+            e_tag: Some(etag(&meta.etag)),
+            last_modified: timestamp(meta.last_modified),
+            accept_ranges: Some("bytes".to_owned()),
+            content_type: Some(
+                "application/octet-stream"
+                    .parse()
+                    .map_err(|_| s3_error!(InternalError))?,
+            ),
+            ..Default::default()
+        }))
+    }
+
+    async fn get_object(
+        &self,
+        req: S3Request<GetObjectInput>,
+    ) -> S3Result<S3Response<GetObjectOutput>> {
+        let ctx = Self::owner(&req);
+        let input = req.input;
+        self.served(&input.bucket)?;
+        check_key(&input.key)?;
+        let meta = self
+            .store
+            .head(&input.bucket, &input.key)
+            .await
+            .map_err(errors::store)?;
+        if let Some(condition) = &input.if_match {
+            if !condition_holds(condition, &meta.etag) {
+                return Err(s3_error!(PreconditionFailed));
+            }
+        }
+        if let Some(condition) = &input.if_none_match {
+            if condition_holds(condition, &meta.etag) {
+                return Err(s3_error!(NotModified));
+            }
+        }
+        let object = ObjectKey::new(&input.bucket, &input.key, &meta.etag, meta.size);
+        let range = byte_range(input.range);
+        let mut output = GetObjectOutput {
+            e_tag: Some(etag(&meta.etag)),
+            last_modified: timestamp(meta.last_modified),
+            accept_ranges: Some("bytes".to_owned()),
+            ..Default::default()
+        };
+        if object.size == 0 {
+            if range != ByteRange::All {
+                return Err(s3_error!(InvalidRange, "the object is empty"));
+            }
+            output.content_length = Some(0);
+            output.body = Some(blob(
+                futures::stream::empty::<Result<Bytes, std::io::Error>>(),
+            ));
+            return Ok(S3Response::new(output));
+        }
+        let (start, end) = range.resolve(object.size).ok_or_else(|| {
+            s3_error!(
+                InvalidRange,
+                "range {range} is not satisfiable: the object has {} bytes",
+                object.size
+            )
+        })?;
+        output.content_length = Some(i64::try_from(end - start + 1).unwrap_or(i64::MAX));
+        if range != ByteRange::All {
+            output.content_range = Some(format!("bytes {start}-{end}/{}", object.size));
+        }
+        match self.write_back.cache().read(&object, range, &ctx).await {
+            Ok(read) => output.body = Some(blob(read.body)),
+            // Larger than the cache can hold next to its pinned data: stream it through
+            // without caching rather than refuse.
+            Err(err) if err.kind() == CacheErrorKind::Full => {
+                let response = self
+                    .store
+                    .get(&input.bucket, &input.key, range, Some(&meta.etag))
+                    .await
+                    .map_err(errors::store)?;
+                output.body = Some(blob(response.body));
+            }
+            Err(err) => return Err(errors::cache(err)),
+        }
+        Ok(S3Response::new(output))
+    }
+
+    async fn put_object(
+        &self,
+        req: S3Request<PutObjectInput>,
+    ) -> S3Result<S3Response<PutObjectOutput>> {
+        let input = req.input;
+        self.served(&input.bucket)?;
+        check_key(&input.key)?;
+        let checks = body_checks(input.content_length, input.content_md5.as_deref())?;
+        let body = input
+            .body
+            .map_or_else(|| futures::stream::empty().boxed(), |body| body.boxed());
+        let staged = self
+            .write_back
+            .stage(&input.bucket, &input.key, body, &checks)
+            .await
+            .map_err(errors::write_back)?;
+        let md5 = staged.md5_hex();
+        let meta = self
+            .write_back
+            .commit_put(&input.bucket, &input.key, staged.path, staged.size, md5)
+            .await
+            .map_err(errors::write_back)?;
+        self.wrote(&input.bucket, &input.key);
+        Ok(S3Response::new(PutObjectOutput {
+            e_tag: Some(etag(&meta.etag)),
+            size: Some(i64::try_from(meta.size).unwrap_or(i64::MAX)),
+            ..Default::default()
+        }))
+    }
+
+    async fn delete_object(
+        &self,
+        req: S3Request<DeleteObjectInput>,
+    ) -> S3Result<S3Response<DeleteObjectOutput>> {
+        let input = req.input;
+        self.served(&input.bucket)?;
+        check_key(&input.key)?;
+        self.write_back
+            .delete(&input.bucket, &input.key)
+            .await
+            .map_err(errors::write_back)?;
+        self.wrote(&input.bucket, &input.key);
+        Ok(S3Response::new(DeleteObjectOutput::default()))
+    }
+
+    async fn delete_objects(
+        &self,
+        req: S3Request<DeleteObjectsInput>,
+    ) -> S3Result<S3Response<DeleteObjectsOutput>> {
+        let input = req.input;
+        self.served(&input.bucket)?;
+        let quiet = input.delete.quiet.unwrap_or(false);
+        let mut deleted = Vec::new();
+        let mut failed = Vec::new();
+        for object in input.delete.objects {
+            let result = match check_key(&object.key) {
+                Ok(()) => self
+                    .write_back
+                    .delete(&input.bucket, &object.key)
+                    .await
+                    .map_err(errors::write_back),
+                Err(err) => Err(err),
+            };
+            match result {
+                Ok(()) => {
+                    self.wrote(&input.bucket, &object.key);
+                    if !quiet {
+                        deleted.push(DeletedObject {
+                            key: Some(object.key),
+                            ..Default::default()
+                        });
+                    }
+                }
+                Err(err) => failed.push(Error {
+                    code: Some(err.code().as_str().to_owned()),
+                    key: Some(object.key),
+                    message: err.message().map(str::to_owned),
+                    version_id: None,
+                }),
+            }
+        }
+        Ok(S3Response::new(DeleteObjectsOutput {
+            deleted: Some(deleted),
+            errors: Some(failed),
+            ..Default::default()
+        }))
+    }
+
+    async fn copy_object(
+        &self,
+        req: S3Request<CopyObjectInput>,
+    ) -> S3Result<S3Response<CopyObjectOutput>> {
+        let ctx = Self::owner(&req);
+        let input = req.input;
+        self.served(&input.bucket)?;
+        check_key(&input.key)?;
+        let CopySource::Bucket {
+            bucket: source_bucket,
+            key: source_key,
+            ..
+        } = &input.copy_source
+        else {
+            return Err(s3_error!(
+                NotImplemented,
+                "copies from access points are not supported"
+            ));
+        };
+        self.served(source_bucket)?;
+        check_key(source_key)?;
+        let source = self.resolve(source_bucket, source_key).await?;
+        if let Some(condition) = &input.copy_source_if_match {
+            if !condition_holds(condition, &source.etag) {
+                return Err(s3_error!(PreconditionFailed));
+            }
+        }
+        let body = if source.size == 0 {
+            futures::stream::empty().boxed()
+        } else {
+            self.write_back
+                .cache()
+                .read(&source, ByteRange::All, &ctx)
+                .await
+                .map_err(errors::cache)?
+                .body
+        };
+        let checks = BodyChecks {
+            length: Some(source.size),
+            md5: None,
+        };
+        let staged = self
+            .write_back
+            .stage(&input.bucket, &input.key, body, &checks)
+            .await
+            .map_err(errors::write_back)?;
+        let md5 = staged.md5_hex();
+        let meta = self
+            .write_back
+            .commit_put(&input.bucket, &input.key, staged.path, staged.size, md5)
+            .await
+            .map_err(errors::write_back)?;
+        self.wrote(&input.bucket, &input.key);
+        Ok(S3Response::new(CopyObjectOutput {
+            copy_object_result: Some(CopyObjectResult {
+                e_tag: Some(etag(&meta.etag)),
+                last_modified: timestamp(meta.last_modified),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }))
+    }
+
+    async fn create_multipart_upload(
+        &self,
+        req: S3Request<CreateMultipartUploadInput>,
+    ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
+        let input = req.input;
+        self.served(&input.bucket)?;
+        check_key(&input.key)?;
+        let upload_id = self
+            .write_back
+            .multipart()
+            .create(&input.bucket, &input.key)
+            .await
+            .map_err(errors::write_back)?;
+        Ok(S3Response::new(CreateMultipartUploadOutput {
+            bucket: Some(input.bucket),
+            key: Some(input.key),
+            upload_id: Some(upload_id),
+            ..Default::default()
+        }))
+    }
+
+    async fn upload_part(
+        &self,
+        req: S3Request<UploadPartInput>,
+    ) -> S3Result<S3Response<UploadPartOutput>> {
+        let input = req.input;
+        self.served(&input.bucket)?;
+        check_key(&input.key)?;
+        let checks = body_checks(input.content_length, input.content_md5.as_deref())?;
+        let body = input
+            .body
+            .map_or_else(|| futures::stream::empty().boxed(), |body| body.boxed());
+        let part_etag = self
+            .write_back
+            .multipart()
+            .upload_part(
+                &input.upload_id,
+                &input.bucket,
+                &input.key,
+                input.part_number,
+                body,
+                &checks,
+            )
+            .await
+            .map_err(errors::write_back)?;
+        Ok(S3Response::new(UploadPartOutput {
+            e_tag: Some(etag(&part_etag)),
+            ..Default::default()
+        }))
+    }
+
+    async fn list_parts(
+        &self,
+        req: S3Request<ListPartsInput>,
+    ) -> S3Result<S3Response<ListPartsOutput>> {
+        let input = req.input;
+        self.served(&input.bucket)?;
+        let multipart = self.write_back.multipart();
+        let info = multipart
+            .info(&input.upload_id)
+            .await
+            .map_err(errors::write_back)?;
+        if info.bucket != input.bucket || info.key != input.key {
+            return Err(s3_error!(NoSuchUpload));
+        }
+        let marker = input.part_number_marker.unwrap_or(0);
+        let max = usize::try_from(input.max_parts.unwrap_or(1000).clamp(1, 1000)).unwrap_or(1000);
+        let all: Vec<_> = multipart
+            .list_parts(&input.upload_id)
+            .await
+            .map_err(errors::write_back)?
+            .into_iter()
+            .filter(|p| p.number > marker)
+            .collect();
+        let truncated = all.len() > max;
+        let parts: Vec<Part> = all
+            .into_iter()
+            .take(max)
+            .map(|p| Part {
+                part_number: Some(p.number),
+                e_tag: Some(etag(&p.etag)),
+                size: Some(i64::try_from(p.size).unwrap_or(i64::MAX)),
+                last_modified: timestamp(p.last_modified),
+                ..Default::default()
+            })
+            .collect();
+        let next = parts.last().and_then(|p| p.part_number);
+        Ok(S3Response::new(ListPartsOutput {
+            bucket: Some(input.bucket),
+            key: Some(input.key),
+            upload_id: Some(input.upload_id),
+            part_number_marker: input.part_number_marker,
+            next_part_number_marker: next,
+            max_parts: input.max_parts,
+            is_truncated: Some(truncated),
+            parts: Some(parts),
+            ..Default::default()
+        }))
+    }
+
+    async fn list_multipart_uploads(
+        &self,
+        req: S3Request<ListMultipartUploadsInput>,
+    ) -> S3Result<S3Response<ListMultipartUploadsOutput>> {
+        let input = req.input;
+        self.served(&input.bucket)?;
+        let prefix = input.prefix.clone().unwrap_or_default();
+        let uploads = self
+            .write_back
+            .multipart()
+            .list_uploads(&input.bucket, &prefix)
+            .await
+            .map_err(errors::write_back)?
+            .into_iter()
+            .map(|(id, info)| MultipartUpload {
+                key: Some(info.key),
+                upload_id: Some(id),
+                initiated: timestamp(Some(info.initiated)),
+                ..Default::default()
+            })
+            .collect();
+        Ok(S3Response::new(ListMultipartUploadsOutput {
+            bucket: Some(input.bucket),
+            prefix: input.prefix,
+            is_truncated: Some(false),
+            uploads: Some(uploads),
+            ..Default::default()
+        }))
+    }
+
+    async fn complete_multipart_upload(
+        &self,
+        req: S3Request<CompleteMultipartUploadInput>,
+    ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
+        let input = req.input;
+        self.served(&input.bucket)?;
+        check_key(&input.key)?;
+        let multipart = self.write_back.multipart();
+        let info = multipart
+            .info(&input.upload_id)
+            .await
+            .map_err(errors::write_back)?;
+        if info.bucket != input.bucket || info.key != input.key {
+            return Err(s3_error!(NoSuchUpload));
+        }
+        let parts: Vec<(i32, String)> = input
+            .multipart_upload
+            .and_then(|m| m.parts)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|p| {
+                (
+                    p.part_number.unwrap_or(0),
+                    p.e_tag.map(|t| t.value().to_owned()).unwrap_or_default(),
+                )
+            })
+            .collect();
+        let staging = self.write_back.staging_path(&input.bucket, &input.key);
+        let assembled = multipart
+            .assemble(&input.upload_id, &parts, staging)
+            .await
+            .map_err(errors::write_back)?;
+        let meta = self
+            .write_back
+            .commit_put(
+                &input.bucket,
+                &input.key,
+                assembled.path,
+                assembled.size,
+                assembled.etag,
+            )
+            .await
+            .map_err(errors::write_back)?;
+        if let Err(err) = multipart.remove(&input.upload_id).await {
+            // The object is stored and journaled; the left-over parts are only disk space.
+            tracing::warn!(upload_id = %input.upload_id, error = %err, "cannot remove the parts of a completed upload");
+        }
+        self.wrote(&input.bucket, &input.key);
+        Ok(S3Response::new(CompleteMultipartUploadOutput {
+            bucket: Some(input.bucket),
+            key: Some(input.key),
+            e_tag: Some(etag(&meta.etag)),
+            ..Default::default()
+        }))
+    }
+
+    async fn abort_multipart_upload(
+        &self,
+        req: S3Request<AbortMultipartUploadInput>,
+    ) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
+        let input = req.input;
+        self.served(&input.bucket)?;
+        let multipart = self.write_back.multipart();
+        let info = multipart
+            .info(&input.upload_id)
+            .await
+            .map_err(errors::write_back)?;
+        if info.bucket != input.bucket || info.key != input.key {
+            return Err(s3_error!(NoSuchUpload));
+        }
+        multipart
+            .remove(&input.upload_id)
+            .await
+            .map_err(errors::write_back)?;
+        Ok(S3Response::new(AbortMultipartUploadOutput::default()))
+    }
+}

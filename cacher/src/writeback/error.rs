@@ -1,0 +1,141 @@
+//! Errors of the write-back path.
+//!
+//! Policy (as for the rest of the cacher): every variant names the object and what was wrong;
+//! [`WriteBackError::kind`] says what a caller can do about it, and the api maps each kind
+//! exhaustively to an HTTP status, a GraphQL code and an S3 error code. Nothing here is a
+//! catch-all: a new failure gets a variant.
+
+use std::fmt;
+
+use crate::cache::{CacheError, CacheErrorKind};
+use crate::upstream::{StoreError, StoreErrorKind};
+
+/// What a caller can do about a [`WriteBackError`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteBackErrorKind {
+    /// The request was wrong (a body shorter or longer than announced, a digest that does not
+    /// match, an unknown part): fix it and send again.
+    Invalid,
+    /// The object, upload or part does not exist.
+    NotFound,
+    /// The office cache has no room for the bytes (pinned or dirty data fills it, or the disk
+    /// is full): try later or free space.
+    Full,
+    /// Local disk or database trouble: retry later; nothing was acknowledged.
+    Unavailable,
+}
+
+impl fmt::Display for WriteBackErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Invalid => "invalid",
+            Self::NotFound => "not found",
+            Self::Full => "full",
+            Self::Unavailable => "unavailable",
+        })
+    }
+}
+
+/// A write the office could not accept, or a read of an office object that failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WriteBackError {
+    #[error("the body of s3://{bucket}/{key} has {received} bytes, but {expected} were announced")]
+    WrongLength {
+        bucket: String,
+        key: String,
+        expected: u64,
+        received: u64,
+    },
+    #[error("the body of s3://{bucket}/{key} does not match its Content-MD5 (sent {sent}, computed {computed})")]
+    BadDigest {
+        bucket: String,
+        key: String,
+        sent: String,
+        computed: String,
+    },
+    #[error("reading the body of s3://{bucket}/{key} failed: {source}")]
+    Body {
+        bucket: String,
+        key: String,
+        source: crate::upstream::BoxError,
+    },
+    #[error("multipart upload {upload_id} does not exist (completed, aborted or never started)")]
+    NoSuchUpload { upload_id: String },
+    #[error("multipart upload {upload_id}: {problem}")]
+    InvalidPart { upload_id: String, problem: String },
+    #[error("multipart upload {upload_id}: part {part} has {size} bytes; every part but the last needs at least {min}")]
+    PartTooSmall {
+        upload_id: String,
+        part: i32,
+        size: u64,
+        min: u64,
+    },
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("{what}: {source}")]
+    Database {
+        what: String,
+        source: sea_orm::DbErr,
+    },
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl WriteBackError {
+    pub(crate) fn io(what: impl Into<String>, source: std::io::Error) -> Self {
+        Self::Io {
+            what: what.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn db(what: impl Into<String>, source: sea_orm::DbErr) -> Self {
+        Self::Database {
+            what: what.into(),
+            source,
+        }
+    }
+
+    /// What the caller can do; see [`WriteBackErrorKind`].
+    pub fn kind(&self) -> WriteBackErrorKind {
+        match self {
+            Self::WrongLength { .. }
+            | Self::BadDigest { .. }
+            | Self::Body { .. }
+            | Self::InvalidPart { .. }
+            | Self::PartTooSmall { .. } => WriteBackErrorKind::Invalid,
+            Self::NoSuchUpload { .. } => WriteBackErrorKind::NotFound,
+            Self::Io { source, .. } if is_disk_full(source) => WriteBackErrorKind::Full,
+            Self::Io { .. } | Self::Database { .. } => WriteBackErrorKind::Unavailable,
+            Self::Cache(err) => match err.kind() {
+                CacheErrorKind::Full => WriteBackErrorKind::Full,
+                CacheErrorKind::NotFound => WriteBackErrorKind::NotFound,
+                CacheErrorKind::Invalid | CacheErrorKind::InvalidRange => {
+                    WriteBackErrorKind::Invalid
+                }
+                CacheErrorKind::PreconditionFailed
+                | CacheErrorKind::Io
+                | CacheErrorKind::Upstream
+                | CacheErrorKind::Corrupt => WriteBackErrorKind::Unavailable,
+            },
+            Self::Store(err) => match err.kind() {
+                StoreErrorKind::NotFound => WriteBackErrorKind::NotFound,
+                StoreErrorKind::Invalid | StoreErrorKind::InvalidRange => {
+                    WriteBackErrorKind::Invalid
+                }
+                _ => WriteBackErrorKind::Unavailable,
+            },
+        }
+    }
+}
+
+/// ENOSPC or EDQUOT: the disk (or the quota) is full.
+pub(crate) fn is_disk_full(err: &std::io::Error) -> bool {
+    matches!(err.raw_os_error(), Some(28) | Some(122))
+}

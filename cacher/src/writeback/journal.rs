@@ -1,0 +1,279 @@
+//! The write-back journal: rows of the `transfers` table. The auto-increment id is the order
+//! of acknowledgement. Every acknowledged write or delete has a row before it is acknowledged;
+//! the uploader drives rows `queued → uploading → done`, and a restart puts `uploading` and
+//! `failed` rows back to `queued`.
+
+use chrono::{DateTime, Utc};
+use milepost_schema::entity::transfer;
+use milepost_schema::enums::{TransferOp, TransferState};
+use sea_orm::sea_query::Expr;
+use sea_orm::{
+    ActiveModelTrait as _, ColumnTrait as _, DatabaseConnection, EntityTrait as _,
+    PaginatorTrait as _, QueryFilter as _, QueryOrder as _, QuerySelect as _, Set,
+    TransactionTrait as _,
+};
+
+use super::WriteBackError;
+use crate::cache::ObjectKey;
+
+/// Transfers that still have to run (or that failed and will be retried at the next start).
+pub(crate) const ACTIVE: [TransferState; 3] = [
+    TransferState::Queued,
+    TransferState::Uploading,
+    TransferState::Failed,
+];
+
+/// A new journal entry.
+#[derive(Debug)]
+pub(crate) struct NewTransfer<'a> {
+    pub op: TransferOp,
+    pub bucket: &'a str,
+    pub key: &'a str,
+    /// For a put: the object written.
+    pub object: Option<&'a ObjectKey>,
+    /// Relative to the cache root.
+    pub path: Option<String>,
+    pub priority: i32,
+}
+
+/// Journals `new` and, in the same transaction, supersedes the queued or failed transfers of
+/// the same key (the last acknowledged write wins; a transfer already uploading finishes
+/// first, see the uploader). Returns the new row and the superseded ones.
+pub(crate) async fn enqueue(
+    db: &DatabaseConnection,
+    new: NewTransfer<'_>,
+) -> Result<(transfer::Model, Vec<transfer::Model>), WriteBackError> {
+    // SQLite refuses a read-then-write transaction whose snapshot another writer moved past
+    // (SQLITE_BUSY_SNAPSHOT, which its busy timeout does not wait out); the transaction
+    // rolled back, so running it again is safe.
+    let mut attempt = 0;
+    loop {
+        match try_enqueue(db, &new).await {
+            Err(WriteBackError::Database { source, .. })
+                if attempt < 20 && source.to_string().contains("database is locked") =>
+            {
+                attempt += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(5 * attempt)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn try_enqueue(
+    db: &DatabaseConnection,
+    new: &NewTransfer<'_>,
+) -> Result<(transfer::Model, Vec<transfer::Model>), WriteBackError> {
+    let what = || {
+        format!(
+            "journaling the {} of s3://{}/{}",
+            new.op, new.bucket, new.key
+        )
+    };
+    let txn = db
+        .begin()
+        .await
+        .map_err(|e| WriteBackError::db(what(), e))?;
+    let now = Utc::now();
+    let superseded = transfer::Entity::find()
+        .filter(transfer::Column::Bucket.eq(new.bucket))
+        .filter(transfer::Column::Key.eq(new.key))
+        .filter(transfer::Column::State.is_in([TransferState::Queued, TransferState::Failed]))
+        .all(&txn)
+        .await
+        .map_err(|e| WriteBackError::db(what(), e))?;
+    if !superseded.is_empty() {
+        transfer::Entity::update_many()
+            .col_expr(
+                transfer::Column::State,
+                Expr::value(TransferState::Superseded),
+            )
+            .col_expr(transfer::Column::FinishedAt, Expr::value(now))
+            .filter(transfer::Column::Id.is_in(superseded.iter().map(|t| t.id)))
+            .exec(&txn)
+            .await
+            .map_err(|e| WriteBackError::db(what(), e))?;
+    }
+    let row = transfer::ActiveModel {
+        op: Set(new.op),
+        bucket: Set(new.bucket.to_owned()),
+        key: Set(new.key.to_owned()),
+        size: Set(new
+            .object
+            .map_or(0, |o| i64::try_from(o.size).unwrap_or(i64::MAX))),
+        etag: Set(new.object.map(|o| o.etag.clone())),
+        staging_path: Set(new.path.clone()),
+        state: Set(TransferState::Queued),
+        priority: Set(new.priority),
+        bytes_done: Set(0),
+        attempts: Set(0),
+        enqueued_at: Set(now),
+        ..Default::default()
+    }
+    .insert(&txn)
+    .await
+    .map_err(|e| WriteBackError::db(what(), e))?;
+    txn.commit()
+        .await
+        .map_err(|e| WriteBackError::db(what(), e))?;
+    Ok((row, superseded))
+}
+
+/// At start-up: transfers cut short by a stop or a crash (`uploading`) and those that failed
+/// run again. Returns how many were requeued.
+pub(crate) async fn requeue_interrupted(db: &DatabaseConnection) -> Result<u64, WriteBackError> {
+    let result = transfer::Entity::update_many()
+        .col_expr(transfer::Column::State, Expr::value(TransferState::Queued))
+        .col_expr(transfer::Column::BytesDone, Expr::value(0i64))
+        .filter(transfer::Column::State.is_in([TransferState::Uploading, TransferState::Failed]))
+        .exec(db)
+        .await
+        .map_err(|e| WriteBackError::db("requeueing interrupted transfers", e))?;
+    Ok(result.rows_affected)
+}
+
+/// Every active transfer, oldest first.
+pub(crate) async fn active(
+    db: &DatabaseConnection,
+) -> Result<Vec<transfer::Model>, WriteBackError> {
+    transfer::Entity::find()
+        .filter(transfer::Column::State.is_in(ACTIVE))
+        .order_by_asc(transfer::Column::Id)
+        .all(db)
+        .await
+        .map_err(|e| WriteBackError::db("loading the write-back journal", e))
+}
+
+/// Up to `limit` queued transfers in upload order: priority, then oldest first.
+pub(crate) async fn next_queued(
+    db: &DatabaseConnection,
+    limit: u64,
+) -> Result<Vec<transfer::Model>, WriteBackError> {
+    transfer::Entity::find()
+        .filter(transfer::Column::State.eq(TransferState::Queued))
+        .order_by_asc(transfer::Column::Priority)
+        .order_by_asc(transfer::Column::Id)
+        .limit(limit)
+        .all(db)
+        .await
+        .map_err(|e| WriteBackError::db("reading the upload queue", e))
+}
+
+/// Marks `id` uploading (one more attempt) if it is still queued; false if it is not (a later
+/// write superseded it meanwhile).
+pub(crate) async fn start(db: &DatabaseConnection, id: i64) -> Result<bool, WriteBackError> {
+    let result = transfer::Entity::update_many()
+        .col_expr(
+            transfer::Column::State,
+            Expr::value(TransferState::Uploading),
+        )
+        .col_expr(transfer::Column::StartedAt, Expr::value(Utc::now()))
+        .col_expr(
+            transfer::Column::Attempts,
+            Expr::col(transfer::Column::Attempts).add(1),
+        )
+        .col_expr(transfer::Column::BytesDone, Expr::value(0i64))
+        .filter(transfer::Column::Id.eq(id))
+        .filter(transfer::Column::State.eq(TransferState::Queued))
+        .exec(db)
+        .await
+        .map_err(|e| WriteBackError::db(format!("starting transfer {id}"), e))?;
+    Ok(result.rows_affected == 1)
+}
+
+/// Records bytes uploaded so far.
+pub(crate) async fn progress(
+    db: &DatabaseConnection,
+    id: i64,
+    bytes_done: u64,
+) -> Result<(), WriteBackError> {
+    transfer::Entity::update_many()
+        .col_expr(
+            transfer::Column::BytesDone,
+            Expr::value(i64::try_from(bytes_done).unwrap_or(i64::MAX)),
+        )
+        .filter(transfer::Column::Id.eq(id))
+        .exec(db)
+        .await
+        .map_err(|e| WriteBackError::db(format!("recording the progress of transfer {id}"), e))?;
+    Ok(())
+}
+
+/// Ends transfer `id` in `state` (`done`, `queued` for a retry, `failed`), with `error` for
+/// the last failure (cleared on success).
+pub(crate) async fn finish(
+    db: &DatabaseConnection,
+    id: i64,
+    state: TransferState,
+    bytes_done: u64,
+    error: Option<String>,
+) -> Result<(), WriteBackError> {
+    let finished: Option<DateTime<Utc>> =
+        matches!(state, TransferState::Done | TransferState::Failed).then(Utc::now);
+    transfer::Entity::update_many()
+        .col_expr(transfer::Column::State, Expr::value(state))
+        .col_expr(
+            transfer::Column::BytesDone,
+            Expr::value(i64::try_from(bytes_done).unwrap_or(i64::MAX)),
+        )
+        .col_expr(transfer::Column::FinishedAt, Expr::value(finished))
+        .col_expr(transfer::Column::Error, Expr::value(error))
+        .filter(transfer::Column::Id.eq(id))
+        .exec(db)
+        .await
+        .map_err(|e| WriteBackError::db(format!("ending transfer {id}"), e))?;
+    Ok(())
+}
+
+/// Whether another active put of the same bytes (bucket, key and ETag) than transfer `id`
+/// exists: its entry must stay dirty until that one is done too.
+pub(crate) async fn other_put_of(
+    db: &DatabaseConnection,
+    id: i64,
+    object: &ObjectKey,
+) -> Result<bool, WriteBackError> {
+    let count = transfer::Entity::find()
+        .filter(transfer::Column::Id.ne(id))
+        .filter(transfer::Column::Op.eq(TransferOp::Put))
+        .filter(transfer::Column::Bucket.eq(&object.bucket))
+        .filter(transfer::Column::Key.eq(&object.key))
+        .filter(transfer::Column::Etag.eq(&object.etag))
+        .filter(transfer::Column::State.is_in(ACTIVE))
+        .count(db)
+        .await
+        .map_err(|e| WriteBackError::db("reading the write-back journal", e))?;
+    Ok(count > 0)
+}
+
+/// Sets the priority of every queued transfer from `priority_of(key)` (after a policy change).
+pub(crate) async fn reprioritize(
+    db: &DatabaseConnection,
+    priority_of: &(dyn Fn(&str) -> i32 + Send + Sync),
+) -> Result<u64, WriteBackError> {
+    let queued = transfer::Entity::find()
+        .filter(transfer::Column::State.eq(TransferState::Queued))
+        .all(db)
+        .await
+        .map_err(|e| WriteBackError::db("reading the upload queue", e))?;
+    let mut by_priority: std::collections::BTreeMap<i32, Vec<i64>> = Default::default();
+    for row in queued {
+        let priority = priority_of(&row.key);
+        if priority != row.priority {
+            by_priority.entry(priority).or_default().push(row.id);
+        }
+    }
+    let mut changed = 0;
+    for (priority, ids) in by_priority {
+        for chunk in ids.chunks(500) {
+            let result = transfer::Entity::update_many()
+                .col_expr(transfer::Column::Priority, Expr::value(priority))
+                .filter(transfer::Column::Id.is_in(chunk.iter().copied()))
+                .filter(transfer::Column::State.eq(TransferState::Queued))
+                .exec(db)
+                .await
+                .map_err(|e| WriteBackError::db("reprioritizing the upload queue", e))?;
+            changed += result.rows_affected;
+        }
+    }
+    Ok(changed)
+}

@@ -1,0 +1,519 @@
+//! Write-back: office uploads first, S3 in the background.
+//!
+//! A write (a PUT through the S3 gateway, a completed multipart upload, a record the catalog
+//! writes) is staged on local disk, fsynced, installed in the office cache as a **dirty**
+//! entry (pinned: never evicted) and journaled in the `transfers` table; only then is it
+//! acknowledged. From that moment the object is readable in the office ([`OfficeStore`]
+//! overlays the journal on the upstream store for every reader: the gateway, `/data`,
+//! datasets, the indexer). The uploader ([`uploader`]) moves journaled writes to S3 in
+//! priority order, throttled by the transfer policy, verifies what S3 stored, then marks the
+//! entry clean (evictable) and the transfer done. Deletes are journaled the same way.
+//!
+//! # Ordering
+//!
+//! For one key, the last acknowledged write wins in S3: journaling a write or delete
+//! supersedes the queued transfers of the key (they never run), and the uploader never runs
+//! two transfers of one key at once, so a transfer already uploading finishes before the next
+//! one of its key starts. A delete after a put is therefore never reordered before it.
+//!
+//! # Crashes
+//!
+//! Nothing is acknowledged before its bytes are fsynced and its journal row committed. At
+//! start-up, transfers left `uploading` (or `failed`) are queued again, and dirty entries that
+//! no active transfer needs (a crash between the install and the journal row: never
+//! acknowledged) become ordinary entries.
+
+mod error;
+mod journal;
+pub mod multipart;
+mod office_store;
+mod staging;
+mod uploader;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::ops::Bound;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use futures::stream::BoxStream;
+use milepost_schema::enums::{TransferOp, TransferState};
+use sea_orm::DatabaseConnection;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::cache::{ObjectKey, OfficeCache};
+use crate::upstream::{ObjectMeta, ObjectStore};
+
+pub use error::{WriteBackError, WriteBackErrorKind};
+pub use multipart::Multipart;
+pub use office_store::OfficeStore;
+pub use staging::{multipart_etag, BodyChecks, StagedFile};
+
+/// How the uploader works.
+#[derive(Clone, Debug)]
+pub struct WriteBackSettings {
+    /// Transfers uploading at once.
+    pub concurrency: usize,
+    /// Part size of multipart uploads to S3; objects up to this size go in one PUT.
+    pub part_size: usize,
+    /// First delay before retrying a failed transfer; doubles per attempt, with jitter.
+    pub retry_base: Duration,
+    /// Longest delay between retries.
+    pub retry_max: Duration,
+}
+
+impl Default for WriteBackSettings {
+    fn default() -> Self {
+        Self {
+            concurrency: 4,
+            part_size: crate::upstream::DEFAULT_PART_SIZE,
+            retry_base: Duration::from_millis(500),
+            retry_max: Duration::from_secs(60),
+        }
+    }
+}
+
+/// What decides the order and the pace of uploads: the transfer policy's priorities and its
+/// bandwidth schedule. The write-back path only asks; it knows nothing of schedules.
+pub trait UploadShaper: Send + Sync + fmt::Debug + 'static {
+    /// Lower uploads first: the index of the first priority glob matching `key`.
+    fn priority_of(&self, key: &str) -> i32;
+    /// Wraps an upload body so that its bytes flow at the allowed rate.
+    fn shape(
+        &self,
+        body: BoxStream<'static, Result<Bytes, std::io::Error>>,
+    ) -> BoxStream<'static, Result<Bytes, std::io::Error>>;
+}
+
+/// Every upload at once, at full speed: for tests and tools without a transfer policy.
+#[derive(Debug, Default)]
+pub struct Unshaped;
+
+impl UploadShaper for Unshaped {
+    fn priority_of(&self, _key: &str) -> i32 {
+        0
+    }
+
+    fn shape(
+        &self,
+        body: BoxStream<'static, Result<Bytes, std::io::Error>>,
+    ) -> BoxStream<'static, Result<Bytes, std::io::Error>> {
+        body
+    }
+}
+
+/// The office's version of a key, while S3 does not have it yet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OfficeVersion {
+    /// Written in the office: these bytes are the object now.
+    Written {
+        object: ObjectKey,
+        last_modified: DateTime<Utc>,
+        transfer: i64,
+    },
+    /// Deleted in the office: the key does not exist now.
+    Deleted { transfer: i64 },
+}
+
+impl OfficeVersion {
+    fn transfer(&self) -> i64 {
+        match self {
+            Self::Written { transfer, .. } | Self::Deleted { transfer } => *transfer,
+        }
+    }
+
+    /// The object's metadata as S3 will describe it (the ETag may change when S3 stores it
+    /// as a multipart upload), or `None` for a delete.
+    pub fn meta(&self) -> Option<ObjectMeta> {
+        match self {
+            Self::Written {
+                object,
+                last_modified,
+                ..
+            } => Some(ObjectMeta {
+                bucket: object.bucket.clone(),
+                key: object.key.clone(),
+                size: object.size,
+                etag: object.etag.clone(),
+                last_modified: Some(*last_modified),
+            }),
+            Self::Deleted { .. } => None,
+        }
+    }
+}
+
+/// The write-back service; see the [module documentation](self).
+pub struct WriteBack {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: DatabaseConnection,
+    cache: Arc<OfficeCache>,
+    /// The upstream store the uploads go to (not the overlay).
+    upstream: Arc<dyn ObjectStore>,
+    settings: WriteBackSettings,
+    shaper: Arc<dyn UploadShaper>,
+    /// The office's versions of keys not yet in S3, by (bucket, key).
+    overlay: Mutex<BTreeMap<(String, String), OfficeVersion>>,
+    multipart: Multipart,
+    /// Wakes the uploader: something was journaled.
+    wake: Notify,
+    /// Signalled whenever a transfer ends.
+    ended: tokio::sync::watch::Sender<()>,
+    stop: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl fmt::Debug for WriteBack {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WriteBack")
+            .field("settings", &self.inner.settings)
+            .field("office_versions", &self.inner.overlay().len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Inner {
+    fn overlay(&self) -> MutexGuard<'_, BTreeMap<(String, String), OfficeVersion>> {
+        self.overlay.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Forgets the office version of `bucket/key` if it is still the one of `transfer`
+    /// (S3 has it now, or a later transfer replaced it).
+    fn settle(&self, bucket: &str, key: &str, transfer: i64) {
+        let mut overlay = self.overlay();
+        let id = (bucket.to_owned(), key.to_owned());
+        if overlay.get(&id).is_some_and(|v| v.transfer() == transfer) {
+            overlay.remove(&id);
+        }
+    }
+}
+
+impl WriteBack {
+    /// Opens the write-back journal: requeues transfers a stop or crash interrupted, loads the
+    /// office versions of keys from the active transfers, and releases dirty entries no
+    /// active transfer needs. Call [`start`](Self::start) to run the uploader.
+    pub async fn open(
+        db: DatabaseConnection,
+        cache: Arc<OfficeCache>,
+        upstream: Arc<dyn ObjectStore>,
+        settings: WriteBackSettings,
+        shaper: Arc<dyn UploadShaper>,
+    ) -> Result<Arc<WriteBack>, WriteBackError> {
+        let requeued = journal::requeue_interrupted(&db).await?;
+        let active = journal::active(&db).await?;
+        let mut overlay = BTreeMap::new();
+        let mut needed = std::collections::HashSet::new();
+        for row in &active {
+            let version = match row.op {
+                TransferOp::Put => {
+                    let object = ObjectKey::new(
+                        row.bucket.clone(),
+                        row.key.clone(),
+                        row.etag.clone().unwrap_or_default(),
+                        u64::try_from(row.size).unwrap_or(0),
+                    );
+                    needed.insert(object.clone());
+                    OfficeVersion::Written {
+                        object,
+                        last_modified: row.enqueued_at,
+                        transfer: row.id,
+                    }
+                }
+                TransferOp::Delete => OfficeVersion::Deleted { transfer: row.id },
+            };
+            // Rows come oldest first: the newest of a key wins.
+            overlay.insert((row.bucket.clone(), row.key.clone()), version);
+        }
+        let mut released = 0;
+        for object in cache.dirty_entries().await? {
+            if !needed.contains(&object) {
+                cache.discard_dirty(&object).await?;
+                released += 1;
+            }
+        }
+        if requeued > 0 || released > 0 || !active.is_empty() {
+            tracing::info!(
+                queued = active.len(),
+                requeued,
+                released,
+                "write-back journal opened"
+            );
+        }
+        let multipart = Multipart::open(cache.settings().root.join("multipart")).await?;
+        Ok(Arc::new(WriteBack {
+            inner: Arc::new(Inner {
+                db,
+                cache,
+                upstream,
+                settings,
+                shaper,
+                overlay: Mutex::new(overlay),
+                multipart,
+                wake: Notify::new(),
+                ended: tokio::sync::watch::channel(()).0,
+                stop: CancellationToken::new(),
+                tasks: TaskTracker::new(),
+            }),
+        }))
+    }
+
+    /// Starts the uploader. It runs until [`shutdown`](Self::shutdown).
+    pub fn start(&self) {
+        let inner = Arc::clone(&self.inner);
+        self.inner.tasks.spawn(uploader::run(inner));
+    }
+
+    /// The multipart uploads the gateway receives.
+    pub fn multipart(&self) -> &Multipart {
+        &self.inner.multipart
+    }
+
+    /// The office cache the writes land in.
+    pub fn cache(&self) -> &Arc<OfficeCache> {
+        &self.inner.cache
+    }
+
+    /// The store uploads go to.
+    pub fn upstream(&self) -> &Arc<dyn ObjectStore> {
+        &self.inner.upstream
+    }
+
+    /// A new staging path for a body of `bucket/key`.
+    pub fn staging_path(&self, bucket: &str, key: &str) -> PathBuf {
+        self.inner
+            .cache
+            .staging_path(&ObjectKey::new(bucket, key, "upload", 0))
+    }
+
+    /// Stages `body` for `bucket/key` on local disk, checked and fsynced; see
+    /// [`commit_put`](Self::commit_put).
+    pub async fn stage<St, E>(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: St,
+        checks: &BodyChecks,
+    ) -> Result<StagedFile, WriteBackError>
+    where
+        St: futures::Stream<Item = Result<Bytes, E>> + Send,
+        E: Into<crate::upstream::BoxError>,
+    {
+        let path = self.staging_path(bucket, key);
+        staging::stage(path, bucket, key, body, checks).await
+    }
+
+    /// Makes a staged body (fsynced, `size` bytes) the office's version of `bucket/key` with
+    /// ETag `etag`: installed in the cache as a dirty entry, journaled for upload. When this
+    /// returns, the write is durable and may be acknowledged. Returns the object's metadata.
+    pub async fn commit_put(
+        &self,
+        bucket: &str,
+        key: &str,
+        staged: PathBuf,
+        size: u64,
+        etag: String,
+    ) -> Result<ObjectMeta, WriteBackError> {
+        let inner = &self.inner;
+        let object = ObjectKey::new(bucket, key, etag, size);
+        let content = inner.cache.insert_dirty(&object, staged).await?;
+        let relative = content
+            .strip_prefix(&inner.cache.settings().root)
+            .map(|p| p.to_string_lossy().into_owned())
+            .ok();
+        let (row, superseded) = journal::enqueue(
+            &inner.db,
+            journal::NewTransfer {
+                op: TransferOp::Put,
+                bucket,
+                key,
+                object: Some(&object),
+                path: relative,
+                priority: inner.shaper.priority_of(key),
+            },
+        )
+        .await?;
+        let last_modified = row.enqueued_at;
+        inner.overlay().insert(
+            (bucket.to_owned(), key.to_owned()),
+            OfficeVersion::Written {
+                object: object.clone(),
+                last_modified,
+                transfer: row.id,
+            },
+        );
+        self.release_superseded(&superseded, Some(&object)).await;
+        inner.wake.notify_one();
+        Ok(ObjectMeta {
+            bucket: bucket.to_owned(),
+            key: key.to_owned(),
+            size,
+            etag: object.etag,
+            last_modified: Some(last_modified),
+        })
+    }
+
+    /// Writes `body` as the office's version of `bucket/key` (stage, then
+    /// [`commit_put`](Self::commit_put)); the ETag is the MD5, as S3 gives a single PUT.
+    pub async fn put_bytes(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: Bytes,
+    ) -> Result<ObjectMeta, WriteBackError> {
+        let checks = BodyChecks {
+            length: Some(body.len() as u64),
+            md5: None,
+        };
+        let staged = self
+            .stage(
+                bucket,
+                key,
+                futures::stream::iter([Ok::<_, std::io::Error>(body)]),
+                &checks,
+            )
+            .await?;
+        let etag = staged.md5_hex();
+        self.commit_put(bucket, key, staged.path, staged.size, etag)
+            .await
+    }
+
+    /// Deletes `bucket/key` in the office now and in S3 in the background (after any write of
+    /// the key already uploading).
+    pub async fn delete(&self, bucket: &str, key: &str) -> Result<(), WriteBackError> {
+        let inner = &self.inner;
+        let (row, superseded) = journal::enqueue(
+            &inner.db,
+            journal::NewTransfer {
+                op: TransferOp::Delete,
+                bucket,
+                key,
+                object: None,
+                path: None,
+                priority: inner.shaper.priority_of(key),
+            },
+        )
+        .await?;
+        inner.overlay().insert(
+            (bucket.to_owned(), key.to_owned()),
+            OfficeVersion::Deleted { transfer: row.id },
+        );
+        self.release_superseded(&superseded, None).await;
+        inner.wake.notify_one();
+        Ok(())
+    }
+
+    /// Dirty entries of superseded puts will never be uploaded: they become ordinary entries
+    /// (unless `keep` is the same bytes, written again).
+    async fn release_superseded(
+        &self,
+        superseded: &[milepost_schema::entity::transfer::Model],
+        keep: Option<&ObjectKey>,
+    ) {
+        for row in superseded {
+            if row.op != TransferOp::Put {
+                continue;
+            }
+            let object = ObjectKey::new(
+                row.bucket.clone(),
+                row.key.clone(),
+                row.etag.clone().unwrap_or_default(),
+                u64::try_from(row.size).unwrap_or(0),
+            );
+            if Some(&object) == keep {
+                continue;
+            }
+            match journal::other_put_of(&self.inner.db, row.id, &object).await {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(err) => {
+                    tracing::warn!(object = %object, error = %err, "cannot check a superseded write; its entry stays dirty");
+                    continue;
+                }
+            }
+            if let Err(err) = self.inner.cache.discard_dirty(&object).await {
+                tracing::warn!(object = %object, error = %err, "cannot release a superseded write");
+            }
+        }
+    }
+
+    /// The office's version of `bucket/key` if S3 does not have it yet.
+    pub fn version(&self, bucket: &str, key: &str) -> Option<OfficeVersion> {
+        self.inner
+            .overlay()
+            .get(&(bucket.to_owned(), key.to_owned()))
+            .cloned()
+    }
+
+    /// The office versions of keys of `bucket` starting with `prefix`, after `after` (all
+    /// when `None`), in key order, at most `limit`.
+    pub fn versions_in(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Vec<(String, OfficeVersion)> {
+        let overlay = self.inner.overlay();
+        let start = match after {
+            Some(after) if after >= prefix => {
+                Bound::Excluded((bucket.to_owned(), after.to_owned()))
+            }
+            _ => Bound::Included((bucket.to_owned(), prefix.to_owned())),
+        };
+        overlay
+            .range((start, Bound::Unbounded))
+            .take_while(|((b, k), _)| b == bucket && k.starts_with(prefix))
+            .take(limit)
+            .map(|((_, k), v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// How many keys have an office version not yet in S3.
+    pub fn pending_keys(&self) -> usize {
+        self.inner.overlay().len()
+    }
+
+    /// Recomputes the priority of every queued transfer (after a policy change).
+    pub async fn reprioritize(&self) -> Result<u64, WriteBackError> {
+        let shaper = Arc::clone(&self.inner.shaper);
+        let changed =
+            journal::reprioritize(&self.inner.db, &move |key| shaper.priority_of(key)).await?;
+        self.inner.wake.notify_one();
+        Ok(changed)
+    }
+
+    /// Waits until no transfer is queued or uploading (a failed one counts as settled), or
+    /// `timeout` passes; returns whether the queue drained.
+    pub async fn wait_idle(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut ended = self.inner.ended.subscribe();
+        loop {
+            match journal::active(&self.inner.db).await {
+                Ok(rows) if rows.iter().all(|r| r.state == TransferState::Failed) => return true,
+                Ok(_) => {}
+                Err(err) => tracing::warn!(error = %err, "cannot read the upload queue"),
+            }
+            if tokio::time::timeout_at(deadline, ended.changed())
+                .await
+                .is_err()
+            {
+                return false;
+            }
+        }
+    }
+
+    /// Stops the uploader: transfers in progress are cut short and run again at the next
+    /// start (their rows stay `uploading`, which start-up requeues).
+    pub async fn shutdown(&self) {
+        self.inner.stop.cancel();
+        self.inner.tasks.close();
+        self.inner.tasks.wait().await;
+    }
+}

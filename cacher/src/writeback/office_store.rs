@@ -1,0 +1,308 @@
+//! [`OfficeStore`]: the object store as the office sees it — S3 with the office's writes and
+//! deletes that S3 does not have yet laid over it. Every reader in the office (the S3 gateway,
+//! `/data`, datasets, the indexer) reads through it, so an upload is visible at once; writes
+//! through it go to the write-back path, so records the service writes reach S3 in the
+//! background like any office upload.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use base64::Engine as _;
+use bytes::Bytes;
+use futures::StreamExt as _;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
+use tokio_util::io::ReaderStream;
+
+use super::{OfficeVersion, WriteBack, WriteBackError, WriteBackErrorKind};
+use crate::upstream::{
+    ByteRange, GetResponse, ListPage, ObjectMeta, ObjectStore, StoreError, Target,
+};
+
+/// See the [module documentation](self).
+#[derive(Debug, Clone)]
+pub struct OfficeStore {
+    upstream: Arc<dyn ObjectStore>,
+    write_back: Arc<WriteBack>,
+}
+
+/// Where a merged listing resumes: the upstream's continuation token for its next page and
+/// the last key the upstream listed (office versions after it are merged into later pages).
+#[derive(Serialize, Deserialize)]
+struct Resume {
+    upstream: String,
+    after: String,
+}
+
+const TOKEN_PREFIX: &str = "office1.";
+
+impl OfficeStore {
+    /// Reads `upstream` with the office versions of `write_back` laid over it; writes go to
+    /// `write_back`.
+    pub fn new(upstream: Arc<dyn ObjectStore>, write_back: Arc<WriteBack>) -> Self {
+        Self {
+            upstream,
+            write_back,
+        }
+    }
+
+    /// The write-back path under this store.
+    pub fn write_back(&self) -> &Arc<WriteBack> {
+        &self.write_back
+    }
+
+    fn encode(resume: &Resume) -> String {
+        let json = serde_json::to_vec(resume).unwrap_or_default();
+        format!(
+            "{TOKEN_PREFIX}{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)
+        )
+    }
+
+    fn decode(token: &str, bucket: &str, prefix: &str) -> Result<Resume, StoreError> {
+        let bad = || {
+            StoreError::invalid(
+                Target::new("list", bucket, prefix),
+                "the continuation token is not one this office gave out",
+            )
+        };
+        let body = token.strip_prefix(TOKEN_PREFIX).ok_or_else(bad)?;
+        let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(body)
+            .map_err(|_| bad())?;
+        serde_json::from_slice(&json).map_err(|_| bad())
+    }
+}
+
+fn store_error(op: &'static str, bucket: &str, key: &str, err: WriteBackError) -> StoreError {
+    let target = Target::new(op, bucket, key);
+    match err {
+        WriteBackError::Store(err) => err,
+        err => match err.kind() {
+            WriteBackErrorKind::Invalid => StoreError::invalid(target, err.to_string()),
+            WriteBackErrorKind::NotFound => StoreError::NotFound {
+                target,
+                what: err.to_string(),
+            },
+            WriteBackErrorKind::Full | WriteBackErrorKind::Unavailable => {
+                StoreError::unavailable(target, err.to_string())
+            }
+        },
+    }
+}
+
+#[async_trait]
+impl ObjectStore for OfficeStore {
+    async fn list_page(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        continuation: Option<String>,
+    ) -> Result<ListPage, StoreError> {
+        let resume = continuation
+            .as_deref()
+            .map(|token| Self::decode(token, bucket, prefix))
+            .transpose()?;
+        let (upstream_token, after) = match resume {
+            Some(r) => (Some(r.upstream), Some(r.after)),
+            None => (None, None),
+        };
+        let page = self
+            .upstream
+            .list_page(bucket, prefix, upstream_token)
+            .await?;
+        // Office versions up to the last key of this upstream page (all remaining ones on the
+        // last page) belong to this page.
+        let until = match (&page.next, page.objects.last()) {
+            (Some(_), Some(last)) => Some(last.key.clone()),
+            _ => None,
+        };
+        let mut merged: std::collections::BTreeMap<String, ObjectMeta> = page
+            .objects
+            .into_iter()
+            .map(|meta| (meta.key.clone(), meta))
+            .collect();
+        for (key, version) in
+            self.write_back
+                .versions_in(bucket, prefix, after.as_deref(), usize::MAX)
+        {
+            if until.as_ref().is_some_and(|until| &key > until) {
+                break;
+            }
+            match version.meta() {
+                Some(meta) => {
+                    merged.insert(key, meta);
+                }
+                None => {
+                    merged.remove(&key);
+                }
+            }
+        }
+        let next = match (page.next, until) {
+            (Some(upstream), Some(after)) => Some(Self::encode(&Resume { upstream, after })),
+            _ => None,
+        };
+        Ok(ListPage {
+            objects: merged.into_values().collect(),
+            next,
+        })
+    }
+
+    async fn head(&self, bucket: &str, key: &str) -> Result<ObjectMeta, StoreError> {
+        match self.write_back.version(bucket, key) {
+            Some(version) => version.meta().ok_or_else(|| StoreError::NotFound {
+                target: Target::new("head", bucket, key),
+                what: "no such key (deleted in the office)".to_owned(),
+            }),
+            None => self.upstream.head(bucket, key).await,
+        }
+    }
+
+    async fn get(
+        &self,
+        bucket: &str,
+        key: &str,
+        range: ByteRange,
+        if_match: Option<&str>,
+    ) -> Result<GetResponse, StoreError> {
+        let Some(version) = self.write_back.version(bucket, key) else {
+            return self.upstream.get(bucket, key, range, if_match).await;
+        };
+        let target = || Target::new("get", bucket, key);
+        let (OfficeVersion::Written { object, .. }, Some(meta)) = (&version, version.meta()) else {
+            return Err(StoreError::NotFound {
+                target: target(),
+                what: "no such key (deleted in the office)".to_owned(),
+            });
+        };
+        if let Some(expected) = if_match {
+            if crate::upstream::bare_etag(expected) != object.etag {
+                return Err(StoreError::PreconditionFailed {
+                    target: target(),
+                    detail: format!("expected ETag {expected}, the object has {}", object.etag),
+                });
+            }
+        }
+        let (start, end) = match range {
+            ByteRange::All if object.size == 0 => (0, 0),
+            _ => range
+                .resolve(object.size)
+                .ok_or_else(|| StoreError::InvalidRange {
+                    target: target(),
+                    range: range.to_string(),
+                })?,
+        };
+        let len = if object.size == 0 { 0 } else { end - start + 1 };
+        let path = self
+            .write_back
+            .cache()
+            .content_path(object)
+            .ok_or_else(|| {
+                StoreError::unavailable(target(), "the office copy is not in the cache")
+            })?;
+        let mut file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|err| StoreError::unavailable(target(), err.to_string()))?;
+        file.seek(std::io::SeekFrom::Start(start))
+            .await
+            .map_err(|err| StoreError::unavailable(target(), err.to_string()))?;
+        let body_target = target();
+        let body = ReaderStream::with_capacity(file.take(len), 1024 * 1024)
+            .map(move |chunk| {
+                chunk.map_err(|err| StoreError::unavailable(body_target.clone(), err.to_string()))
+            })
+            .boxed();
+        Ok(GetResponse {
+            meta,
+            range: (range != ByteRange::All).then_some((start, end)),
+            body,
+        })
+    }
+
+    async fn put(&self, bucket: &str, key: &str, body: Bytes) -> Result<ObjectMeta, StoreError> {
+        self.write_back
+            .put_bytes(bucket, key, body)
+            .await
+            .map_err(|err| store_error("put", bucket, key, err))
+    }
+
+    async fn create_multipart(&self, bucket: &str, key: &str) -> Result<String, StoreError> {
+        self.write_back
+            .multipart()
+            .create(bucket, key)
+            .await
+            .map_err(|err| store_error("create_multipart", bucket, key, err))
+    }
+
+    async fn upload_part(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        part_number: i32,
+        body: Bytes,
+    ) -> Result<String, StoreError> {
+        let checks = super::BodyChecks {
+            length: Some(body.len() as u64),
+            md5: None,
+        };
+        self.write_back
+            .multipart()
+            .upload_part(
+                upload_id,
+                bucket,
+                key,
+                part_number,
+                futures::stream::iter([Ok::<_, std::io::Error>(body)]),
+                &checks,
+            )
+            .await
+            .map_err(|err| store_error("upload_part", bucket, key, err))
+    }
+
+    async fn complete_multipart(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        parts: Vec<(i32, String)>,
+    ) -> Result<ObjectMeta, StoreError> {
+        let wb = &self.write_back;
+        let fail = |err| store_error("complete_multipart", bucket, key, err);
+        let assembled = wb
+            .multipart()
+            .assemble(upload_id, &parts, wb.staging_path(bucket, key))
+            .await
+            .map_err(fail)?;
+        let meta = wb
+            .commit_put(bucket, key, assembled.path, assembled.size, assembled.etag)
+            .await
+            .map_err(fail)?;
+        wb.multipart().remove(upload_id).await.map_err(fail)?;
+        Ok(meta)
+    }
+
+    async fn abort_multipart(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+    ) -> Result<(), StoreError> {
+        self.write_back
+            .multipart()
+            .remove(upload_id)
+            .await
+            .map_err(|err| store_error("abort_multipart", bucket, key, err))
+    }
+
+    async fn delete(&self, bucket: &str, key: &str) -> Result<(), StoreError> {
+        self.write_back
+            .delete(bucket, key)
+            .await
+            .map_err(|err| store_error("delete", bucket, key, err))
+    }
+
+    async fn ensure_bucket(&self, bucket: &str) -> Result<(), StoreError> {
+        self.upstream.ensure_bucket(bucket).await
+    }
+}

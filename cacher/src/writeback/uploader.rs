@@ -1,0 +1,335 @@
+//! The uploader: moves journaled writes and deletes to S3, in priority order, at most
+//! `concurrency` at once and never two of one key at once, through the upload shaper (the
+//! bandwidth schedule), verifying what S3 stored. Retryable failures go back to the queue
+//! with exponential backoff and jitter; permanent ones (the bucket is gone, access denied)
+//! leave the transfer `failed`, its bytes still dirty in the office, retried at the next start.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{StreamExt as _, TryStreamExt as _};
+use md5::{Digest as _, Md5};
+use milepost_schema::entity::transfer;
+use milepost_schema::enums::{TransferOp, TransferState};
+use rand::Rng as _;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::io::ReaderStream;
+
+use super::{journal, multipart_etag, Inner, WriteBackError};
+use crate::cache::ObjectKey;
+use crate::upstream::{put_stream, StoreError, StoreErrorKind, UploadOptions};
+
+/// How often an upload in progress records its bytes in the journal.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+/// Bytes per read of the office copy.
+const READ_CHUNK: usize = 1024 * 1024;
+
+/// How one attempt of a transfer ended.
+enum Attempt {
+    Done,
+    /// Try again after the backoff.
+    Retry(String),
+    /// Will not succeed by retrying.
+    Failed(String),
+}
+
+/// The uploader loop; returns when the write-back stops.
+pub(super) async fn run(inner: Arc<Inner>) {
+    let concurrency = inner.settings.concurrency.max(1);
+    let mut running: JoinSet<(transfer::Model, Attempt)> = JoinSet::new();
+    let mut busy: HashSet<(String, String)> = HashSet::new();
+    let mut not_before: HashMap<i64, (Instant, u32)> = HashMap::new();
+    loop {
+        if running.len() < concurrency {
+            let want = (concurrency * 4 + busy.len()) as u64;
+            match journal::next_queued(&inner.db, want).await {
+                Ok(rows) => {
+                    let now = Instant::now();
+                    for row in rows {
+                        if running.len() >= concurrency {
+                            break;
+                        }
+                        let id = (row.bucket.clone(), row.key.clone());
+                        if busy.contains(&id)
+                            || not_before.get(&row.id).is_some_and(|(at, _)| *at > now)
+                        {
+                            continue;
+                        }
+                        match journal::start(&inner.db, row.id).await {
+                            Ok(true) => {}
+                            Ok(false) => continue,
+                            Err(err) => {
+                                tracing::warn!(error = %err, "cannot start a transfer");
+                                break;
+                            }
+                        }
+                        busy.insert(id);
+                        let inner = Arc::clone(&inner);
+                        running.spawn(async move {
+                            let attempt = attempt(&inner, &row).await;
+                            (row, attempt)
+                        });
+                    }
+                }
+                Err(err) => tracing::warn!(error = %err, "cannot read the upload queue"),
+            }
+        }
+        tokio::select! {
+            () = inner.stop.cancelled() => break,
+            () = inner.wake.notified() => {}
+            Some(joined) = running.join_next(), if !running.is_empty() => {
+                if let Ok((row, outcome)) = joined {
+                    busy.remove(&(row.bucket.clone(), row.key.clone()));
+                    end(&inner, &row, outcome, &mut not_before).await;
+                }
+            }
+            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
+    // Cut short: the rows stay `uploading` and start-up queues them again.
+    running.abort_all();
+    while running.join_next().await.is_some() {}
+}
+
+/// Records how an attempt ended and settles the office version when S3 has it.
+async fn end(
+    inner: &Arc<Inner>,
+    row: &transfer::Model,
+    outcome: Attempt,
+    not_before: &mut HashMap<i64, (Instant, u32)>,
+) {
+    let size = u64::try_from(row.size).unwrap_or(0);
+    let recorded = match outcome {
+        Attempt::Done => {
+            not_before.remove(&row.id);
+            journal::finish(&inner.db, row.id, TransferState::Done, size, None).await
+        }
+        Attempt::Retry(error) => {
+            let failures = not_before.get(&row.id).map_or(0, |(_, n)| *n) + 1;
+            let delay = backoff(&inner.settings, failures);
+            tracing::warn!(transfer = row.id, bucket = %row.bucket, key = %row.key, attempt = row.attempts + 1, retry_in = ?delay, error = %error, "upload failed, will retry");
+            not_before.insert(row.id, (Instant::now() + delay, failures));
+            journal::finish(&inner.db, row.id, TransferState::Queued, 0, Some(error)).await
+        }
+        Attempt::Failed(error) => {
+            not_before.remove(&row.id);
+            tracing::error!(transfer = row.id, bucket = %row.bucket, key = %row.key, error = %error, "upload failed for good; the office copy stays until the next start retries it");
+            journal::finish(&inner.db, row.id, TransferState::Failed, 0, Some(error)).await
+        }
+    };
+    if let Err(err) = recorded {
+        tracing::error!(transfer = row.id, error = %err, "cannot record the end of a transfer");
+    }
+    inner.ended.send_replace(());
+}
+
+fn backoff(settings: &super::WriteBackSettings, failures: u32) -> Duration {
+    let exp = settings
+        .retry_base
+        .saturating_mul(1u32 << failures.min(16).saturating_sub(1));
+    let capped = exp.min(settings.retry_max);
+    // Full jitter between half and all of the delay.
+    let half = capped / 2;
+    half + half.mul_f64(rand::rng().random::<f64>())
+}
+
+/// One attempt of one transfer.
+async fn attempt(inner: &Arc<Inner>, row: &transfer::Model) -> Attempt {
+    match row.op {
+        TransferOp::Delete => match inner.upstream.delete(&row.bucket, &row.key).await {
+            Ok(()) => {
+                inner.settle(&row.bucket, &row.key, row.id);
+                Attempt::Done
+            }
+            Err(err) => classify(err),
+        },
+        TransferOp::Put => {
+            let object = ObjectKey::new(
+                row.bucket.clone(),
+                row.key.clone(),
+                row.etag.clone().unwrap_or_default(),
+                u64::try_from(row.size).unwrap_or(0),
+            );
+            match upload(inner, row.id, &object).await {
+                Ok(upstream_etag) => {
+                    match journal::other_put_of(&inner.db, row.id, &object).await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            if let Err(err) = inner.cache.mark_clean(&object, &upstream_etag).await
+                            {
+                                // S3 has the bytes; the entry just stays pinned until restart.
+                                tracing::warn!(object = %object, error = %err, "cannot mark an uploaded entry clean");
+                            }
+                        }
+                        Err(err) => {
+                            tracing::warn!(object = %object, error = %err, "cannot check the journal; the entry stays dirty");
+                        }
+                    }
+                    inner.settle(&row.bucket, &row.key, row.id);
+                    Attempt::Done
+                }
+                Err(UploadError::Store(err)) => classify(err),
+                Err(UploadError::Local(err)) => Attempt::Failed(err.to_string()),
+                Err(UploadError::Mismatch(what)) => Attempt::Retry(what),
+            }
+        }
+    }
+}
+
+fn classify(err: StoreError) -> Attempt {
+    match err.kind() {
+        StoreErrorKind::Throttled
+        | StoreErrorKind::Unavailable
+        | StoreErrorKind::Corrupt
+        | StoreErrorKind::PreconditionFailed => Attempt::Retry(err.to_string()),
+        // A body error is the office copy failing to read: retrying may help (a transient
+        // I/O error); a missing file is caught before the upload starts.
+        StoreErrorKind::Invalid if matches!(err, StoreError::Body { .. }) => {
+            Attempt::Retry(err.to_string())
+        }
+        StoreErrorKind::NotFound
+        | StoreErrorKind::Denied
+        | StoreErrorKind::Invalid
+        | StoreErrorKind::InvalidRange
+        | StoreErrorKind::TooLarge => Attempt::Failed(err.to_string()),
+    }
+}
+
+enum UploadError {
+    Store(StoreError),
+    Local(WriteBackError),
+    /// S3 stored something else than was sent.
+    Mismatch(String),
+}
+
+/// MD5s of the whole body and of each part, computed as the body streams out.
+struct Digests {
+    whole: Md5,
+    part: Md5,
+    part_len: u64,
+    part_size: u64,
+    parts: Vec<[u8; 16]>,
+}
+
+impl Digests {
+    fn update(&mut self, mut bytes: &[u8]) {
+        self.whole.update(bytes);
+        while !bytes.is_empty() {
+            let room = usize::try_from(self.part_size - self.part_len).unwrap_or(usize::MAX);
+            let take = room.min(bytes.len());
+            self.part.update(&bytes[..take]);
+            self.part_len += take as u64;
+            bytes = &bytes[take..];
+            if self.part_len == self.part_size {
+                let done = std::mem::take(&mut self.part);
+                self.parts.push(done.finalize().into());
+                self.part_len = 0;
+            }
+        }
+    }
+}
+
+/// Uploads the office copy of `object` and verifies S3's ETag against the bytes sent.
+/// Returns the upstream ETag.
+async fn upload(inner: &Arc<Inner>, id: i64, object: &ObjectKey) -> Result<String, UploadError> {
+    let Some(path) = inner.cache.content_path(object) else {
+        return Err(UploadError::Local(WriteBackError::io(
+            format!("reading the office copy of {object}"),
+            std::io::Error::new(std::io::ErrorKind::NotFound, "not in the office cache"),
+        )));
+    };
+    let file = tokio::fs::File::open(&path).await.map_err(|err| {
+        UploadError::Local(WriteBackError::io(
+            format!("opening the office copy of {object}"),
+            err,
+        ))
+    })?;
+    let part_size = inner.settings.part_size.max(crate::upstream::MIN_PART_SIZE);
+    let digests = Arc::new(Mutex::new(Digests {
+        whole: Md5::new(),
+        part: Md5::new(),
+        part_len: 0,
+        part_size: part_size as u64,
+        parts: Vec::new(),
+    }));
+    let sent = Arc::new(AtomicU64::new(0));
+    let body = ReaderStream::with_capacity(file, READ_CHUNK).boxed();
+    let body = inner.shaper.shape(body);
+    let body = {
+        let (digests, sent) = (Arc::clone(&digests), Arc::clone(&sent));
+        body.and_then(move |chunk: Bytes| {
+            let (digests, sent) = (Arc::clone(&digests), Arc::clone(&sent));
+            async move {
+                let len = chunk.len() as u64;
+                let hashed = chunk.clone();
+                tokio::task::spawn_blocking(move || {
+                    digests
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .update(&hashed);
+                })
+                .await
+                .map_err(std::io::Error::other)?;
+                sent.fetch_add(len, Ordering::Relaxed);
+                Ok(chunk)
+            }
+        })
+    };
+    let options = UploadOptions { part_size };
+    let upload = put_stream(
+        inner.upstream.as_ref(),
+        &object.bucket,
+        &object.key,
+        body,
+        &options,
+    );
+    tokio::pin!(upload);
+    let mut ticker = tokio::time::interval(PROGRESS_EVERY);
+    ticker.tick().await;
+    let meta = loop {
+        tokio::select! {
+            result = &mut upload => break result.map_err(UploadError::Store)?,
+            _ = ticker.tick() => {
+                if let Err(err) = journal::progress(&inner.db, id, sent.load(Ordering::Relaxed)).await {
+                    tracing::debug!(error = %err, "cannot record upload progress");
+                }
+            }
+        }
+    };
+    let sent = sent.load(Ordering::Relaxed);
+    if sent != object.size {
+        return Err(UploadError::Mismatch(format!(
+            "sent {sent} bytes of {object}, which has {}",
+            object.size
+        )));
+    }
+    let expected = {
+        let mut digests = digests.lock().unwrap_or_else(PoisonError::into_inner);
+        if meta.etag.contains('-') {
+            if digests.part_len > 0 || digests.parts.is_empty() {
+                let last = std::mem::take(&mut digests.part);
+                digests.parts.push(last.finalize().into());
+                digests.part_len = 0;
+            }
+            multipart_etag(&digests.parts)
+        } else {
+            hex::encode(std::mem::take(&mut digests.whole).finalize())
+        }
+    };
+    if !meta.etag.is_empty() && meta.etag != expected {
+        return Err(UploadError::Mismatch(format!(
+            "S3 stored {object} with ETag {}, but the bytes sent give {expected}",
+            meta.etag
+        )));
+    }
+    let etag = if meta.etag.is_empty() {
+        expected
+    } else {
+        meta.etag
+    };
+    Ok(etag)
+}

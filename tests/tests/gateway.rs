@@ -1,0 +1,587 @@
+//! The office S3 gateway against real clients: aws-sdk-s3 (through the office's own S3 client
+//! and raw SDK calls) and the AWS CLI. Objects written through the gateway are readable in the
+//! office at once, reach the upstream S3 server (s3s-fs on loopback) in the background with
+//! the same bytes, and bad requests get S3 errors and change nothing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use milepost_cacher::loopback::LoopbackS3;
+use milepost_cacher::{
+    list_all, put_stream, ByteRange, EgressMeter, ObjectStore, StaticCredentials, StoreErrorKind,
+    UploadOptions,
+};
+use milepost_schema::entity::transfer;
+use milepost_schema::enums::{Role, TransferState};
+use milepost_tests::TestApp;
+use sea_orm::{EntityTrait as _, PaginatorTrait as _};
+use sha2::{Digest, Sha256};
+
+const BUCKET: &str = "fleet";
+
+struct World {
+    _s3_dir: tempfile::TempDir,
+    _s3: LoopbackS3,
+    /// The upstream S3 itself (not through the office).
+    upstream: Arc<dyn ObjectStore>,
+    app: TestApp,
+}
+
+async fn world() -> World {
+    let s3_dir = tempfile::tempdir().expect("tempdir");
+    let s3 = LoopbackS3::start(
+        s3_dir.path(),
+        ([127, 0, 0, 1], 0).into(),
+        "test-key",
+        "test-secret",
+    )
+    .await
+    .expect("loopback s3");
+    let upstream = milepost_cacher::build_store(&s3.settings(), Arc::new(EgressMeter::default()))
+        .expect("store");
+    upstream.ensure_bucket(BUCKET).await.expect("bucket");
+    let app = TestApp::builder()
+        .upstream(s3.settings(), BUCKET)
+        .start()
+        .await;
+    World {
+        _s3_dir: s3_dir,
+        _s3: s3,
+        upstream,
+        app,
+    }
+}
+
+fn pattern(len: usize, seed: u8) -> Bytes {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect::<Vec<u8>>()
+        .into()
+}
+
+async fn read_all(store: &dyn ObjectStore, key: &str, range: ByteRange) -> Bytes {
+    store
+        .get(BUCKET, key, range, None)
+        .await
+        .unwrap_or_else(|err| panic!("get {key}: {err}"))
+        .collect(64 << 20)
+        .await
+        .expect("body")
+}
+
+fn sha(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+async fn wait_written_back(app: &TestApp) {
+    assert!(
+        app.state()
+            .write_back
+            .wait_idle(Duration::from_secs(60))
+            .await,
+        "write-back did not drain within 60 s"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_round_trip_through_the_gateway() {
+    let w = world().await;
+    w.upstream
+        .put(BUCKET, "seeded/a.txt", Bytes::from_static(b"from s3"))
+        .await
+        .expect("seed");
+    let (_, keys) = w.app.s3_token("ingest", Role::Engineer).await;
+    let gw = w.app.s3_client(keys);
+
+    // A small PUT and a multipart upload (three parts, the last short).
+    let small = pattern(1024, 1);
+    let meta = gw
+        .put(BUCKET, "uploads/small.bin", small.clone())
+        .await
+        .expect("put");
+    assert_eq!(
+        meta.etag,
+        hex::encode(md5_of(&small)),
+        "a single PUT's ETag is its MD5"
+    );
+    let big = pattern(11 * 1024 * 1024 + 17, 2);
+    let options = UploadOptions {
+        part_size: 5 * 1024 * 1024,
+    };
+    let chunks = futures::stream::iter(
+        big.chunks(1 << 20)
+            .map(|c| Ok::<_, std::io::Error>(Bytes::copy_from_slice(c)))
+            .collect::<Vec<_>>(),
+    );
+    let meta = put_stream(&gw, BUCKET, "uploads/big.bin", chunks, &options)
+        .await
+        .expect("multipart upload");
+    assert!(meta.etag.ends_with("-3"), "multipart ETag: {}", meta.etag);
+
+    // Readable in the office at once: whole and by ranges.
+    for (key, bytes) in [("uploads/small.bin", &small), ("uploads/big.bin", &big)] {
+        let head = gw.head(BUCKET, key).await.expect("head");
+        assert_eq!(head.size, bytes.len() as u64);
+        assert_eq!(read_all(&gw, key, ByteRange::All).await, *bytes, "{key}");
+        let n = bytes.len() as u64;
+        for (range, expected) in [
+            (
+                ByteRange::Bounded {
+                    start: 0,
+                    end_inclusive: 0,
+                },
+                bytes.slice(0..1),
+            ),
+            (
+                ByteRange::Bounded {
+                    start: n - 1,
+                    end_inclusive: n - 1,
+                },
+                bytes.slice(bytes.len() - 1..),
+            ),
+            (ByteRange::Suffix(100), bytes.slice(bytes.len() - 100..)),
+            (ByteRange::From(n - 300), bytes.slice(bytes.len() - 300..)),
+        ] {
+            assert_eq!(read_all(&gw, key, range).await, expected, "{key} {range}");
+        }
+        let err = gw
+            .get(BUCKET, key, ByteRange::From(n), None)
+            .await
+            .expect_err("range past the end");
+        assert_eq!(err.kind(), StoreErrorKind::InvalidRange, "{err}");
+    }
+
+    // The listing merges upstream objects with office writes; delimiters group prefixes.
+    let keys: Vec<String> = list_all(&gw, BUCKET, "")
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|m| m.key)
+        .collect();
+    assert_eq!(
+        keys,
+        ["seeded/a.txt", "uploads/big.bin", "uploads/small.bin"]
+    );
+    let listed = gw
+        .client()
+        .list_objects_v2()
+        .bucket(BUCKET)
+        .delimiter("/")
+        .send()
+        .await
+        .expect("list with delimiter");
+    let prefixes: Vec<&str> = listed
+        .common_prefixes()
+        .iter()
+        .filter_map(|p| p.prefix())
+        .collect();
+    assert_eq!(prefixes, ["seeded/", "uploads/"]);
+    let page = gw
+        .client()
+        .list_objects_v2()
+        .bucket(BUCKET)
+        .max_keys(2)
+        .send()
+        .await
+        .expect("first page");
+    assert_eq!(page.contents().len(), 2);
+    let rest = gw
+        .client()
+        .list_objects_v2()
+        .bucket(BUCKET)
+        .max_keys(2)
+        .continuation_token(page.next_continuation_token().expect("truncated"))
+        .send()
+        .await
+        .expect("second page");
+    assert_eq!(
+        rest.contents()
+            .iter()
+            .filter_map(|o| o.key())
+            .collect::<Vec<_>>(),
+        ["uploads/small.bin"]
+    );
+
+    // Copy (from an office write and from an upstream object), then delete.
+    gw.client()
+        .copy_object()
+        .bucket(BUCKET)
+        .key("uploads/copy.bin")
+        .copy_source(format!("{BUCKET}/uploads/small.bin"))
+        .send()
+        .await
+        .expect("copy");
+    gw.client()
+        .copy_object()
+        .bucket(BUCKET)
+        .key("uploads/from-s3.txt")
+        .copy_source(format!("{BUCKET}/seeded/a.txt"))
+        .send()
+        .await
+        .expect("copy from upstream");
+    assert_eq!(
+        read_all(&gw, "uploads/copy.bin", ByteRange::All).await,
+        small
+    );
+    gw.delete(BUCKET, "uploads/small.bin")
+        .await
+        .expect("delete");
+    let err = gw
+        .head(BUCKET, "uploads/small.bin")
+        .await
+        .expect_err("deleted");
+    assert_eq!(err.kind(), StoreErrorKind::NotFound);
+
+    // In the background, S3 gets exactly the office's state.
+    wait_written_back(&w.app).await;
+    assert_eq!(
+        read_all(w.upstream.as_ref(), "uploads/big.bin", ByteRange::All).await,
+        big
+    );
+    assert_eq!(
+        sha(&read_all(w.upstream.as_ref(), "uploads/copy.bin", ByteRange::All).await),
+        sha(&small)
+    );
+    assert_eq!(
+        read_all(w.upstream.as_ref(), "uploads/from-s3.txt", ByteRange::All).await,
+        Bytes::from_static(b"from s3")
+    );
+    let err = w
+        .upstream
+        .head(BUCKET, "uploads/small.bin")
+        .await
+        .expect_err("the delete after the put reached S3 last");
+    assert_eq!(err.kind(), StoreErrorKind::NotFound);
+    let rows = transfer::Entity::find()
+        .all(w.app.db())
+        .await
+        .expect("journal");
+    assert!(
+        rows.iter()
+            .all(|t| matches!(t.state, TransferState::Done | TransferState::Superseded)),
+        "{rows:#?}"
+    );
+    // Still readable through the gateway once clean (served from the cache, S3 agrees).
+    assert_eq!(read_all(&gw, "uploads/big.bin", ByteRange::All).await, big);
+    w.app.shutdown().await;
+}
+
+fn md5_of(bytes: &[u8]) -> [u8; 16] {
+    use md5::Digest as _;
+    md5::Md5::digest(bytes).into()
+}
+
+/// The S3 error code of an SDK error.
+fn code<E, R>(err: &aws_sdk_s3::error::SdkError<E, R>) -> String
+where
+    E: aws_sdk_s3::error::ProvideErrorMetadata + std::fmt::Debug,
+    R: std::fmt::Debug,
+{
+    match err {
+        aws_sdk_s3::error::SdkError::ServiceError(service) => {
+            service.err().code().unwrap_or("").to_owned()
+        }
+        other => format!("not a service error: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_s3_errors_and_change_nothing() {
+    let w = world().await;
+    let (_, keys) = w.app.s3_token("ingest", Role::Engineer).await;
+    let (_, viewer) = w.app.s3_token("reader", Role::Viewer).await;
+    let gw = w.app.s3_client(keys.clone());
+    let body = || aws_sdk_s3::primitives::ByteStream::from_static(b"payload");
+
+    let wrong_secret = w.app.s3_client(StaticCredentials::new(
+        keys.access_key_id.clone(),
+        "not-the-secret",
+    ));
+    let err = wrong_secret
+        .client()
+        .put_object()
+        .bucket(BUCKET)
+        .key("x")
+        .body(body())
+        .send()
+        .await
+        .expect_err("wrong signature");
+    assert_eq!(code(&err), "SignatureDoesNotMatch");
+
+    let unknown = w
+        .app
+        .s3_client(StaticCredentials::new("MPNOSUCHKEY000000000", "whatever"));
+    let err = unknown
+        .client()
+        .put_object()
+        .bucket(BUCKET)
+        .key("x")
+        .body(body())
+        .send()
+        .await
+        .expect_err("unknown key");
+    assert_eq!(code(&err), "InvalidAccessKeyId");
+
+    let err = w
+        .app
+        .s3_client(viewer)
+        .client()
+        .put_object()
+        .bucket(BUCKET)
+        .key("x")
+        .body(body())
+        .send()
+        .await
+        .expect_err("viewer cannot write");
+    assert_eq!(code(&err), "AccessDenied");
+
+    let err = gw
+        .client()
+        .put_object()
+        .bucket("not-served")
+        .key("x")
+        .body(body())
+        .send()
+        .await
+        .expect_err("bucket not configured");
+    assert_eq!(code(&err), "NoSuchBucket");
+
+    let err = gw
+        .client()
+        .put_object()
+        .bucket(BUCKET)
+        .key("drives/../../etc/passwd")
+        .body(body())
+        .send()
+        .await
+        .expect_err("escaping key");
+    assert_eq!(code(&err), "InvalidArgument");
+
+    let err = gw
+        .client()
+        .put_object()
+        .bucket(BUCKET)
+        .key("x")
+        .content_md5("1B2M2Y8AsgTpgAmY7PhCfg==")
+        .body(body())
+        .send()
+        .await
+        .expect_err("wrong Content-MD5");
+    assert_eq!(code(&err), "BadDigest");
+
+    // An expired presigned URL.
+    let presigned = gw
+        .client()
+        .get_object()
+        .bucket(BUCKET)
+        .key("x")
+        .presigned(
+            aws_sdk_s3::presigning::PresigningConfig::expires_in(Duration::from_secs(1))
+                .expect("presign config"),
+        )
+        .await
+        .expect("presign");
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let response = reqwest::get(presigned.uri()).await.expect("request");
+    assert_eq!(response.status(), reqwest::StatusCode::FORBIDDEN);
+    let text = response.text().await.expect("body");
+    assert!(text.contains("<Code>AccessDenied</Code>"), "{text}");
+
+    // A body shorter than its Content-Length: the connection ends early.
+    let presigned = gw
+        .client()
+        .put_object()
+        .bucket(BUCKET)
+        .key("short.bin")
+        .presigned(
+            aws_sdk_s3::presigning::PresigningConfig::expires_in(Duration::from_secs(60))
+                .expect("presign config"),
+        )
+        .await
+        .expect("presign");
+    send_short_body(presigned.uri(), 1000, 10).await;
+
+    // Nothing was stored or journaled, here or upstream.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        list_all(&gw, BUCKET, "").await.expect("list").len(),
+        0,
+        "the office lists nothing"
+    );
+    assert_eq!(
+        transfer::Entity::find()
+            .count(w.app.db())
+            .await
+            .expect("journal"),
+        0
+    );
+    assert!(list_all(w.upstream.as_ref(), BUCKET, "")
+        .await
+        .expect("upstream list")
+        .is_empty());
+    w.app.shutdown().await;
+}
+
+/// PUTs `sent` bytes to a presigned `url` announcing `announced`, then closes the connection.
+async fn send_short_body(url: &str, announced: usize, sent: usize) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let url = reqwest::Url::parse(url).expect("url");
+    let host = format!(
+        "{}:{}",
+        url.host_str().expect("host"),
+        url.port().expect("port")
+    );
+    let path = match url.query() {
+        Some(query) => format!("{}?{query}", url.path()),
+        None => url.path().to_owned(),
+    };
+    let mut socket = tokio::net::TcpStream::connect(&host)
+        .await
+        .expect("connect");
+    let head =
+        format!("PUT {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {announced}\r\n\r\n");
+    socket.write_all(head.as_bytes()).await.expect("head");
+    socket.write_all(&vec![b'x'; sent]).await.expect("body");
+    socket.shutdown().await.expect("half close");
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), socket.read_to_end(&mut answer)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aws_cli_round_trip() {
+    let w = world().await;
+    let (_, keys) = w.app.s3_token("cli", Role::Engineer).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let small = pattern(1024, 7);
+    let big_path = dir.path().join("big.bin");
+    {
+        // 200 MiB, written in pieces (never whole in memory).
+        use std::io::Write as _;
+        let mut file = std::fs::File::create(&big_path).expect("create");
+        for i in 0..200u8 {
+            file.write_all(&pattern(1 << 20, i)).expect("write");
+        }
+    }
+    std::fs::write(dir.path().join("small.bin"), &small).expect("small");
+    let endpoint = w.app.s3_endpoint();
+    let aws = |args: &[&str]| {
+        let output = std::process::Command::new("aws")
+            .args(["--endpoint-url", &endpoint, "--region", "us-east-1"])
+            .args(args)
+            .env("AWS_ACCESS_KEY_ID", &keys.access_key_id)
+            .env("AWS_SECRET_ACCESS_KEY", &keys.secret_access_key)
+            .env_remove("AWS_PROFILE")
+            .env_remove("AWS_CA_BUNDLE")
+            .env("AWS_CONFIG_FILE", "/dev/null")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+            .output()
+            .expect("the AWS CLI (`aws`) runs: install it with `pip install awscli`");
+        assert!(
+            output.status.success(),
+            "aws {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let big_str = big_path.to_str().expect("path");
+    let small_str = dir.path().join("small.bin");
+    let small_str = small_str.to_str().expect("path");
+    let handles = tokio::task::spawn_blocking({
+        let aws_run = {
+            let endpoint = endpoint.clone();
+            let keys = keys.clone();
+            move |args: Vec<String>| {
+                let output = std::process::Command::new("aws")
+                    .args(["--endpoint-url", &endpoint, "--region", "us-east-1"])
+                    .args(&args)
+                    .env("AWS_ACCESS_KEY_ID", &keys.access_key_id)
+                    .env("AWS_SECRET_ACCESS_KEY", &keys.secret_access_key)
+                    .env_remove("AWS_PROFILE")
+                    .env_remove("AWS_CA_BUNDLE")
+                    .env("AWS_CONFIG_FILE", "/dev/null")
+                    .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+                    .output()
+                    .expect("the AWS CLI (`aws`) runs: install it with `pip install awscli`");
+                assert!(
+                    output.status.success(),
+                    "aws {args:?} failed: {}",
+                    String::from_utf8_lossy(&output.stderr)
+                );
+            }
+        };
+        let big = big_str.to_owned();
+        let small = small_str.to_owned();
+        move || {
+            aws_run(vec![
+                "s3".into(),
+                "cp".into(),
+                big,
+                format!("s3://{BUCKET}/cli/big.bin"),
+            ]);
+            aws_run(vec![
+                "s3".into(),
+                "cp".into(),
+                small,
+                format!("s3://{BUCKET}/cli/small.bin"),
+            ]);
+        }
+    });
+    handles.await.expect("uploads");
+    let listing = aws(&["s3", "ls", &format!("s3://{BUCKET}/cli/")]);
+    assert!(
+        listing.contains("big.bin") && listing.contains("small.bin"),
+        "{listing}"
+    );
+    let out = dir.path().join("big.out");
+    let out_str = out.to_str().expect("path");
+    aws(&["s3", "cp", &format!("s3://{BUCKET}/cli/big.bin"), out_str]);
+    assert_eq!(file_sha(&out), file_sha(&big_path), "200 MiB round trip");
+    let ranged = dir.path().join("range.out");
+    aws(&[
+        "s3api",
+        "get-object",
+        "--bucket",
+        BUCKET,
+        "--key",
+        "cli/small.bin",
+        "--range",
+        "bytes=100-199",
+        ranged.to_str().expect("path"),
+    ]);
+    assert_eq!(std::fs::read(&ranged).expect("range"), &small[100..200]);
+    aws(&[
+        "s3",
+        "cp",
+        &format!("s3://{BUCKET}/cli/small.bin"),
+        &format!("s3://{BUCKET}/cli/copy.bin"),
+    ]);
+    aws(&["s3", "rm", &format!("s3://{BUCKET}/cli/small.bin")]);
+    let listing = aws(&["s3", "ls", &format!("s3://{BUCKET}/cli/")]);
+    assert!(
+        listing.contains("copy.bin") && !listing.contains("small.bin"),
+        "{listing}"
+    );
+    wait_written_back(&w.app).await;
+    let upstream_big = w.upstream.head(BUCKET, "cli/big.bin").await.expect("in S3");
+    assert_eq!(upstream_big.size, 200 << 20);
+    assert_eq!(
+        read_all(w.upstream.as_ref(), "cli/copy.bin", ByteRange::All).await,
+        small
+    );
+    w.app.shutdown().await;
+}
+
+fn file_sha(path: &std::path::Path) -> String {
+    use std::io::Read as _;
+    let mut file = std::fs::File::open(path).expect("open");
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).expect("read");
+        if n == 0 {
+            return hex::encode(hasher.finalize());
+        }
+        hasher.update(&buf[..n]);
+    }
+}
