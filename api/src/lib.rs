@@ -11,6 +11,7 @@ pub mod gateway;
 pub mod graphql;
 pub mod metrics;
 pub mod progress;
+pub mod records;
 pub mod selection;
 pub mod server;
 pub mod transfers;

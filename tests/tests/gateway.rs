@@ -585,3 +585,87 @@ fn file_sha(path: &std::path::Path) -> String {
         hasher.update(&buf[..n]);
     }
 }
+
+/// Faults between the office and S3 while write-back runs (500, 503 SlowDown, connection
+/// resets, more of them than one request's retries absorb): every object reaches S3 intact,
+/// and no incomplete multipart upload is left behind (a failed one is aborted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_survive_s3_faults_and_leave_no_multipart_debris() {
+    use milepost_cacher::testing::{Fault, FaultProxy};
+
+    let s3_dir = tempfile::tempdir().expect("tempdir");
+    let s3 = LoopbackS3::start(
+        s3_dir.path(),
+        ([127, 0, 0, 1], 0).into(),
+        "test-key",
+        "test-secret",
+    )
+    .await
+    .expect("loopback s3");
+    let upstream = milepost_cacher::build_store(&s3.settings(), Arc::new(EgressMeter::default()))
+        .expect("store");
+    upstream.ensure_bucket(BUCKET).await.expect("bucket");
+    let proxy = FaultProxy::start(&s3.endpoint()).await.expect("proxy");
+    let mut settings = s3.settings();
+    settings.endpoint = Some(proxy.endpoint());
+    let app = TestApp::builder().upstream(settings, BUCKET).start().await;
+    let (_, keys) = app.s3_token("ingest", Role::Engineer).await;
+    let gw = app.s3_client(keys);
+
+    // Faults for the uploader's first requests: more resets in a row than one request's
+    // retries take, so that whole transfers fail and run again.
+    proxy.inject(Fault::Status(500), 2);
+    proxy.inject(Fault::SlowDown, 2);
+    proxy.inject(Fault::Reset, 12);
+    proxy.inject(Fault::Status(503), 3);
+    let mut objects = Vec::new();
+    for i in 0..10u8 {
+        objects.push((
+            format!("faults/small-{i}.bin"),
+            pattern(10_000 + usize::from(i), i),
+        ));
+    }
+    // Above the uploader's 16 MiB part size: a multipart upload to S3.
+    objects.push((
+        "faults/large.bin".to_owned(),
+        pattern(40 * 1024 * 1024 + 5, 99),
+    ));
+    for (key, data) in &objects {
+        gw.put(BUCKET, key, data.clone())
+            .await
+            .expect("acknowledged");
+    }
+    wait_written_back(&app).await;
+    for (key, data) in &objects {
+        let got = read_all(upstream.as_ref(), key, ByteRange::All).await;
+        assert_eq!(sha(&got), sha(data), "{key} reached S3 intact");
+    }
+    assert!(
+        proxy.seen().iter().filter(|r| r.fault.is_some()).count() >= 19,
+        "the faults were met"
+    );
+    let debris: Vec<String> = std::fs::read_dir(s3.root())
+        .expect("s3 root")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with(".upload"))
+        .collect();
+    assert!(
+        debris.is_empty(),
+        "incomplete multipart uploads left: {debris:?}"
+    );
+    let rows = transfer::Entity::find()
+        .all(app.db())
+        .await
+        .expect("journal");
+    assert!(
+        rows.iter().all(|t| t.state == TransferState::Done),
+        "{rows:#?}"
+    );
+    assert!(
+        rows.iter().any(|t| t.attempts > 1),
+        "some transfer needed another attempt: {rows:#?}"
+    );
+    app.shutdown().await;
+    proxy.shutdown().await;
+}

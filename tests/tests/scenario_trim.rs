@@ -294,7 +294,15 @@ async fn scenario_datasets_hold_exactly_the_window_of_each_log() {
     )
     .await;
     assert_eq!(ds["objectCount"], 4, "{ds}");
-    // The manifest in S3 records each trimmed file's provenance.
+    // The manifest in S3 (written back) records each trimmed file's provenance.
+    assert!(
+        w.app
+            .state()
+            .write_back
+            .wait_idle(Duration::from_secs(30))
+            .await,
+        "the manifest was not written back"
+    );
     let manifest = milepost_cacher::datasets::load_manifest(
         w.store.as_ref(),
         BUCKET,

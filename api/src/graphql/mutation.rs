@@ -27,6 +27,7 @@ impl Mutation {
             .register_drive(input.into(), RecordSource::Api)
             .await
             .gql()?;
+        crate::records::write_drive(app, &drive.id).await.gql()?;
         Ok(Drive::new(drive))
     }
 
@@ -39,6 +40,7 @@ impl Mutation {
             .register_run(input.into(), RecordSource::Api)
             .await
             .gql()?;
+        crate::records::write_run(app, &run.id).await.gql()?;
         Ok(Run(run))
     }
 
@@ -55,7 +57,11 @@ impl Mutation {
         input: TagScenarioInput,
     ) -> GqlResult<Scenario> {
         principal(ctx).require(Role::Engineer).gql()?;
-        let scenario = state(ctx).catalog.tag_scenario(input.into()).await.gql()?;
+        let app = state(ctx);
+        let scenario = app.catalog.tag_scenario(input.into()).await.gql()?;
+        crate::records::write_drive(app, &scenario.drive_id)
+            .await
+            .gql()?;
         Ok(Scenario(scenario))
     }
 }
