@@ -18,11 +18,15 @@ use sea_orm::{ColumnTrait as _, DatabaseConnection, EntityTrait as _, QueryFilte
 /// stops working within this time).
 const KEY_TTL: Duration = Duration::from_secs(10);
 
+/// What an access key maps to: its secret and role, or nothing (unknown or revoked).
+type KeyEntry = Option<(String, Role)>;
+
 /// The S3 credentials of the tokens table, with a short-lived cache.
 #[derive(Debug, Clone)]
 pub struct TokenKeys {
     db: DatabaseConnection,
-    cache: Arc<Mutex<HashMap<String, (Instant, Option<(String, Role)>)>>>,
+    /// Looked-up keys and when they were looked up.
+    cache: Arc<Mutex<HashMap<String, (Instant, KeyEntry)>>>,
 }
 
 impl TokenKeys {

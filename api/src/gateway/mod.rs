@@ -29,6 +29,9 @@ use s3s::{s3_error, S3Request, S3Response, S3Result, S3};
 pub use access::{RoleAccess, TokenKeys};
 pub use serve::{start, GatewayHandle};
 
+/// Called after a write of (bucket, key) through the gateway.
+pub type OnWrite = Arc<dyn Fn(&str, &str) + Send + Sync>;
+
 /// The S3 operations of the gateway.
 #[derive(Clone)]
 pub struct Gateway {
@@ -37,7 +40,7 @@ pub struct Gateway {
     buckets: Arc<Vec<String>>,
     /// Called after a write under the catalog's prefixes, so that the office catalogs it at
     /// once (bucket, key).
-    on_write: Arc<dyn Fn(&str, &str) + Send + Sync>,
+    on_write: OnWrite,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -49,11 +52,7 @@ impl std::fmt::Debug for Gateway {
 }
 
 impl Gateway {
-    pub fn new(
-        store: Arc<OfficeStore>,
-        buckets: Vec<String>,
-        on_write: Arc<dyn Fn(&str, &str) + Send + Sync>,
-    ) -> Self {
+    pub fn new(store: Arc<OfficeStore>, buckets: Vec<String>, on_write: OnWrite) -> Self {
         Self {
             write_back: Arc::clone(store.write_back()),
             store,
