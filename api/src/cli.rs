@@ -468,11 +468,20 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
     let running = server::start(config).await?;
-    println!("milepost listening on http://{}", running.addr);
-    println!("milepost s3 gateway on http://{}", running.s3_addr);
+    // Before the banner: whoever reads it may signal at once.
+    let signal = server::shutdown_signal();
+    {
+        // A reader that takes the first line and closes the pipe (or no reader at all) must
+        // not stop the server: the banner is best effort.
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "milepost listening on http://{}", running.addr);
+        let _ = writeln!(out, "milepost s3 gateway on http://{}", running.s3_addr);
+        let _ = out.flush();
+    }
     let stop = running.shutdown_token();
     tokio::spawn(async move {
-        server::shutdown_signal().await;
+        signal.await;
         stop.cancel();
     });
     running.wait().await?;

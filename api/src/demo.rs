@@ -118,6 +118,8 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     let token_name = format!("demo-admin-{}", chrono::Utc::now().format("%Y%m%d%H%M%S"));
     let token = crate::auth::create_token(&state.db, &token_name, Role::Admin).await?;
     let running = server::start_with_state(state).await?;
+    // Before the banner: whoever reads it may signal at once.
+    let signal = server::shutdown_signal();
     let addr = running.addr;
     println!("milepost demo is running");
     println!("  web catalog: http://{addr}/   (sign in with the admin token below)");
@@ -137,7 +139,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     println!("milepost listening on http://{addr}");
     let stop = running.shutdown_token();
     tokio::spawn(async move {
-        server::shutdown_signal().await;
+        signal.await;
         stop.cancel();
     });
     running.wait().await?;

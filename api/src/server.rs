@@ -637,31 +637,40 @@ async fn periodic_sync(state: Arc<AppState>, every: std::time::Duration, stop: C
     }
 }
 
-/// Resolves when the process receives SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let interrupt = async {
+/// Registers the SIGINT and SIGTERM handlers now, so that a signal arriving before the
+/// returned future is first polled (say, right after the listening banner is printed) is not
+/// lost, and returns a future that resolves when either arrives.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        async fn wait(handler: std::io::Result<tokio::signal::unix::Signal>, name: &str) {
+            match handler {
+                Ok(mut handler) => {
+                    handler.recv().await;
+                    tracing::info!("{name} received, shutting down");
+                }
+                Err(err) => {
+                    tracing::error!(error = %err, "cannot listen for {name}");
+                    std::future::pending::<()>().await;
+                }
+            }
+        }
+        let interrupt = signal(SignalKind::interrupt());
+        let terminate = signal(SignalKind::terminate());
+        async move {
+            tokio::select! {
+                () = wait(interrupt, "SIGINT") => {}
+                () = wait(terminate, "SIGTERM") => {}
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    async {
         if let Err(err) = tokio::signal::ctrl_c().await {
-            tracing::error!(error = %err, "cannot listen for SIGINT");
+            tracing::error!(error = %err, "cannot listen for Ctrl-C");
             std::future::pending::<()>().await;
         }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(err) => {
-                tracing::error!(error = %err, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = interrupt => tracing::info!("SIGINT received, shutting down"),
-        () = terminate => tracing::info!("SIGTERM received, shutting down"),
     }
 }
 

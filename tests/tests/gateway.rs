@@ -669,3 +669,61 @@ async fn uploads_survive_s3_faults_and_leave_no_multipart_debris() {
     app.shutdown().await;
     proxy.shutdown().await;
 }
+
+/// Virtual-host-style requests (`<bucket>.<server.s3_domain>`) reach the same bucket as
+/// path-style ones; anonymous reads work only where the office allows them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn virtual_host_style_buckets_and_anonymous_reads() {
+    let s3_dir = tempfile::tempdir().expect("tempdir");
+    let s3 = LoopbackS3::start(
+        s3_dir.path(),
+        ([127, 0, 0, 1], 0).into(),
+        "test-key",
+        "test-secret",
+    )
+    .await
+    .expect("loopback s3");
+    let upstream = milepost_cacher::build_store(&s3.settings(), Arc::new(EgressMeter::default()))
+        .expect("store");
+    upstream.ensure_bucket(BUCKET).await.expect("bucket");
+    let app = TestApp::builder()
+        .upstream(s3.settings(), BUCKET)
+        .allow_anonymous_read()
+        .configure(|c| c.server.s3_domain = "s3.office.test".to_owned())
+        .start()
+        .await;
+    let (_, keys) = app.s3_token("ingest", Role::Engineer).await;
+    let gw = app.s3_client(keys);
+    gw.put(BUCKET, "vhost/a.txt", Bytes::from_static(b"virtual host"))
+        .await
+        .expect("put");
+    let client = reqwest::Client::new();
+    let addr = app.s3_endpoint();
+    let port = addr.rsplit(':').next().expect("port");
+    let response = client
+        .get(format!("{addr}/vhost/a.txt"))
+        .header("host", format!("{BUCKET}.s3.office.test:{port}"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), reqwest::StatusCode::OK);
+    assert_eq!(response.bytes().await.expect("body"), "virtual host");
+    // Path-style on the same server.
+    let response = client
+        .get(format!("{addr}/{BUCKET}/vhost/a.txt"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), reqwest::StatusCode::OK);
+    // Anonymous writes are refused even so.
+    let response = client
+        .put(format!("{addr}/{BUCKET}/vhost/b.txt"))
+        .body("nope")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), reqwest::StatusCode::FORBIDDEN);
+    let text = response.text().await.expect("body");
+    assert!(text.contains("<Code>AccessDenied</Code>"), "{text}");
+    app.shutdown().await;
+}

@@ -49,9 +49,7 @@ pub fn start(
     builder.set_auth(keys);
     builder.set_access(access);
     if let Some(domain) = domain.filter(|d| !d.is_empty()) {
-        let host = s3s::host::SingleDomain::new(domain)
-            .map_err(|err| anyhow::anyhow!("server.s3_domain = {domain:?}: {err}"))?;
-        builder.set_host(host);
+        builder.set_host(OfficeHost::new(domain)?);
     }
     let service = builder.build();
     let stop = CancellationToken::new();
@@ -94,4 +92,59 @@ async fn serve(listener: TcpListener, service: S3Service, stop: CancellationToke
         }
     }
     connections.shutdown().await;
+}
+
+/// Virtual-host-style addressing under `server.s3_domain`: `<bucket>.<domain>[:port]` names
+/// the bucket; any other host (the domain itself, an IP address, `localhost`) is path-style.
+/// (s3s's `SingleDomain` compares the host with its port and takes any other host name for a
+/// bucket, which would break path-style requests by address.)
+#[derive(Debug)]
+struct OfficeHost {
+    /// `.<domain>`, lowercase.
+    suffix: String,
+}
+
+impl OfficeHost {
+    fn new(domain: &str) -> anyhow::Result<Self> {
+        let domain = domain.trim().trim_matches('.').to_ascii_lowercase();
+        let valid = !domain.is_empty()
+            && domain.split('.').all(|label| {
+                !label.is_empty()
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            });
+        if !valid {
+            anyhow::bail!(
+                "server.s3_domain = {domain:?}: expected a domain name such as s3.office.example"
+            );
+        }
+        Ok(Self {
+            suffix: format!(".{domain}"),
+        })
+    }
+}
+
+impl s3s::host::S3Host for OfficeHost {
+    fn parse_host_header<'a>(&'a self, host: &'a str) -> s3s::S3Result<s3s::host::VirtualHost<'a>> {
+        // `[v6]:port`, `name:port` or a bare name.
+        let name = match host.rsplit_once(':') {
+            Some((name, port)) if !name.ends_with(']') || name.starts_with('[') => {
+                if port.bytes().all(|b| b.is_ascii_digit()) {
+                    name
+                } else {
+                    host
+                }
+            }
+            _ => host,
+        };
+        let lower = name.to_ascii_lowercase();
+        let domain = &self.suffix[1..];
+        match lower.strip_suffix(&self.suffix) {
+            Some(bucket) if !bucket.is_empty() => {
+                Ok(s3s::host::VirtualHost::new(domain).with_bucket(bucket.to_owned()))
+            }
+            _ => Ok(s3s::host::VirtualHost::new(name)),
+        }
+    }
 }
