@@ -102,6 +102,47 @@ fn replace_database(url: &str, database: &str) -> String {
     }
 }
 
+/// A real S3 server on loopback (s3s-fs over a temporary directory) with one bucket, and a
+/// store that talks to it directly (not through any office): the upstream of a test.
+#[derive(Debug)]
+pub struct LoopbackUpstream {
+    pub s3: milepost_cacher::loopback::LoopbackS3,
+    /// The upstream itself, for seeding and for checking what reached S3.
+    pub store: std::sync::Arc<dyn milepost_cacher::ObjectStore>,
+    _dir: tempfile::TempDir,
+}
+
+impl LoopbackUpstream {
+    /// Starts the server and creates `bucket`.
+    pub async fn start(bucket: &str) -> LoopbackUpstream {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let s3 = milepost_cacher::loopback::LoopbackS3::start(
+            dir.path(),
+            ([127, 0, 0, 1], 0).into(),
+            "test-key",
+            "test-secret",
+        )
+        .await
+        .expect("loopback s3");
+        let store = milepost_cacher::build_store(
+            &s3.settings(),
+            std::sync::Arc::new(milepost_cacher::EgressMeter::default()),
+        )
+        .expect("store");
+        store.ensure_bucket(bucket).await.expect("bucket");
+        LoopbackUpstream {
+            s3,
+            store,
+            _dir: dir,
+        }
+    }
+
+    /// Settings for a server (or client) of this upstream.
+    pub fn settings(&self) -> UpstreamSettings {
+        self.s3.settings()
+    }
+}
+
 /// Options for [`TestApp`].
 #[derive(Debug, Default)]
 pub struct TestAppBuilder {

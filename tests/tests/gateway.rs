@@ -3,54 +3,32 @@
 //! office at once, reach the upstream S3 server (s3s-fs on loopback) in the background with
 //! the same bytes, and bad requests get S3 errors and change nothing.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use milepost_cacher::loopback::LoopbackS3;
 use milepost_cacher::{
-    list_all, put_stream, ByteRange, EgressMeter, ObjectStore, StaticCredentials, StoreErrorKind,
-    UploadOptions,
+    list_all, put_stream, ByteRange, ObjectStore, StaticCredentials, StoreErrorKind, UploadOptions,
 };
 use milepost_schema::entity::transfer;
 use milepost_schema::enums::{Role, TransferState};
-use milepost_tests::TestApp;
+use milepost_tests::{LoopbackUpstream, TestApp};
 use sea_orm::{EntityTrait as _, PaginatorTrait as _};
 use sha2::{Digest, Sha256};
 
 const BUCKET: &str = "fleet";
 
 struct World {
-    _s3_dir: tempfile::TempDir,
-    _s3: LoopbackS3,
-    /// The upstream S3 itself (not through the office).
-    upstream: Arc<dyn ObjectStore>,
+    upstream: LoopbackUpstream,
     app: TestApp,
 }
 
 async fn world() -> World {
-    let s3_dir = tempfile::tempdir().expect("tempdir");
-    let s3 = LoopbackS3::start(
-        s3_dir.path(),
-        ([127, 0, 0, 1], 0).into(),
-        "test-key",
-        "test-secret",
-    )
-    .await
-    .expect("loopback s3");
-    let upstream = milepost_cacher::build_store(&s3.settings(), Arc::new(EgressMeter::default()))
-        .expect("store");
-    upstream.ensure_bucket(BUCKET).await.expect("bucket");
+    let upstream = LoopbackUpstream::start(BUCKET).await;
     let app = TestApp::builder()
-        .upstream(s3.settings(), BUCKET)
+        .upstream(upstream.settings(), BUCKET)
         .start()
         .await;
-    World {
-        _s3_dir: s3_dir,
-        _s3: s3,
-        upstream,
-        app,
-    }
+    World { upstream, app }
 }
 
 fn pattern(len: usize, seed: u8) -> Bytes {
@@ -88,6 +66,7 @@ async fn wait_written_back(app: &TestApp) {
 async fn sdk_round_trip_through_the_gateway() {
     let w = world().await;
     w.upstream
+        .store
         .put(BUCKET, "seeded/a.txt", Bytes::from_static(b"from s3"))
         .await
         .expect("seed");
@@ -236,19 +215,30 @@ async fn sdk_round_trip_through_the_gateway() {
     // In the background, S3 gets exactly the office's state.
     wait_written_back(&w.app).await;
     assert_eq!(
-        read_all(w.upstream.as_ref(), "uploads/big.bin", ByteRange::All).await,
+        read_all(w.upstream.store.as_ref(), "uploads/big.bin", ByteRange::All).await,
         big
     );
     assert_eq!(
-        sha(&read_all(w.upstream.as_ref(), "uploads/copy.bin", ByteRange::All).await),
+        sha(&read_all(
+            w.upstream.store.as_ref(),
+            "uploads/copy.bin",
+            ByteRange::All
+        )
+        .await),
         sha(&small)
     );
     assert_eq!(
-        read_all(w.upstream.as_ref(), "uploads/from-s3.txt", ByteRange::All).await,
+        read_all(
+            w.upstream.store.as_ref(),
+            "uploads/from-s3.txt",
+            ByteRange::All
+        )
+        .await,
         Bytes::from_static(b"from s3")
     );
     let err = w
         .upstream
+        .store
         .head(BUCKET, "uploads/small.bin")
         .await
         .expect_err("the delete after the put reached S3 last");
@@ -416,7 +406,7 @@ async fn bad_requests_get_s3_errors_and_change_nothing() {
             .expect("journal"),
         0
     );
-    assert!(list_all(w.upstream.as_ref(), BUCKET, "")
+    assert!(list_all(w.upstream.store.as_ref(), BUCKET, "")
         .await
         .expect("upstream list")
         .is_empty());
@@ -465,69 +455,28 @@ async fn aws_cli_round_trip() {
     }
     std::fs::write(dir.path().join("small.bin"), &small).expect("small");
     let endpoint = w.app.s3_endpoint();
-    let aws = |args: &[&str]| {
-        let output = std::process::Command::new("aws")
-            .args(["--endpoint-url", &endpoint, "--region", "us-east-1"])
-            .args(args)
-            .env("AWS_ACCESS_KEY_ID", &keys.access_key_id)
-            .env("AWS_SECRET_ACCESS_KEY", &keys.secret_access_key)
-            .env_remove("AWS_PROFILE")
-            .env_remove("AWS_CA_BUNDLE")
-            .env("AWS_CONFIG_FILE", "/dev/null")
-            .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
-            .output()
-            .expect("the AWS CLI (`aws`) runs: install it with `pip install awscli`");
-        assert!(
-            output.status.success(),
-            "aws {args:?} failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8_lossy(&output.stdout).into_owned()
-    };
+    let aws = |args: &[&str]| run_aws(&endpoint, &keys, args);
     let big_str = big_path.to_str().expect("path");
-    let small_str = dir.path().join("small.bin");
-    let small_str = small_str.to_str().expect("path");
-    let handles = tokio::task::spawn_blocking({
-        let aws_run = {
-            let endpoint = endpoint.clone();
-            let keys = keys.clone();
-            move |args: Vec<String>| {
-                let output = std::process::Command::new("aws")
-                    .args(["--endpoint-url", &endpoint, "--region", "us-east-1"])
-                    .args(&args)
-                    .env("AWS_ACCESS_KEY_ID", &keys.access_key_id)
-                    .env("AWS_SECRET_ACCESS_KEY", &keys.secret_access_key)
-                    .env_remove("AWS_PROFILE")
-                    .env_remove("AWS_CA_BUNDLE")
-                    .env("AWS_CONFIG_FILE", "/dev/null")
-                    .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
-                    .output()
-                    .expect("the AWS CLI (`aws`) runs: install it with `pip install awscli`");
-                assert!(
-                    output.status.success(),
-                    "aws {args:?} failed: {}",
-                    String::from_utf8_lossy(&output.stderr)
-                );
-            }
-        };
-        let big = big_str.to_owned();
-        let small = small_str.to_owned();
-        move || {
-            aws_run(vec![
-                "s3".into(),
-                "cp".into(),
-                big,
-                format!("s3://{BUCKET}/cli/big.bin"),
-            ]);
-            aws_run(vec![
-                "s3".into(),
-                "cp".into(),
-                small,
-                format!("s3://{BUCKET}/cli/small.bin"),
-            ]);
-        }
-    });
-    handles.await.expect("uploads");
+    let small_file = dir.path().join("small.bin");
+    let small_str = small_file.to_str().expect("path");
+    // Blocking child processes, off the runtime's workers.
+    let uploads = {
+        let (endpoint, keys) = (endpoint.clone(), keys.clone());
+        let (big, small) = (big_str.to_owned(), small_str.to_owned());
+        tokio::task::spawn_blocking(move || {
+            run_aws(
+                &endpoint,
+                &keys,
+                &["s3", "cp", &big, &format!("s3://{BUCKET}/cli/big.bin")],
+            );
+            run_aws(
+                &endpoint,
+                &keys,
+                &["s3", "cp", &small, &format!("s3://{BUCKET}/cli/small.bin")],
+            );
+        })
+    };
+    uploads.await.expect("uploads");
     let listing = aws(&["s3", "ls", &format!("s3://{BUCKET}/cli/")]);
     assert!(
         listing.contains("big.bin") && listing.contains("small.bin"),
@@ -563,13 +512,39 @@ async fn aws_cli_round_trip() {
         "{listing}"
     );
     wait_written_back(&w.app).await;
-    let upstream_big = w.upstream.head(BUCKET, "cli/big.bin").await.expect("in S3");
+    let upstream_big = w
+        .upstream
+        .store
+        .head(BUCKET, "cli/big.bin")
+        .await
+        .expect("in S3");
     assert_eq!(upstream_big.size, 200 << 20);
     assert_eq!(
-        read_all(w.upstream.as_ref(), "cli/copy.bin", ByteRange::All).await,
+        read_all(w.upstream.store.as_ref(), "cli/copy.bin", ByteRange::All).await,
         small
     );
     w.app.shutdown().await;
+}
+
+/// Runs the AWS CLI against the gateway with `keys`; returns its stdout, fails on an error.
+fn run_aws(endpoint: &str, keys: &StaticCredentials, args: &[&str]) -> String {
+    let output = std::process::Command::new("aws")
+        .args(["--endpoint-url", endpoint, "--region", "us-east-1"])
+        .args(args)
+        .env("AWS_ACCESS_KEY_ID", &keys.access_key_id)
+        .env("AWS_SECRET_ACCESS_KEY", &keys.secret_access_key)
+        .env_remove("AWS_PROFILE")
+        .env_remove("AWS_CA_BUNDLE")
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        .output()
+        .expect("the AWS CLI (`aws`) runs: install it with `pip install awscli`");
+    assert!(
+        output.status.success(),
+        "aws {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 fn file_sha(path: &std::path::Path) -> String {
@@ -593,18 +568,9 @@ fn file_sha(path: &std::path::Path) -> String {
 async fn uploads_survive_s3_faults_and_leave_no_multipart_debris() {
     use milepost_cacher::testing::{Fault, FaultProxy};
 
-    let s3_dir = tempfile::tempdir().expect("tempdir");
-    let s3 = LoopbackS3::start(
-        s3_dir.path(),
-        ([127, 0, 0, 1], 0).into(),
-        "test-key",
-        "test-secret",
-    )
-    .await
-    .expect("loopback s3");
-    let upstream = milepost_cacher::build_store(&s3.settings(), Arc::new(EgressMeter::default()))
-        .expect("store");
-    upstream.ensure_bucket(BUCKET).await.expect("bucket");
+    let upstream = LoopbackUpstream::start(BUCKET).await;
+    let s3 = &upstream.s3;
+    let upstream = &upstream.store;
     let proxy = FaultProxy::start(&s3.endpoint()).await.expect("proxy");
     let mut settings = s3.settings();
     settings.endpoint = Some(proxy.endpoint());
@@ -674,20 +640,9 @@ async fn uploads_survive_s3_faults_and_leave_no_multipart_debris() {
 /// path-style ones; anonymous reads work only where the office allows them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn virtual_host_style_buckets_and_anonymous_reads() {
-    let s3_dir = tempfile::tempdir().expect("tempdir");
-    let s3 = LoopbackS3::start(
-        s3_dir.path(),
-        ([127, 0, 0, 1], 0).into(),
-        "test-key",
-        "test-secret",
-    )
-    .await
-    .expect("loopback s3");
-    let upstream = milepost_cacher::build_store(&s3.settings(), Arc::new(EgressMeter::default()))
-        .expect("store");
-    upstream.ensure_bucket(BUCKET).await.expect("bucket");
+    let upstream = LoopbackUpstream::start(BUCKET).await;
     let app = TestApp::builder()
-        .upstream(s3.settings(), BUCKET)
+        .upstream(upstream.settings(), BUCKET)
         .allow_anonymous_read()
         .configure(|c| c.server.s3_domain = "s3.office.test".to_owned())
         .start()

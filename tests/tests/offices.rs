@@ -7,11 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use milepost_api::demo::seed_fleet;
-use milepost_cacher::loopback::LoopbackS3;
-use milepost_cacher::{list_all, ByteRange, EgressMeter, ObjectStore};
+use milepost_cacher::{list_all, ByteRange, ObjectStore};
 use milepost_indexer::fleet::{self, FleetSpec};
 use milepost_schema::enums::Role;
-use milepost_tests::TestApp;
+use milepost_tests::{LoopbackUpstream, TestApp};
 use serde_json::{json, Value};
 
 const BUCKET: &str = "fleet";
@@ -69,18 +68,9 @@ async fn cache_stats(app: &TestApp, token: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drive_uploaded_at_one_office_reaches_the_other_through_s3() {
-    let s3_dir = tempfile::tempdir().expect("tempdir");
-    let s3 = LoopbackS3::start(
-        s3_dir.path(),
-        ([127, 0, 0, 1], 0).into(),
-        "test-key",
-        "test-secret",
-    )
-    .await
-    .expect("loopback s3");
-    let upstream = milepost_cacher::build_store(&s3.settings(), Arc::new(EgressMeter::default()))
-        .expect("store");
-    upstream.ensure_bucket(BUCKET).await.expect("bucket");
+    let loopback = LoopbackUpstream::start(BUCKET).await;
+    let s3 = &loopback.s3;
+    let upstream = &loopback.store;
     let office_a = TestApp::builder()
         .upstream(s3.settings(), BUCKET)
         .configure(|c| c.office = "office-a".to_owned())
@@ -233,6 +223,111 @@ async fn a_drive_uploaded_at_one_office_reaches_the_other_through_s3() {
         .await
         .expect("B's manifest is in S3");
 
+    office_a.shutdown().await;
+    office_b.shutdown().await;
+}
+
+/// Records made through the API at one office (`registerDrive`, `tagScenario`,
+/// `registerRun`) are written to S3 as sidecars through write-back, and another office
+/// rebuilds the same records from S3 alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_registered_at_one_office_are_rebuilt_at_the_other_from_s3() {
+    let loopback = LoopbackUpstream::start(BUCKET).await;
+    let office_a = TestApp::builder()
+        .upstream(loopback.settings(), BUCKET)
+        .start()
+        .await;
+    let office_b = TestApp::builder()
+        .upstream(loopback.settings(), BUCKET)
+        .start()
+        .await;
+    let pipeline = office_a.token("ci", Role::Pipeline).await;
+    let admin_b = office_b.token("admin", Role::Admin).await;
+
+    gql(
+        &office_a,
+        &pipeline,
+        "mutation($input: RegisterDriveInput!) { registerDrive(input: $input) { id } }",
+        json!({ "input": {
+            "id": "drv-rec-1", "vehicle": "gz-004", "city": "guangzhou",
+            "startedAt": "2026-11-01T08:00:00Z", "endedAt": "2026-11-01T09:00:00Z",
+            "weather": "rain", "tags": ["night"],
+            "events": [{ "at": "2026-11-01T08:10:00Z", "kind": "disengagement", "label": "take-over" }],
+            "scenarios": [{ "label": "cut-in", "start": "2026-11-01T08:09:30Z", "end": "2026-11-01T08:10:10Z", "tags": ["left"] }]
+        }}),
+    )
+    .await;
+    let tagged = gql(
+        &office_a,
+        &pipeline,
+        "mutation($input: TagScenarioInput!) { tagScenario(input: $input) { id } }",
+        json!({ "input": {
+            "driveId": "drv-rec-1", "label": "pedestrian",
+            "start": "2026-11-01T08:40:00Z", "end": "2026-11-01T08:40:05Z", "tags": ["crossing"]
+        }}),
+    )
+    .await;
+    let scenario_id = tagged["tagScenario"]["id"].as_str().expect("id").to_owned();
+    gql(
+        &office_a,
+        &pipeline,
+        "mutation($input: RegisterRunInput!) { registerRun(input: $input) { id } }",
+        json!({ "input": {
+            "id": "sim-rec-1", "kind": "SIMULATION", "pipeline": "nightly-replay",
+            "status": "PASSED", "inputs": ["drv-rec-1"], "tags": ["regression"]
+        }}),
+    )
+    .await;
+    assert!(
+        office_a
+            .state()
+            .write_back
+            .wait_idle(Duration::from_secs(30))
+            .await
+    );
+    let keys: Vec<String> = list_all(loopback.store.as_ref(), BUCKET, "")
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|m| m.key)
+        .collect();
+    assert!(
+        keys.contains(&"drives/2026-11-01/gz-004/drv-rec-1/drive.json".to_owned())
+            && keys.contains(&"runs/sim-rec-1/run.json".to_owned()),
+        "the sidecars are in S3: {keys:?}"
+    );
+
+    office_b.sync_cleanly(&admin_b).await;
+    let data = gql(
+        &office_b,
+        &admin_b,
+        r#"query($sc: ID!) {
+            drive(id: "drv-rec-1") { vehicle city weather tags events { kind label } scenarios { label } }
+            scenario(id: $sc) { label tags }
+            run(id: "sim-rec-1") { pipeline status tags inputs { ... on Drive { id } } }
+        }"#,
+        json!({ "sc": scenario_id }),
+    )
+    .await;
+    let drive = &data["drive"];
+    assert_eq!(drive["vehicle"], "gz-004", "{data}");
+    assert_eq!(drive["weather"], "rain");
+    assert_eq!(drive["events"][0]["label"], "take-over");
+    let mut labels: Vec<&str> = drive["scenarios"]
+        .as_array()
+        .expect("scenarios")
+        .iter()
+        .filter_map(|s| s["label"].as_str())
+        .collect();
+    labels.sort_unstable();
+    assert_eq!(labels, ["cut-in", "pedestrian"], "{data}");
+    assert_eq!(
+        data["scenario"]["label"], "pedestrian",
+        "same id at both offices"
+    );
+    assert_eq!(data["run"]["pipeline"], "nightly-replay");
+    assert_eq!(data["run"]["status"], "PASSED");
+    assert_eq!(data["run"]["inputs"][0]["id"], "drv-rec-1");
     office_a.shutdown().await;
     office_b.shutdown().await;
 }

@@ -167,6 +167,23 @@ impl Gateway {
         (self.on_write)(bucket, key);
     }
 
+    /// Checks that `upload_id` is an upload of `bucket/key` in progress.
+    async fn upload_of(&self, upload_id: &str, bucket: &str, key: &str) -> S3Result<()> {
+        let info = self
+            .write_back
+            .multipart()
+            .info(upload_id)
+            .await
+            .map_err(errors::write_back)?;
+        if info.bucket != bucket || info.key != key {
+            return Err(s3_error!(
+                NoSuchUpload,
+                "upload {upload_id} is not an upload of {bucket}/{key}"
+            ));
+        }
+        Ok(())
+    }
+
     /// The object as the office sees it now.
     async fn resolve(&self, bucket: &str, key: &str) -> S3Result<ObjectKey> {
         let meta = self.store.head(bucket, key).await.map_err(errors::store)?;
@@ -601,13 +618,8 @@ impl S3 for Gateway {
         let input = req.input;
         self.served(&input.bucket)?;
         let multipart = self.write_back.multipart();
-        let info = multipart
-            .info(&input.upload_id)
-            .await
-            .map_err(errors::write_back)?;
-        if info.bucket != input.bucket || info.key != input.key {
-            return Err(s3_error!(NoSuchUpload));
-        }
+        self.upload_of(&input.upload_id, &input.bucket, &input.key)
+            .await?;
         let marker = input.part_number_marker.unwrap_or(0);
         let max = usize::try_from(input.max_parts.unwrap_or(1000).clamp(1, 1000)).unwrap_or(1000);
         let all: Vec<_> = multipart
@@ -681,13 +693,8 @@ impl S3 for Gateway {
         self.served(&input.bucket)?;
         check_key(&input.key)?;
         let multipart = self.write_back.multipart();
-        let info = multipart
-            .info(&input.upload_id)
-            .await
-            .map_err(errors::write_back)?;
-        if info.bucket != input.bucket || info.key != input.key {
-            return Err(s3_error!(NoSuchUpload));
-        }
+        self.upload_of(&input.upload_id, &input.bucket, &input.key)
+            .await?;
         let parts: Vec<(i32, String)> = input
             .multipart_upload
             .and_then(|m| m.parts)
@@ -736,13 +743,8 @@ impl S3 for Gateway {
         let input = req.input;
         self.served(&input.bucket)?;
         let multipart = self.write_back.multipart();
-        let info = multipart
-            .info(&input.upload_id)
-            .await
-            .map_err(errors::write_back)?;
-        if info.bucket != input.bucket || info.key != input.key {
-            return Err(s3_error!(NoSuchUpload));
-        }
+        self.upload_of(&input.upload_id, &input.bucket, &input.key)
+            .await?;
         multipart
             .remove(&input.upload_id)
             .await
