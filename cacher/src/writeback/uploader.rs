@@ -25,6 +25,8 @@ use crate::upstream::{put_stream, StoreError, StoreErrorKind, UploadOptions};
 
 /// How often an upload in progress records its bytes in the journal.
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+/// The longest the uploader sleeps without being woken.
+const IDLE_POLL: Duration = Duration::from_secs(5);
 /// Bytes per read of the office copy.
 const READ_CHUNK: usize = 1024 * 1024;
 
@@ -87,12 +89,26 @@ pub(super) async fn run(inner: Arc<Inner>) {
                     end(&inner, &row, outcome, &mut not_before).await;
                 }
             }
-            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+            // A transfer backing off becomes due; otherwise a slow poll, in case a row was
+            // queued by another process sharing the database.
+            () = tokio::time::sleep_until(next_due(&not_before)) => {}
         }
     }
     // Cut short: the rows stay `uploading` and start-up queues them again.
     running.abort_all();
     while running.join_next().await.is_some() {}
+}
+
+/// When the uploader must look at the queue again without being woken: when the first
+/// transfer backing off is due, and at least every few seconds.
+fn next_due(not_before: &HashMap<i64, (Instant, u32)>) -> Instant {
+    let idle = Instant::now() + IDLE_POLL;
+    not_before
+        .values()
+        .map(|(at, _)| *at)
+        .filter(|at| *at > Instant::now())
+        .min()
+        .map_or(idle, |at| at.min(idle))
 }
 
 /// Records how an attempt ended and settles the office version when S3 has it.
