@@ -492,8 +492,18 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 async fn token(config: Config, command: TokenCommand) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
-    let state = AppState::open(config).await?;
-    let db = &state.db;
+    // The database alone: tokens are made and revoked while the service runs (the search
+    // index and the cache belong to the running process).
+    let url = config.database_url();
+    let db = &milepost_schema::connect(&url).await.with_context(|| {
+        format!(
+            "cannot open the catalog database ({})",
+            server::redact_url(&url)
+        )
+    })?;
+    milepost_schema::migrate(db)
+        .await
+        .context("cannot migrate the catalog database")?;
     match command {
         TokenCommand::Create {
             name,

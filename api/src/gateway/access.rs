@@ -124,7 +124,7 @@ impl S3Access for RoleAccess {
             None if self.allow_anonymous_read && is_read(&op) => Role::Viewer,
             None => return Err(s3_error!(AccessDenied, "a signed request is required")),
         };
-        if let Some(bucket) = &bucket {
+        if let Some(bucket) = bucket.as_ref().filter(|_| op != "CreateBucket") {
             if !self.buckets.iter().any(|b| b == bucket) {
                 return Err(s3_error!(
                     NoSuchBucket,

@@ -212,6 +212,24 @@ impl S3 for Gateway {
         }))
     }
 
+    /// Buckets are configured, not created: creating a served bucket succeeds (as S3 does
+    /// for a bucket one owns in us-east-1; rclone and others create before they copy), any
+    /// other is refused.
+    async fn create_bucket(
+        &self,
+        req: S3Request<CreateBucketInput>,
+    ) -> S3Result<S3Response<CreateBucketOutput>> {
+        let bucket = &req.input.bucket;
+        if self.buckets.iter().any(|b| b == bucket) {
+            Ok(S3Response::new(CreateBucketOutput::default()))
+        } else {
+            Err(s3_error!(
+                AccessDenied,
+                "this office gateway serves configured buckets only (server.s3_buckets); {bucket} is not one"
+            ))
+        }
+    }
+
     async fn head_bucket(
         &self,
         req: S3Request<HeadBucketInput>,
