@@ -34,8 +34,9 @@
 //!    the upload limiter let through). The rate over 30 s after a 3 s warm-up (from the first
 //!    PUT) is compared with the limit. Then `* off`: the time from the `setTransferPolicy`
 //!    response to the end of the first sampling window whose rate is over twice the old
-//!    limit. Then, on a new prefix, 20 MiB/s → 5 MiB/s: the first window under half the old
-//!    limit. The resolution is the sampling period (a window's rate is only known at its end).
+//!    limit. Then, on a new prefix, 20 MiB/s for 6 s → 5 MiB/s (a quarter of the limit): the
+//!    first window under half the old limit, and the rate from 1 s to 6 s after the change.
+//!    The resolution is the sampling period (a window's rate is only known at its end).
 //!
 //! Figures go to stdout as Markdown tables (median of the rounds, and each round); progress
 //! and per-round figures to stderr.
@@ -303,7 +304,10 @@ async fn get_one(store: &S3Store, key: &str, expected: u64) -> anyhow::Result<()
     while let Some(chunk) = body.next().await {
         bytes += chunk?.len() as u64;
     }
-    ensure!(bytes == expected, "{key}: read {bytes} bytes, expected {expected}");
+    ensure!(
+        bytes == expected,
+        "{key}: read {bytes} bytes, expected {expected}"
+    );
     Ok(())
 }
 
@@ -626,8 +630,9 @@ struct ScheduleFigures {
     down_observed_limiter_ms: Option<f64>,
     /// Smallest sampling window at the old limit before the decrease.
     down_min_window_before: f64,
-    /// Rate from 1 s after the response to the end of the phase.
+    /// Rate from 1 s after the response to the end of the phase (Garage, limiter).
     down_rate_after: Option<f64>,
+    down_rate_after_limiter: Option<f64>,
 }
 
 /// Sleeps until `origin + at` seconds.
@@ -648,7 +653,9 @@ async fn schedule_round(
     let period = args.sample.as_secs_f64();
 
     // The limit held, then `* off`.
-    server.set_policy(&format!("* {}MiB", args.limit_mib)).await?;
+    server
+        .set_policy(&format!("* {}MiB", args.limit_mib))
+        .await?;
     let prefix = format!("r{round}/sched");
     let count = usize::try_from(args.sched_mib)?;
     let total = count as u64 * MIB;
@@ -704,10 +711,12 @@ async fn schedule_round(
 
     // The limit, then a quarter of it.
     let lower_mib = args.limit_mib / 4;
-    server.set_policy(&format!("* {}MiB", args.limit_mib)).await?;
+    server
+        .set_policy(&format!("* {}MiB", args.limit_mib))
+        .await?;
     let prefix = format!("r{round}/slow");
     let before = warmup + 3.0;
-    let after = 4.0;
+    let after = 6.0;
     let count = usize::try_from(
         (args.limit_mib as f64 * before + lower_mib as f64 * after) as u64 + 2 * args.limit_mib,
     )?;
@@ -739,6 +748,8 @@ async fn schedule_round(
     if let Some(limiter) = &curves.limiter {
         figures.down_observed_limiter_ms =
             first_change(limiter, sent, response, |r| r < 0.5 * limit);
+        figures.down_rate_after_limiter =
+            rate_between(limiter, response + 1.0, end).map(|(r, _)| r);
     }
     figures.down_min_window_before = windows(&curves.s3)
         .into_iter()
@@ -849,7 +860,11 @@ priorities = ["*"]
                 .send()
                 .await
                 .is_ok_and(|r| r.status().is_success());
-            if healthy && tokio::net::TcpStream::connect(("127.0.0.1", s3_port)).await.is_ok() {
+            if healthy
+                && tokio::net::TcpStream::connect(("127.0.0.1", s3_port))
+                    .await
+                    .is_ok()
+            {
                 return Ok(server);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -997,10 +1012,22 @@ impl Report {
                 "| operation | set | gateway | direct | gateway ÷ direct |\n| --- | --- | ---: | ---: | ---: |"
             );
             let rows = [
-                ("put", "gateway, acknowledged", "PUT, acknowledged (fsynced in the office)"),
-                ("put", "gateway, in S3", "PUT, until in S3 (write-back drained)"),
+                (
+                    "put",
+                    "gateway, acknowledged",
+                    "PUT, acknowledged (fsynced in the office)",
+                ),
+                (
+                    "put",
+                    "gateway, in S3",
+                    "PUT, until in S3 (write-back drained)",
+                ),
                 ("hot", "gateway", "GET hot (gateway: office cache)"),
-                ("cold", "gateway", "GET cold (gateway: read-through, first fetch)"),
+                (
+                    "cold",
+                    "gateway",
+                    "GET cold (gateway: read-through, first fetch)",
+                ),
             ];
             for (op, side, label) in rows {
                 for (set, set_label, bytes) in [
@@ -1032,7 +1059,10 @@ impl Report {
                 }
             }
             let _ = writeln!(out, "\nEvery round (seconds):\n");
-            let _ = writeln!(out, "| operation | set | side | rounds |\n| --- | --- | --- | --- |");
+            let _ = writeln!(
+                out,
+                "| operation | set | side | rounds |\n| --- | --- | --- | --- |"
+            );
             for ((op, set, side), samples) in &self.times {
                 let _ = writeln!(
                     out,
@@ -1049,9 +1079,12 @@ impl Report {
             let limit = args.limit_mib as f64;
             let lower = (args.limit_mib / 4) as f64;
             let mib = |v: Option<f64>| v.map(|v| v / MIB as f64);
-            let ms = |v: Option<f64>| v.map_or_else(|| "not seen".to_owned(), |v| format!("{v:.0} ms"));
+            let ms =
+                |v: Option<f64>| v.map_or_else(|| "not seen".to_owned(), |v| format!("{v:.0} ms"));
             let within = |v: Option<f64>| match v {
-                Some(v) if (v / limit - 1.0).abs() <= 0.10 => format!("met ({:+.1} %)", (v / limit - 1.0) * 100.0),
+                Some(v) if (v / limit - 1.0).abs() <= 0.10 => {
+                    format!("met ({:+.1} %)", (v / limit - 1.0) * 100.0)
+                }
                 Some(v) => format!("**missed** ({:+.1} %)", (v / limit - 1.0) * 100.0),
                 None => "—".to_owned(),
             };
@@ -1156,6 +1189,13 @@ impl Report {
                 "| rate at `* {lower}MiB`, from 1 s after the response (Garage) | {} | {} | {lower} MiB/s | |",
                 after.map_or_else(|| "—".to_owned(), |v| format!("{v:.2} MiB/s")),
                 list(s.iter().map(|f| mib(f.down_rate_after)), 2)
+            );
+            let _ = writeln!(
+                out,
+                "| same, the limiter's counter | {} | {} | {lower} MiB/s | |",
+                median_of(s.iter().map(|f| mib(f.down_rate_after_limiter)))
+                    .map_or_else(|| "—".to_owned(), |v| format!("{v:.2} MiB/s")),
+                list(s.iter().map(|f| mib(f.down_rate_after_limiter)), 2)
             );
             let _ = writeln!(
                 out,
