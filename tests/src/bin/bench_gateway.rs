@@ -1,5 +1,5 @@
 //! `bench_gateway`: the office's S3 gateway and write-back against the same S3 server direct,
-//! and the accuracy of the upload schedule, all on one Garage server on loopback.
+//! and the accuracy of the upload schedule, on Garage servers on loopback.
 //!
 //! ```text
 //! cargo install garage --locked --version 2.5.0     # once, ~6 min
@@ -10,24 +10,28 @@
 //!                              [--skip-throughput] [--skip-schedule]
 //! ```
 //!
-//! Starts a single-node Garage ([`milepost_tests::garage`]) and, per round, a fresh
-//! `milepost serve` (the release binary next to this one unless `--milepost`) with its own
-//! data directory, upstream = Garage, the gateway on a free port, `transfer.upload_schedule =
-//! "* off"`. The gateway's S3 keys come from `milepost token create --role engineer --s3`,
-//! policy changes go through GraphQL `setTransferPolicy` with an admin token. Both sides are
-//! spoken to with the same client, `milepost_cacher::S3Store` (aws-sdk-s3, path-style), so the
-//! ratio compares the servers, not the clients. Bodies are random bytes made in memory before
-//! the clock starts (fresh per side and round, so Garage cannot deduplicate them).
+//! Every phase of every round (PUT and hot GET, cold GET, schedule) gets its own single-node
+//! Garage ([`milepost_tests::garage`]) and a fresh `milepost serve` (the release binary next to
+//! this one unless `--milepost`) with its own data directory, upstream = that Garage, the
+//! gateway on a free port, `transfer.upload_schedule = "* off"`; both are removed after the
+//! phase, so the disk holds one phase's data at a time (at the default sizes about 4 GiB; a
+//! phase refuses to start unless that and 2 GiB more are free). The gateway's S3 keys come
+//! from `milepost token create --role engineer --s3`, policy changes go through GraphQL
+//! `setTransferPolicy` with an admin token. Both sides are spoken to with the same client,
+//! `milepost_cacher::S3Store` (aws-sdk-s3, path-style), so the ratio compares the servers, not
+//! the clients. Bodies are random bytes made in memory before the clock starts (fresh per side
+//! and round, so Garage cannot deduplicate them).
 //!
 //! 1. PUT: `--objects` × `--object-mib` MiB objects, 8 in flight, and one `--big-mib` MiB
 //!    object (`put_stream`, multipart in 16 MiB parts), through the gateway and direct to
 //!    Garage. Through the gateway two times are taken: acknowledged (every PUT answered, i.e.
 //!    fsynced and journaled in the office) and in S3 (the write-back queue drained, polled
 //!    every 50 ms through `transfers { summary }`, then checked by listing Garage).
-//! 2. GET hot: the objects just written, read back through the gateway (office cache) and
+//!    The direct PUTs run after the hot GETs, once the office is removed.
+//! 2. GET hot: the objects the gateway wrote, read back through the gateway (office cache) and
 //!    direct from Garage, 8 in flight; the big object in one GET.
-//! 3. GET cold: objects seeded directly into Garage (same shapes, once, before round 1), read
-//!    through the round's fresh gateway (read-through, first fetch) and direct.
+//! 3. GET cold: objects of the same shapes PUT directly into a new Garage (not timed), read
+//!    through a fresh gateway (read-through, first fetch) and direct.
 //! 4. Schedule: policy `* 20MiB` (`--limit-mib`), `--sched-mib` objects of 1 MiB PUT through
 //!    the gateway (8 in flight), and every `--sample-ms` the bytes in Garage under the prefix
 //!    (listing, sizes summed) and the server's `milepost_upload_bytes_total` (/metrics: bytes
@@ -165,54 +169,128 @@ fn main() -> anyhow::Result<()> {
         work.display(),
         milepost.display()
     );
-    let garage = Garage::start(&work.join("garage"), BUCKET)?;
-    let direct = Arc::new(garage.store()?);
     let shapes = Shapes {
         objects: args.objects,
         object_bytes: args.object_mib * MIB,
         big_bytes: args.big_mib * MIB,
     };
-    if args.throughput {
-        let seeded = Instant::now();
-        runtime.block_on(async {
-            let bodies = random_bodies(shapes.objects, shapes.object_bytes);
-            put_objects(&direct, "cold/objects", &bodies).await?;
-            drop(bodies);
-            put_big(&direct, "cold/big.bin", &random_body(shapes.big_bytes)).await
-        })?;
-        eprintln!(
-            "seeded cold/ directly in Garage in {:.1} s",
-            seeded.elapsed().as_secs_f64()
-        );
-    }
-
+    let set_bytes = shapes.objects_total() + shapes.big_bytes;
     let mut report = Report::default();
     for round in 0..args.rounds {
         eprintln!("round {} of {}", round + 1, args.rounds);
-        let dir = work.join(format!("mp-{round}"));
-        let server = runtime.block_on(Server::start(&milepost, &dir, &garage))?;
         if args.throughput {
-            runtime.block_on(throughput_round(
-                &server,
-                &direct,
-                round,
-                &shapes,
-                &mut report,
-            ))?;
+            // Peak: both sides' objects in Garage, or the gateway's in Garage and the office.
+            let phase = Phase::start(&work, &format!("r{round}-put"), 2 * set_bytes)?;
+            let server = runtime.block_on(phase.server(&milepost))?;
+            runtime.block_on(gateway_puts(&server, &phase.direct, &shapes, &mut report))?;
+            runtime.block_on(hot_gets(&server, &phase.direct, &shapes, &mut report))?;
+            server.stop()?;
+            std::fs::remove_dir_all(phase.dir.join("milepost"))?;
+            runtime.block_on(direct_puts(&phase.direct, &shapes, &mut report))?;
+            phase.finish()?;
+
+            // Peak: the set in Garage and in the office cache.
+            let phase = Phase::start(&work, &format!("r{round}-cold"), 2 * set_bytes)?;
+            let seeded = Instant::now();
+            runtime.block_on(async {
+                let bodies = random_bodies(shapes.objects, shapes.object_bytes);
+                put_objects(&phase.direct, "cold/objects", &bodies).await?;
+                drop(bodies);
+                put_big(
+                    &phase.direct,
+                    "cold/big.bin",
+                    &random_body(shapes.big_bytes),
+                )
+                .await
+            })?;
+            eprintln!(
+                "  seeded cold/ directly in Garage in {:.1} s",
+                seeded.elapsed().as_secs_f64()
+            );
+            let server = runtime.block_on(phase.server(&milepost))?;
+            runtime.block_on(cold_gets(&server, &phase.direct, &shapes, &mut report))?;
+            server.stop()?;
+            phase.finish()?;
         }
         if args.schedule {
-            let figures = runtime.block_on(schedule_round(&server, &direct, round, &args))?;
+            // Peak: every byte of the phase in the office (clean entries stay cached) and in
+            // Garage.
+            let phase = Phase::start(
+                &work,
+                &format!("r{round}-schedule"),
+                2 * (args.sched_mib + slow_count(&args) as u64) * MIB,
+            )?;
+            let server = runtime.block_on(phase.server(&milepost))?;
+            let figures = runtime.block_on(schedule_round(&server, &phase.direct, &args))?;
             eprintln!("  {figures:?}");
             report.schedule.push(figures);
+            server.stop()?;
+            phase.finish()?;
         }
-        server.stop()?;
-        std::fs::remove_dir_all(&dir)?;
-        // Garage frees the blocks of deleted objects later (its GC delay), not at once.
-        runtime.block_on(delete_prefix(&direct, &format!("r{round}/")))?;
     }
-    drop(garage);
     report.print(&args, &shapes);
     Ok(())
+}
+
+/// Free bytes kept on the work directory's file system beyond what a phase needs: the
+/// machine is shared, and a full disk breaks everyone's work.
+const DISK_MARGIN: u64 = 2 << 30;
+
+/// Bytes available to us on the file system of `dir` (`df`).
+fn free_bytes(dir: &Path) -> anyhow::Result<u64> {
+    let out = run(Command::new("df").args(["-Pk"]).arg(dir))?;
+    let kib: u64 = out
+        .lines()
+        .nth(1)
+        .and_then(|line| line.split_whitespace().nth(3))
+        .context("cannot read `df -Pk` output")?
+        .parse()?;
+    Ok(kib * 1024)
+}
+
+/// One phase's own Garage (and office, see [`Phase::server`]) in a directory removed at the
+/// end, so that the disk holds one phase's data at a time: Garage frees the blocks of deleted
+/// objects only after a delay.
+struct Phase {
+    dir: PathBuf,
+    garage: Garage,
+    direct: Arc<S3Store>,
+}
+
+impl Phase {
+    /// Starts Garage in `work/name`, after checking that `need` bytes (and [`DISK_MARGIN`])
+    /// are free.
+    fn start(work: &Path, name: &str, need: u64) -> anyhow::Result<Phase> {
+        let free = free_bytes(work)?;
+        ensure!(
+            free >= need + DISK_MARGIN,
+            "phase {name} needs {} MiB of disk and {} MiB kept free, but {} has {} MiB free: \
+             free some space or use smaller sets (see the doc comment)",
+            need / MIB,
+            DISK_MARGIN / MIB,
+            work.display(),
+            free / MIB
+        );
+        let dir = work.join(name);
+        let garage = Garage::start(&dir.join("garage"), BUCKET)?;
+        let direct = Arc::new(garage.store()?);
+        Ok(Phase {
+            dir,
+            garage,
+            direct,
+        })
+    }
+
+    /// A fresh `milepost serve` over this phase's Garage.
+    async fn server(&self, milepost: &Path) -> anyhow::Result<Server> {
+        Server::start(milepost, &self.dir.join("milepost"), &self.garage).await
+    }
+
+    fn finish(self) -> anyhow::Result<()> {
+        drop(self.garage);
+        std::fs::remove_dir_all(&self.dir)?;
+        Ok(())
+    }
 }
 
 /// The object sets of the throughput part.
@@ -340,94 +418,99 @@ async fn in_garage(direct: &S3Store, prefix: &str) -> anyhow::Result<(usize, u64
     Ok((objects.len(), objects.iter().map(|o| o.size).sum()))
 }
 
-async fn delete_prefix(direct: &S3Store, prefix: &str) -> anyhow::Result<()> {
-    let objects = list_all(direct, BUCKET, prefix).await?;
-    let mut deletes = futures::stream::iter(objects)
-        .map(|o| async move { direct.delete(BUCKET, &o.key).await })
-        .buffer_unordered(16);
-    while let Some(result) = deletes.next().await {
-        result?;
-    }
-    Ok(())
-}
-
-/// One round of PUT, hot GET and cold GET, both sides.
-async fn throughput_round(
+/// PUTs through the gateway: acknowledged, then in S3.
+async fn gateway_puts(
     server: &Server,
     direct: &S3Store,
-    round: usize,
     shapes: &Shapes,
     report: &mut Report,
 ) -> anyhow::Result<()> {
     let gateway = &server.gateway;
-    let (objects_total, big) = (shapes.objects_total(), shapes.big_bytes);
-
-    // PUT through the gateway: acknowledged, then in S3.
-    let prefix = format!("r{round}/gw/objects");
     let bodies = random_bodies(shapes.objects, shapes.object_bytes);
     let started = Instant::now();
-    let acked = put_objects(gateway, &prefix, &bodies).await?;
+    let acked = put_objects(gateway, "gw/objects", &bodies).await?;
     drop(bodies);
     server.wait_drained().await?;
     let in_s3 = started.elapsed().as_secs_f64();
-    let found = in_garage(direct, &prefix).await?;
+    let found = in_garage(direct, "gw/objects/").await?;
     ensure!(
-        found == (shapes.objects, objects_total),
-        "write-back drained but Garage holds {found:?} under {prefix}"
+        found == (shapes.objects, shapes.objects_total()),
+        "write-back drained but Garage holds {found:?} under gw/objects/"
     );
     report.add("put", "objects", "gateway, acknowledged", acked);
     report.add("put", "objects", "gateway, in S3", in_s3);
 
-    let key = format!("r{round}/gw/big.bin");
+    let big = shapes.big_bytes;
     let body = random_body(big);
     let started = Instant::now();
-    let acked = put_big(gateway, &key, &body).await?;
+    let acked = put_big(gateway, "gw/big.bin", &body).await?;
     drop(body);
     server.wait_drained().await?;
     let in_s3 = started.elapsed().as_secs_f64();
     ensure!(
-        direct.head(BUCKET, &key).await?.size == big,
-        "{key}: not in Garage with {big} bytes after the write-back drained"
+        direct.head(BUCKET, "gw/big.bin").await?.size == big,
+        "gw/big.bin: not in Garage with {big} bytes after the write-back drained"
     );
     report.add("put", "big", "gateway, acknowledged", acked);
     report.add("put", "big", "gateway, in S3", in_s3);
+    Ok(())
+}
 
-    // PUT direct.
+/// GET hot: what [`gateway_puts`] wrote, from the office cache and from Garage.
+async fn hot_gets(
+    server: &Server,
+    direct: &S3Store,
+    shapes: &Shapes,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let gateway = &server.gateway;
+    let (count, size, big) = (shapes.objects, shapes.object_bytes, shapes.big_bytes);
+    let secs = get_objects(gateway, "gw/objects", count, size).await?;
+    report.add("hot", "objects", "gateway", secs);
+    let secs = get_objects(direct, "gw/objects", count, size).await?;
+    report.add("hot", "objects", "direct", secs);
+    let secs = get_big(gateway, "gw/big.bin", big).await?;
+    report.add("hot", "big", "gateway", secs);
+    let secs = get_big(direct, "gw/big.bin", big).await?;
+    report.add("hot", "big", "direct", secs);
+    Ok(())
+}
+
+/// PUTs direct to Garage (after the office is gone, to keep the disk's peak down).
+async fn direct_puts(direct: &S3Store, shapes: &Shapes, report: &mut Report) -> anyhow::Result<()> {
     let bodies = random_bodies(shapes.objects, shapes.object_bytes);
-    let secs = put_objects(direct, &format!("r{round}/direct/objects"), &bodies).await?;
+    let secs = put_objects(direct, "direct/objects", &bodies).await?;
     drop(bodies);
     report.add("put", "objects", "direct", secs);
-    let body = random_body(big);
-    let secs = put_big(direct, &format!("r{round}/direct/big.bin"), &body).await?;
-    drop(body);
+    let body = random_body(shapes.big_bytes);
+    let secs = put_big(direct, "direct/big.bin", &body).await?;
     report.add("put", "big", "direct", secs);
+    Ok(())
+}
 
-    // GET hot: the gateway's objects, from the office cache and from Garage.
-    let secs = get_objects(gateway, &prefix, shapes.objects, shapes.object_bytes).await?;
-    report.add("hot", "objects", "gateway", secs);
-    let secs = get_objects(direct, &prefix, shapes.objects, shapes.object_bytes).await?;
-    report.add("hot", "objects", "direct", secs);
-    let secs = get_big(gateway, &key, big).await?;
-    report.add("hot", "big", "gateway", secs);
-    let secs = get_big(direct, &key, big).await?;
-    report.add("hot", "big", "direct", secs);
-
-    // GET cold: objects only Garage has, through the round's fresh office, then direct.
-    let secs = get_objects(gateway, "cold/objects", shapes.objects, shapes.object_bytes).await?;
+/// GET cold: objects only Garage has, through a fresh office (read-through), then direct.
+async fn cold_gets(
+    server: &Server,
+    direct: &S3Store,
+    shapes: &Shapes,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let gateway = &server.gateway;
+    let (count, size, big) = (shapes.objects, shapes.object_bytes, shapes.big_bytes);
+    let secs = get_objects(gateway, "cold/objects", count, size).await?;
     report.add("cold", "objects", "gateway", secs);
-    let secs = get_objects(direct, "cold/objects", shapes.objects, shapes.object_bytes).await?;
+    let secs = get_objects(direct, "cold/objects", count, size).await?;
     report.add("cold", "objects", "direct", secs);
     let secs = get_big(gateway, "cold/big.bin", big).await?;
     report.add("cold", "big", "gateway", secs);
     let secs = get_big(direct, "cold/big.bin", big).await?;
     report.add("cold", "big", "direct", secs);
-    // Everything the office read from Garage in this round is the cold reads.
+    // The office is fresh: everything it read from Garage is the cold reads.
     let upstream = server.metric("milepost_upstream_bytes_total").await?;
-    if upstream != Some(objects_total + big) {
+    let set = shapes.objects_total() + big;
+    if upstream != Some(set) {
         let note = format!(
-            "Round {}: the office read {upstream:?} bytes from Garage for the cold reads of {} bytes.",
-            round + 1,
-            objects_total + big
+            "The office read {upstream:?} bytes from Garage for cold reads of {set} bytes."
         );
         eprintln!("  {note}");
         report.notes.push(note);
@@ -640,12 +723,22 @@ async fn sleep_until(origin: Instant, at: f64) {
     tokio::time::sleep_until((origin + Duration::from_secs_f64(at)).into()).await;
 }
 
+/// Seconds at the limit before the decrease, and at a quarter of it after.
+const SLOW_BEFORE: f64 = 6.0;
+const SLOW_AFTER: f64 = 6.0;
+
+/// How many 1 MiB objects the decrease needs queued: both stretches, and 2 s at the limit.
+fn slow_count(args: &Args) -> usize {
+    let mib =
+        args.limit_mib as f64 * (SLOW_BEFORE + 2.0) + (args.limit_mib / 4) as f64 * SLOW_AFTER;
+    mib.ceil() as usize
+}
+
 /// One round of the schedule's accuracy: a limit held over [`WINDOW`], limit → off, and
 /// limit → a quarter of it.
 async fn schedule_round(
     server: &Server,
     direct: &Arc<S3Store>,
-    round: usize,
     args: &Args,
 ) -> anyhow::Result<ScheduleFigures> {
     let mut figures = ScheduleFigures::default();
@@ -656,7 +749,7 @@ async fn schedule_round(
     server
         .set_policy(&format!("* {}MiB", args.limit_mib))
         .await?;
-    let prefix = format!("r{round}/sched");
+    let prefix = "sched".to_owned();
     let count = usize::try_from(args.sched_mib)?;
     let total = count as u64 * MIB;
     let bodies = random_bodies(count, MIB);
@@ -714,12 +807,9 @@ async fn schedule_round(
     server
         .set_policy(&format!("* {}MiB", args.limit_mib))
         .await?;
-    let prefix = format!("r{round}/slow");
-    let before = warmup + 3.0;
-    let after = 6.0;
-    let count = usize::try_from(
-        (args.limit_mib as f64 * before + lower_mib as f64 * after) as u64 + 2 * args.limit_mib,
-    )?;
+    let prefix = "slow".to_owned();
+    let (before, after) = (SLOW_BEFORE, SLOW_AFTER);
+    let count = slow_count(args);
     let bodies = random_bodies(count, MIB);
     let origin = Instant::now();
     let sampler = Sampler::start(server, direct, format!("{prefix}/"), origin, args.sample);
@@ -955,10 +1045,13 @@ impl Drop for Server {
     }
 }
 
+/// (operation, set, side) of a time.
+type Measure = (&'static str, &'static str, &'static str);
+
 #[derive(Default)]
 struct Report {
     /// (operation, set, side) → seconds per round, in insertion order.
-    times: Vec<((&'static str, &'static str, &'static str), Vec<f64>)>,
+    times: Vec<(Measure, Vec<f64>)>,
     /// Oddities worth a line under the tables (cold reads fetching other than the set's bytes).
     notes: Vec<String>,
     schedule: Vec<ScheduleFigures>,
