@@ -112,15 +112,22 @@ api_bind_addr = "127.0.0.1:{admin}"
             key_id: String::new(),
             secret: String::new(),
         };
-        let node = (0..100)
-            .find_map(|_| {
-                let out = garage.cli(&["node", "id", "-q"]).ok();
-                if out.is_none() {
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-                out
-            })
-            .context("garage did not answer `node id` within 10 s")?;
+        // `node id` can answer from the key file before the server listens for RPC, which
+        // the layout commands need: wait for `status`, which goes through RPC.
+        let ready = (0..100).any(|_| {
+            let ok = garage.cli(&["status"]).is_ok();
+            if !ok {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            ok
+        });
+        if !ready {
+            bail!(
+                "garage did not answer `status` within 10 s (see {})",
+                dir.join("garage.log").display()
+            );
+        }
+        let node = garage.cli(&["node", "id", "-q"])?;
         let node = node.trim().split('@').next().unwrap_or_default().to_owned();
         garage.cli(&["layout", "assign", "-z", "dc1", "-c", "100G", &node])?;
         garage.cli(&["layout", "apply", "--version", "1"])?;
