@@ -379,6 +379,12 @@ async fn metrics(State(http): State<HttpState>) -> Response {
             "counter",
             egress.get_requests,
         ),
+        (
+            "milepost_upload_bytes_total",
+            "Bytes of write-back uploads let through the upload limiter toward S3.",
+            "counter",
+            app.upload_limiter.bytes_total(),
+        ),
     ] {
         text.push_str(&format!(
             "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{{office=\"{office}\"}} {value}\n"

@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 pub mod browser;
+pub mod garage;
 pub mod search_mix;
 pub mod trimlogs;
 

@@ -34,9 +34,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context as _};
 use bytes::Bytes;
 use futures::StreamExt as _;
-use milepost_cacher::{
-    upload_file, ObjectStore, S3Store, StaticCredentials, UploadOptions, UpstreamSettings,
-};
+use milepost_cacher::{upload_file, ObjectStore, S3Store, UploadOptions};
+use milepost_tests::garage::{free_port, run, which, Garage};
 use rand::RngCore as _;
 use serde_json::{json, Value};
 
@@ -111,14 +110,8 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
 
     eprintln!("work directory {}", work.display());
-    let garage = Garage::start(&work.join("garage"))?;
-    let store = Arc::new(S3Store::new(&UpstreamSettings {
-        endpoint: Some(garage.endpoint.clone()),
-        region: "us-east-1".into(),
-        force_path_style: true,
-        credentials: Some(StaticCredentials::new(&garage.key_id, &garage.secret)),
-        ..UpstreamSettings::default()
-    })?);
+    let garage = Garage::start(&work.join("garage"), BUCKET)?;
+    let store = Arc::new(garage.store()?);
     let big_bytes = args.big_mib * MIB;
     let small_bytes = args.small as u64 * MIB;
     let seeded = Instant::now();
@@ -195,157 +188,10 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn which(tool: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 fn timed(op: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<f64> {
     let started = Instant::now();
     op()?;
     Ok(started.elapsed().as_secs_f64())
-}
-
-fn run(command: &mut Command) -> anyhow::Result<String> {
-    let output = command
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("running {command:?}"))?;
-    if !output.status.success() {
-        bail!(
-            "{command:?} failed ({}): {}{}",
-            output.status,
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-/// A single-node Garage server, stopped on drop.
-struct Garage {
-    child: Child,
-    config: PathBuf,
-    endpoint: String,
-    key_id: String,
-    secret: String,
-}
-
-impl Garage {
-    fn start(dir: &Path) -> anyhow::Result<Garage> {
-        std::fs::create_dir_all(dir)?;
-        let (s3, rpc, admin) = (free_port()?, free_port()?, free_port()?);
-        let mut secret = [0u8; 32];
-        rand::rng().fill_bytes(&mut secret);
-        let config = dir.join("garage.toml");
-        std::fs::write(
-            &config,
-            format!(
-                r#"metadata_dir = "{dir}/meta"
-data_dir = "{dir}/data"
-db_engine = "sqlite"
-replication_factor = 1
-compression_level = "none"
-rpc_bind_addr = "127.0.0.1:{rpc}"
-rpc_public_addr = "127.0.0.1:{rpc}"
-rpc_secret = "{secret}"
-
-[s3_api]
-s3_region = "us-east-1"
-api_bind_addr = "127.0.0.1:{s3}"
-root_domain = ".s3.garage.localhost"
-
-[admin]
-api_bind_addr = "127.0.0.1:{admin}"
-"#,
-                dir = dir.display(),
-                secret = hex::encode(secret),
-            ),
-        )?;
-        let log = std::fs::File::create(dir.join("garage.log"))?;
-        let child = Command::new("garage")
-            .arg("-c")
-            .arg(&config)
-            .arg("server")
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("starting garage")?;
-        let mut garage = Garage {
-            child,
-            config,
-            endpoint: format!("http://127.0.0.1:{s3}"),
-            key_id: String::new(),
-            secret: String::new(),
-        };
-        let node = (0..100)
-            .find_map(|_| {
-                let out = garage.cli(&["node", "id", "-q"]).ok();
-                if out.is_none() {
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-                out
-            })
-            .context("garage did not answer `node id` within 10 s")?;
-        let node = node.trim().split('@').next().unwrap_or_default().to_owned();
-        garage.cli(&["layout", "assign", "-z", "dc1", "-c", "100G", &node])?;
-        garage.cli(&["layout", "apply", "--version", "1"])?;
-        garage.cli(&["bucket", "create", BUCKET])?;
-        let key = garage.cli(&["key", "create", "bench-key"])?;
-        let field = |name: &str| {
-            key.lines()
-                .find_map(|line| line.trim().strip_prefix(name))
-                .map(|v| v.trim_start_matches(':').trim().to_owned())
-                .with_context(|| format!("no {name:?} in `garage key create` output: {key}"))
-        };
-        garage.key_id = field("Key ID")?;
-        garage.secret = field("Secret key")?;
-        garage.cli(&[
-            "bucket",
-            "allow",
-            "--read",
-            "--write",
-            "--owner",
-            BUCKET,
-            "--key",
-            "bench-key",
-        ])?;
-        Ok(garage)
-    }
-
-    fn cli(&self, args: &[&str]) -> anyhow::Result<String> {
-        run(Command::new("garage")
-            .arg("-c")
-            .arg(&self.config)
-            .args(args))
-    }
-
-    fn aws_env(&self, command: &mut Command) {
-        command
-            .env("AWS_ACCESS_KEY_ID", &self.key_id)
-            .env("AWS_SECRET_ACCESS_KEY", &self.secret)
-            .env("AWS_REGION", "us-east-1")
-            .env("AWS_DEFAULT_REGION", "us-east-1")
-            .env_remove("AWS_PROFILE");
-    }
-}
-
-impl Drop for Garage {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 async fn seed(store: &S3Store, work: &Path, big: u64, small: usize) -> anyhow::Result<()> {
