@@ -265,6 +265,14 @@ async fn upload(inner: &Arc<Inner>, id: i64, object: &ObjectKey) -> Result<Strin
         ))
     })?;
     let part_size = inner.settings.part_size.max(crate::upstream::MIN_PART_SIZE);
+    let part_size = part_size.max(
+        usize::try_from(object.size.div_ceil(crate::upstream::MAX_PARTS as u64))
+            .unwrap_or(usize::MAX),
+    );
+    if object.size > part_size as u64 {
+        drop(file);
+        return upload_parts(inner, id, object, &path, part_size as u64).await;
+    }
     let digests = Arc::new(Mutex::new(Digests {
         whole: Md5::new(),
         part: Md5::new(),
@@ -348,4 +356,137 @@ async fn upload(inner: &Arc<Inner>, id: i64, object: &ObjectKey) -> Result<Strin
         meta.etag
     };
     Ok(etag)
+}
+
+/// Parts of one object uploading at once: a single large object would otherwise go one part
+/// at a time, a round trip per part with the link idle in between.
+const PARTS_IN_FLIGHT: usize = 4;
+
+/// Uploads the office copy at `path` of `object` as a multipart upload of `part_size` parts,
+/// [`PARTS_IN_FLIGHT`] at a time, each read from the file through the upload shaper (so the
+/// bandwidth schedule holds across parts) and hashed; aborts the upload on any failure, and
+/// checks S3's ETag against the MD5s of the parts sent. Returns the upstream ETag.
+async fn upload_parts(
+    inner: &Arc<Inner>,
+    id: i64,
+    object: &ObjectKey,
+    path: &std::path::Path,
+    part_size: u64,
+) -> Result<String, UploadError> {
+    let store = &inner.upstream;
+    let upload_id = store
+        .create_multipart(&object.bucket, &object.key)
+        .await
+        .map_err(UploadError::Store)?;
+    let sent = Arc::new(AtomicU64::new(0));
+    let parts = object.size.div_ceil(part_size);
+    let uploads = futures::stream::iter(0..parts)
+        .map(|index| {
+            let (sent, upload_id) = (Arc::clone(&sent), upload_id.as_str());
+            async move {
+                let start = index * part_size;
+                let len = part_size.min(object.size - start);
+                let (bytes, md5) = read_part(inner, object, path, start, len, &sent).await?;
+                let number = i32::try_from(index + 1).unwrap_or(i32::MAX);
+                let etag = store
+                    .upload_part(&object.bucket, &object.key, upload_id, number, bytes)
+                    .await
+                    .map_err(UploadError::Store)?;
+                Ok::<_, UploadError>((number, etag, md5))
+            }
+        })
+        .buffered(PARTS_IN_FLIGHT)
+        .try_collect::<Vec<_>>();
+    tokio::pin!(uploads);
+    let mut ticker = tokio::time::interval(PROGRESS_EVERY);
+    ticker.tick().await;
+    let uploaded = loop {
+        tokio::select! {
+            result = &mut uploads => break result,
+            _ = ticker.tick() => {
+                if let Err(err) = journal::progress(&inner.db, id, sent.load(Ordering::Relaxed)).await {
+                    tracing::debug!(error = %err, "cannot record upload progress");
+                }
+            }
+        }
+    };
+    let completed = match uploaded {
+        Ok(parts) => {
+            let md5s: Vec<[u8; 16]> = parts.iter().map(|(_, _, md5)| *md5).collect();
+            let etags = parts.into_iter().map(|(n, etag, _)| (n, etag)).collect();
+            store
+                .complete_multipart(&object.bucket, &object.key, &upload_id, etags)
+                .await
+                .map(|meta| (meta, md5s))
+                .map_err(UploadError::Store)
+        }
+        Err(err) => Err(err),
+    };
+    let (meta, md5s) = match completed {
+        Ok(done) => done,
+        Err(err) => {
+            if let Err(abort) = store
+                .abort_multipart(&object.bucket, &object.key, &upload_id)
+                .await
+            {
+                tracing::warn!(object = %object, upload_id, error = %abort, "aborting a failed multipart upload failed");
+            }
+            return Err(err);
+        }
+    };
+    let expected = multipart_etag(&md5s);
+    if !meta.etag.is_empty() && meta.etag != expected {
+        return Err(UploadError::Mismatch(format!(
+            "S3 stored {object} with ETag {}, but the parts sent give {expected}",
+            meta.etag
+        )));
+    }
+    Ok(if meta.etag.is_empty() {
+        expected
+    } else {
+        meta.etag
+    })
+}
+
+/// Reads `len` bytes at `start` of the office copy through the upload shaper, counting them
+/// in `sent`; returns them with their MD5.
+async fn read_part(
+    inner: &Arc<Inner>,
+    object: &ObjectKey,
+    path: &std::path::Path,
+    start: u64,
+    len: u64,
+    sent: &AtomicU64,
+) -> Result<(Bytes, [u8; 16]), UploadError> {
+    use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
+    let local = |err: std::io::Error| {
+        UploadError::Local(WriteBackError::io(
+            format!("reading the office copy of {object}"),
+            err,
+        ))
+    };
+    let mut file = tokio::fs::File::open(path).await.map_err(local)?;
+    file.seek(std::io::SeekFrom::Start(start))
+        .await
+        .map_err(local)?;
+    let chunks = ReaderStream::with_capacity(file.take(len), READ_CHUNK).boxed();
+    let mut chunks = inner.shaper.shape(chunks);
+    let mut part = bytes::BytesMut::with_capacity(usize::try_from(len).unwrap_or(0));
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk.map_err(local)?;
+        sent.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        part.extend_from_slice(&chunk);
+    }
+    if part.len() as u64 != len {
+        return Err(UploadError::Mismatch(format!(
+            "read {} bytes of {object} at {start}, expected {len}",
+            part.len()
+        )));
+    }
+    let part = part.freeze();
+    let hashed = part.clone();
+    let md5: [u8; 16] = tokio::task::spawn_blocking(move || Md5::digest(&hashed).into())
+        .await
+        .map_err(|err| local(std::io::Error::other(err)))?;
+    Ok((part, md5))
 }
