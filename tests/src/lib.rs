@@ -359,6 +359,29 @@ impl TestApp {
     }
 }
 
+/// POSTs a GraphQL operation to `{url}/graphql` as `token`; the `data`, or an error naming
+/// the GraphQL errors. For the benchmarks, which drive `milepost serve` processes.
+pub async fn graphql_data(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+    query: &str,
+    variables: Value,
+) -> anyhow::Result<Value> {
+    let body: Value = http
+        .post(format!("{url}/graphql"))
+        .bearer_auth(token)
+        .json(&json!({ "query": query, "variables": variables }))
+        .send()
+        .await?
+        .json()
+        .await?;
+    if let Some(errors) = body.get("errors") {
+        anyhow::bail!("GraphQL errors: {errors}");
+    }
+    Ok(body["data"].clone())
+}
+
 /// The `extensions.code` of every error in a GraphQL response.
 pub fn error_codes(body: &Value) -> Vec<String> {
     body["errors"]

@@ -377,19 +377,7 @@ capacity = "64GiB"
     }
 
     async fn graphql(&self, query: &str, variables: Value) -> anyhow::Result<Value> {
-        let body: Value = self
-            .http
-            .post(format!("{}/graphql", self.url))
-            .bearer_auth(&self.token)
-            .json(&json!({ "query": query, "variables": variables }))
-            .send()
-            .await?
-            .json()
-            .await?;
-        if let Some(errors) = body.get("errors") {
-            bail!("GraphQL errors: {errors}");
-        }
-        Ok(body["data"].clone())
+        milepost_tests::graphql_data(&self.http, &self.url, &self.token, query, variables).await
     }
 
     fn pid(&self) -> u32 {

@@ -966,19 +966,7 @@ priorities = ["*"]
     }
 
     async fn graphql(&self, query: &str, variables: Value) -> anyhow::Result<Value> {
-        let body: Value = self
-            .http
-            .post(format!("{}/graphql", self.url))
-            .bearer_auth(&self.admin)
-            .json(&json!({ "query": query, "variables": variables }))
-            .send()
-            .await?
-            .json()
-            .await?;
-        if let Some(errors) = body.get("errors") {
-            bail!("GraphQL errors: {errors}");
-        }
-        Ok(body["data"].clone())
+        milepost_tests::graphql_data(&self.http, &self.url, &self.admin, query, variables).await
     }
 
     async fn set_policy(&self, schedule: &str) -> anyhow::Result<()> {
