@@ -184,6 +184,74 @@ impl Gateway {
         Ok(())
     }
 
+    /// One page of a listing (v1 or v2) of a served bucket; also the `max-keys` in force
+    /// (1000 at most, S3's page size).
+    async fn list(
+        &self,
+        bucket: &str,
+        prefix: Option<&str>,
+        delimiter: Option<&str>,
+        resume: Option<listing::Resume>,
+        max_keys: Option<i32>,
+    ) -> S3Result<(listing::Listed, i32)> {
+        self.served(bucket)?;
+        let max_keys = max_keys.unwrap_or(1000).clamp(0, 1000);
+        let page = listing::list(
+            self.store.as_ref(),
+            bucket,
+            prefix.unwrap_or_default(),
+            delimiter.filter(|d| !d.is_empty()),
+            resume,
+            usize::try_from(max_keys).unwrap_or(0),
+        )
+        .await
+        .map_err(errors::store)?;
+        Ok((page, max_keys))
+    }
+
+    /// Whether an `If-Match` ETag other than the current one still names the current bytes:
+    /// when write-back puts an office write into S3 as a multipart upload of other part sizes
+    /// than the client's, S3 gives it another ETag, and the cache keeps the content under both
+    /// names as one file (a hard link). A client reading the object in several ranged GETs
+    /// with `If-Match` (the AWS CLI does) must not fail because the name changed under it.
+    async fn names_same_bytes(&self, current: &ObjectKey, etag: &str) -> bool {
+        use std::os::unix::fs::MetadataExt as _;
+        let other = ObjectKey::new(&current.bucket, &current.key, bare_etag(etag), current.size);
+        let cache = self.write_back.cache();
+        let (Some(a), Some(b)) = (cache.content_path(current), cache.content_path(&other)) else {
+            return false;
+        };
+        match (tokio::fs::metadata(a).await, tokio::fs::metadata(b).await) {
+            (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+            _ => false,
+        }
+    }
+
+    /// Checks `If-Match` against the object's current version (or the same bytes under the
+    /// name the office gave them) and `If-None-Match`.
+    async fn check_conditions(
+        &self,
+        object: &ObjectKey,
+        if_match: Option<&ETagCondition>,
+        if_none_match: Option<&ETagCondition>,
+    ) -> S3Result<()> {
+        if let Some(condition) = if_match {
+            let renamed = match condition.as_etag() {
+                Some(tag) => self.names_same_bytes(object, tag.value()).await,
+                None => false,
+            };
+            if !condition_holds(condition, &object.etag) && !renamed {
+                return Err(s3_error!(PreconditionFailed));
+            }
+        }
+        if let Some(condition) = if_none_match {
+            if condition_holds(condition, &object.etag) {
+                return Err(s3_error!(NotModified));
+            }
+        }
+        Ok(())
+    }
+
     /// The object as the office sees it now.
     async fn resolve(&self, bucket: &str, key: &str) -> S3Result<ObjectKey> {
         let meta = self.store.head(bucket, key).await.map_err(errors::store)?;
@@ -251,25 +319,21 @@ impl S3 for Gateway {
         req: S3Request<ListObjectsV2Input>,
     ) -> S3Result<S3Response<ListObjectsV2Output>> {
         let input = req.input;
-        self.served(&input.bucket)?;
-        let prefix = input.prefix.clone().unwrap_or_default();
-        let max_keys = input.max_keys.unwrap_or(1000).clamp(0, 1000);
         let resume = match input.continuation_token.as_deref() {
             Some(token) => Some(listing::Resume::decode(token).ok_or_else(|| {
                 s3_error!(InvalidArgument, "the continuation token is not valid")
             })?),
             None => input.start_after.clone().map(listing::Resume::after),
         };
-        let page = listing::list(
-            self.store.as_ref(),
-            &input.bucket,
-            &prefix,
-            input.delimiter.as_deref().filter(|d| !d.is_empty()),
-            resume,
-            usize::try_from(max_keys).unwrap_or(0),
-        )
-        .await
-        .map_err(errors::store)?;
+        let (page, max_keys) = self
+            .list(
+                &input.bucket,
+                input.prefix.as_deref(),
+                input.delimiter.as_deref(),
+                resume,
+                input.max_keys,
+            )
+            .await?;
         let key_count = i32::try_from(page.contents.len() + page.prefixes.len()).unwrap_or(0);
         Ok(S3Response::new(ListObjectsV2Output {
             name: Some(input.bucket),
@@ -293,19 +357,15 @@ impl S3 for Gateway {
         req: S3Request<ListObjectsInput>,
     ) -> S3Result<S3Response<ListObjectsOutput>> {
         let input = req.input;
-        self.served(&input.bucket)?;
-        let prefix = input.prefix.clone().unwrap_or_default();
-        let max_keys = input.max_keys.unwrap_or(1000).clamp(0, 1000);
-        let page = listing::list(
-            self.store.as_ref(),
-            &input.bucket,
-            &prefix,
-            input.delimiter.as_deref().filter(|d| !d.is_empty()),
-            input.marker.clone().map(listing::Resume::after),
-            usize::try_from(max_keys).unwrap_or(0),
-        )
-        .await
-        .map_err(errors::store)?;
+        let (page, max_keys) = self
+            .list(
+                &input.bucket,
+                input.prefix.as_deref(),
+                input.delimiter.as_deref(),
+                input.marker.clone().map(listing::Resume::after),
+                input.max_keys,
+            )
+            .await?;
         let next_marker = page.next.as_ref().map(|r| r.marker());
         Ok(S3Response::new(ListObjectsOutput {
             name: Some(input.bucket),
@@ -334,16 +394,13 @@ impl S3 for Gateway {
             .head(&input.bucket, &input.key)
             .await
             .map_err(errors::store)?;
-        if let Some(condition) = &input.if_match {
-            if !condition_holds(condition, &meta.etag) {
-                return Err(s3_error!(PreconditionFailed));
-            }
-        }
-        if let Some(condition) = &input.if_none_match {
-            if condition_holds(condition, &meta.etag) {
-                return Err(s3_error!(NotModified));
-            }
-        }
+        let object = ObjectKey::new(&input.bucket, &input.key, &meta.etag, meta.size);
+        self.check_conditions(
+            &object,
+            input.if_match.as_ref(),
+            input.if_none_match.as_ref(),
+        )
+        .await?;
         Ok(S3Response::new(HeadObjectOutput {
             content_length: Some(i64::try_from(meta.size).unwrap_or(i64::MAX)),
             e_tag: Some(etag(&meta.etag)),
@@ -371,17 +428,13 @@ impl S3 for Gateway {
             .head(&input.bucket, &input.key)
             .await
             .map_err(errors::store)?;
-        if let Some(condition) = &input.if_match {
-            if !condition_holds(condition, &meta.etag) {
-                return Err(s3_error!(PreconditionFailed));
-            }
-        }
-        if let Some(condition) = &input.if_none_match {
-            if condition_holds(condition, &meta.etag) {
-                return Err(s3_error!(NotModified));
-            }
-        }
         let object = ObjectKey::new(&input.bucket, &input.key, &meta.etag, meta.size);
+        self.check_conditions(
+            &object,
+            input.if_match.as_ref(),
+            input.if_none_match.as_ref(),
+        )
+        .await?;
         let range = byte_range(input.range);
         let mut output = GetObjectOutput {
             e_tag: Some(etag(&meta.etag)),
