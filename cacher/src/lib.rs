@@ -2,6 +2,7 @@
 
 pub mod cache;
 pub mod datasets;
+pub mod digest;
 #[cfg(feature = "loopback")]
 pub mod loopback;
 pub mod reservations;

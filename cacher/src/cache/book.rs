@@ -81,6 +81,10 @@ struct Entry {
 /// 7. A failed plan's [`Full::fits_once_downloads_end`] is true exactly when the same plan
 ///    succeeds, pins unchanged, once every pending entry has completed (or once the unpinned
 ///    ones have been removed instead: a failed download frees what an evictable one would).
+/// 8. [`evictable_bytes`](Self::evictable_bytes) is the sum of the sizes of the unpinned ready
+///    entries. It is kept up to date by every operation, so that admission (which runs under
+///    the cache's lock for every missing object) costs no scan of a cache of millions of
+///    entries while it stays under the high watermark.
 #[derive(Clone, Debug)]
 pub struct CacheBook {
     capacity: u64,
@@ -95,6 +99,8 @@ pub struct CacheBook {
     pin_counts: HashMap<ObjectKey, usize>,
     used: u64,
     pinned: u64,
+    /// Bytes of the unpinned ready entries (invariant 8).
+    evictable: u64,
 }
 
 impl CacheBook {
@@ -115,6 +121,7 @@ impl CacheBook {
             pin_counts: HashMap::new(),
             used: 0,
             pinned: 0,
+            evictable: 0,
         }
     }
 
@@ -131,6 +138,11 @@ impl CacheBook {
     /// Bytes held by pinned entries, ready and pending.
     pub fn pinned(&self) -> u64 {
         self.pinned
+    }
+
+    /// Bytes of the unpinned ready entries: what eviction could free now.
+    pub fn evictable_bytes(&self) -> u64 {
+        self.evictable
     }
 
     /// How many ready entries the book holds.
@@ -190,6 +202,9 @@ impl CacheBook {
             Some(entry) if entry.state == EntryState::Pending => {
                 entry.state = EntryState::Ready;
                 entry.last_access = clock;
+                if !self.pin_counts.contains_key(key) {
+                    self.evictable += entry.size;
+                }
                 self.lru.insert(clock, key.clone());
                 true
             }
@@ -216,11 +231,15 @@ impl CacheBook {
     /// object is protected again if it comes back.
     pub fn remove(&mut self, key: &ObjectKey) -> Option<u64> {
         let entry = self.entries.remove(key)?;
+        let pinned = self.is_pinned(key);
         if entry.state == EntryState::Ready {
             self.lru.remove(&entry.last_access);
+            if !pinned {
+                self.evictable -= entry.size;
+            }
         }
         self.used -= entry.size;
-        if self.is_pinned(key) {
+        if pinned {
             self.pinned -= entry.size;
         }
         Some(entry.size)
@@ -238,6 +257,9 @@ impl CacheBook {
             if *count == 1 {
                 if let Some(entry) = self.entries.get(key) {
                     self.pinned += entry.size;
+                    if entry.state == EntryState::Ready {
+                        self.evictable -= entry.size;
+                    }
                 }
             }
         }
@@ -261,9 +283,7 @@ impl CacheBook {
             *count -= 1;
             if *count == 0 {
                 self.pin_counts.remove(key);
-                if let Some(entry) = self.entries.get(key) {
-                    self.pinned -= entry.size;
-                }
+                self.unpinned(key);
             }
         }
         true
@@ -281,12 +301,20 @@ impl CacheBook {
             *count -= 1;
             if *count == 0 {
                 self.pin_counts.remove(key);
-                if let Some(entry) = self.entries.get(key) {
-                    self.pinned -= entry.size;
-                }
+                self.unpinned(key);
             }
         }
         held.len()
+    }
+
+    /// Accounts for the last pin on `key` being released.
+    fn unpinned(&mut self, key: &ObjectKey) {
+        if let Some(entry) = self.entries.get(key) {
+            self.pinned -= entry.size;
+            if entry.state == EntryState::Ready {
+                self.evictable += entry.size;
+            }
+        }
     }
 
     /// What to evict before (or after) `incoming` more bytes arrive: nothing while
@@ -296,8 +324,7 @@ impl CacheBook {
     /// unpinned ready entry; [`Full::fits_once_downloads_end`] tells whether waiting for the
     /// downloads in progress can help. Pure: the caller removes the entries it deletes.
     pub fn plan_eviction(&self, incoming: u64) -> Result<Vec<ObjectKey>, Full> {
-        let evictable: u64 = self.evictable().map(|(_, size)| size).sum();
-        let unevictable = self.used - evictable;
+        let unevictable = self.used - self.evictable;
         if incoming > self.capacity || unevictable + incoming > self.capacity {
             return Err(Full {
                 incoming,
@@ -338,6 +365,8 @@ impl CacheBook {
         self.used += size;
         if self.is_pinned(&key) {
             self.pinned += size;
+        } else if state == EntryState::Ready {
+            self.evictable += size;
         }
         self.entries.insert(
             key,

@@ -13,10 +13,10 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::{StreamExt as _, TryStreamExt as _};
-use md5::{Digest as _, Md5};
 use tokio::sync::watch;
 
 use super::{entries, CacheError, FetchContext, Inner, Layout, ObjectKey, Victim};
+use crate::digest::Md5;
 use crate::upstream::{ByteRange, StoreError, Target};
 
 /// The object an entry that is a byte range of it is read from
@@ -270,28 +270,56 @@ impl Inner {
         let file = Arc::new(file);
         flight.set_file(Arc::clone(&file));
 
-        // Owned handles in each part's future: borrowed ones make the task's future fail the
-        // `Send` check (higher-ranked lifetimes of closures returning futures).
-        let parts = futures::stream::iter(0..flight.parts())
-            .map(Ok)
-            .try_for_each_concurrent(self.settings.concurrency, |part| {
-                let (inner, flight, file) =
-                    (Arc::clone(self), Arc::clone(flight), Arc::clone(&file));
-                async move { inner.download_part(&flight, &file, part).await }
-            });
         // A byte range says nothing about the MD5 of the object its ETag names.
         let single_part_md5 = flight
             .origin
             .is_none()
             .then(|| expected_md5(&object.etag))
             .flatten();
-        let digest = async {
-            match single_part_md5 {
-                Some(_) => md5_follow(flight).await.map(Some),
-                None => Ok(None),
+        let digest = if flight.parts() <= 1 {
+            // One ranged GET (every small object): its bytes are hashed as they are written,
+            // in the same blocking call, instead of being read back from the staging file.
+            let hasher = single_part_md5.map(|_| Md5::new());
+            let hasher = match flight.parts() {
+                0 => hasher,
+                _ => {
+                    let part = self.download_part(flight, &file, 0, hasher);
+                    tokio::try_join!(part, flush_behind(flight))?.0
+                }
+            };
+            match hasher {
+                Some(hasher) => Some(
+                    hasher
+                        .finish()
+                        .map_err(|err| CacheError::io(format!("hashing {object}"), err))?,
+                ),
+                None => None,
             }
+        } else {
+            // Owned handles in each part's future: borrowed ones make the task's future fail
+            // the `Send` check (higher-ranked lifetimes of closures returning futures).
+            let parts = futures::stream::iter(0..flight.parts())
+                .map(Ok)
+                .try_for_each_concurrent(self.settings.concurrency, |part| {
+                    let (inner, flight, file) =
+                        (Arc::clone(self), Arc::clone(flight), Arc::clone(&file));
+                    async move {
+                        inner
+                            .download_part(&flight, &file, part, None)
+                            .await
+                            .map(drop)
+                    }
+                });
+            // Parts land out of order: the hash follows the landed prefix, reading it back.
+            let digest = async {
+                match single_part_md5 {
+                    Some(_) => md5_follow(flight).await.map(Some),
+                    None => Ok(None),
+                }
+            };
+            let ((), digest, ()) = tokio::try_join!(parts, digest, flush_behind(flight))?;
+            digest
         };
-        let ((), digest, ()) = tokio::try_join!(parts, digest, flush_behind(flight))?;
 
         let written = flight.downloaded();
         if written != object.size {
@@ -324,13 +352,15 @@ impl Inner {
         Ok(())
     }
 
-    /// Downloads part `part` of `flight`'s object into `file`.
+    /// Downloads part `part` of `flight`'s object into `file`, feeding its bytes, in order, to
+    /// `hasher` if given (returned at the end).
     async fn download_part(
         &self,
         flight: &Flight,
         file: &Arc<File>,
         part: u64,
-    ) -> Result<(), CacheError> {
+        mut hasher: Option<Md5>,
+    ) -> Result<Option<Md5>, CacheError> {
         let object = flight.object();
         let start = part * flight.part_size;
         let end = (start + flight.part_size).min(object.size) - 1;
@@ -387,7 +417,15 @@ impl Inner {
                 }
             }
             if batch_len > 0 {
-                self.write_batch(flight, file, part, offset, std::mem::take(&mut batch))
+                hasher = self
+                    .write_batch(
+                        flight,
+                        file,
+                        part,
+                        offset,
+                        std::mem::take(&mut batch),
+                        hasher,
+                    )
                     .await?;
                 offset += batch_len;
                 batch_len = 0;
@@ -403,10 +441,11 @@ impl Inner {
             )
             .into());
         }
-        Ok(())
+        Ok(hasher)
     }
 
-    /// Writes `chunks` at `offset` and publishes them as landed.
+    /// Writes `chunks` at `offset`, hashing them into `hasher` if given (while they are in
+    /// the CPU's caches), and publishes them as landed.
     async fn write_batch(
         &self,
         flight: &Flight,
@@ -414,23 +453,27 @@ impl Inner {
         part: u64,
         offset: u64,
         chunks: Vec<Bytes>,
-    ) -> Result<(), CacheError> {
+        mut hasher: Option<Md5>,
+    ) -> Result<Option<Md5>, CacheError> {
         let object = flight.object();
         let file = Arc::clone(file);
-        let len = blocking(format!("writing {object} to its staging file"), move || {
+        let (len, hasher) = blocking(format!("writing {object} to its staging file"), move || {
             let mut at = offset;
             for chunk in &chunks {
                 file.write_all_at(chunk, at)?;
+                if let Some(hasher) = &mut hasher {
+                    hasher.update(chunk)?;
+                }
                 at += chunk.len() as u64;
             }
-            Ok(at - offset)
+            Ok((at - offset, hasher))
         })
         .await?;
         flight.landed(part, len);
         self.counters
             .bytes_from_upstream
             .fetch_add(len, Ordering::Relaxed);
-        Ok(())
+        Ok(hasher)
     }
 }
 
@@ -507,14 +550,16 @@ async fn md5_follow(flight: &Flight) -> Result<[u8; 16], CacheError> {
         let (h, b) = blocking(format!("hashing the staging file of {object}"), move || {
             buf.resize(usize::try_from(len).unwrap_or(usize::MAX), 0);
             file.read_exact_at(&mut buf, pos)?;
-            hasher.update(&buf);
+            hasher.update(&buf)?;
             Ok((hasher, buf))
         })
         .await?;
         (hasher, buf) = (h, b);
         pos += len;
     }
-    Ok(hasher.finalize().into())
+    hasher
+        .finish()
+        .map_err(|err| CacheError::io(format!("hashing {object}"), err))
 }
 
 /// Flushes the staging file to disk every [`FLUSH_BEHIND`] landed bytes while the download
@@ -569,13 +614,18 @@ pub(super) async fn install(
             let mut permissions = file.metadata()?.permissions();
             permissions.set_readonly(true);
             std::fs::set_permissions(&staging, permissions)?;
-            let dir = content.parent().unwrap_or(Path::new("."));
-            std::fs::create_dir_all(dir)?;
             // The rename is not made durable on its own (no directory fsync, which costs a
             // journal commit per object): the bytes are, and a rename lost to a power cut
             // leaves the file in staging, removed at start-up, while reconciliation drops the
             // entry whose content file is missing. A miss, never wrong bytes.
-            std::fs::rename(&staging, &content)
+            match std::fs::rename(&staging, &content) {
+                // The fan-out directories are made at start-up; one removed since comes back.
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                    std::fs::create_dir_all(content.parent().unwrap_or(Path::new(".")))?;
+                    std::fs::rename(&staging, &content)
+                }
+                other => other,
+            }
         },
     )
     .await

@@ -46,11 +46,18 @@ pub(super) async fn reconcile(
         layout.staging.clone(),
         layout.views.clone(),
     );
+    let fan_out: Vec<_> = layout.fan_out_dirs().collect();
     let root = layout.root.display().to_string();
     (fixed.staging_removed, fixed.view_temps_removed) =
         blocking(format!("preparing the cache directory {root}"), move || {
             for dir in [&objects, &staging, &views] {
                 std::fs::create_dir_all(dir)?;
+            }
+            for dir in &fan_out {
+                match std::fs::create_dir(dir) {
+                    Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {}
+                    other => other?,
+                }
             }
             let staging_removed = clear_dir(&staging)?;
             let view_temps_removed = remove_view_temps(&views)?;

@@ -253,6 +253,9 @@ fn check(book: &CacheBook, model: &Model, probe: u64) -> Result<(), TestCaseErro
     prop_assert_eq!(book.ready_count(), ready);
     let evictable: Vec<_> = book.evictable().map(|(k, _)| k.clone()).collect();
     prop_assert_eq!(indexes(&evictable), model.evictable());
+    // 8: the running count of evictable bytes.
+    let evictable_bytes: u64 = book.evictable().map(|(_, size)| size).sum();
+    prop_assert_eq!(book.evictable_bytes(), evictable_bytes);
     // 5 and 6: plans never name pinned or pending entries, follow LRU order, and fit.
     for incoming in [0, probe] {
         match book.plan_eviction(incoming) {
