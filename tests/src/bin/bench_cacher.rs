@@ -11,11 +11,12 @@
 //! 1. Starts a single-node Garage (`db_engine = "sqlite"`, replication 1, no compression) in
 //!    a work directory and seeds it with one `--big-mib` object (`big/`, uploaded multipart)
 //!    and `--small` objects of 1 MiB (`small/`), random bytes.
-//! 2. Cold transfer, `--rounds` times each into a fresh directory: `rclone copy --transfers
-//!    16 --multi-thread-streams 8 --multi-thread-cutoff 32M`, `aws s3 cp --recursive`, and
-//!    Milepost — the real `milepost serve` process with a fresh catalog and cache per round;
-//!    timed from `reserveDataset` until the reservation is READY (polled every 10 ms), the
-//!    dataset created beforehand. Each side's files are checked for count and size, and
+//! 2. Cold transfer, `--rounds` rounds, each side once per round (the order turning each round)
+//!    into a fresh directory, emptied after its check and deleted once the set is done:
+//!    `rclone copy --transfers 16 --multi-thread-streams 8 --multi-thread-cutoff 32M`, `aws s3
+//!    cp --recursive`, and Milepost — the real `milepost serve` process with a fresh catalog
+//!    and cache per round; timed from `reserveDataset` until the `reservationProgress`
+//!    subscription reports READY, the dataset created beforehand. Each side's files are checked for count and size, and
 //!    Milepost's `bytesFromUpstream` against the dataset's bytes.
 //! 3. Hot read of the big object: `GET /data/...` from the cache vs nginx (sendfile) serving
 //!    the same file, both read by curl into /dev/null.
@@ -33,14 +34,19 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context as _};
 use bytes::Bytes;
-use futures::StreamExt as _;
+use futures::{SinkExt as _, StreamExt as _};
 use milepost_cacher::{upload_file, ObjectStore, S3Store, UploadOptions};
 use milepost_tests::garage::{free_port, run, which, Garage};
 use rand::RngCore as _;
 use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+use tokio_tungstenite::tungstenite::Message;
 
 const BUCKET: &str = "bench";
 const MIB: u64 = 1 << 20;
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 struct Args {
     rounds: usize,
@@ -129,37 +135,51 @@ fn main() -> anyhow::Result<()> {
         ),
     ];
     for (prefix, label, count, bytes) in &sets {
-        if args.peers {
-            let mut rclone = Vec::new();
-            let mut aws = Vec::new();
-            for round in 0..args.rounds {
-                let dest = work.join(format!("rclone-{prefix}-{round}"));
-                rclone.push(timed(|| rclone_copy(&garage, prefix, &dest))?);
-                check_tree(&dest, *count, *bytes)?;
-                std::fs::remove_dir_all(&dest)?;
-                let dest = work.join(format!("aws-{prefix}-{round}"));
-                aws.push(timed(|| aws_copy(&garage, prefix, &dest))?);
-                check_tree(&dest, *count, *bytes)?;
-                std::fs::remove_dir_all(&dest)?;
-            }
-            report.cold(label, "rclone", &rclone, *bytes);
-            report.cold(label, "aws s3 cp", &aws, *bytes);
-        }
-        let mut ours = Vec::new();
+        let sides: &[Side] = if args.peers {
+            &[Side::Rclone, Side::Aws, Side::Milepost]
+        } else {
+            &[Side::Milepost]
+        };
+        let mut samples = vec![Vec::new(); sides.len()];
+        // Nothing is deleted until the set is done, only emptied: on ext4 without a journal
+        // (this machine's root disk) creating a file skips every inode freed in the last
+        // minutes, so a side that ran right after another side's tree was removed paid for
+        // it (a third more CPU in file creation, measured). Emptying frees the bytes and the
+        // page cache but keeps the inodes. The order of the sides turns each round, so none
+        // is always first.
+        let mut outputs = Vec::new();
         for round in 0..args.rounds {
-            let server = Server::start(
-                &milepost,
-                &work.join(format!("mp-{prefix}-{round}")),
-                &garage,
-            )?;
-            let secs = runtime.block_on(cold_materialization(&server, prefix, *count, *bytes))?;
-            ours.push(secs);
-            if *prefix == "big" && round + 1 == args.rounds {
-                hot_reads(&runtime, &server, &mut report, *bytes, args.rounds)?;
+            for turn in 0..sides.len() {
+                let index = (turn + round) % sides.len();
+                let dest = work.join(format!("{}-{prefix}-{round}", sides[index].name()));
+                let secs = match sides[index] {
+                    Side::Rclone => timed(|| rclone_copy(&garage, prefix, &dest))?,
+                    Side::Aws => timed(|| aws_copy(&garage, prefix, &dest))?,
+                    Side::Milepost => {
+                        let server = Server::start(&milepost, &dest, &garage)?;
+                        let secs = runtime
+                            .block_on(cold_materialization(&server, prefix, *count, *bytes))?;
+                        if *prefix == "big" && round + 1 == args.rounds {
+                            hot_reads(&runtime, &server, &mut report, *bytes, args.rounds)?;
+                        }
+                        server.stop()?;
+                        secs
+                    }
+                };
+                if sides[index] != Side::Milepost {
+                    check_tree(&dest, *count, *bytes)?;
+                }
+                samples[index].push(secs);
+                empty_tree(&dest)?;
+                outputs.push(dest);
             }
-            server.stop()?;
         }
-        report.cold(label, "milepost", &ours, *bytes);
+        for (side, samples) in sides.iter().zip(&samples) {
+            report.cold(label, side.label(), samples, *bytes);
+        }
+        for dest in outputs {
+            std::fs::remove_dir_all(&dest)?;
+        }
     }
 
     let server = Server::start(&milepost, &work.join("mp-rss"), &garage)?;
@@ -186,6 +206,34 @@ fn main() -> anyhow::Result<()> {
     drop(garage);
     report.print();
     Ok(())
+}
+
+/// One side of the cold-transfer comparison.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Side {
+    Rclone,
+    Aws,
+    Milepost,
+}
+
+impl Side {
+    /// Its output directory's prefix.
+    fn name(self) -> &'static str {
+        match self {
+            Side::Rclone => "rclone",
+            Side::Aws => "aws",
+            Side::Milepost => "mp",
+        }
+    }
+
+    /// Its name in the report.
+    fn label(self) -> &'static str {
+        match self {
+            Side::Rclone => "rclone",
+            Side::Aws => "aws s3 cp",
+            Side::Milepost => "milepost",
+        }
+    }
 }
 
 fn timed(op: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<f64> {
@@ -269,6 +317,31 @@ fn aws_copy(garage: &Garage, prefix: &str, dest: &Path) -> anyhow::Result<()> {
         .arg(format!("s3://{BUCKET}/{prefix}/"))
         .arg(dest);
     run(&mut command).map(drop)
+}
+
+/// Truncates every file under `dir` to zero bytes (made writable first: the cache's files
+/// are read-only), keeping the files themselves.
+fn empty_tree(dir: &Path) -> anyhow::Result<()> {
+    let mut stack = vec![dir.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let path = entry?.path();
+            let meta = std::fs::symlink_metadata(&path)?;
+            if meta.is_dir() {
+                stack.push(path);
+            } else if meta.is_file() && meta.len() > 0 {
+                let mut permissions = meta.permissions();
+                #[allow(clippy::permissions_set_readonly_false)]
+                permissions.set_readonly(false);
+                std::fs::set_permissions(&path, permissions)?;
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&path)?
+                    .set_len(0)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Checks that `dir` holds `count` files of `bytes` bytes in all.
@@ -376,6 +449,30 @@ capacity = "64GiB"
         Ok(server)
     }
 
+    /// A graphql-transport-ws connection, initialised with the admin token.
+    async fn progress_socket(&self) -> anyhow::Result<Socket> {
+        let url = format!("{}/graphql/ws", self.url.replace("http://", "ws://"));
+        let mut request = url.into_client_request()?;
+        request
+            .headers_mut()
+            .insert("sec-websocket-protocol", "graphql-transport-ws".parse()?);
+        let (mut socket, _) = tokio_tungstenite::connect_async(request).await?;
+        let init = json!({ "type": "connection_init",
+            "payload": { "Authorization": format!("Bearer {}", self.token) } });
+        socket.send(Message::Text(init.to_string().into())).await?;
+        while let Some(message) = socket.next().await {
+            if let Message::Text(text) = message? {
+                let frame: Value = serde_json::from_str(&text)?;
+                ensure!(
+                    frame["type"] == "connection_ack",
+                    "the server refused the subscription connection: {frame}"
+                );
+                return Ok(socket);
+            }
+        }
+        bail!("the subscription connection closed before its acknowledgement")
+    }
+
     async fn graphql(&self, query: &str, variables: Value) -> anyhow::Result<Value> {
         milepost_tests::graphql_data(&self.http, &self.url, &self.token, query, variables).await
     }
@@ -450,6 +547,10 @@ async fn cold_materialization(
         data["createDataset"]["totalBytes"].as_u64() == Some(bytes),
         "dataset {prefix}: {data}"
     );
+    // The client waits as `milepost reserve --wait` and the web catalog do: on the
+    // `reservationProgress` subscription, opened before the clock starts (polling the
+    // reservation would load the server that is being measured).
+    let mut socket = server.progress_socket().await?;
     let started = Instant::now();
     let data = server
         .graphql(
@@ -461,30 +562,52 @@ async fn cold_materialization(
         .as_str()
         .context("reserveDataset returned no id")?
         .to_owned();
-    loop {
-        let data = server
-            .graphql(
-                "query($id: ID!) { reservation(id: $id) { state bytesFromUpstream localPath error } }",
-                json!({ "id": id }),
-            )
-            .await?;
-        let r = &data["reservation"];
-        match r["state"].as_str() {
-            Some("READY") => {
-                let secs = started.elapsed().as_secs_f64();
-                ensure!(
-                    r["bytesFromUpstream"].as_u64() == Some(bytes),
-                    "READY but bytesFromUpstream is {}, expected {bytes}",
-                    r["bytesFromUpstream"]
-                );
-                let path = r["localPath"].as_str().context("READY without localPath")?;
-                check_tree(Path::new(path), count, bytes)?;
-                return Ok(secs);
+    let subscribe = json!({ "id": "1", "type": "subscribe", "payload": {
+        "query": "subscription($id: ID!) { reservationProgress(id: $id) { state error } }",
+        "variables": { "id": id } } });
+    socket
+        .send(Message::Text(subscribe.to_string().into()))
+        .await?;
+    let mut state = String::new();
+    while let Some(message) = socket.next().await {
+        let Message::Text(text) = message? else {
+            continue;
+        };
+        let frame: Value = serde_json::from_str(&text)?;
+        match frame["type"].as_str() {
+            Some("next") => {
+                let r = &frame["payload"]["data"]["reservationProgress"];
+                state = r["state"].as_str().unwrap_or_default().to_owned();
+                match state.as_str() {
+                    "READY" => break,
+                    "FAILED" => bail!("reservation failed: {}", r["error"]),
+                    _ => {}
+                }
             }
-            Some("FAILED") => bail!("reservation failed: {}", r["error"]),
-            _ => tokio::time::sleep(Duration::from_millis(10)).await,
+            Some("error") | Some("complete") => bail!("subscription ended: {frame}"),
+            _ => {}
         }
     }
+    let secs = started.elapsed().as_secs_f64();
+    ensure!(
+        state == "READY",
+        "the subscription closed in state {state:?}"
+    );
+    let data = server
+        .graphql(
+            "query($id: ID!) { reservation(id: $id) { bytesFromUpstream localPath } }",
+            json!({ "id": id }),
+        )
+        .await?;
+    let r = &data["reservation"];
+    ensure!(
+        r["bytesFromUpstream"].as_u64() == Some(bytes),
+        "READY but bytesFromUpstream is {}, expected {bytes}",
+        r["bytesFromUpstream"]
+    );
+    let path = r["localPath"].as_str().context("READY without localPath")?;
+    check_tree(Path::new(path), count, bytes)?;
+    Ok(secs)
 }
 
 /// curl reads of the cached big object through `/data` and through nginx (serving the
