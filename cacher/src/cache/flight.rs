@@ -287,14 +287,10 @@ impl Inner {
                     tokio::try_join!(part, flush_behind(flight))?.0
                 }
             };
-            match hasher {
-                Some(hasher) => Some(
-                    hasher
-                        .finish()
-                        .map_err(|err| CacheError::io(format!("hashing {object}"), err))?,
-                ),
-                None => None,
-            }
+            hasher
+                .map(Md5::finish)
+                .transpose()
+                .map_err(|err| CacheError::io(format!("hashing {object}"), err))?
         } else {
             // Owned handles in each part's future: borrowed ones make the task's future fail
             // the `Send` check (higher-ranked lifetimes of closures returning futures).

@@ -16,8 +16,9 @@
 //!    `rclone copy --transfers 16 --multi-thread-streams 8 --multi-thread-cutoff 32M`, `aws s3
 //!    cp --recursive`, and Milepost — the real `milepost serve` process with a fresh catalog
 //!    and cache per round; timed from `reserveDataset` until the `reservationProgress`
-//!    subscription reports READY, the dataset created beforehand. Each side's files are checked for count and size, and
-//!    Milepost's `bytesFromUpstream` against the dataset's bytes.
+//!    subscription reports READY, the dataset created beforehand. Each side's files are
+//!    checked for count and size, and Milepost's `bytesFromUpstream` against the dataset's
+//!    bytes.
 //! 3. Hot read of the big object: `GET /data/...` from the cache vs nginx (sendfile) serving
 //!    the same file, both read by curl into /dev/null.
 //! 4. Memory: the server's peak RSS (VmHWM, reset between phases through `clear_refs`) while
@@ -319,47 +320,52 @@ fn aws_copy(garage: &Garage, prefix: &str, dest: &Path) -> anyhow::Result<()> {
     run(&mut command).map(drop)
 }
 
-/// Truncates every file under `dir` to zero bytes (made writable first: the cache's files
-/// are read-only), keeping the files themselves.
-fn empty_tree(dir: &Path) -> anyhow::Result<()> {
+/// Calls `visit` with the path and metadata of every regular file under `dir`.
+fn for_each_file(
+    dir: &Path,
+    mut visit: impl FnMut(&Path, &std::fs::Metadata) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
     let mut stack = vec![dir.to_owned()];
     while let Some(dir) = stack.pop() {
         for entry in std::fs::read_dir(&dir)? {
             let path = entry?.path();
-            let meta = std::fs::symlink_metadata(&path)?;
+            let meta = std::fs::metadata(&path)?;
             if meta.is_dir() {
                 stack.push(path);
-            } else if meta.is_file() && meta.len() > 0 {
-                let mut permissions = meta.permissions();
-                #[allow(clippy::permissions_set_readonly_false)]
-                permissions.set_readonly(false);
-                std::fs::set_permissions(&path, permissions)?;
-                std::fs::OpenOptions::new()
-                    .write(true)
-                    .open(&path)?
-                    .set_len(0)?;
+            } else if meta.is_file() {
+                visit(&path, &meta)?;
             }
         }
     }
     Ok(())
 }
 
+/// Truncates every file under `dir` to zero bytes (made writable first: the cache's files
+/// are read-only), keeping the files themselves.
+fn empty_tree(dir: &Path) -> anyhow::Result<()> {
+    for_each_file(dir, |path, meta| {
+        if meta.len() > 0 {
+            let mut permissions = meta.permissions();
+            #[allow(clippy::permissions_set_readonly_false)]
+            permissions.set_readonly(false);
+            std::fs::set_permissions(path, permissions)?;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(path)?
+                .set_len(0)?;
+        }
+        Ok(())
+    })
+}
+
 /// Checks that `dir` holds `count` files of `bytes` bytes in all.
 fn check_tree(dir: &Path, count: usize, bytes: u64) -> anyhow::Result<()> {
     let (mut files, mut total) = (0usize, 0u64);
-    let mut stack = vec![dir.to_owned()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir)? {
-            let entry = entry?;
-            let meta = std::fs::metadata(entry.path())?;
-            if meta.is_dir() {
-                stack.push(entry.path());
-            } else {
-                files += 1;
-                total += meta.len();
-            }
-        }
-    }
+    for_each_file(dir, |_, meta| {
+        files += 1;
+        total += meta.len();
+        Ok(())
+    })?;
     ensure!(
         files == count && total == bytes,
         "{} holds {files} files of {total} bytes, expected {count} files of {bytes} bytes",
