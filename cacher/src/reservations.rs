@@ -1555,6 +1555,9 @@ impl Inner {
             self.fail(id, message, repair).await;
             return Ok(Ended::Failed);
         }
+        // READY promises the objects stay cached: their rows, written behind, must be in the
+        // database before it is said.
+        self.cache.flush().await;
         let path = match self.cache.create_view(id, &views).await {
             Ok(path) => path,
             Err(err) => {

@@ -117,7 +117,9 @@ impl TestCache {
         files_under(&self.root().join("staging"))
     }
 
+    /// The `cache_entries` rows, once those written behind are in.
     async fn rows(&self) -> Vec<cache_entry::Model> {
+        self.cache.flush().await;
         cache_entry::Entity::find()
             .all(&self.db)
             .await
@@ -785,6 +787,54 @@ async fn reopening_after_a_crash_reconciles_disk_and_table() {
     assert_eq!(t.meter.bytes_from_upstream(), before);
     let outcome = t.cache.fetch(&b, &ctx(), None).await.expect("refetch b");
     assert_eq!(outcome.bytes_from_upstream, 3000);
+}
+
+#[tokio::test]
+async fn a_content_file_cut_short_behind_the_cache_fails_reads_instead_of_the_process() {
+    // Content files are served from memory maps: one shorter than its entry must give an
+    // error, never a window mapped past the end of the file (SIGBUS on reading it).
+    let t = TestCache::start().await;
+    let data = random_bytes(5 * MIB + 3);
+    let object = t.put("cut/log.mcap", &data).await;
+    let path = t
+        .cache
+        .fetch(&object, &ctx(), None)
+        .await
+        .expect("fetch")
+        .path;
+    std::fs::remove_file(&path).expect("remove");
+    std::fs::write(&path, &data[..3 * MIB as usize]).expect("short copy");
+
+    let read = t
+        .cache
+        .read(&object, ByteRange::All, &ctx())
+        .await
+        .expect("read starts");
+    let chunks: Vec<_> = read.body.collect().await;
+    let served: usize = chunks
+        .iter()
+        .filter_map(|c| c.as_ref().ok())
+        .map(|c| c.len())
+        .sum();
+    let err = chunks
+        .iter()
+        .find_map(|c| c.as_ref().err())
+        .expect("the read fails at the end of the short file");
+    assert_eq!(err.kind(), CacheErrorKind::Io, "{err}");
+    assert!(err.to_string().contains("cut/log.mcap"), "{err}");
+    assert!(served < data.len(), "not all bytes served");
+    let start_of_failure = served as u64;
+    assert!(start_of_failure <= 3 * MIB, "nothing past the file's end");
+
+    // The rest of the cache goes on serving.
+    let other_data = random_bytes(3 * MIB);
+    let other = t.put("cut/other.bin", &other_data).await;
+    t.cache
+        .fetch(&other, &ctx(), None)
+        .await
+        .expect("fetch other");
+    let (bytes, _, hit) = read_range(&t.cache, &other, ByteRange::All).await;
+    assert!(hit && bytes == other_data);
 }
 
 #[tokio::test]

@@ -3,7 +3,7 @@
 //! and pinned by `If-Match`, written at their offsets into a staging file; per-part progress
 //! published through a `watch` channel (read-through readers and the MD5 check follow it);
 //! then verification, fsync, atomic rename into the content store and the `cache_entries`
-//! row.
+//! row (written behind by the recorder).
 
 use std::fs::File;
 use std::os::unix::fs::FileExt as _;
@@ -15,7 +15,7 @@ use bytes::Bytes;
 use futures::{StreamExt as _, TryStreamExt as _};
 use tokio::sync::watch;
 
-use super::{entries, CacheError, FetchContext, Inner, Layout, ObjectKey, Victim};
+use super::{CacheError, FetchContext, Inner, Layout, ObjectKey, Victim};
 use crate::digest::Md5;
 use crate::upstream::{ByteRange, StoreError, Target};
 
@@ -338,13 +338,10 @@ impl Inner {
         }
         let content = self.layout.content_path(object);
         install(&file, staging, &content, object).await?;
-        if let Err(err) =
-            entries::upsert_ready(&self.db, object, &Layout::content_relative(object)).await
-        {
-            // The bytes are verified and in place; without the row, the next start-up
-            // removes the file as an orphan. Not worth failing the callers for.
-            tracing::error!(object = %object, error = %err, "cannot record a cache entry");
-        }
+        // Written behind, in a batch (see the recorder's docs): the bytes are verified and
+        // in place, and a file whose row is lost is removed at the next start-up.
+        self.recorder
+            .entry_ready(object, Layout::content_relative(object));
         Ok(())
     }
 

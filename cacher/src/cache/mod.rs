@@ -27,6 +27,7 @@
 //! cannot fit even once every download has ended.
 
 mod book;
+mod buffers;
 mod entries;
 mod error;
 mod flight;
@@ -58,6 +59,7 @@ pub use types::{
     CacheRead, CacheSettings, CacheStatsSnapshot, FetchContext, FetchOutcome, ObjectKey,
 };
 
+use buffers::ChunkPool;
 use flight::{Flight, FlightEnd, RangeOrigin};
 use layout::Layout;
 use recorder::{Recorder, ServeRecord};
@@ -81,6 +83,8 @@ struct Inner {
     store: Arc<dyn ObjectStore>,
     /// The global limit of ranged GETs in flight.
     permits: Semaphore,
+    /// The buffers reads of cached bytes reuse.
+    read_buffers: Arc<ChunkPool>,
     state: Mutex<State>,
     counters: Counters,
     recorder: Recorder,
@@ -163,6 +167,10 @@ impl OfficeCache {
         let recorder = Recorder::start(db.clone(), settings.office.clone());
         let inner = Arc::new(Inner {
             permits: Semaphore::new(settings.concurrency),
+            read_buffers: ChunkPool::new(
+                usize::try_from(stream::READ_CHUNK).unwrap_or(usize::MAX),
+                stream::IDLE_READ_BUFFERS,
+            ),
             layout,
             db,
             store,
@@ -313,7 +321,14 @@ impl OfficeCache {
                 total_size: object.size,
                 range: (start, end),
                 hit,
-                body: stream::range_stream(source, object.clone(), start, end, record),
+                body: stream::range_stream(
+                    source,
+                    object.clone(),
+                    start,
+                    end,
+                    record,
+                    Arc::clone(&self.inner.read_buffers),
+                ),
             });
         }
     }
@@ -429,6 +444,7 @@ impl OfficeCache {
         upstream_etag: &str,
     ) -> Result<ObjectKey, CacheError> {
         let inner = &self.inner;
+        inner.settle_entry_rows().await;
         entries::set_state(&inner.db, object, CacheEntryState::Ready).await?;
         inner.lock().book.unpin(WRITE_BACK_HOLDER, object);
         if upstream_etag == object.etag {
@@ -491,6 +507,7 @@ impl OfficeCache {
     /// reached S3: it will never be uploaded, so it becomes an ordinary entry, evicted in its
     /// turn.
     pub async fn discard_dirty(&self, object: &ObjectKey) -> Result<(), CacheError> {
+        self.inner.settle_entry_rows().await;
         entries::set_state(&self.inner.db, object, CacheEntryState::Ready).await?;
         self.inner.lock().book.unpin(WRITE_BACK_HOLDER, object);
         Ok(())
@@ -557,6 +574,7 @@ impl OfficeCache {
                     flight::remove_quietly(staging).await;
                     if dirty {
                         let relative = Layout::content_relative(object);
+                        inner.settle_entry_rows().await;
                         entries::upsert(&inner.db, object, &relative, CacheEntryState::Dirty)
                             .await?;
                     }
@@ -590,6 +608,7 @@ impl OfficeCache {
                     .await?;
                     flight::install(&Arc::new(file), &staging, &content, &object).await?;
                     let relative = Layout::content_relative(&object);
+                    inner.settle_entry_rows().await;
                     if dirty {
                         // A dirty entry without its row would be lost at the next start-up:
                         // the upload is not acknowledged unless the row is written.
@@ -704,7 +723,8 @@ impl OfficeCache {
         &self.inner.settings
     }
 
-    /// Waits until the ledger rows and access times recorded so far are written.
+    /// Waits until the `cache_entries` rows of the downloads ended so far, the ledger rows
+    /// and the access times recorded so far are written (or their failures logged).
     pub async fn flush(&self) {
         self.inner.recorder.flush().await;
     }
@@ -722,6 +742,13 @@ impl OfficeCache {
 impl Inner {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Waits until the rows of downloaded entries queued so far are written: every other
+    /// write of `cache_entries` comes after it, so that a row written behind never lands
+    /// after a later delete or state change of its entry.
+    async fn settle_entry_rows(&self) {
+        self.recorder.flush().await;
     }
 
     /// Finds `object`, or admits it and starts its download.
@@ -804,6 +831,10 @@ impl Inner {
     /// go. Failures are logged: the entries are already out of the book, and a file left
     /// behind without its row is removed at the next start-up.
     async fn delete_victims(&self, victims: Vec<Victim>) {
+        if victims.is_empty() {
+            return;
+        }
+        self.settle_entry_rows().await;
         for victim in victims {
             flight::remove_quietly(self.layout.content_path(&victim.object)).await;
             if let Err(err) = entries::delete(&self.db, &victim.object).await {

@@ -1,6 +1,15 @@
-//! The background writer of the egress ledger and of entries' access times: callers hand it
-//! records without waiting (an unbounded channel, so a slow database never blocks a stream);
-//! it writes them in batches of whatever queued up meanwhile.
+//! The background writer of the egress ledger, of downloaded entries' `cache_entries` rows
+//! and of entries' access times: callers hand it records without waiting (an unbounded
+//! channel, so a slow database never blocks a stream or a download); it writes them in
+//! batches of whatever queued up meanwhile (one multi-row statement instead of a statement
+//! and a commit per object: about a third of a millisecond of CPU each, on SQLite, for a
+//! dataset of small objects).
+//!
+//! Rows of downloaded entries are written behind: a row lost with the process leaves a
+//! verified file without its row, which start-up removes as an orphan (a miss, never wrong
+//! bytes). What must see the rows in the database waits for [`Recorder::flush`]: every other
+//! write of `cache_entries` (so that a queued row never lands after a later delete or state
+//! change of the same entry), and a reservation before it reports READY.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -22,6 +31,8 @@ const ROWS_PER_INSERT: usize = 100;
 
 enum Record {
     Ledger(LedgerRow),
+    /// A downloaded entry, verified and installed at this path (relative to the cache root).
+    Ready(ObjectKey, String),
     Touch(ObjectKey, DateTime<Utc>),
     Flush(oneshot::Sender<()>),
     Stop,
@@ -59,6 +70,12 @@ impl Recorder {
         if self.tx.send(record).is_err() {
             tracing::debug!("cache recorder stopped, record dropped");
         }
+    }
+
+    /// `object` is downloaded, verified and installed at `path` (relative to the cache
+    /// root): its `cache_entries` row, state `ready`, is written with the next batch.
+    pub fn entry_ready(&self, object: &ObjectKey, path: String) {
+        self.send(Record::Ready(object.clone(), path));
     }
 
     /// `object` was read from the cache now.
@@ -153,12 +170,14 @@ async fn run(db: DatabaseConnection, office: String, mut rx: mpsc::UnboundedRece
             return; // every sender is gone
         }
         let mut rows = Vec::new();
+        let mut ready = Vec::new();
         let mut touches = HashMap::new();
         let mut flushes = Vec::new();
         let mut stop = false;
         for record in batch.drain(..) {
             match record {
                 Record::Ledger(row) => rows.push(row),
+                Record::Ready(object, path) => ready.push((object, path)),
                 Record::Touch(object, at) => {
                     touches.insert(object, at);
                 }
@@ -166,6 +185,8 @@ async fn run(db: DatabaseConnection, office: String, mut rx: mpsc::UnboundedRece
                 Record::Stop => stop = true,
             }
         }
+        // Before the touches: a touch of a new entry updates its row.
+        super::entries::upsert_ready_many(&db, ready).await;
         write_ledger(&db, &office, rows).await;
         write_touches(&db, touches).await;
         for done in flushes {

@@ -5,7 +5,7 @@
 //! apt-get install rclone awscli nginx curl           # the peers and the HTTP client
 //! cargo build --release -p milepost-api -p milepost-tests --bins
 //! target/release/bench_cacher [--rounds N] [--big-mib N] [--small N] [--dir PATH]
-//!                             [--milepost PATH] [--skip-peers]
+//!                             [--milepost PATH] [--skip-peers] [--hot-rounds N]
 //! ```
 //!
 //! 1. Starts a single-node Garage (`db_engine = "sqlite"`, replication 1, no compression) in
@@ -20,7 +20,8 @@
 //!    checked for count and size, and Milepost's `bytesFromUpstream` against the dataset's
 //!    bytes.
 //! 3. Hot read of the big object: `GET /data/...` from the cache vs nginx (sendfile) serving
-//!    the same file, both read by curl into /dev/null.
+//!    the same file, both read by curl into /dev/null, `--hot-rounds` times each (3 or
+//!    `--rounds`, whichever is more; more gives a profiler something to see).
 //! 4. Memory: the server's peak RSS (VmHWM, reset between phases through `clear_refs`) while
 //!    8 curls read the big object at once, cold (read-through, one upstream fetch) and hot.
 //!
@@ -56,6 +57,7 @@ struct Args {
     dir: Option<PathBuf>,
     milepost: PathBuf,
     peers: bool,
+    hot_rounds: Option<usize>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -66,6 +68,7 @@ fn parse_args() -> anyhow::Result<Args> {
         dir: None,
         milepost: PathBuf::from("target/release/milepost"),
         peers: true,
+        hot_rounds: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -77,6 +80,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--dir" => args.dir = Some(value("--dir")?.into()),
             "--milepost" => args.milepost = value("--milepost")?.into(),
             "--skip-peers" => args.peers = false,
+            "--hot-rounds" => args.hot_rounds = Some(value("--hot-rounds")?.parse()?),
             other => bail!("unknown argument {other:?} (see the doc comment of bench_cacher)"),
         }
     }
@@ -161,7 +165,8 @@ fn main() -> anyhow::Result<()> {
                         let secs = runtime
                             .block_on(cold_materialization(&server, prefix, *count, *bytes))?;
                         if *prefix == "big" && round + 1 == args.rounds {
-                            hot_reads(&runtime, &server, &mut report, *bytes, args.rounds)?;
+                            let hot_rounds = args.hot_rounds.unwrap_or(args.rounds.max(3));
+                            hot_reads(&runtime, &server, &mut report, *bytes, hot_rounds)?;
                         }
                         server.stop()?;
                         secs
@@ -635,7 +640,7 @@ fn hot_reads(
         .to_owned();
     let nginx = Nginx::start(Path::new(&root))?;
     let (mut ours, mut theirs) = (Vec::new(), Vec::new());
-    for _ in 0..rounds.max(3) {
+    for _ in 0..rounds {
         ours.push(curl_read(
             &server.data_url("big/object.bin"),
             Some(&server.token),
