@@ -26,6 +26,8 @@ use super::{FetchContext, Inner, ObjectKey};
 
 /// Records written per batch at most.
 const BATCH: usize = 512;
+/// How long the writer gathers records after the first of a batch.
+const GATHER: std::time::Duration = std::time::Duration::from_millis(20);
 /// Ledger rows per INSERT statement (10 columns each, under every backend's parameter limit).
 const ROWS_PER_INSERT: usize = 100;
 
@@ -168,6 +170,25 @@ async fn run(db: DatabaseConnection, office: String, mut rx: mpsc::UnboundedRece
     loop {
         if rx.recv_many(&mut batch, BATCH).await == 0 {
             return; // every sender is gone
+        }
+        // Records come one per download or read, a few milliseconds apart when many run at
+        // once: gathering them for a moment makes one statement of what would be a dozen.
+        // Nobody waits for them, except a flush, which is written at once.
+        let waited_for = |batch: &[Record]| {
+            batch
+                .iter()
+                .any(|r| matches!(r, Record::Flush(_) | Record::Stop))
+        };
+        if batch.len() < BATCH && !waited_for(&batch) {
+            let gather = async {
+                while batch.len() < BATCH && !waited_for(&batch) {
+                    let room = BATCH - batch.len();
+                    if rx.recv_many(&mut batch, room).await == 0 {
+                        break;
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(GATHER, gather).await;
         }
         let mut rows = Vec::new();
         let mut ready = Vec::new();

@@ -13,8 +13,10 @@
 //!    and `--small` objects of 1 MiB (`small/`), random bytes.
 //! 2. Cold transfer, `--rounds` rounds, each side once per round (the order turning each round)
 //!    into a fresh directory, emptied after its check and deleted once the set is done:
-//!    `rclone copy --transfers 16 --multi-thread-streams 8 --multi-thread-cutoff 32M`, `aws s3
-//!    cp --recursive`, and Milepost — the real `milepost serve` process with a fresh catalog
+//!    `rclone copy --transfers 16 --multi-thread-streams 8 --multi-thread-cutoff 32M`; the
+//!    same followed by an `fsync` of each file it wrote (Milepost makes every object durable
+//!    before calling it cached; rclone leaves its files to writeback); `aws s3 cp
+//!    --recursive`; and Milepost — the real `milepost serve` process with a fresh catalog
 //!    and cache per round; timed from `reserveDataset` until the `reservationProgress`
 //!    subscription reports READY, the dataset created beforehand. Each side's files are
 //!    checked for count and size, and Milepost's `bytesFromUpstream` against the dataset's
@@ -141,7 +143,7 @@ fn main() -> anyhow::Result<()> {
     ];
     for (prefix, label, count, bytes) in &sets {
         let sides: &[Side] = if args.peers {
-            &[Side::Rclone, Side::Aws, Side::Milepost]
+            &[Side::Rclone, Side::RcloneSynced, Side::Aws, Side::Milepost]
         } else {
             &[Side::Milepost]
         };
@@ -159,6 +161,10 @@ fn main() -> anyhow::Result<()> {
                 let dest = work.join(format!("{}-{prefix}-{round}", sides[index].name()));
                 let secs = match sides[index] {
                     Side::Rclone => timed(|| rclone_copy(&garage, prefix, &dest))?,
+                    Side::RcloneSynced => timed(|| {
+                        rclone_copy(&garage, prefix, &dest)?;
+                        fsync_tree(&dest)
+                    })?,
                     Side::Aws => timed(|| aws_copy(&garage, prefix, &dest))?,
                     Side::Milepost => {
                         let server = Server::start(&milepost, &dest, &garage)?;
@@ -218,6 +224,9 @@ fn main() -> anyhow::Result<()> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Side {
     Rclone,
+    /// rclone, then every file it wrote fsynced: what Milepost does before it calls an
+    /// object cached (rclone leaves its files to the kernel's writeback).
+    RcloneSynced,
     Aws,
     Milepost,
 }
@@ -227,6 +236,7 @@ impl Side {
     fn name(self) -> &'static str {
         match self {
             Side::Rclone => "rclone",
+            Side::RcloneSynced => "rclone-synced",
             Side::Aws => "aws",
             Side::Milepost => "mp",
         }
@@ -236,6 +246,7 @@ impl Side {
     fn label(self) -> &'static str {
         match self {
             Side::Rclone => "rclone",
+            Side::RcloneSynced => "rclone, then fsync",
             Side::Aws => "aws s3 cp",
             Side::Milepost => "milepost",
         }
@@ -343,6 +354,14 @@ fn for_each_file(
         }
     }
     Ok(())
+}
+
+/// Makes every file under `dir` durable, one `fsync` each.
+fn fsync_tree(dir: &Path) -> anyhow::Result<()> {
+    for_each_file(dir, |path, _| {
+        std::fs::File::open(path)?.sync_all()?;
+        Ok(())
+    })
 }
 
 /// Truncates every file under `dir` to zero bytes (made writable first: the cache's files
