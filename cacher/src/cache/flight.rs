@@ -16,6 +16,7 @@ use futures::{StreamExt as _, TryStreamExt as _};
 use tokio::sync::watch;
 
 use super::{CacheError, FetchContext, Inner, Layout, ObjectKey, Victim};
+use crate::digest::lanes::{self, LaneStream};
 use crate::digest::Md5;
 use crate::upstream::{ByteRange, StoreError, Target};
 
@@ -41,6 +42,30 @@ const WRITE_BATCH: usize = 512 * 1024;
 const HASH_CHUNK: u64 = 4 * 1024 * 1024;
 /// Landed bytes after which the staging file is flushed to disk while the download goes on.
 const FLUSH_BEHIND: u64 = 64 * 1024 * 1024;
+
+/// How the bytes of a one-part download are hashed as they land.
+enum Md5Check {
+    /// Handed to the lane scheduler, hashed eight downloads abreast on its thread.
+    Lanes(LaneStream),
+    /// In the blocking call that writes them (a CPU without AVX2).
+    Inline(Md5),
+}
+
+impl Md5Check {
+    fn new() -> Self {
+        match lanes::global() {
+            Some(lanes) => Self::Lanes(lanes.stream()),
+            None => Self::Inline(Md5::new()),
+        }
+    }
+
+    async fn finish(self) -> std::io::Result<[u8; 16]> {
+        match self {
+            Self::Lanes(stream) => stream.finish().await,
+            Self::Inline(md5) => md5.finish(),
+        }
+    }
+}
 
 /// A download in progress.
 #[derive(Debug)]
@@ -277,9 +302,9 @@ impl Inner {
             .then(|| expected_md5(&object.etag))
             .flatten();
         let digest = if flight.parts() <= 1 {
-            // One ranged GET (every small object): its bytes are hashed as they are written,
-            // in the same blocking call, instead of being read back from the staging file.
-            let hasher = single_part_md5.map(|_| Md5::new());
+            // One ranged GET (every small object): its bytes are hashed as they are written
+            // instead of being read back from the staging file.
+            let hasher = single_part_md5.map(|_| Md5Check::new());
             let hasher = match flight.parts() {
                 0 => hasher,
                 _ => {
@@ -287,10 +312,15 @@ impl Inner {
                     tokio::try_join!(part, flush_behind(flight))?.0
                 }
             };
-            hasher
-                .map(Md5::finish)
-                .transpose()
-                .map_err(|err| CacheError::io(format!("hashing {object}"), err))?
+            match hasher {
+                Some(hasher) => Some(
+                    hasher
+                        .finish()
+                        .await
+                        .map_err(|err| CacheError::io(format!("hashing {object}"), err))?,
+                ),
+                None => None,
+            }
         } else {
             // Owned handles in each part's future: borrowed ones make the task's future fail
             // the `Send` check (higher-ranked lifetimes of closures returning futures).
@@ -352,8 +382,8 @@ impl Inner {
         flight: &Flight,
         file: &Arc<File>,
         part: u64,
-        mut hasher: Option<Md5>,
-    ) -> Result<Option<Md5>, CacheError> {
+        mut hasher: Option<Md5Check>,
+    ) -> Result<Option<Md5Check>, CacheError> {
         let object = flight.object();
         let start = part * flight.part_size;
         let end = (start + flight.part_size).min(object.size) - 1;
@@ -437,8 +467,8 @@ impl Inner {
         Ok(hasher)
     }
 
-    /// Writes `chunks` at `offset`, hashing them into `hasher` if given (while they are in
-    /// the CPU's caches), and publishes them as landed.
+    /// Writes `chunks` at `offset`, hashing them into `hasher` if given, and publishes them
+    /// as landed.
     async fn write_batch(
         &self,
         flight: &Flight,
@@ -446,22 +476,41 @@ impl Inner {
         part: u64,
         offset: u64,
         chunks: Vec<Bytes>,
-        mut hasher: Option<Md5>,
-    ) -> Result<Option<Md5>, CacheError> {
+        hasher: Option<Md5Check>,
+    ) -> Result<Option<Md5Check>, CacheError> {
         let object = flight.object();
         let file = Arc::clone(file);
-        let (len, hasher) = blocking(format!("writing {object} to its staging file"), move || {
+        let (mut inline, lanes) = match hasher {
+            Some(Md5Check::Inline(md5)) => (Some(md5), None),
+            Some(Md5Check::Lanes(stream)) => (None, Some((stream, chunks.clone()))),
+            None => (None, None),
+        };
+        let (len, inline) = blocking(format!("writing {object} to its staging file"), move || {
             let mut at = offset;
             for chunk in &chunks {
                 file.write_all_at(chunk, at)?;
-                if let Some(hasher) = &mut hasher {
-                    hasher.update(chunk)?;
+                // Hashed while the bytes are in the CPU's caches.
+                if let Some(md5) = &mut inline {
+                    md5.update(chunk)?;
                 }
                 at += chunk.len() as u64;
             }
-            Ok((at - offset, hasher))
+            Ok((at - offset, inline))
         })
         .await?;
+        let hasher = match (inline, lanes) {
+            (Some(md5), _) => Some(Md5Check::Inline(md5)),
+            (None, Some((stream, chunks))) => {
+                for chunk in chunks {
+                    stream
+                        .update(chunk)
+                        .await
+                        .map_err(|err| CacheError::io(format!("hashing {object}"), err))?;
+                }
+                Some(Md5Check::Lanes(stream))
+            }
+            (None, None) => None,
+        };
         flight.landed(part, len);
         self.counters
             .bytes_from_upstream
