@@ -19,6 +19,7 @@
 //! slows the downloads rather than growing memory.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -50,6 +51,8 @@ pub struct Lanes {
     queue: Mutex<Queue>,
     work: Condvar,
     budget: Semaphore,
+    /// Set if the hashing thread ever stops (a bug): new streams hash inline instead.
+    stopped: AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -84,9 +87,13 @@ impl Lane {
     }
 }
 
-/// The scheduler of this process, started on first use; `None` on a CPU without AVX2
-/// (callers hash with [`Md5`](super::Md5) instead).
+/// The scheduler of this process, started on first use; `None` on a CPU without AVX2, or if
+/// its thread has stopped (callers hash with [`Md5`](super::Md5) instead).
 pub fn global() -> Option<&'static Arc<Lanes>> {
+    started().filter(|lanes| !lanes.stopped.load(Ordering::Acquire))
+}
+
+fn started() -> Option<&'static Arc<Lanes>> {
     static LANES: OnceLock<Option<Arc<Lanes>>> = OnceLock::new();
     LANES
         .get_or_init(|| {
@@ -97,6 +104,7 @@ pub fn global() -> Option<&'static Arc<Lanes>> {
                 queue: Mutex::new(Queue::default()),
                 work: Condvar::new(),
                 budget: Semaphore::new(BUDGET / PERMIT),
+                stopped: AtomicBool::new(false),
             });
             let worker = Arc::clone(&lanes);
             std::thread::Builder::new()
@@ -143,6 +151,7 @@ impl Lanes {
 
     /// The hashing thread.
     fn run(&self) {
+        let _stop = StopGuard(self);
         let mut queue = self.lock();
         // Since when bytes have been waiting for a round.
         let mut waiting_since: Option<Instant> = None;
@@ -216,6 +225,20 @@ impl Lanes {
                 }
             }
         }
+    }
+}
+
+/// Fails every stream if the hashing thread unwinds (a bug), rather than leave their
+/// downloads waiting for digests that never come: the senders of their digests are dropped
+/// and the budget closed, so `finish` and `update` return errors.
+struct StopGuard<'a>(&'a Lanes);
+
+impl Drop for StopGuard<'_> {
+    fn drop(&mut self) {
+        self.0.stopped.store(true, Ordering::Release);
+        self.0.budget.close();
+        self.0.lock().streams.clear();
+        tracing::error!("the MD5 lane thread stopped; downloads hash inline from now on");
     }
 }
 
