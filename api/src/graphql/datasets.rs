@@ -342,6 +342,8 @@ pub struct LedgerTotals {
 }
 
 pub async fn ledger_totals(app: &AppState) -> ApiResult<LedgerTotals> {
+    // The ledger is written behind, in batches: what was served before this query counts.
+    app.cache.flush().await;
     let sum = |column: &str, filter: &str| {
         Expr::cust(format!(
             r#"CAST(COALESCE(SUM(CASE WHEN {filter} THEN "egress_ledger"."{column}" ELSE 0 END), 0) AS BIGINT)"#

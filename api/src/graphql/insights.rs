@@ -146,6 +146,8 @@ impl InsightsQuery {
             .timestamp_opt(first_start, 0)
             .single()
             .unwrap_or_else(Utc::now);
+        // The ledger is written behind, in batches: what was served before this query counts.
+        app.cache.flush().await;
         let rows: Vec<(DateTime<Utc>, i64, i64, bool)> = egress_ledger::Entity::find()
             .select_only()
             .column(egress_ledger::Column::RecordedAt)
