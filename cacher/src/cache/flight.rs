@@ -41,7 +41,7 @@ const WRITE_BATCH: usize = 512 * 1024;
 /// Bytes hashed per blocking call by the MD5 check.
 const HASH_CHUNK: u64 = 4 * 1024 * 1024;
 /// Landed bytes after which the staging file is flushed to disk while the download goes on.
-const FLUSH_BEHIND: u64 = 64 * 1024 * 1024;
+const FLUSH_BEHIND: u64 = 16 * 1024 * 1024;
 
 /// How the bytes of a one-part download are hashed as they land.
 enum Md5Check {
