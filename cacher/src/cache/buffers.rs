@@ -1,9 +1,10 @@
-//! Reusable read buffers for the streams that serve cached bytes.
+//! Reusable read buffers for the streams that read through a download in progress (complete
+//! content files are mapped instead, `stream.rs`).
 //!
 //! A fresh 1 MiB buffer per chunk costs more than the read it holds: the allocator hands
 //! chunks this large back to the kernel, which faults and zeroes new pages for the next one,
-//! and `vec![0; n]` zeroes them once more, so a hot read through `/data` touched every byte
-//! three times before copying it out. Buffers go back to a small pool when the HTTP layer
+//! and `vec![0; n]` zeroes them once more, so every byte was touched three times before it
+//! was copied out. Buffers go back to a small pool when the HTTP layer
 //! drops the [`Bytes`] it wrote, and the next chunk reuses one whose pages are already
 //! mapped. The pool keeps at most [`ChunkPool::new`]'s `keep` idle buffers, so its memory is
 //! bounded whatever the number of readers.

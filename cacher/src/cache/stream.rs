@@ -32,7 +32,7 @@ use super::{CacheError, ObjectKey};
 pub(super) const READ_CHUNK: u64 = 1024 * 1024;
 /// Bytes mapped per window of a content file.
 const MAP_WINDOW: u64 = 2 * 1024 * 1024;
-/// Idle read buffers the cache keeps for reuse (8 concurrent hot readers' worth).
+/// Idle read buffers the cache keeps for reuse (a few for each of 8 concurrent readers).
 pub(super) const IDLE_READ_BUFFERS: usize = 24;
 
 /// Where a read's bytes come from.
