@@ -138,6 +138,7 @@ impl AppState {
             CacheSettings::new(config.data_dir.join("cache"), config.cache.capacity.0);
         cache_settings.part_size = config.cache.part_size.0;
         cache_settings.concurrency = config.cache.concurrency;
+        cache_settings.durability = config.cache.durability.into();
         cache_settings.office = config.office.clone();
         let cache = OfficeCache::open(cache_settings, db.clone(), store.clone())
             .await

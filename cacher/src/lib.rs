@@ -15,8 +15,8 @@ pub mod upstream;
 pub mod writeback;
 
 pub use cache::{
-    CacheError, CacheErrorKind, CacheRead, CacheSettings, CacheStatsSnapshot, FetchContext,
-    FetchOutcome, ObjectKey, OfficeCache,
+    CacheError, CacheErrorKind, CacheRead, CacheSettings, CacheStatsSnapshot, Durability,
+    FetchContext, FetchOutcome, ObjectKey, OfficeCache,
 };
 pub use upstream::{
     build_store, list_all, put_stream, upload_file, ByteRange, EgressMeter, EgressSnapshot,

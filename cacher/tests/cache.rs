@@ -789,6 +789,169 @@ async fn reopening_after_a_crash_reconciles_disk_and_table() {
     assert_eq!(outcome.bytes_from_upstream, 3000);
 }
 
+/// The unsynced marker as the cache writes it (`cache/durability.rs`): entries installed
+/// since `since` under boot `boot_id` may not be on disk yet.
+fn write_unsynced_marker(root: &Path, boot_id: &str, since: chrono::DateTime<chrono::Utc>) {
+    std::fs::write(
+        root.join("unsynced"),
+        format!(
+            "milepost unsynced marker v1\nboot_id {boot_id}\nsince {}\nfsync_failed false\n",
+            since.to_rfc3339()
+        ),
+    )
+    .expect("marker");
+}
+
+fn this_boot() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .expect("boot id")
+        .trim()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn deferred_installs_are_synced_and_the_marker_removed_by_shutdown() {
+    let mut t = TestCache::start().await;
+    let data = random_bytes(3 * MIB + 5);
+    let object = t.put("sync/a.bin", &data).await;
+    t.cache.fetch(&object, &ctx(), None).await.expect("fetch");
+    t.reopen().await;
+    assert!(
+        !t.root().join("unsynced").exists(),
+        "a clean shutdown leaves no marker"
+    );
+    assert!(t.cache.is_cached(&object));
+    let (bytes, _, hit) = read_range(&t.cache, &object, ByteRange::All).await;
+    assert!(hit && bytes == data);
+}
+
+#[tokio::test]
+async fn after_a_crash_of_the_process_unsynced_entries_are_kept() {
+    let mut t = TestCache::start().await;
+    let data = random_bytes(2 * MIB);
+    let object = t.put("same-boot/a.bin", &data).await;
+    t.cache.fetch(&object, &ctx(), None).await.expect("fetch");
+    t.cache.shutdown().await;
+    // As a SIGKILL leaves it: the marker of this boot still on disk.
+    write_unsynced_marker(
+        t.root(),
+        &this_boot(),
+        chrono::Utc::now() - chrono::TimeDelta::minutes(1),
+    );
+    t.reopen().await;
+    assert!(
+        !t.root().join("unsynced").exists(),
+        "recovered, marker removed"
+    );
+    assert!(
+        t.cache.is_cached(&object),
+        "the kernel kept the bytes: nothing dropped"
+    );
+    let before = t.meter.bytes_from_upstream();
+    let (bytes, _, hit) = read_range(&t.cache, &object, ByteRange::All).await;
+    assert!(hit && bytes == data);
+    assert_eq!(t.meter.bytes_from_upstream(), before);
+}
+
+#[tokio::test]
+async fn after_an_unclean_reboot_unsynced_entries_and_their_views_are_dropped() {
+    use sea_orm::{ColumnTrait as _, QueryFilter as _};
+
+    let mut t = TestCache::start().await;
+    let old_data = random_bytes(3000);
+    let old = t.put("reboot/old.bin", &old_data).await;
+    let recent = t.put("reboot/recent.bin", &random_bytes(4000)).await;
+    let unrecorded = t.put("reboot/unrecorded.bin", &random_bytes(5000)).await;
+    for object in [&old, &recent, &unrecorded] {
+        t.cache.fetch(object, &ctx(), None).await.expect("fetch");
+    }
+    let old_view = t
+        .cache
+        .create_view("r-old", std::slice::from_ref(&old))
+        .await
+        .expect("old view");
+    let mixed_view = t
+        .cache
+        .create_view("r-mixed", &[old.clone(), recent.clone()])
+        .await
+        .expect("mixed view");
+    let orphan_view = t
+        .cache
+        .create_view("r-orphan", std::slice::from_ref(&unrecorded))
+        .await
+        .expect("orphan view");
+    t.cache.shutdown().await;
+
+    // `old` was installed (and synced) hours before the marker; `recent` after it; the row of
+    // `unrecorded` was lost with the process. Then the machine went down.
+    let hours_ago = chrono::Utc::now() - chrono::TimeDelta::hours(3);
+    cache_entry::Entity::update_many()
+        .col_expr(
+            cache_entry::Column::CreatedAt,
+            sea_orm::sea_query::Expr::value(hours_ago),
+        )
+        .filter(cache_entry::Column::Key.eq("reboot/old.bin"))
+        .exec(&t.db)
+        .await
+        .expect("age old");
+    cache_entry::Entity::delete_many()
+        .filter(cache_entry::Column::Key.eq("reboot/unrecorded.bin"))
+        .exec(&t.db)
+        .await
+        .expect("lose a row");
+    let recent_path = t.root().join(
+        t.rows()
+            .await
+            .iter()
+            .find(|r| r.key == "reboot/recent.bin")
+            .expect("recent row")
+            .path
+            .clone(),
+    );
+    write_unsynced_marker(
+        t.root(),
+        "00000000-0000-0000-0000-000000000000",
+        chrono::Utc::now() - chrono::TimeDelta::minutes(5),
+    );
+
+    t.reopen().await;
+    assert!(
+        !t.root().join("unsynced").exists(),
+        "recovered, marker removed"
+    );
+    assert!(t.cache.is_cached(&old), "synced before the marker: kept");
+    assert!(!t.cache.is_cached(&recent), "may not be on disk: dropped");
+    assert!(!t.cache.is_cached(&unrecorded));
+    assert!(!recent_path.exists(), "its content file removed");
+    assert!(old_view.exists(), "a view of synced entries only stays");
+    assert!(
+        !mixed_view.exists(),
+        "a view linking a dropped entry is removed"
+    );
+    assert!(
+        !orphan_view.exists(),
+        "a view linking a file without a row is removed"
+    );
+    let keys: Vec<_> = t.rows().await.into_iter().map(|r| r.key).collect();
+    assert_eq!(keys, ["reboot/old.bin"]);
+
+    let before = t.meter.bytes_from_upstream();
+    let (bytes, _, hit) = read_range(&t.cache, &old, ByteRange::All).await;
+    assert!(hit && bytes == old_data);
+    assert_eq!(t.meter.bytes_from_upstream(), before);
+    let outcome = t.cache.fetch(&recent, &ctx(), None).await.expect("refetch");
+    assert_eq!(outcome.bytes_from_upstream, 4000, "fetched again");
+}
+
+#[tokio::test]
+async fn immediate_durability_writes_no_marker() {
+    let t = TestCache::with(|s| s.durability = milepost_cacher::cache::Durability::Immediate).await;
+    let object = t.put("immediate/a.bin", &random_bytes(2 * MIB)).await;
+    t.cache.fetch(&object, &ctx(), None).await.expect("fetch");
+    assert!(!t.root().join("unsynced").exists());
+    t.cache.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_content_file_cut_short_behind_the_cache_fails_reads_instead_of_the_process() {
     // Content files are served from memory maps: one shorter than its entry must give an

@@ -76,6 +76,7 @@ on_both_backends!(
     extend_checks_owner_ttl_and_state,
     expired_reservations_unpin,
     restart_resumes_pending_and_rebuilds_views,
+    an_unclean_reboot_rebuilds_ready_views_from_upstream,
     list_pages_newest_first,
 );
 
@@ -159,11 +160,13 @@ impl Env {
             Arc::clone(&meter),
         )
         .expect("store");
-        let mut cache_settings = CacheSettings::new(dir.path().join("cache"), options.capacity);
-        cache_settings.part_size = 256 * KIB as u64;
-        let cache = OfficeCache::open(cache_settings, db.clone(), Arc::clone(&store))
-            .await
-            .expect("cache");
+        let cache = OfficeCache::open(
+            cache_settings(dir.path(), options.capacity),
+            db.clone(),
+            Arc::clone(&store),
+        )
+        .await
+        .expect("cache");
         let service = Reservations::new(db.clone(), Arc::clone(&cache), options.settings);
         Some(Self {
             dir,
@@ -222,6 +225,13 @@ impl Env {
         self.service.shutdown().await;
         self.cache.shutdown().await;
     }
+}
+
+/// The cache of a scenario in `dir`.
+fn cache_settings(dir: &Path, capacity: u64) -> CacheSettings {
+    let mut settings = CacheSettings::new(dir.join("cache"), capacity);
+    settings.part_size = 256 * KIB as u64;
+    settings
 }
 
 fn new_dataset(name: &str, entries: Vec<ManifestEntry>) -> NewDataset {
@@ -1151,6 +1161,74 @@ async fn restart_resumes_pending_and_rebuilds_views(backend: Backend) {
     // Every object came from upstream once, whichever reservation fetched it.
     assert_eq!(env.meter.bytes_from_upstream(), ds.total_bytes as u64);
     assert_eq!(env.cache.stats().pinned_bytes, ds.total_bytes as u64);
+    stop.cancel();
+    tokio::time::timeout(WAIT, runner)
+        .await
+        .expect("stops")
+        .expect("join");
+    env.finish().await;
+}
+
+async fn an_unclean_reboot_rebuilds_ready_views_from_upstream(backend: Backend) {
+    let Some(mut env) = Env::start(backend, Options::default()).await else {
+        return;
+    };
+    let entries = env.put_random("reboot", &[10 * KIB, 600 * KIB, 3]).await;
+    let ds = env.dataset("reboot", entries.clone()).await;
+    let reserved = env
+        .service
+        .reserve(&ds, "alice", None, Duration::from_secs(3600))
+        .await
+        .expect("reserve");
+    let ready = settle(&env.service, &reserved.id).await;
+    assert_view_matches(&env, &ready, &entries);
+    env.service.shutdown().await;
+    env.cache.shutdown().await;
+
+    // The machine went down right after: the marker of another boot says the entries
+    // installed since five minutes ago may not be on disk.
+    std::fs::write(
+        env.dir.path().join("cache/unsynced"),
+        format!(
+            "milepost unsynced marker v1\nboot_id 00000000-0000-0000-0000-000000000000\nsince {}\nfsync_failed false\n",
+            (Utc::now() - chrono::Duration::minutes(5)).to_rfc3339()
+        ),
+    )
+    .expect("marker");
+    env.cache = OfficeCache::open(
+        cache_settings(env.dir.path(), Options::default().capacity),
+        env.db.clone(),
+        Arc::clone(&env.store),
+    )
+    .await
+    .expect("reopen cache");
+    assert!(keys(&entries).iter().all(|k| !env.cache.is_cached(k)));
+    let view = ready.local_path.clone().expect("view");
+    assert!(
+        !Path::new(&view).exists(),
+        "the view of dropped entries is gone"
+    );
+
+    // The reservation stays READY; its view is rebuilt from upstream.
+    env.service = Reservations::new(
+        env.db.clone(),
+        Arc::clone(&env.cache),
+        Options::default().settings,
+    );
+    let stop = CancellationToken::new();
+    let runner = {
+        let (service, stop) = (Arc::clone(&env.service), stop.clone());
+        tokio::spawn(async move { service.start(stop).await })
+    };
+    let rebuilt = poll_until(&env.service, &ready.id, |r| {
+        r.local_path
+            .as_deref()
+            .is_some_and(|p| Path::new(p).is_dir())
+    })
+    .await;
+    assert_eq!(rebuilt.state, ReservationState::Ready);
+    assert_view_matches(&env, &rebuilt, &entries);
+    assert_eq!(env.meter.bytes_from_upstream(), 2 * ds.total_bytes as u64);
     stop.cancel();
     tokio::time::timeout(WAIT, runner)
         .await

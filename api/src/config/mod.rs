@@ -159,6 +159,28 @@ pub struct CacheConfig {
     pub egress_usd_per_gib: f64,
     /// How often reservations past their `expiresAt` are expired (unpinned, views removed).
     pub expiry_check: DurationSetting,
+    /// When a downloaded object's bytes must be on disk before it counts as cached.
+    pub durability: CacheDurability,
+}
+
+/// `cache.durability`: `deferred` (installed at once, fsynced in the background; after an
+/// unclean reboot the entries that may not have reached the disk are fetched again) or
+/// `immediate` (fsynced before it counts as cached).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CacheDurability {
+    #[default]
+    Deferred,
+    Immediate,
+}
+
+impl From<CacheDurability> for milepost_cacher::Durability {
+    fn from(value: CacheDurability) -> Self {
+        match value {
+            CacheDurability::Deferred => milepost_cacher::Durability::Deferred,
+            CacheDurability::Immediate => milepost_cacher::Durability::Immediate,
+        }
+    }
 }
 
 impl Default for CacheConfig {
@@ -169,6 +191,7 @@ impl Default for CacheConfig {
             concurrency: 16,
             egress_usd_per_gib: 0.09,
             expiry_check: DurationSetting(std::time::Duration::from_secs(30)),
+            durability: CacheDurability::Deferred,
         }
     }
 }

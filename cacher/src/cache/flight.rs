@@ -15,6 +15,7 @@ use bytes::Bytes;
 use futures::{StreamExt as _, TryStreamExt as _};
 use tokio::sync::watch;
 
+use super::durability::Syncer;
 use super::{CacheError, FetchContext, Inner, Layout, ObjectKey, Victim};
 use crate::digest::lanes::{self, LaneStream};
 use crate::digest::Md5;
@@ -367,7 +368,7 @@ impl Inner {
             }
         }
         let content = self.layout.content_path(object);
-        install(&file, staging, &content, object).await?;
+        install(&file, staging, &content, object, self.syncer.as_deref()).await?;
         // Written behind, in a batch (see the recorder's docs): the bytes are verified and
         // in place, and a file whose row is lost is removed at the next start-up.
         self.recorder
@@ -605,9 +606,10 @@ async fn md5_follow(flight: &Flight) -> Result<[u8; 16], CacheError> {
 }
 
 /// Flushes the staging file to disk every [`FLUSH_BEHIND`] landed bytes while the download
-/// goes on, so that the `fsync` before the install only has the tail left to write: without
-/// it, a large object waits for all of its bytes to reach the disk after the last one
-/// arrived (about a second per GiB here). Ends once every byte has landed.
+/// goes on, so that the `fsync` of the whole file (before the install, or the syncer's behind
+/// it) only has the tail left to write: without it, a large object's bytes start reaching the
+/// disk only after the last one arrived (about a second per GiB here), and a cache filling
+/// at network speed piles up dirty pages. Ends once every byte has landed.
 async fn flush_behind(flight: &Flight) -> Result<(), CacheError> {
     let object = flight.object();
     if object.size < 2 * FLUSH_BEHIND {
@@ -638,19 +640,27 @@ async fn flush_behind(flight: &Flight) -> Result<(), CacheError> {
     }
 }
 
-/// Makes the verified staging file durable and moves it into the content store.
+/// Moves the verified staging file into the content store, made durable first or, given a
+/// `syncer`, behind the install (see [`durability`](super::durability)).
 pub(super) async fn install(
     file: &Arc<File>,
     staging: &Path,
     content: &Path,
     object: &ObjectKey,
+    syncer: Option<&Syncer>,
 ) -> Result<(), CacheError> {
+    let sync_first = match syncer {
+        Some(syncer) => !syncer.installing(object, Arc::clone(file)).await?,
+        None => true,
+    };
     let file = Arc::clone(file);
     let (staging, content) = (staging.to_owned(), content.to_owned());
     blocking(
         format!("installing {object} in the content store"),
         move || {
-            file.sync_all()?;
+            if sync_first {
+                file.sync_all()?;
+            }
             // Views are hard links to this file: read-only, so writing through a view cannot
             // change the bytes every other reader of this version sees.
             let mut permissions = file.metadata()?.permissions();

@@ -14,9 +14,11 @@
 //!
 //! A missing object is admitted (space planned, [`Full`](CacheErrorKind::Full) if it cannot
 //! fit, least recently used unpinned entries evicted to make room), downloaded into
-//! `staging/`, verified (size; MD5 for a single-part ETag), fsynced, renamed into
-//! `objects/<xx>/<sha256>` and recorded as a `cache_entries` row in state `ready`. Nothing
-//! half-written is ever under `objects/`. The watermark check happens at admission, with the
+//! `staging/`, verified (size; MD5 for a single-part ETag), renamed into
+//! `objects/<xx>/<sha256>` and recorded as a `cache_entries` row in state `ready`; its
+//! fsync comes before the rename or, by default, behind it (`durability.rs`: after an unclean
+//! reboot the entries that may not have reached the disk are dropped). Nothing half-written
+//! is ever under `objects/`. The watermark check happens at admission, with the
 //! incoming bytes counted (they are reserved while downloading, so the insert itself does not
 //! change the used bytes): if used + incoming exceeds the high watermark, unpinned entries
 //! are evicted in LRU order down to the low watermark, before the download writes a byte.
@@ -28,6 +30,7 @@
 
 mod book;
 mod buffers;
+mod durability;
 mod entries;
 mod error;
 mod flight;
@@ -54,12 +57,14 @@ use milepost_schema::enums::CacheEntryState;
 use crate::upstream::{ByteRange, ObjectStore};
 
 pub use book::{CacheBook, EntryState, Full};
+pub use durability::Durability;
 pub use error::{CacheError, CacheErrorKind};
 pub use types::{
     CacheRead, CacheSettings, CacheStatsSnapshot, FetchContext, FetchOutcome, ObjectKey,
 };
 
 use buffers::ChunkPool;
+use durability::Syncer;
 use flight::{Flight, FlightEnd, RangeOrigin};
 use layout::Layout;
 use recorder::{Recorder, ServeRecord};
@@ -88,6 +93,9 @@ struct Inner {
     state: Mutex<State>,
     counters: Counters,
     recorder: Recorder,
+    /// Fsyncs installed downloads behind them ([`Durability::Deferred`]); `None`: each is
+    /// fsynced before its install.
+    syncer: Option<Arc<Syncer>>,
     /// Downloads and deletions in progress.
     tasks: TaskTracker,
     /// Stops downloads at shutdown.
@@ -163,8 +171,19 @@ impl OfficeCache {
             settings.high_watermark,
             settings.low_watermark,
         );
-        let book = reconcile::reconcile(&layout, &db, book).await?;
+        let boot_id = durability::boot_id();
+        let book = reconcile::reconcile(&layout, &db, book, boot_id.clone()).await?;
         let recorder = Recorder::start(db.clone(), settings.office.clone());
+        let syncer = match (settings.durability, boot_id) {
+            (Durability::Deferred, Some(boot_id)) => {
+                Some(Syncer::start(layout.root.clone(), boot_id))
+            }
+            (Durability::Deferred, None) => {
+                tracing::warn!("the kernel gives no boot id: every download is fsynced before it is installed (cache durability immediate)");
+                None
+            }
+            (Durability::Immediate, _) => None,
+        };
         let inner = Arc::new(Inner {
             permits: Semaphore::new(settings.concurrency),
             read_buffers: ChunkPool::new(
@@ -181,6 +200,7 @@ impl OfficeCache {
             }),
             counters: Counters::default(),
             recorder,
+            syncer,
             tasks: TaskTracker::new(),
             stop: CancellationToken::new(),
             downloads_ended: watch::channel(()).0,
@@ -606,7 +626,8 @@ impl OfficeCache {
                         move || std::fs::File::open(staging)
                     })
                     .await?;
-                    flight::install(&Arc::new(file), &staging, &content, &object).await?;
+                    // The only copy until written back: durable before it is installed.
+                    flight::install(&Arc::new(file), &staging, &content, &object, None).await?;
                     let relative = Layout::content_relative(&object);
                     inner.settle_entry_rows().await;
                     if dirty {
@@ -730,12 +751,16 @@ impl OfficeCache {
     }
 
     /// Stops: downloads in progress end with an error (their staging files removed),
-    /// deletions finish, then the ledger is flushed. Calls after this may fail.
+    /// deletions finish, the ledger is flushed, and installed files not yet fsynced are.
+    /// Calls after this may fail.
     pub async fn shutdown(&self) {
         self.inner.stop.cancel();
         self.inner.tasks.close();
         self.inner.tasks.wait().await;
         self.inner.recorder.shutdown().await;
+        if let Some(syncer) = &self.inner.syncer {
+            syncer.finish().await;
+        }
     }
 }
 

@@ -5,12 +5,14 @@
 
 use std::collections::HashSet;
 use std::io;
-use std::path::Path;
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
 
 use milepost_schema::entity::cache_entry;
 use milepost_schema::enums::CacheEntryState;
 use sea_orm::DatabaseConnection;
 
+use super::durability::{self, Recovery};
 use super::flight::blocking;
 use super::layout::{Layout, OBJECTS};
 use super::{entries, CacheBook, CacheError, ObjectKey, WRITE_BACK_HOLDER};
@@ -24,6 +26,10 @@ struct Fixed {
     rows_missing_file: usize,
     rows_wrong_size: usize,
     orphans_removed: usize,
+    /// Dropped: installed without an fsync before an unclean reboot.
+    rows_unsynced: usize,
+    /// Views removed because they linked a dropped unsynced entry.
+    views_unsynced: usize,
 }
 
 /// A row checked against the disk.
@@ -34,11 +40,12 @@ enum Verdict {
 }
 
 /// Creates the cache's directories, reconciles them with the table and returns `book` filled
-/// with the entries that survive.
+/// with the entries that survive. `boot_id` is this boot's, `None` where unknown.
 pub(super) async fn reconcile(
     layout: &Layout,
     db: &DatabaseConnection,
     mut book: CacheBook,
+    boot_id: Option<String>,
 ) -> Result<CacheBook, CacheError> {
     let mut fixed = Fixed::default();
     let (objects, staging, views) = (
@@ -64,6 +71,13 @@ pub(super) async fn reconcile(
             Ok((staging_removed, view_temps_removed))
         })
         .await?;
+    let marker_root = layout.root.clone();
+    let recovery = blocking(
+        format!("reading the unsynced marker in {root}"),
+        move || durability::read_marker(&marker_root, boot_id.as_deref()),
+    )
+    .await?;
+    let covered_from = recovery.covers_from();
 
     let rows = entries::load_all(db).await?;
     let (rows_staging, rows): (Vec<_>, Vec<_>) = rows
@@ -96,9 +110,24 @@ pub(super) async fn reconcile(
 
     let mut drop_ids: Vec<i64> = rows_staging.iter().map(|row| row.id).collect();
     let mut kept = Vec::new();
+    // Entries the marker covers: installed without an fsync while it stood.
+    let mut unsynced = Vec::new();
     for (row, verdict) in rows.into_iter().zip(verdicts) {
         let object = object_of(&row);
         match verdict {
+            Verdict::Keep
+                if row.state == CacheEntryState::Ready
+                    && covered_from.is_some_and(|from| row.created_at >= from) =>
+            {
+                let path = layout.content_path(&object);
+                if matches!(recovery, Recovery::Unclean { .. }) {
+                    fixed.rows_unsynced += 1;
+                    drop_ids.push(row.id);
+                } else {
+                    kept.push((object, row.state));
+                }
+                unsynced.push(path);
+            }
             Verdict::Keep => kept.push((object, row.state)),
             Verdict::MissingFile => {
                 tracing::warn!(object = %object, etag = %object.etag, "dropping a cache entry whose file is missing");
@@ -112,20 +141,68 @@ pub(super) async fn reconcile(
             }
         }
     }
-    entries::delete_ids(db, &drop_ids).await?;
-
-    // Remove content files no kept row accounts for (their rows were dropped above, or never
-    // written: a crash between the rename and the insert).
     let known: HashSet<String> = kept
         .iter()
         .map(|(object, _)| Layout::content_relative(object))
         .collect();
+    match &recovery {
+        Recovery::Clean => {}
+        Recovery::SameBoot { .. } => {
+            // The kernel still has every byte written before the process stopped.
+            let count = unsynced.len();
+            blocking(
+                format!("syncing the {count} cache files installed before the last stop"),
+                move || {
+                    for path in &unsynced {
+                        std::fs::File::open(path)?.sync_data()?;
+                    }
+                    Ok(())
+                },
+            )
+            .await?;
+            if count > 0 {
+                tracing::info!(
+                    count,
+                    "synced the cache entries installed before the process stopped"
+                );
+            }
+        }
+        Recovery::Unclean { why, .. } => {
+            tracing::warn!(
+                root,
+                entries = unsynced.len(),
+                "{why}: dropping the cache entries that may not have reached the disk"
+            );
+            // The views first: once the rows are gone nothing says which views link the
+            // dropped files, and a crash here only repeats this at the next start-up. Files
+            // whose row was never written may be unsynced too, and go the same way.
+            let (views, objects, known) =
+                (layout.views.clone(), layout.objects.clone(), known.clone());
+            fixed.views_unsynced = blocking(
+                format!("removing the views of unsynced cache entries under {root}"),
+                move || remove_views_linking(&views, &unknown_content_files(&objects, &known)?),
+            )
+            .await?;
+        }
+    }
+    entries::delete_ids(db, &drop_ids).await?;
+
+    // Remove content files no kept row accounts for (their rows were dropped above, or never
+    // written: a crash between the rename and the insert).
     let objects = layout.objects.clone();
     fixed.orphans_removed = blocking(
         format!("removing orphan cache files under {root}"),
         move || remove_orphans(&objects, &known),
     )
     .await?;
+    if recovery != Recovery::Clean {
+        let marker_root = layout.root.clone();
+        blocking(
+            format!("removing the unsynced marker in {root}"),
+            move || durability::remove_marker(&marker_root),
+        )
+        .await?;
+    }
 
     let mut write_back = Vec::new();
     for (object, state) in kept {
@@ -144,13 +221,17 @@ pub(super) async fn reconcile(
         rows_missing_file,
         rows_wrong_size,
         orphans_removed,
+        rows_unsynced,
+        views_unsynced,
     } = fixed;
     let repaired = staging_removed
         + view_temps_removed
         + rows_staging
         + rows_missing_file
         + rows_wrong_size
-        + orphans_removed;
+        + orphans_removed
+        + rows_unsynced
+        + views_unsynced;
     let entries = book.ready_count();
     let used = book.used();
     if repaired > 0 {
@@ -164,6 +245,8 @@ pub(super) async fn reconcile(
             rows_missing_file,
             rows_wrong_size,
             orphans_removed,
+            rows_unsynced,
+            views_unsynced,
             "office cache reconciled, repairs made"
         );
     } else {
@@ -225,6 +308,78 @@ fn remove_view_temps(views: &Path) -> io::Result<usize> {
         }
     }
     Ok(removed)
+}
+
+/// Removes every view (a directory under `views`) holding a hard link to one of `files`;
+/// returns how many it removed.
+fn remove_views_linking(views: &Path, files: &[PathBuf]) -> io::Result<usize> {
+    let mut inodes = HashSet::new();
+    for path in files {
+        match std::fs::metadata(path) {
+            Ok(meta) => {
+                inodes.insert((meta.dev(), meta.ino()));
+            }
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+            Err(err) => return Err(err),
+        }
+    }
+    if inodes.is_empty() {
+        return Ok(0);
+    }
+    let mut removed = 0;
+    for view in std::fs::read_dir(views)? {
+        let view = view?;
+        if !view.file_type()?.is_dir() || !links_any(&view.path(), &inodes)? {
+            continue;
+        }
+        tracing::info!(view = %view.path().display(), "removing a view of unsynced cache entries; its reservation rebuilds it");
+        std::fs::remove_dir_all(view.path())?;
+        removed += 1;
+    }
+    Ok(removed)
+}
+
+/// Whether a file under `dir` is one of `inodes`.
+fn links_any(dir: &Path, inodes: &HashSet<(u64, u64)>) -> io::Result<bool> {
+    let mut stack = vec![dir.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                stack.push(entry.path());
+            } else if kind.is_file() {
+                let meta = entry.metadata()?;
+                if inodes.contains(&(meta.dev(), meta.ino())) {
+                    return Ok(true);
+                }
+            }
+        }
+    }
+    Ok(false)
+}
+
+/// The content files under `objects` (`<xx>/<name>`) whose path relative to the root is not
+/// in `known`.
+fn unknown_content_files(objects: &Path, known: &HashSet<String>) -> io::Result<Vec<PathBuf>> {
+    let mut unknown = Vec::new();
+    for shard in std::fs::read_dir(objects)? {
+        let shard = shard?;
+        if !shard.file_type()?.is_dir() {
+            continue;
+        }
+        let shard_name = shard.file_name().to_string_lossy().into_owned();
+        for file in std::fs::read_dir(shard.path())? {
+            let file = file?;
+            let name = file.file_name().to_string_lossy().into_owned();
+            if file.file_type()?.is_file()
+                && !known.contains(&format!("{OBJECTS}/{shard_name}/{name}"))
+            {
+                unknown.push(file.path());
+            }
+        }
+    }
+    Ok(unknown)
 }
 
 /// Removes the files under `objects` (`<xx>/<name>`) whose path relative to the root is not

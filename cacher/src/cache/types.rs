@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use bytes::Bytes;
 use futures::stream::BoxStream;
 
-use super::CacheError;
+use super::{CacheError, Durability};
 
 /// One version of one object: what the cache stores and what a dataset's manifest lists.
 /// Two versions of a key (different ETags) are different objects.
@@ -65,6 +65,8 @@ pub struct CacheSettings {
     pub concurrency: usize,
     /// This deployment's office name, recorded in the egress ledger.
     pub office: String,
+    /// When downloaded bytes must be on disk (deferred: fsynced behind the install).
+    pub durability: Durability,
 }
 
 impl CacheSettings {
@@ -80,6 +82,7 @@ impl CacheSettings {
             part_size: 8 * 1024 * 1024,
             concurrency: 16,
             office: "default".to_owned(),
+            durability: Durability::Deferred,
         }
     }
 

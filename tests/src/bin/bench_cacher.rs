@@ -15,8 +15,10 @@
 //!    into a fresh directory, emptied after its check and deleted once the set is done:
 //!    `rclone copy --transfers 16 --multi-thread-streams 8 --multi-thread-cutoff 32M`; the
 //!    same followed by an `fsync` of each file it wrote (Milepost makes every object durable
-//!    before calling it cached; rclone leaves its files to writeback); `aws s3 cp
-//!    --recursive`; and Milepost — the real `milepost serve` process with a fresh catalog
+//!    before calling it cached with `cache.durability = "immediate"`; rclone leaves its files
+//!    to writeback, as Milepost's default, `deferred`, does until its syncer gets to them);
+//!    `aws s3 cp --recursive`; and Milepost, both ways — the real `milepost serve` process
+//!    with a fresh catalog
 //!    and cache per round; timed from `reserveDataset` until the `reservationProgress`
 //!    subscription reports READY, the dataset created beforehand. Each side's files are
 //!    checked for count and size, and Milepost's `bytesFromUpstream` against the dataset's
@@ -143,9 +145,15 @@ fn main() -> anyhow::Result<()> {
     ];
     for (prefix, label, count, bytes) in &sets {
         let sides: &[Side] = if args.peers {
-            &[Side::Rclone, Side::RcloneSynced, Side::Aws, Side::Milepost]
+            &[
+                Side::Rclone,
+                Side::RcloneSynced,
+                Side::Aws,
+                Side::Milepost,
+                Side::MilepostImmediate,
+            ]
         } else {
-            &[Side::Milepost]
+            &[Side::Milepost, Side::MilepostImmediate]
         };
         let mut samples = vec![Vec::new(); sides.len()];
         // Nothing is deleted until the set is done, only emptied: on ext4 without a journal
@@ -166,8 +174,15 @@ fn main() -> anyhow::Result<()> {
                         fsync_tree(&dest)
                     })?,
                     Side::Aws => timed(|| aws_copy(&garage, prefix, &dest))?,
+                    Side::MilepostImmediate => {
+                        let server = Server::start(&milepost, &dest, &garage, "immediate")?;
+                        let secs = runtime
+                            .block_on(cold_materialization(&server, prefix, *count, *bytes))?;
+                        server.stop()?;
+                        secs
+                    }
                     Side::Milepost => {
-                        let server = Server::start(&milepost, &dest, &garage)?;
+                        let server = Server::start(&milepost, &dest, &garage, "deferred")?;
                         let secs = runtime
                             .block_on(cold_materialization(&server, prefix, *count, *bytes))?;
                         if *prefix == "big" && round + 1 == args.rounds {
@@ -178,7 +193,7 @@ fn main() -> anyhow::Result<()> {
                         secs
                     }
                 };
-                if sides[index] != Side::Milepost {
+                if !matches!(sides[index], Side::Milepost | Side::MilepostImmediate) {
                     check_tree(&dest, *count, *bytes)?;
                 }
                 samples[index].push(secs);
@@ -194,7 +209,7 @@ fn main() -> anyhow::Result<()> {
         }
     }
 
-    let server = Server::start(&milepost, &work.join("mp-rss"), &garage)?;
+    let server = Server::start(&milepost, &work.join("mp-rss"), &garage, "deferred")?;
     let cold = concurrent_reads(&server, 8, big_bytes)?;
     let cold_hwm = server.peak_rss()?;
     server.reset_peak_rss()?;
@@ -224,11 +239,15 @@ fn main() -> anyhow::Result<()> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Side {
     Rclone,
-    /// rclone, then every file it wrote fsynced: what Milepost does before it calls an
-    /// object cached (rclone leaves its files to the kernel's writeback).
+    /// rclone, then every file it wrote fsynced: what Milepost with `cache.durability =
+    /// "immediate"` does before it calls an object cached (rclone leaves its files to the
+    /// kernel's writeback).
     RcloneSynced,
     Aws,
     Milepost,
+    /// Milepost with `cache.durability = "immediate"`: every object fsynced before it counts
+    /// as cached (the default fsyncs behind the install), the match of "rclone, then fsync".
+    MilepostImmediate,
 }
 
 impl Side {
@@ -239,6 +258,7 @@ impl Side {
             Side::RcloneSynced => "rclone-synced",
             Side::Aws => "aws",
             Side::Milepost => "mp",
+            Side::MilepostImmediate => "mp-immediate",
         }
     }
 
@@ -249,6 +269,7 @@ impl Side {
             Side::RcloneSynced => "rclone, then fsync",
             Side::Aws => "aws s3 cp",
             Side::Milepost => "milepost",
+            Side::MilepostImmediate => "milepost, durability immediate",
         }
     }
 }
@@ -407,7 +428,13 @@ struct Server {
 }
 
 impl Server {
-    fn start(milepost: &Path, dir: &Path, garage: &Garage) -> anyhow::Result<Server> {
+    /// Starts `milepost serve` in `dir` with `cache.durability = durability`.
+    fn start(
+        milepost: &Path,
+        dir: &Path,
+        garage: &Garage,
+        durability: &str,
+    ) -> anyhow::Result<Server> {
         std::fs::create_dir_all(dir)?;
         let port = free_port()?;
         let config = dir.join("milepost.toml");
@@ -432,6 +459,7 @@ sync_interval = "off"
 
 [cache]
 capacity = "64GiB"
+durability = "{durability}"
 "#,
                 dir = dir.display(),
                 endpoint = garage.endpoint,
