@@ -6,6 +6,7 @@
 //! cargo build --release -p milepost-api -p milepost-tests --bins
 //! target/release/bench_cacher [--rounds N] [--big-mib N] [--small N] [--dir PATH]
 //!                             [--milepost PATH] [--skip-peers] [--hot-rounds N]
+//!                             [--cache-setting 'part_size = "16MiB"' ...]
 //! ```
 //!
 //! 1. Starts a single-node Garage (`db_engine = "sqlite"`, replication 1, no compression) in
@@ -62,6 +63,8 @@ struct Args {
     milepost: PathBuf,
     peers: bool,
     hot_rounds: Option<usize>,
+    /// Lines added to the `[cache]` table of every Milepost side (`--cache-setting`).
+    cache_extra: String,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -73,6 +76,7 @@ fn parse_args() -> anyhow::Result<Args> {
         milepost: PathBuf::from("target/release/milepost"),
         peers: true,
         hot_rounds: None,
+        cache_extra: String::new(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -85,6 +89,10 @@ fn parse_args() -> anyhow::Result<Args> {
             "--milepost" => args.milepost = value("--milepost")?.into(),
             "--skip-peers" => args.peers = false,
             "--hot-rounds" => args.hot_rounds = Some(value("--hot-rounds")?.parse()?),
+            "--cache-setting" => {
+                args.cache_extra.push_str(&value("--cache-setting")?);
+                args.cache_extra.push('\n');
+            }
             other => bail!("unknown argument {other:?} (see the doc comment of bench_cacher)"),
         }
     }
@@ -175,14 +183,26 @@ fn main() -> anyhow::Result<()> {
                     })?,
                     Side::Aws => timed(|| aws_copy(&garage, prefix, &dest))?,
                     Side::MilepostImmediate => {
-                        let server = Server::start(&milepost, &dest, &garage, "immediate")?;
+                        let server = Server::start(
+                            &milepost,
+                            &dest,
+                            &garage,
+                            "immediate",
+                            &args.cache_extra,
+                        )?;
                         let secs = runtime
                             .block_on(cold_materialization(&server, prefix, *count, *bytes))?;
                         server.stop()?;
                         secs
                     }
                     Side::Milepost => {
-                        let server = Server::start(&milepost, &dest, &garage, "deferred")?;
+                        let server = Server::start(
+                            &milepost,
+                            &dest,
+                            &garage,
+                            "deferred",
+                            &args.cache_extra,
+                        )?;
                         let secs = runtime
                             .block_on(cold_materialization(&server, prefix, *count, *bytes))?;
                         if *prefix == "big" && round + 1 == args.rounds {
@@ -209,7 +229,13 @@ fn main() -> anyhow::Result<()> {
         }
     }
 
-    let server = Server::start(&milepost, &work.join("mp-rss"), &garage, "deferred")?;
+    let server = Server::start(
+        &milepost,
+        &work.join("mp-rss"),
+        &garage,
+        "deferred",
+        &args.cache_extra,
+    )?;
     let cold = concurrent_reads(&server, 8, big_bytes)?;
     let cold_hwm = server.peak_rss()?;
     server.reset_peak_rss()?;
@@ -434,6 +460,7 @@ impl Server {
         dir: &Path,
         garage: &Garage,
         durability: &str,
+        cache_extra: &str,
     ) -> anyhow::Result<Server> {
         std::fs::create_dir_all(dir)?;
         let port = free_port()?;
@@ -460,7 +487,7 @@ sync_interval = "off"
 [cache]
 capacity = "64GiB"
 durability = "{durability}"
-"#,
+{cache_extra}"#,
                 dir = dir.display(),
                 endpoint = garage.endpoint,
             ),
@@ -809,7 +836,15 @@ http {{
 
 impl Drop for Nginx {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        // SIGTERM, so that the master stops its workers: SIGKILL leaves them running,
+        // orphaned, for the rest of the machine's life.
+        let terminated = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !terminated {
+            let _ = self.child.kill();
+        }
         let _ = self.child.wait();
     }
 }
