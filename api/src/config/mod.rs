@@ -523,6 +523,29 @@ mod tests {
     }
 
     #[test]
+    fn cache_durability_defaults_to_deferred_and_names_bad_values() {
+        let config = Config::from_parts("", None, &env(&[])).expect("defaults are valid");
+        assert_eq!(config.cache.durability, CacheDurability::Deferred);
+        let config = Config::from_parts("[cache]\ndurability = \"immediate\"", None, &env(&[]))
+            .expect("valid");
+        assert_eq!(config.cache.durability, CacheDurability::Immediate);
+        let config = Config::from_parts(
+            "",
+            None,
+            &env(&[("MILEPOST_CACHE_DURABILITY", "immediate")]),
+        )
+        .expect("valid");
+        assert_eq!(config.cache.durability, CacheDurability::Immediate);
+        let err = Config::from_parts("[cache]\ndurability = \"sometimes\"", None, &env(&[]))
+            .expect_err("unknown value")
+            .to_string();
+        assert!(
+            err.contains("durability") && err.contains("sometimes"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn no_config_runs_on_sqlite_under_the_data_dir() {
         let config = Config::from_parts("", None, &env(&[])).expect("defaults are valid");
         assert_eq!(config.database_url(), "sqlite://./milepost-data/catalog.db");
