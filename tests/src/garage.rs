@@ -154,6 +154,11 @@ api_bind_addr = "127.0.0.1:{admin}"
         Ok(garage)
     }
 
+    /// The server's process id (for CPU accounting by the benchmarks).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Runs `garage -c CONFIG ARGS...`; its stdout.
     pub fn cli(&self, args: &[&str]) -> anyhow::Result<String> {
         run(Command::new("garage")

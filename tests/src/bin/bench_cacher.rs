@@ -31,6 +31,10 @@
 //!    8 curls read the big object at once, cold (read-through, one upstream fetch) and hot.
 //!
 //! Figures go to stdout as a Markdown table; the best of the rounds and the median are shown.
+//! Beside each cold time, the CPU seconds (user + system, from `/proc`) the client side used
+//! (rclone and the AWS CLI as reaped children, `milepost serve` as its own process) and those
+//! Garage used in the same window: on two shared cores the sides compete with the server for
+//! CPU, and CPU seconds move far less from run to run than wall time does.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -175,13 +179,13 @@ fn main() -> anyhow::Result<()> {
             for turn in 0..sides.len() {
                 let index = (turn + round) % sides.len();
                 let dest = work.join(format!("{}-{prefix}-{round}", sides[index].name()));
-                let secs = match sides[index] {
-                    Side::Rclone => timed(|| rclone_copy(&garage, prefix, &dest))?,
-                    Side::RcloneSynced => timed(|| {
+                let sample = match sides[index] {
+                    Side::Rclone => timed(&garage, || rclone_copy(&garage, prefix, &dest))?,
+                    Side::RcloneSynced => timed(&garage, || {
                         rclone_copy(&garage, prefix, &dest)?;
                         fsync_tree(&dest)
                     })?,
-                    Side::Aws => timed(|| aws_copy(&garage, prefix, &dest))?,
+                    Side::Aws => timed(&garage, || aws_copy(&garage, prefix, &dest))?,
                     Side::MilepostImmediate => {
                         let server = Server::start(
                             &milepost,
@@ -190,10 +194,11 @@ fn main() -> anyhow::Result<()> {
                             "immediate",
                             &args.cache_extra,
                         )?;
-                        let secs = runtime
-                            .block_on(cold_materialization(&server, prefix, *count, *bytes))?;
+                        let sample = runtime.block_on(cold_materialization(
+                            &server, &garage, prefix, *count, *bytes,
+                        ))?;
                         server.stop()?;
-                        secs
+                        sample
                     }
                     Side::Milepost => {
                         let server = Server::start(
@@ -203,20 +208,21 @@ fn main() -> anyhow::Result<()> {
                             "deferred",
                             &args.cache_extra,
                         )?;
-                        let secs = runtime
-                            .block_on(cold_materialization(&server, prefix, *count, *bytes))?;
+                        let sample = runtime.block_on(cold_materialization(
+                            &server, &garage, prefix, *count, *bytes,
+                        ))?;
                         if *prefix == "big" && round + 1 == args.rounds {
                             let hot_rounds = args.hot_rounds.unwrap_or(args.rounds.max(3));
                             hot_reads(&runtime, &server, &mut report, *bytes, hot_rounds)?;
                         }
                         server.stop()?;
-                        secs
+                        sample
                     }
                 };
                 if !matches!(sides[index], Side::Milepost | Side::MilepostImmediate) {
                     check_tree(&dest, *count, *bytes)?;
                 }
-                samples[index].push(secs);
+                samples[index].push(sample);
                 empty_tree(&dest)?;
                 outputs.push(dest);
             }
@@ -300,10 +306,61 @@ impl Side {
     }
 }
 
-fn timed(op: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<f64> {
+/// One side's run of one set.
+#[derive(Clone, Copy, Debug)]
+struct Sample {
+    secs: f64,
+    /// CPU seconds of the client side: the tool's processes, or `milepost serve`.
+    client_cpu: f64,
+    /// CPU seconds of the Garage server in the same window.
+    garage_cpu: f64,
+}
+
+/// Runs `op`, which runs a peer tool as a child process and waits for it.
+fn timed(garage: &Garage, op: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<Sample> {
+    let (client, server) = (reaped_children_cpu()?, cpu_seconds(garage.pid())?);
     let started = Instant::now();
     op()?;
-    Ok(started.elapsed().as_secs_f64())
+    let secs = started.elapsed().as_secs_f64();
+    Ok(Sample {
+        secs,
+        client_cpu: reaped_children_cpu()? - client,
+        garage_cpu: cpu_seconds(garage.pid())? - server,
+    })
+}
+
+/// `/proc` counts CPU time in USER_HZ ticks, which is 100 a second on every Linux ABI this
+/// runs on (x86_64, arm64), whatever the kernel's own tick rate.
+const USER_HZ: f64 = 100.0;
+
+/// The fields of `/proc/PID/stat` after the command name (which may hold spaces, so it is
+/// cut at its last `)`): index 0 is field 3 of proc(5).
+fn stat_fields(pid: &str) -> anyhow::Result<Vec<u64>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    let (_, rest) = stat
+        .rsplit_once(')')
+        .with_context(|| format!("/proc/{pid}/stat has no command name: {stat}"))?;
+    // Field 3 (the state) is a letter; the fields used here are all numbers.
+    Ok(rest
+        .split_whitespace()
+        .map(|field| field.parse().unwrap_or(0))
+        .collect())
+}
+
+/// User + system CPU seconds of process `pid` so far (fields 14 and 15).
+fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let fields = stat_fields(&pid.to_string())?;
+    ensure!(fields.len() > 12, "/proc/{pid}/stat is short");
+    Ok((fields[11] + fields[12]) as f64 / USER_HZ)
+}
+
+/// User + system CPU seconds of this process's children that have been waited for (fields 16
+/// and 17): a peer tool's whole run once `run` has reaped it.
+fn reaped_children_cpu() -> anyhow::Result<f64> {
+    let fields = stat_fields("self")?;
+    ensure!(fields.len() > 14, "/proc/self/stat is short");
+    Ok((fields[13] + fields[14]) as f64 / USER_HZ)
 }
 
 async fn seed(store: &S3Store, work: &Path, big: u64, small: usize) -> anyhow::Result<()> {
@@ -611,10 +668,11 @@ impl Drop for Server {
 /// `reserveDataset` to READY.
 async fn cold_materialization(
     server: &Server,
+    garage: &Garage,
     prefix: &str,
     count: usize,
     bytes: u64,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<Sample> {
     let objects: Vec<Value> = if count == 1 {
         vec![json!({ "bucket": BUCKET, "key": format!("{prefix}/object.bin") })]
     } else {
@@ -636,6 +694,7 @@ async fn cold_materialization(
     // `reservationProgress` subscription, opened before the clock starts (polling the
     // reservation would load the server that is being measured).
     let mut socket = server.progress_socket().await?;
+    let (client, upstream) = (cpu_seconds(server.pid())?, cpu_seconds(garage.pid())?);
     let started = Instant::now();
     let data = server
         .graphql(
@@ -673,7 +732,11 @@ async fn cold_materialization(
             _ => {}
         }
     }
-    let secs = started.elapsed().as_secs_f64();
+    let sample = Sample {
+        secs: started.elapsed().as_secs_f64(),
+        client_cpu: cpu_seconds(server.pid())? - client,
+        garage_cpu: cpu_seconds(garage.pid())? - upstream,
+    };
     ensure!(
         state == "READY",
         "the subscription closed in state {state:?}"
@@ -692,7 +755,7 @@ async fn cold_materialization(
     );
     let path = r["localPath"].as_str().context("READY without localPath")?;
     check_tree(Path::new(path), count, bytes)?;
-    Ok(secs)
+    Ok(sample)
 }
 
 /// curl reads of the cached big object through `/data` and through nginx (serving the
@@ -863,11 +926,14 @@ fn best_and_median(samples: &[f64]) -> (f64, f64) {
 }
 
 impl Report {
-    fn cold(&mut self, set: &str, tool: &str, samples: &[f64], bytes: u64) {
-        let (best, median) = best_and_median(samples);
+    fn cold(&mut self, set: &str, tool: &str, samples: &[Sample], bytes: u64) {
+        let column = |get: fn(&Sample) -> f64| samples.iter().map(get).collect::<Vec<_>>();
+        let (best, median) = best_and_median(&column(|s| s.secs));
+        let (_, client_cpu) = best_and_median(&column(|s| s.client_cpu));
+        let (_, garage_cpu) = best_and_median(&column(|s| s.garage_cpu));
         let _ = writeln!(
             self.cold,
-            "| {set} | {tool} | {best:.2} s | {median:.2} s | {:.0} MiB/s |",
+            "| {set} | {tool} | {best:.2} s | {median:.2} s | {:.0} MiB/s | {client_cpu:.2} s | {garage_cpu:.2} s |",
             bytes as f64 / MIB as f64 / median
         );
     }
@@ -882,8 +948,10 @@ impl Report {
     }
 
     fn print(&self) {
-        println!("Cold transfer from Garage (best, median of the rounds):\n");
-        println!("| set | tool | best | median | median rate |\n|---|---|---|---|---|");
+        println!("Cold transfer from Garage (best, median of the rounds; CPU: medians):\n");
+        println!(
+            "| set | tool | best | median | median rate | client CPU | Garage CPU |\n|---|---|---|---|---|---|---|"
+        );
         print!("{}", self.cold);
         println!("\nHot read of the big object (curl into /dev/null):\n");
         println!("| server | best | median | median rate |\n|---|---|---|---|");
