@@ -310,7 +310,7 @@ impl Inner {
                 0 => hasher,
                 _ => {
                     let part = self.download_part(flight, &file, 0, hasher);
-                    tokio::try_join!(part, flush_behind(flight))?.0
+                    tokio::try_join!(part, flush_behind(flight, self.syncer.is_none()))?.0
                 }
             };
             match hasher {
@@ -344,7 +344,8 @@ impl Inner {
                     None => Ok(None),
                 }
             };
-            let ((), digest, ()) = tokio::try_join!(parts, digest, flush_behind(flight))?;
+            let ((), digest, ()) =
+                tokio::try_join!(parts, digest, flush_behind(flight, self.syncer.is_none()))?;
             digest
         };
 
@@ -605,14 +606,17 @@ async fn md5_follow(flight: &Flight) -> Result<[u8; 16], CacheError> {
         .map_err(|err| CacheError::io(format!("hashing {object}"), err))
 }
 
-/// Flushes the staging file to disk every [`FLUSH_BEHIND`] landed bytes while the download
-/// goes on, so that the `fsync` of the whole file (before the install, or the syncer's behind
-/// it) only has the tail left to write: without it, a large object's bytes start reaching the
-/// disk only after the last one arrived (about a second per GiB here), and a cache filling
-/// at network speed piles up dirty pages. Ends once every byte has landed.
-async fn flush_behind(flight: &Flight) -> Result<(), CacheError> {
+/// With `sync_first` (immediate durability: the install fsyncs the whole file before the
+/// object counts as cached), flushes the staging file to disk every [`FLUSH_BEHIND`] landed
+/// bytes while the download goes on, so that the final `fsync` only has the tail left to
+/// write: without it, a large object's bytes start reaching the disk only after the last one
+/// arrived (about a second per GiB here). With deferred durability nothing waits for that
+/// `fsync`, and the flushes would only take CPU and disk from the download; the kernel's
+/// writeback and the syncer, right behind the install, take the bytes to disk. Ends once
+/// every byte has landed.
+async fn flush_behind(flight: &Flight, sync_first: bool) -> Result<(), CacheError> {
     let object = flight.object();
-    if object.size < 2 * FLUSH_BEHIND {
+    if !sync_first || object.size < 2 * FLUSH_BEHIND {
         return Ok(());
     }
     let mut rx = flight.subscribe();
