@@ -11,6 +11,7 @@
 use std::collections::BTreeSet;
 
 use chrono::{DateTime, Timelike as _, Utc};
+use futures::{StreamExt as _, TryStreamExt as _};
 use milepost_cacher::datasets::{ManifestEntry, TrimSpec};
 use milepost_cacher::StoreErrorKind;
 use milepost_indexer::catalog::{self, Owner};
@@ -300,6 +301,49 @@ async fn owned_objects(
     Ok((rows, prefix))
 }
 
+/// How many objects named by `input.objects` are looked up at once.
+const OBJECT_LOOKUPS_AT_ONCE: usize = 16;
+
+/// The manifest entry of `s3://bucket/key`, object `i` of `input.objects`: from the catalog,
+/// or from a HEAD upstream when the catalog has not synced it yet.
+async fn explicit_object(
+    app: &AppState,
+    i: usize,
+    bucket: String,
+    key: String,
+) -> ApiResult<ManifestEntry> {
+    let field = format!("input.objects[{i}]");
+    let row = object::Entity::find()
+        .filter(object::Column::Bucket.eq(&bucket))
+        .filter(object::Column::Key.eq(&key))
+        .filter(object::Column::DeletedAt.is_null())
+        .one(&app.db)
+        .await
+        .map_err(|err| ApiError::from(milepost_schema::DbError::from(err)))?;
+    if let Some(row) = row {
+        return Ok(entry(&row));
+    }
+    match app.store.head(&bucket, &key).await {
+        Ok(meta) => Ok(ManifestEntry {
+            bucket,
+            key,
+            size: meta.size,
+            etag: meta.etag,
+            trim: None,
+        }),
+        Err(err) if err.kind() == StoreErrorKind::NotFound => Err(ApiError::bad_input(
+            field,
+            format!("s3://{bucket}/{key} does not exist"),
+        )),
+        Err(err) => {
+            tracing::warn!(error = %err, "head failed while building a dataset");
+            Err(ApiError::Unavailable(format!(
+                "{field}: cannot reach upstream to look up s3://{bucket}/{key}, try again shortly"
+            )))
+        }
+    }
+}
+
 async fn entity_objects(
     app: &AppState,
     kind: EntityKind,
@@ -413,46 +457,25 @@ pub async fn resolve(
             }
         }
         Selection::Objects(objects) => {
-            for (i, (bucket, key)) in objects.iter().enumerate() {
-                let field = format!("input.objects[{i}]");
+            for (i, (_, key)) in objects.iter().enumerate() {
                 if let Some(problem) = crate::data::key_problem(key) {
-                    return Err(ApiError::bad_input(field, problem));
-                }
-                let row = object::Entity::find()
-                    .filter(object::Column::Bucket.eq(bucket))
-                    .filter(object::Column::Key.eq(key))
-                    .filter(object::Column::DeletedAt.is_null())
-                    .one(&app.db)
-                    .await
-                    .map_err(|err| ApiError::from(milepost_schema::DbError::from(err)))?;
-                let found = match row {
-                    Some(row) => entry(&row),
-                    None => match app.store.head(bucket, key).await {
-                        Ok(meta) => ManifestEntry {
-                            bucket: bucket.clone(),
-                            key: key.clone(),
-                            size: meta.size,
-                            etag: meta.etag,
-                            trim: None,
-                        },
-                        Err(err) if err.kind() == StoreErrorKind::NotFound => {
-                            return Err(ApiError::bad_input(
-                                field,
-                                format!("s3://{bucket}/{key} does not exist"),
-                            ))
-                        }
-                        Err(err) => {
-                            tracing::warn!(error = %err, "head failed while building a dataset");
-                            return Err(ApiError::Unavailable(format!(
-                                "{field}: cannot reach upstream to look up s3://{bucket}/{key}, try again shortly"
-                            )));
-                        }
-                    },
-                };
-                if include.is_empty() || include.iter().any(|g| g.matches(&found.key, None)) {
-                    out.entries.push(found);
+                    return Err(ApiError::bad_input(format!("input.objects[{i}]"), problem));
                 }
             }
+            // Looked up several at once (an object the catalog has not synced yet costs a
+            // HEAD upstream: one after another, 1,000 of them took half a second on
+            // loopback); in order, so the error reported is the first object's that failed.
+            let found: Vec<ManifestEntry> =
+                futures::stream::iter(objects.iter().cloned().enumerate())
+                    // Owned items: a borrowed one makes the resolver's future fail the `Send`
+                    // check (higher-ranked lifetimes of closures returning futures).
+                    .map(|(i, (bucket, key))| explicit_object(app, i, bucket, key))
+                    .buffered(OBJECT_LOOKUPS_AT_ONCE)
+                    .try_collect()
+                    .await?;
+            out.entries.extend(found.into_iter().filter(|found| {
+                include.is_empty() || include.iter().any(|g| g.matches(&found.key, None))
+            }));
         }
     }
     if !trim.topics.is_empty() {
