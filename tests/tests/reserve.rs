@@ -559,7 +559,7 @@ async fn raw_get_status(base_url: &str, path: &str, token: &str) -> u16 {
 #[tokio::test]
 async fn bad_dataset_and_reservation_input_is_bad_input() {
     let w = world(24).await;
-    let cases: Vec<(Value, &str)> = vec![
+    let mut cases: Vec<(Value, &str)> = vec![
         (
             json!({ "name": "x", "query": "kind:drive", "entityIds": ["a"] }),
             "input",
@@ -586,6 +586,15 @@ async fn bad_dataset_and_reservation_input_is_bad_input() {
             "input.objects[0]",
         ),
     ];
+    // Explicit objects are looked up several at once; the error still names the first
+    // object, in input order, that does not exist.
+    let existing = w.fleet.drives[0].files[0].key.clone();
+    let mut objects = vec![json!({ "bucket": BUCKET, "key": existing })];
+    objects.extend((0..40).map(|i| json!({ "bucket": BUCKET, "key": format!("no/such/{i}") })));
+    cases.push((
+        json!({ "name": "first-missing", "objects": objects }),
+        "input.objects[1]",
+    ));
     for (input, field) in cases {
         let (_, body) = w
             .app
