@@ -296,6 +296,8 @@ impl Inner {
         let file = Arc::new(file);
         flight.set_file(Arc::clone(&file));
 
+        // Only an install that fsyncs first waits for the disk (see `flush_behind`).
+        let sync_first = self.syncer.is_none();
         // A byte range says nothing about the MD5 of the object its ETag names.
         let single_part_md5 = flight
             .origin
@@ -310,7 +312,7 @@ impl Inner {
                 0 => hasher,
                 _ => {
                     let part = self.download_part(flight, &file, 0, hasher);
-                    tokio::try_join!(part, flush_behind(flight, self.syncer.is_none()))?.0
+                    tokio::try_join!(part, flush_behind(flight, sync_first))?.0
                 }
             };
             match hasher {
@@ -345,7 +347,7 @@ impl Inner {
                 }
             };
             let ((), digest, ()) =
-                tokio::try_join!(parts, digest, flush_behind(flight, self.syncer.is_none()))?;
+                tokio::try_join!(parts, digest, flush_behind(flight, sync_first))?;
             digest
         };
 
@@ -612,8 +614,10 @@ async fn md5_follow(flight: &Flight) -> Result<[u8; 16], CacheError> {
 /// write: without it, a large object's bytes start reaching the disk only after the last one
 /// arrived (about a second per GiB here). With deferred durability nothing waits for that
 /// `fsync`, and the flushes would only take CPU and disk from the download; the kernel's
-/// writeback and the syncer, right behind the install, take the bytes to disk. Ends once
-/// every byte has landed.
+/// writeback and the syncer, right behind the install, take the bytes to disk (when the
+/// syncer already holds its `MAX_PENDING` files, the install fsyncs the whole file itself:
+/// the disk is behind then, and waiting for it is the point). Ends once every byte has
+/// landed.
 async fn flush_behind(flight: &Flight, sync_first: bool) -> Result<(), CacheError> {
     let object = flight.object();
     if !sync_first || object.size < 2 * FLUSH_BEHIND {
