@@ -457,9 +457,21 @@ pub async fn resolve(
             }
         }
         Selection::Objects(objects) => {
-            for (i, (_, key)) in objects.iter().enumerate() {
-                if let Some(problem) = crate::data::key_problem(key) {
-                    return Err(ApiError::bad_input(format!("input.objects[{i}]"), problem));
+            for (i, (bucket, key)) in objects.iter().enumerate() {
+                // Not served is not found, before any lookup (no upstream HEAD).
+                if !app.served.serves(bucket) {
+                    return Err(ApiError::bad_input(
+                        format!("input.objects[{i}]"),
+                        format!(
+                            "s3://{bucket}/{key} not found: bucket {bucket} is not served by this office"
+                        ),
+                    ));
+                }
+                if let Err(problem) = milepost_cacher::objects::check_key(key) {
+                    return Err(ApiError::bad_input(
+                        format!("input.objects[{i}]"),
+                        problem.to_string(),
+                    ));
                 }
             }
             // Looked up several at once (an object the catalog has not synced yet costs a

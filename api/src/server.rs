@@ -73,6 +73,8 @@ pub struct AppState {
     /// The office's upload token bucket, following `transfer_policy`; every upload body goes
     /// through it (`Throttled`).
     pub upload_limiter: Arc<UploadLimiter>,
+    /// The buckets clients may read and write through this office; any other is not found.
+    pub served: milepost_cacher::objects::ServedBuckets,
 }
 
 /// Router state: the application plus the GraphQL schema built over it.
@@ -170,7 +172,9 @@ impl AppState {
             ..ReservationSettings::default()
         };
         let reservations = Reservations::new(db.clone(), cache.clone(), reservation_settings);
+        let served = config.served_buckets();
         Ok(Arc::new(AppState {
+            served,
             config,
             db,
             metrics: Metrics::default(),
@@ -568,13 +572,13 @@ fn start_gateway(
     };
     let gateway = crate::gateway::Gateway::new(
         state.office_store.clone(),
-        config.gateway_buckets(),
+        config.served_buckets().names().to_vec(),
         on_write,
     );
     let keys = crate::gateway::TokenKeys::new(state.db.clone());
     let access = crate::gateway::RoleAccess {
         keys: keys.clone(),
-        buckets: Arc::new(config.gateway_buckets()),
+        buckets: Arc::new(config.served_buckets().names().to_vec()),
         allow_anonymous_read: config.server.allow_anonymous_read,
     };
     crate::gateway::start(

@@ -57,7 +57,20 @@ struct Seeded {
 }
 
 fn milepost(dir: &Path) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_milepost"));
+    milepost_under(dir, &[])
+}
+
+/// The `milepost` binary run by `wrapper` (a tracer's command line), or directly when it is
+/// empty.
+fn milepost_under(dir: &Path, wrapper: &[&str]) -> Command {
+    let mut command = match wrapper.split_first() {
+        Some((program, args)) => {
+            let mut command = Command::new(program);
+            command.args(args).arg(env!("CARGO_BIN_EXE_milepost"));
+            command
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_milepost")),
+    };
     command
         .current_dir(dir)
         .arg("--config")
@@ -88,8 +101,13 @@ struct Server {
 
 impl Server {
     async fn start(dir: &Path, run: u32) -> Server {
+        Self::start_under(dir, run, &[]).await
+    }
+
+    /// [`start`](Self::start) under `wrapper` (see [`milepost_under`]).
+    async fn start_under(dir: &Path, run: u32, wrapper: &[&str]) -> Server {
         let log = dir.join(format!("serve-{run}.log"));
-        let mut child = milepost(dir)
+        let mut child = milepost_under(dir, wrapper)
             .arg("serve")
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).expect("log file"))
@@ -154,10 +172,29 @@ impl Server {
         assert!(!status.success(), "killed: {status}");
     }
 
+    /// `kill -TERM` to the process the wrapper (a tracer) runs, then waits for both to end.
+    fn sigterm_wrapped(&mut self) {
+        let pid = self.child.id();
+        let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            .expect("the wrapper's children");
+        let traced = children
+            .split_whitespace()
+            .next()
+            .expect("the wrapped process")
+            .to_owned();
+        self.signal_and_wait(&traced);
+    }
+
     /// `kill -TERM`, then waits for a clean exit.
     fn sigterm(&mut self) {
+        let pid = self.child.id().to_string();
+        self.signal_and_wait(&pid);
+    }
+
+    /// `kill -TERM pid`, then waits for a clean exit of the child.
+    fn signal_and_wait(&mut self, pid: &str) {
         let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args(["-TERM", pid])
             .status()
             .expect("kill");
         assert!(status.success());
@@ -652,5 +689,338 @@ sync_interval = "off"
     }
     server.sigterm();
     proxy.shutdown().await;
+    s3.shutdown().await;
+}
+
+/// One system call of an `strace -f -yy` trace, by the line it completed on.
+#[derive(Debug)]
+struct TracedCall {
+    /// Index of the line the call started on.
+    started: usize,
+    /// Index of the line the call returned on (the same line unless it was interrupted by
+    /// another thread's output: `<unfinished ...>` / `<... resumed>`).
+    returned: usize,
+    /// The system call's name.
+    name: String,
+    /// Its arguments as strace printed them (paths of descriptors in `<...>`).
+    args: String,
+    /// Its return value as printed.
+    result: String,
+}
+
+/// Parses an `strace -f` trace into calls in order of their start.
+fn parse_trace(text: &str) -> Vec<TracedCall> {
+    let mut calls: Vec<TracedCall> = Vec::new();
+    // pid -> index into calls of its unfinished call.
+    let mut pending: std::collections::HashMap<String, usize> = Default::default();
+    for (line_no, line) in text.lines().enumerate() {
+        let Some((pid, rest)) = line.split_once(' ') else {
+            continue;
+        };
+        let rest = rest.trim_start();
+        if let Some(resumed) = rest.strip_prefix("<... ") {
+            if let Some(index) = pending.remove(pid) {
+                let tail = resumed.split_once("resumed>").map_or("", |(_, t)| t);
+                let result = tail.rsplit_once(" = ").map_or("", |(_, r)| r);
+                calls[index].args.push_str(tail);
+                calls[index].returned = line_no;
+                calls[index].result = result.trim().to_owned();
+            }
+            continue;
+        }
+        let Some((name, args)) = rest.split_once('(') else {
+            continue;
+        };
+        if name.contains(' ') || name.starts_with('+') || name.starts_with('-') {
+            continue;
+        }
+        let unfinished = args.ends_with("<unfinished ...>");
+        let result = if unfinished {
+            String::new()
+        } else {
+            args.rsplit_once(" = ")
+                .map_or("", |(_, r)| r)
+                .trim()
+                .to_owned()
+        };
+        calls.push(TracedCall {
+            started: line_no,
+            returned: if unfinished { usize::MAX } else { line_no },
+            name: name.to_owned(),
+            args: args.to_owned(),
+            result,
+        });
+        if unfinished {
+            pending.insert(pid.to_owned(), calls.len() - 1);
+        }
+    }
+    calls
+}
+
+/// Whether `call` succeeded.
+fn succeeded(call: &TracedCall) -> bool {
+    call.returned != usize::MAX && !call.result.starts_with('-')
+}
+
+/// The PostgreSQL lane of the durability test: a database of its own on the server named by
+/// `MILEPOST_TEST_DATABASE_URL`, dropped at the end.
+async fn postgres_database_for_test() -> Option<(String, String, String)> {
+    use sea_orm::ConnectionTrait as _;
+    let server_url = std::env::var("MILEPOST_TEST_DATABASE_URL")
+        .ok()
+        .filter(|u| !u.is_empty())?;
+    let name = format!("milepost_t_{:016x}", rand::random::<u64>());
+    let admin = sea_orm::Database::connect(&server_url)
+        .await
+        .expect("postgres");
+    // Durable commits are the server's: a commit answered is on disk only with these.
+    for (setting, wanted) in [("fsync", "on"), ("synchronous_commit", "on")] {
+        let row = admin
+            .query_one(sea_orm::Statement::from_string(
+                sea_orm::DatabaseBackend::Postgres,
+                format!("SELECT current_setting('{setting}') AS v"),
+            ))
+            .await
+            .expect("setting")
+            .expect("row");
+        let value: String = row.try_get("", "v").expect("value");
+        assert_eq!(value, wanted, "PostgreSQL {setting}");
+    }
+    admin
+        .execute_unprepared(&format!("CREATE DATABASE {name}"))
+        .await
+        .expect("create database");
+    let (base, _) = server_url.rsplit_once('/').expect("url with a database");
+    // In clear, so that the trace shows the COMMIT (sqlx prefers TLS when the server has it).
+    let url = format!("{base}/{name}?sslmode=disable");
+    Some((server_url, name, url))
+}
+
+/// Acceptance (durable acknowledgement): the real binary, traced with `strace -f`, fsyncs an
+/// uploaded object's data, renames it into the content store and fsyncs that directory, and
+/// makes its journal commit durable (SQLite: an fsync of the WAL; PostgreSQL: the COMMIT
+/// answered by a server with `fsync` and `synchronous_commit` on) before it writes the
+/// response that acknowledges the PUT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acknowledged_put_is_durable_before_the_response_is_written() {
+    use milepost_cacher::{S3Store, StaticCredentials, UpstreamSettings};
+
+    if Command::new("strace").arg("-V").output().is_err() {
+        panic!("strace is needed (apt-get install strace)");
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s3 = LoopbackS3::start(
+        &dir.path().join("s3"),
+        ([127, 0, 0, 1], 0).into(),
+        ACCESS_KEY,
+        SECRET_KEY,
+    )
+    .await
+    .expect("loopback s3");
+    let store = milepost_cacher::build_store(&s3.settings(), Arc::new(EgressMeter::default()))
+        .expect("store");
+    store.ensure_bucket(BUCKET).await.expect("bucket");
+    let postgres = postgres_database_for_test().await;
+    let data_dir = dir.path().join("data");
+    let database = match &postgres {
+        Some((_, _, url)) => format!("[database]\nurl = \"{url}\"\n"),
+        None => String::new(),
+    };
+    std::fs::write(
+        dir.path().join("milepost.toml"),
+        format!(
+            r#"data_dir = "{}"
+[server]
+listen = "127.0.0.1:0"
+s3_listen = "127.0.0.1:0"
+shutdown_grace = "2s"
+[upstream]
+endpoint = "{}"
+region = "us-east-1"
+force_path_style = true
+[catalog]
+bucket = "{BUCKET}"
+sync_interval = "off"
+{database}"#,
+            data_dir.display(),
+            s3.endpoint(),
+        ),
+    )
+    .expect("config");
+    let created = milepost(dir.path())
+        .args([
+            "token", "create", "--name", "vehicle", "--role", "engineer", "--s3",
+        ])
+        .output()
+        .expect("token create");
+    assert!(created.status.success(), "{created:?}");
+    let printed = String::from_utf8_lossy(&created.stdout).into_owned();
+    let value = |name: &str| {
+        printed
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}=")))
+            .unwrap_or_else(|| panic!("{name} in {printed}"))
+            .to_owned()
+    };
+    let credentials =
+        StaticCredentials::new(value("AWS_ACCESS_KEY_ID"), value("AWS_SECRET_ACCESS_KEY"));
+
+    let trace = dir.path().join("strace.txt");
+    let trace_arg = trace.display().to_string();
+    let mut server = Server::start_under(
+        dir.path(),
+        1,
+        &[
+            "strace",
+            "-f",
+            "-yy",
+            "-s",
+            "64",
+            "-e",
+            "trace=fsync,fdatasync,rename,renameat,renameat2,write,writev,sendto,sendmsg,recvfrom,read",
+            "-o",
+            &trace_arg,
+        ],
+    )
+    .await;
+    let gateway = S3Store::new(&UpstreamSettings {
+        endpoint: Some(format!("http://{}", server.s3_addr)),
+        region: "us-east-1".to_owned(),
+        force_path_style: true,
+        credentials: Some(credentials),
+        ..UpstreamSettings::default()
+    })
+    .expect("gateway client");
+    let mut data = vec![0u8; 300 * 1024];
+    rand::rng().fill_bytes(&mut data);
+    let key = "durable/acknowledged.bin";
+    let meta = gateway
+        .put(BUCKET, key, Bytes::from(data))
+        .await
+        .expect("PUT acknowledged");
+    server.sigterm_wrapped();
+
+    let text = std::fs::read_to_string(&trace).expect("trace");
+    if std::env::var_os("MILEPOST_KEEP_TRACE").is_some() {
+        let _ = std::fs::copy(&trace, "/tmp/milepost-put.strace");
+    }
+    let calls = parse_trace(&text);
+    let content = content_id(key, &meta.etag);
+    let gateway_port = server.s3_addr.rsplit_once(':').expect("port").1.to_owned();
+    let fail = |what: &str| -> ! {
+        let tail: Vec<&str> = text.lines().rev().take(200).collect();
+        panic!(
+            "{what}; last lines of the trace, newest first:\n{}",
+            tail.join("\n")
+        )
+    };
+    // The response: the first write on the gateway's connection carrying a 200.
+    let response = calls
+        .iter()
+        .find(|c| {
+            matches!(c.name.as_str(), "write" | "writev" | "sendto" | "sendmsg")
+                && c.args.contains(&format!("127.0.0.1:{gateway_port}->"))
+                && c.args.contains("HTTP/1.1 200")
+        })
+        .unwrap_or_else(|| fail("no 200 response written on the gateway's connection"));
+    // The install: the staged file renamed to the content file.
+    let rename = calls
+        .iter()
+        .find(|c| c.name.starts_with("rename") && c.args.contains(&content) && succeeded(c))
+        .unwrap_or_else(|| fail("no rename into the content store"));
+    let staged = rename
+        .args
+        .split('"')
+        .nth(1)
+        .unwrap_or_else(|| fail("the rename's source path"))
+        .to_owned();
+    let content_dir = rename
+        .args
+        .split('"')
+        .nth(3)
+        .and_then(|to| to.rsplit_once('/'))
+        .map(|(dir, _)| dir.to_owned())
+        .unwrap_or_else(|| fail("the rename's target directory"));
+    let is_sync = |c: &TracedCall| matches!(c.name.as_str(), "fsync" | "fdatasync");
+    let data_synced = calls
+        .iter()
+        .find(|c| is_sync(c) && c.args.contains(&format!("<{staged}>")) && succeeded(c))
+        .unwrap_or_else(|| fail(&format!("no fsync of the staged data {staged}")));
+    assert!(
+        data_synced.returned < rename.started,
+        "the data is fsynced before it is installed"
+    );
+    let dir_synced = calls
+        .iter()
+        .find(|c| {
+            is_sync(c)
+                && c.started > rename.returned
+                && c.args.contains(&format!("<{content_dir}>"))
+                && succeeded(c)
+        })
+        .unwrap_or_else(|| fail(&format!("no fsync of {content_dir} after the rename")));
+    assert!(
+        dir_synced.returned < response.started,
+        "the content directory is fsynced before the response (line {} vs {})",
+        dir_synced.returned,
+        response.started
+    );
+    match &postgres {
+        None => {
+            let wal_synced = calls
+                .iter()
+                .find(|c| {
+                    is_sync(c)
+                        && c.started > rename.returned
+                        && c.args.contains("catalog.db-wal>")
+                        && succeeded(c)
+                })
+                .unwrap_or_else(|| fail("no fsync of the SQLite WAL after the install"));
+            assert!(
+                wal_synced.returned < response.started,
+                "the journal commit is on disk before the response (line {} vs {})",
+                wal_synced.returned,
+                response.started
+            );
+        }
+        Some(_) => {
+            let commit = calls
+                .iter()
+                .rev()
+                .find(|c| {
+                    matches!(c.name.as_str(), "write" | "writev" | "sendto" | "sendmsg")
+                        && c.started > rename.returned
+                        && c.started < response.started
+                        && c.args.contains(":5432]>")
+                        && c.args.contains("COMMIT")
+                })
+                .unwrap_or_else(|| {
+                    fail("no COMMIT sent to PostgreSQL between install and response")
+                });
+            let socket = commit.args.split('>').next().unwrap_or_default().to_owned();
+            let answered = calls.iter().find(|c| {
+                matches!(c.name.as_str(), "read" | "recvfrom")
+                    && c.started > commit.started
+                    && c.args.starts_with(&socket)
+                    && succeeded(c)
+            });
+            let answered = answered.unwrap_or_else(|| fail("no answer to the COMMIT"));
+            assert!(
+                answered.returned < response.started,
+                "the COMMIT is answered before the response (line {} vs {})",
+                answered.returned,
+                response.started
+            );
+        }
+    }
+    if let Some((server_url, name, _)) = postgres {
+        use sea_orm::ConnectionTrait as _;
+        let admin = sea_orm::Database::connect(&server_url)
+            .await
+            .expect("postgres");
+        let _ = admin
+            .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .await;
+    }
     s3.shutdown().await;
 }

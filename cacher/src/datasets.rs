@@ -289,31 +289,6 @@ pub fn manifest_key(name: &str, version: i32) -> String {
     format!("{MANIFEST_PREFIX}{name}/v{version}.parquet")
 }
 
-/// Why `key` cannot be laid out as a file under a reservation's view (a tree of files named
-/// like the keys), or `None` when it can: an empty key, a leading or trailing `/` (directory
-/// markers), an empty, `.` or `..` segment, or a NUL byte.
-pub fn view_path_problem(key: &str) -> Option<&'static str> {
-    if key.is_empty() {
-        return Some("the key is empty");
-    }
-    if key.contains('\0') {
-        return Some("the key contains a NUL byte");
-    }
-    if key.starts_with('/') {
-        return Some("the key starts with `/`");
-    }
-    if key.ends_with('/') {
-        return Some("the key ends with `/` (a directory marker)");
-    }
-    if key
-        .split('/')
-        .any(|s| s.is_empty() || s == "." || s == "..")
-    {
-        return Some("the key has an empty, `.` or `..` path segment");
-    }
-    None
-}
-
 /// Validates the entries of a new dataset, then sorts them by (bucket, key) and removes
 /// duplicates (the first occurrence of a (bucket, key) wins). Errors name the field `objects`
 /// and the object.
@@ -333,7 +308,7 @@ pub fn normalize_entries(
                 format!("{}: invalid bucket name `{}`", e.uri(), e.bucket),
             ));
         }
-        if let Some(problem) = view_path_problem(e.view_key()) {
+        if let Err(problem) = crate::objects::check_key(e.view_key()) {
             return Err(DatasetError::invalid(
                 "objects",
                 format!(
@@ -373,6 +348,26 @@ pub fn normalize_entries(
         }
         same
     });
+    // Found before anything is downloaded: a view cannot hold a file `a` and a directory `a`.
+    let mut start = 0;
+    while start < entries.len() {
+        let bucket = &entries[start].bucket;
+        let end = start
+            + entries[start..]
+                .iter()
+                .take_while(|e| &e.bucket == bucket)
+                .count();
+        let keys: Vec<&str> = entries[start..end].iter().map(|e| e.view_key()).collect();
+        if let Some((file, under)) = crate::objects::file_directory_clash(&keys) {
+            return Err(DatasetError::invalid(
+                "objects",
+                format!(
+                    "s3://{bucket}/{file} and s3://{bucket}/{under}: a view cannot hold a file and a directory of the same name"
+                ),
+            ));
+        }
+        start = end;
+    }
     Ok(entries)
 }
 
@@ -1072,12 +1067,29 @@ mod tests {
     }
 
     #[test]
-    fn view_paths() {
-        assert_eq!(view_path_problem("drives/a/b.mcap"), None);
-        assert_eq!(view_path_problem("a..b/c"), None);
-        for bad in ["", "/a", "a/", "a//b", "a/./b", "../a", "a/..", "a\0b"] {
-            assert!(view_path_problem(bad).is_some(), "{bad:?}");
+    fn keys_that_cannot_be_view_paths_are_refused_before_anything_is_fetched() {
+        for bad in ["a\\b", "a//b", "a/..", &format!("a/{}", "s".repeat(256))] {
+            let err = normalize_entries(vec![entry("b", bad, 1, "e")]).expect_err(bad);
+            assert!(
+                err.to_string().contains("cannot be materialized as a file"),
+                "{bad:?}: {err}"
+            );
         }
+        let err = normalize_entries(vec![
+            entry("b", "x/a/b", 1, "e"),
+            entry("b", "x/a!", 1, "e"),
+            entry("b", "x/a", 1, "e"),
+            entry("c", "x/a/b", 1, "e"),
+        ])
+        .expect_err("a file beside a directory of its name");
+        assert!(
+            err.to_string()
+                .contains("s3://b/x/a and s3://b/x/a/b: a view cannot hold a file and a directory"),
+            "{err}"
+        );
+        // The same names in two buckets are two trees.
+        normalize_entries(vec![entry("b", "x/a", 1, "e"), entry("c", "x/a/b", 1, "e")])
+            .expect("no clash across buckets");
     }
 
     #[test]

@@ -1,10 +1,12 @@
 #![doc = include_str!("../README.md")]
 
 pub mod cache;
+pub mod checksum;
 pub mod datasets;
 pub mod digest;
 #[cfg(feature = "loopback")]
 pub mod loopback;
+pub mod objects;
 pub mod reservations;
 #[cfg(feature = "loopback")]
 pub mod testing;

@@ -32,8 +32,10 @@ const MIGRATION_LOCK_KEY: i64 = 0x6d69_6c65_706f_7374; // "milepost"
 /// `postgres://...` / `postgresql://...`.
 ///
 /// For SQLite, the parent directory and the file are created when missing, and every pooled
-/// connection runs in WAL mode with `foreign_keys=ON`, `synchronous=NORMAL` and a 5 s
-/// `busy_timeout`. `sqlite::memory:` gives a single-connection in-memory database (tests).
+/// connection runs in WAL mode with `foreign_keys=ON`, `synchronous=FULL` and a 5 s
+/// `busy_timeout`. FULL because a commit acknowledges things (an office upload's journal row):
+/// in WAL mode NORMAL syncs the WAL only at checkpoints, so a power cut can take back commits
+/// that returned; FULL syncs the WAL at every commit. `sqlite::memory:` gives a single-connection in-memory database (tests).
 /// Connecting verifies the database answers. Statement logging by sqlx is off: callers log.
 pub async fn connect(url: &str) -> Result<DatabaseConnection, DbError> {
     match url.split_once(':').map(|(scheme, _)| scheme) {
@@ -84,7 +86,7 @@ async fn connect_sqlite(url: &str) -> Result<DatabaseConnection, DbError> {
         }
         options = options
             .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal);
+            .synchronous(SqliteSynchronous::Full);
         if !explicit_mode {
             options = options.create_if_missing(true);
         }

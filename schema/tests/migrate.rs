@@ -490,6 +490,9 @@ async fn sqlite_creates_file_migrates_and_round_trips() -> Result<(), DbError> {
             ("journal_mode", "wal"),
             ("foreign_keys", "1"),
             ("busy_timeout", "5000"),
+            // FULL (2): a commit is on disk when it returns. The write-back journal's rows
+            // acknowledge uploads; NORMAL would let a power cut take back a commit.
+            ("synchronous", "2"),
         ] {
             let row = txn
                 .query_one(Statement::from_string(

@@ -15,6 +15,10 @@ use milepost_tests::{LoopbackUpstream, TestApp};
 use sea_orm::{EntityTrait as _, PaginatorTrait as _};
 use sha2::{Digest, Sha256};
 
+// Additional checksums (headers and aws-chunked trailers), in a file of their own.
+#[path = "gateway/checksums.rs"]
+mod checksums;
+
 const BUCKET: &str = "fleet";
 
 struct World {
@@ -767,5 +771,160 @@ async fn rclone_round_trip() {
         read_all(w.upstream.store.as_ref(), "rc/large.bin", ByteRange::All).await,
         large
     );
+    w.app.shutdown().await;
+}
+
+/// Conditional writes as S3 does them: `If-None-Match: *` refuses to overwrite an existing
+/// key (its own write not yet uploaded, or S3's copy) and `If-Match` refuses a stale ETag, on
+/// PutObject, CompleteMultipartUpload and CopyObject; a refused write changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conditional_writes_refuse_to_overwrite_and_change_nothing() {
+    let w = world().await;
+    let (_, keys) = w.app.s3_token("ingest", Role::Engineer).await;
+    let gw = w.app.s3_client(keys);
+    let client = gw.client();
+    let put = |key: &'static str, data: &'static [u8]| {
+        client
+            .put_object()
+            .bucket(BUCKET)
+            .key(key)
+            .body(aws_sdk_s3::primitives::ByteStream::from_static(data))
+    };
+
+    // Written in the office, not yet uploaded (the uploader may or may not have run).
+    let first = put("cond/a", b"first").if_none_match("*").send().await;
+    let first_etag = first.expect("create if absent").e_tag.expect("etag");
+    let err = put("cond/a", b"second")
+        .if_none_match("*")
+        .send()
+        .await
+        .expect_err("the key exists");
+    assert_eq!(code(&err), "PreconditionFailed");
+    let err = put("cond/a", b"second")
+        .if_match("\"0123456789abcdef0123456789abcdef\"")
+        .send()
+        .await
+        .expect_err("stale etag");
+    assert_eq!(code(&err), "PreconditionFailed");
+    assert_eq!(read_all(&gw, "cond/a", ByteRange::All).await, &b"first"[..]);
+
+    // In S3 only (written straight upstream): the condition is checked against S3's copy.
+    w.upstream
+        .store
+        .put(BUCKET, "cond/upstream", Bytes::from_static(b"from s3"))
+        .await
+        .expect("seed");
+    let err = put("cond/upstream", b"over")
+        .if_none_match("*")
+        .send()
+        .await
+        .expect_err("exists in S3");
+    assert_eq!(code(&err), "PreconditionFailed");
+    // The right ETag lets the write through.
+    put("cond/a", b"third")
+        .if_match(&first_etag)
+        .send()
+        .await
+        .expect("if-match with the current etag");
+    assert_eq!(read_all(&gw, "cond/a", ByteRange::All).await, &b"third"[..]);
+
+    // CopyObject onto an existing key with If-None-Match: *.
+    let err = client
+        .copy_object()
+        .bucket(BUCKET)
+        .key("cond/a")
+        .copy_source(format!("{BUCKET}/cond/upstream"))
+        .customize()
+        .mutate_request(|req| {
+            req.headers_mut().insert("if-none-match", "*");
+        })
+        .send()
+        .await
+        .expect_err("copy over an existing key");
+    assert_eq!(code(&err), "PreconditionFailed");
+    assert_eq!(read_all(&gw, "cond/a", ByteRange::All).await, &b"third"[..]);
+
+    // CompleteMultipartUpload with If-None-Match: * onto an existing key.
+    let upload = client
+        .create_multipart_upload()
+        .bucket(BUCKET)
+        .key("cond/a")
+        .send()
+        .await
+        .expect("create upload");
+    let upload_id = upload.upload_id.expect("upload id");
+    let part = client
+        .upload_part()
+        .bucket(BUCKET)
+        .key("cond/a")
+        .upload_id(&upload_id)
+        .part_number(1)
+        .body(aws_sdk_s3::primitives::ByteStream::from_static(b"multi"))
+        .send()
+        .await
+        .expect("part");
+    let completed = aws_sdk_s3::types::CompletedMultipartUpload::builder()
+        .parts(
+            aws_sdk_s3::types::CompletedPart::builder()
+                .part_number(1)
+                .e_tag(part.e_tag.expect("part etag"))
+                .build(),
+        )
+        .build();
+    let err = client
+        .complete_multipart_upload()
+        .bucket(BUCKET)
+        .key("cond/a")
+        .upload_id(&upload_id)
+        .multipart_upload(completed)
+        .if_none_match("*")
+        .send()
+        .await
+        .expect_err("complete over an existing key");
+    assert_eq!(code(&err), "PreconditionFailed");
+    assert_eq!(read_all(&gw, "cond/a", ByteRange::All).await, &b"third"[..]);
+
+    wait_written_back(&w.app).await;
+    assert_eq!(
+        read_all(w.upstream.store.as_ref(), "cond/a", ByteRange::All).await,
+        &b"third"[..]
+    );
+    assert_eq!(
+        read_all(w.upstream.store.as_ref(), "cond/upstream", ByteRange::All).await,
+        &b"from s3"[..]
+    );
+    w.app.shutdown().await;
+}
+
+/// Keys the office could acknowledge but never materialize or upload are refused before
+/// anything is acknowledged: a whitespace-only key was acknowledged and then failed for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_the_office_cannot_hold_are_refused_before_acknowledgement() {
+    let w = world().await;
+    let (_, keys) = w.app.s3_token("ingest", Role::Engineer).await;
+    let gw = w.app.s3_client(keys);
+    // As the path of the request: the SDK itself refuses a blank key, other clients do not.
+    for path in ["%20", "a/%20/b", "a//b", "dir/", "a/%5Cb"] {
+        let err = gw
+            .client()
+            .put_object()
+            .bucket(BUCKET)
+            .key("placeholder")
+            .body(aws_sdk_s3::primitives::ByteStream::from_static(b"x"))
+            .customize()
+            .mutate_request(move |req| {
+                let uri = req.uri().replace("/placeholder", &format!("/{path}"));
+                req.set_uri(uri).expect("uri");
+            })
+            .send()
+            .await
+            .expect_err(path);
+        assert_eq!(code(&err), "InvalidArgument", "{path:?}");
+    }
+    let journaled = transfer::Entity::find()
+        .count(w.app.db())
+        .await
+        .expect("journal");
+    assert_eq!(journaled, 0, "nothing refused may be journaled");
     w.app.shutdown().await;
 }

@@ -705,3 +705,89 @@ async fn progress_subscription_over_websocket_ends_at_ready() {
     w.app.shutdown().await;
     w.s3.shutdown().await;
 }
+
+/// The served buckets are the boundary of every door: an object of a bucket the service's
+/// credentials reach but the office does not serve is not found through `/data` (for any
+/// role) and cannot be put in a dataset, and asking costs no upstream request.
+#[tokio::test]
+async fn buckets_the_office_does_not_serve_are_not_found_and_cost_no_upstream_request() {
+    let w = world(25).await;
+    w.store.ensure_bucket("payroll").await.expect("bucket");
+    w.store
+        .put("payroll", "2026/salaries.csv", "secret".into())
+        .await
+        .expect("put");
+    let viewer = w.app.token("bob", Role::Viewer).await;
+    let before = w.app.state().egress.snapshot();
+    for token in [&viewer, &w.admin] {
+        let response = w
+            .app
+            .client
+            .get(format!("{}/data/payroll/2026/salaries.csv", w.app.base_url))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+        let text = response.text().await.expect("body");
+        assert!(!text.contains("secret"), "{text}");
+        assert!(text.contains("not served"), "{text}");
+    }
+    let (_, body) = w
+        .app
+        .graphql(
+            Some(&w.engineer),
+            CREATE,
+            json!({ "input": { "name": "leak", "objects": [{ "bucket": "payroll", "key": "2026/salaries.csv" }] } }),
+        )
+        .await;
+    assert_eq!(error_codes(&body), vec!["BAD_INPUT"], "{body}");
+    assert_eq!(body["errors"][0]["extensions"]["field"], "input.objects[0]");
+    assert!(first_error(&body).contains("not served"), "{body}");
+    let after = w.app.state().egress.snapshot();
+    assert_eq!(
+        (after.get_requests, after.other_requests),
+        (before.get_requests, before.other_requests),
+        "a refused bucket must cost no upstream request"
+    );
+    w.app.shutdown().await;
+    w.s3.shutdown().await;
+}
+
+/// Keys that cannot be laid out under a view are refused by `createDataset` before anything
+/// is downloaded, naming the key. (A file beside a directory of its name, which the loopback
+/// S3's file system cannot hold, is refused by `normalize_entries`, unit-tested in the cacher.)
+#[tokio::test]
+async fn dataset_keys_that_cannot_be_view_paths_are_refused_before_any_download() {
+    let w = world(26).await;
+    let long = format!("odd/{}", "s".repeat(256));
+    // (The long key cannot be stored by the loopback S3's file system; it is refused before
+    // any lookup, so it need not exist.)
+    for key in ["odd/back\\slash"] {
+        w.store
+            .put(BUCKET, key, "x".into())
+            .await
+            .expect("put upstream");
+    }
+    for (objects, problem) in [
+        (vec!["odd/back\\slash"], "backslash"),
+        (vec![long.as_str()], "255"),
+    ] {
+        let objects: Vec<Value> = objects
+            .iter()
+            .map(|key| json!({ "bucket": BUCKET, "key": key }))
+            .collect();
+        let (_, body) = w
+            .app
+            .graphql(
+                Some(&w.engineer),
+                CREATE,
+                json!({ "input": { "name": "odd", "objects": objects } }),
+            )
+            .await;
+        assert_eq!(error_codes(&body), vec!["BAD_INPUT"], "{body}");
+        assert!(first_error(&body).contains(problem), "{problem}: {body}");
+    }
+    w.app.shutdown().await;
+    w.s3.shutdown().await;
+}

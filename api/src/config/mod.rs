@@ -295,13 +295,16 @@ impl Config {
         TransferPolicy::parse(&self.transfer.upload_schedule, &self.transfer.priorities)
     }
 
-    /// The buckets the S3 gateway serves: `server.s3_buckets`, or the catalog bucket.
-    pub fn gateway_buckets(&self) -> Vec<String> {
-        if self.server.s3_buckets.is_empty() {
-            vec![self.catalog.bucket.clone()]
-        } else {
-            self.server.s3_buckets.clone()
+    /// The buckets the office serves, through every door (`/data`, the S3 gateway, datasets,
+    /// the web catalog): the catalog bucket, then `server.s3_buckets`.
+    pub fn served_buckets(&self) -> milepost_cacher::objects::ServedBuckets {
+        let mut buckets = vec![self.catalog.bucket.clone()];
+        for bucket in &self.server.s3_buckets {
+            if !buckets.contains(bucket) {
+                buckets.push(bucket.clone());
+            }
         }
+        milepost_cacher::objects::ServedBuckets::new(buckets)
     }
 
     fn validate(

@@ -60,6 +60,10 @@ pub fn write_back(err: WriteBackError) -> S3Error {
             S3ErrorCode::IncompleteBody
         }
         WriteBackError::BadDigest { .. } => S3ErrorCode::BadDigest,
+        WriteBackError::Checksum { source, .. } if source.is_mismatch() => S3ErrorCode::BadDigest,
+        // Malformed, or a trailer announced and not sent.
+        WriteBackError::Checksum { .. } => S3ErrorCode::InvalidRequest,
+        WriteBackError::PreconditionFailed { .. } => S3ErrorCode::PreconditionFailed,
         WriteBackError::NoSuchUpload { .. } => S3ErrorCode::NoSuchUpload,
         WriteBackError::InvalidPart { problem, .. } if problem.contains("ascending") => {
             S3ErrorCode::InvalidPartOrder
@@ -69,6 +73,7 @@ pub fn write_back(err: WriteBackError) -> S3Error {
         WriteBackError::Store(_) | WriteBackError::Cache(_) => match err.kind() {
             WriteBackErrorKind::NotFound => S3ErrorCode::NoSuchKey,
             WriteBackErrorKind::Invalid => S3ErrorCode::InvalidRequest,
+            WriteBackErrorKind::PreconditionFailed => S3ErrorCode::PreconditionFailed,
             WriteBackErrorKind::Full | WriteBackErrorKind::Unavailable => {
                 S3ErrorCode::ServiceUnavailable
             }
@@ -76,6 +81,7 @@ pub fn write_back(err: WriteBackError) -> S3Error {
         _ => match err.kind() {
             WriteBackErrorKind::Invalid => S3ErrorCode::InvalidRequest,
             WriteBackErrorKind::NotFound => S3ErrorCode::NoSuchKey,
+            WriteBackErrorKind::PreconditionFailed => S3ErrorCode::PreconditionFailed,
             WriteBackErrorKind::Full | WriteBackErrorKind::Unavailable => {
                 tracing::error!(error = %err, "s3 gateway: cannot store a write");
                 return S3Error::with_message(

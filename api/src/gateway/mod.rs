@@ -9,6 +9,7 @@
 //! ([`access`]); errors are S3 XML errors ([`errors`]).
 
 mod access;
+mod checksums;
 mod errors;
 mod listing;
 mod serve;
@@ -21,7 +22,7 @@ use base64::Engine as _;
 use bytes::Bytes;
 use futures::{Stream, StreamExt as _};
 use milepost_cacher::upstream::bare_etag;
-use milepost_cacher::writeback::{BodyChecks, OfficeStore, WriteBack};
+use milepost_cacher::writeback::{BodyChecks, OfficeStore, WriteBack, WriteCondition};
 use milepost_cacher::{ByteRange, CacheErrorKind, FetchContext, ObjectKey, ObjectStore};
 use s3s::dto::*;
 use s3s::{s3_error, S3Request, S3Response, S3Result, S3};
@@ -72,11 +73,16 @@ impl Gateway {
     }
 }
 
-/// Refuses keys that could escape a directory when materialized (`..`, absolute, NUL).
+/// Refuses keys the office cannot hold ([`milepost_cacher::objects::check_key`]) before
+/// anything is staged or acknowledged.
 fn check_key(key: &str) -> S3Result<()> {
-    match crate::data::key_problem(key) {
-        Some(problem) => Err(s3_error!(InvalidArgument, "key {key:?}: {problem}")),
-        None => Ok(()),
+    use milepost_cacher::objects::KeyProblem;
+    match milepost_cacher::objects::check_key(key) {
+        Ok(()) => Ok(()),
+        Err(problem @ KeyProblem::TooLong { .. }) => {
+            Err(s3_error!(KeyTooLongError, "key {key:?}: {problem}"))
+        }
+        Err(problem) => Err(s3_error!(InvalidArgument, "key {key:?}: {problem}")),
     }
 }
 
@@ -114,10 +120,15 @@ fn content_md5(value: Option<&str>) -> S3Result<Option<[u8; 16]>> {
     Ok(Some(md5))
 }
 
-fn body_checks(length: Option<i64>, md5: Option<&str>) -> S3Result<BodyChecks> {
+fn body_checks(
+    length: Option<i64>,
+    md5: Option<&str>,
+    checksum: Option<milepost_cacher::checksum::ChecksumCheck>,
+) -> S3Result<BodyChecks> {
     Ok(BodyChecks {
         length: length.and_then(|l| u64::try_from(l).ok()),
         md5: content_md5(md5)?,
+        checksum,
     })
 }
 
@@ -127,6 +138,53 @@ fn condition_holds(condition: &ETagCondition, current: &str) -> bool {
         None => true, // `*`
         Some(tag) => bare_etag(tag.value()) == current,
     }
+}
+
+/// The condition of a conditional write (`If-None-Match: *` or `If-Match`), as S3 takes it:
+/// `If-None-Match` only with `*`, not both at once.
+fn write_condition(
+    if_match: Option<&ETagCondition>,
+    if_none_match: Option<&ETagCondition>,
+) -> S3Result<WriteCondition> {
+    match (if_match, if_none_match) {
+        (None, None) => Ok(WriteCondition::Always),
+        (None, Some(condition)) => match condition.as_etag() {
+            None => Ok(WriteCondition::IfAbsent),
+            Some(_) => Err(s3_error!(
+                NotImplemented,
+                "a write takes If-None-Match with `*` only"
+            )),
+        },
+        (Some(condition), None) => Ok(WriteCondition::IfMatch(
+            condition.as_etag().map(|tag| tag.value().to_owned()),
+        )),
+        (Some(_), Some(_)) => Err(s3_error!(
+            NotImplemented,
+            "a write takes If-Match or If-None-Match, not both"
+        )),
+    }
+}
+
+/// The write condition of a request whose input type has no condition fields (CopyObject):
+/// read from its headers.
+fn header_write_condition(headers: &http::HeaderMap) -> S3Result<WriteCondition> {
+    let parse = |name: &str| -> S3Result<Option<ETagCondition>> {
+        headers
+            .get(name)
+            .map(|value| {
+                let value = value
+                    .to_str()
+                    .map_err(|_| s3_error!(InvalidArgument, "{name} is not text"))?;
+                ETagCondition::parse_http_header(value.as_bytes()).map_err(|_| {
+                    s3_error!(InvalidArgument, "{name} {value:?} is not an ETag or `*`")
+                })
+            })
+            .transpose()
+    };
+    write_condition(
+        parse("if-match")?.as_ref(),
+        parse("if-none-match")?.as_ref(),
+    )
 }
 
 /// An s3s body needs `Sync`; the office's streams are `Send` only. Polling takes `&mut`, so
@@ -487,7 +545,9 @@ impl S3 for Gateway {
         let input = req.input;
         self.served(&input.bucket)?;
         check_key(&input.key)?;
-        let checks = body_checks(input.content_length, input.content_md5.as_deref())?;
+        let condition = write_condition(input.if_match.as_ref(), input.if_none_match.as_ref())?;
+        let checksum = checksums::requested(&input, &req.headers, req.trailing_headers.as_ref())?;
+        let checks = body_checks(input.content_length, input.content_md5.as_deref(), checksum)?;
         let body = input
             .body
             .map_or_else(|| futures::stream::empty().boxed(), |body| body.boxed());
@@ -499,14 +559,21 @@ impl S3 for Gateway {
         let md5 = staged.md5_hex();
         let meta = self
             .write_back
-            .commit_put(&input.bucket, &input.key, staged.path, staged.size, md5)
+            .commit_put_if(
+                &input.bucket,
+                &input.key,
+                staged.path,
+                staged.size,
+                md5,
+                &condition,
+            )
             .await
             .map_err(errors::write_back)?;
         self.wrote(&input.bucket, &input.key);
         Ok(S3Response::new(PutObjectOutput {
             e_tag: Some(etag(&meta.etag)),
             size: Some(i64::try_from(meta.size).unwrap_or(i64::MAX)),
-            ..Default::default()
+            ..checksums::reported(staged.checksum.as_ref())
         }))
     }
 
@@ -573,6 +640,7 @@ impl S3 for Gateway {
         req: S3Request<CopyObjectInput>,
     ) -> S3Result<S3Response<CopyObjectOutput>> {
         let ctx = Self::owner(&req);
+        let condition = header_write_condition(&req.headers)?;
         let input = req.input;
         self.served(&input.bucket)?;
         check_key(&input.key)?;
@@ -607,7 +675,7 @@ impl S3 for Gateway {
         };
         let checks = BodyChecks {
             length: Some(source.size),
-            md5: None,
+            ..BodyChecks::default()
         };
         let staged = self
             .write_back
@@ -617,7 +685,14 @@ impl S3 for Gateway {
         let md5 = staged.md5_hex();
         let meta = self
             .write_back
-            .commit_put(&input.bucket, &input.key, staged.path, staged.size, md5)
+            .commit_put_if(
+                &input.bucket,
+                &input.key,
+                staged.path,
+                staged.size,
+                md5,
+                &condition,
+            )
             .await
             .map_err(errors::write_back)?;
         self.wrote(&input.bucket, &input.key);
@@ -659,11 +734,12 @@ impl S3 for Gateway {
         let input = req.input;
         self.served(&input.bucket)?;
         check_key(&input.key)?;
-        let checks = body_checks(input.content_length, input.content_md5.as_deref())?;
+        let checksum = checksums::requested(&input, &req.headers, req.trailing_headers.as_ref())?;
+        let checks = body_checks(input.content_length, input.content_md5.as_deref(), checksum)?;
         let body = input
             .body
             .map_or_else(|| futures::stream::empty().boxed(), |body| body.boxed());
-        let part_etag = self
+        let part = self
             .write_back
             .multipart()
             .upload_part(
@@ -677,8 +753,8 @@ impl S3 for Gateway {
             .await
             .map_err(errors::write_back)?;
         Ok(S3Response::new(UploadPartOutput {
-            e_tag: Some(etag(&part_etag)),
-            ..Default::default()
+            e_tag: Some(etag(&part.etag)),
+            ..checksums::reported(part.checksum.as_ref())
         }))
     }
 
@@ -763,6 +839,7 @@ impl S3 for Gateway {
         let input = req.input;
         self.served(&input.bucket)?;
         check_key(&input.key)?;
+        let condition = write_condition(input.if_match.as_ref(), input.if_none_match.as_ref())?;
         let multipart = self.write_back.multipart();
         self.upload_of(&input.upload_id, &input.bucket, &input.key)
             .await?;
@@ -785,12 +862,13 @@ impl S3 for Gateway {
             .map_err(errors::write_back)?;
         let meta = self
             .write_back
-            .commit_put(
+            .commit_put_if(
                 &input.bucket,
                 &input.key,
                 assembled.path,
                 assembled.size,
                 assembled.etag,
+                &condition,
             )
             .await
             .map_err(errors::write_back)?;

@@ -371,7 +371,15 @@ impl Inner {
             }
         }
         let content = self.layout.content_path(object);
-        install(&file, staging, &content, object, self.syncer.as_deref()).await?;
+        install(
+            &file,
+            staging,
+            &content,
+            object,
+            self.syncer.as_deref(),
+            NameDurability::Lazy,
+        )
+        .await?;
         // Written behind, in a batch (see the recorder's docs): the bytes are verified and
         // in place, and a file whose row is lost is removed at the next start-up.
         self.recorder
@@ -650,12 +658,23 @@ async fn flush_behind(flight: &Flight, sync_first: bool) -> Result<(), CacheErro
 
 /// Moves the verified staging file into the content store, made durable first or, given a
 /// `syncer`, behind the install (see [`durability`](super::durability)).
+/// Whether an install's new name must be on disk before it returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum NameDurability {
+    /// A download: a rename lost to a power cut is a cache miss, never wrong bytes.
+    Lazy,
+    /// The only copy of an office upload, about to be acknowledged: the directory is fsynced
+    /// after the rename.
+    Durable,
+}
+
 pub(super) async fn install(
     file: &Arc<File>,
     staging: &Path,
     content: &Path,
     object: &ObjectKey,
     syncer: Option<&Syncer>,
+    name: NameDurability,
 ) -> Result<(), CacheError> {
     let sync_first = match syncer {
         Some(syncer) => !syncer.installing(object, Arc::clone(file)).await?,
@@ -674,18 +693,24 @@ pub(super) async fn install(
             let mut permissions = file.metadata()?.permissions();
             permissions.set_readonly(true);
             std::fs::set_permissions(&staging, permissions)?;
-            // The rename is not made durable on its own (no directory fsync, which costs a
-            // journal commit per object): the bytes are, and a rename lost to a power cut
-            // leaves the file in staging, removed at start-up, while reconciliation drops the
-            // entry whose content file is missing. A miss, never wrong bytes.
+            // A download's rename is not made durable on its own (no directory fsync, which
+            // costs a journal commit per object): the bytes are, and a rename lost to a power
+            // cut leaves the file in staging, removed at start-up, while reconciliation drops
+            // the entry whose content file is missing. A miss, never wrong bytes. An office
+            // upload has no other copy: its name is made durable too.
+            let parent = content.parent().unwrap_or(Path::new("."));
             match std::fs::rename(&staging, &content) {
                 // The fan-out directories are made at start-up; one removed since comes back.
                 Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-                    std::fs::create_dir_all(content.parent().unwrap_or(Path::new(".")))?;
-                    std::fs::rename(&staging, &content)
+                    std::fs::create_dir_all(parent)?;
+                    std::fs::rename(&staging, &content)?;
                 }
-                other => other,
+                other => other?,
             }
+            if name == NameDurability::Durable {
+                File::open(parent)?.sync_all()?;
+            }
+            Ok(())
         },
     )
     .await

@@ -593,6 +593,16 @@ impl OfficeCache {
                 Step::Cached => {
                     flight::remove_quietly(staging).await;
                     if dirty {
+                        // The same bytes are cached already, perhaps as a download whose file
+                        // and name are not on disk yet (deferred durability): they are the
+                        // office's only copy from now on.
+                        let content = inner.layout.content_path(object);
+                        flight::blocking(format!("making {object} durable"), move || {
+                            std::fs::File::open(&content)?.sync_all()?;
+                            let parent = content.parent().unwrap_or(std::path::Path::new("."));
+                            std::fs::File::open(parent)?.sync_all()
+                        })
+                        .await?;
                         let relative = Layout::content_relative(object);
                         inner.settle_entry_rows().await;
                         entries::upsert(&inner.db, object, &relative, CacheEntryState::Dirty)
@@ -627,7 +637,13 @@ impl OfficeCache {
                     })
                     .await?;
                     // The only copy until written back: durable before it is installed.
-                    flight::install(&Arc::new(file), &staging, &content, &object, None).await?;
+                    let name = if dirty {
+                        flight::NameDurability::Durable
+                    } else {
+                        flight::NameDurability::Lazy
+                    };
+                    flight::install(&Arc::new(file), &staging, &content, &object, None, name)
+                        .await?;
                     let relative = Layout::content_relative(&object);
                     inner.settle_entry_rows().await;
                     if dirty {

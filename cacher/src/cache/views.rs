@@ -179,27 +179,11 @@ pub(crate) fn view_relative_path(object: &ObjectKey) -> Result<PathBuf, CacheErr
     {
         return bad("the bucket name is not a single path segment");
     }
-    if object.key.is_empty() {
-        return bad("it is empty");
-    }
-    if object.key.starts_with('/') {
-        return bad("it is absolute");
-    }
-    if object.key.contains('\0') {
-        return bad("it contains a nul byte");
-    }
-    if object.key.contains('\\') {
-        return bad("it contains a backslash");
+    if let Err(problem) = crate::objects::check_key(&object.key) {
+        return bad(&problem.to_string());
     }
     let mut path = PathBuf::from(&object.bucket);
-    for segment in object.key.split('/') {
-        match segment {
-            ".." => return bad("it has a `..` segment"),
-            "." => return bad("it has a `.` segment"),
-            "" => return bad("it has an empty segment (`//` or a trailing slash)"),
-            segment => path.push(segment),
-        }
-    }
+    path.extend(object.key.split('/'));
     Ok(path)
 }
 

@@ -23,6 +23,9 @@ pub enum WriteBackErrorKind {
     Full,
     /// Local disk or database trouble: retry later; nothing was acknowledged.
     Unavailable,
+    /// A conditional write's condition (`If-None-Match: *`, `If-Match`) does not hold: nothing
+    /// was written.
+    PreconditionFailed,
 }
 
 impl fmt::Display for WriteBackErrorKind {
@@ -32,6 +35,7 @@ impl fmt::Display for WriteBackErrorKind {
             Self::NotFound => "not found",
             Self::Full => "full",
             Self::Unavailable => "unavailable",
+            Self::PreconditionFailed => "precondition failed",
         })
     }
 }
@@ -54,6 +58,14 @@ pub enum WriteBackError {
         sent: String,
         computed: String,
     },
+    /// An additional checksum (`x-amz-checksum-*`) that does not match the body, is
+    /// malformed, or was announced as a trailer and not sent.
+    #[error("the body of s3://{bucket}/{key}: {source}")]
+    Checksum {
+        bucket: String,
+        key: String,
+        source: crate::checksum::ChecksumError,
+    },
     #[error("reading the body of s3://{bucket}/{key} failed: {source}")]
     Body {
         bucket: String,
@@ -70,6 +82,13 @@ pub enum WriteBackError {
         part: i32,
         size: u64,
         min: u64,
+    },
+    #[error("s3://{bucket}/{key}: {condition}; nothing was written")]
+    PreconditionFailed {
+        bucket: String,
+        key: String,
+        /// The condition and how it failed, in words.
+        condition: String,
     },
     #[error("{what}: {source}")]
     Io {
@@ -107,10 +126,12 @@ impl WriteBackError {
         match self {
             Self::WrongLength { .. }
             | Self::BadDigest { .. }
+            | Self::Checksum { .. }
             | Self::Body { .. }
             | Self::InvalidPart { .. }
             | Self::PartTooSmall { .. } => WriteBackErrorKind::Invalid,
             Self::NoSuchUpload { .. } => WriteBackErrorKind::NotFound,
+            Self::PreconditionFailed { .. } => WriteBackErrorKind::PreconditionFailed,
             Self::Io { source, .. } if is_disk_full(source) => WriteBackErrorKind::Full,
             Self::Io { .. } | Self::Database { .. } => WriteBackErrorKind::Unavailable,
             Self::Cache(err) => match err.kind() {

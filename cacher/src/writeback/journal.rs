@@ -1,16 +1,24 @@
-//! The write-back journal: rows of the `transfers` table. The auto-increment id is the order
-//! of acknowledgement. Every acknowledged write or delete has a row before it is acknowledged;
-//! the uploader drives rows `queued → uploading → done`, and a restart puts `uploading` and
-//! `failed` rows back to `queued`.
+//! The write-back journal: rows of the `transfers` table. The auto-increment id is the
+//! sequence number of acknowledgement: journaling takes a per-key lock first (PostgreSQL: a
+//! transaction-scoped advisory lock; SQLite: its single writer), so for one key the ids are in
+//! the order the writes were acknowledged. Every acknowledged write or delete has a row before
+//! it is acknowledged; the uploader drives rows `queued → uploading → done`, and a restart
+//! puts `uploading` and `failed` rows back to `queued`.
+//!
+//! **The newest row of a key is the only one that may still reach S3.** A row with a newer
+//! row of its key is superseded wherever it would otherwise run again: when the newer row is
+//! journaled (if it is queued or failed), when an attempt of it ends in a retry or a failure,
+//! when the uploader would start it, and at start-up. A row already uploading when a newer one
+//! is journaled finishes first (the uploader never runs two transfers of one key at once).
 
 use chrono::{DateTime, Utc};
 use milepost_schema::entity::transfer;
 use milepost_schema::enums::{TransferOp, TransferState};
-use sea_orm::sea_query::Expr;
+use sea_orm::sea_query::{Expr, Query};
 use sea_orm::{
-    ActiveModelTrait as _, ColumnTrait as _, DatabaseConnection, EntityTrait as _,
-    PaginatorTrait as _, QueryFilter as _, QueryOrder as _, QuerySelect as _, Set,
-    TransactionTrait as _,
+    ActiveModelTrait as _, ColumnTrait as _, ConnectionTrait as _, DatabaseBackend,
+    DatabaseConnection, EntityTrait as _, PaginatorTrait as _, QueryFilter as _, QueryOrder as _,
+    QuerySelect as _, Set, Statement, TransactionTrait as _,
 };
 
 use super::WriteBackError;
@@ -74,6 +82,18 @@ async fn try_enqueue(
         .begin()
         .await
         .map_err(|e| WriteBackError::db(what(), e))?;
+    if txn.get_database_backend() == DatabaseBackend::Postgres {
+        // Writers of one key queue here, so that each sees the rows of the ones before it
+        // (READ COMMITTED reads what committed before each statement) and ids follow the
+        // order of acknowledgement. SQLite has one writer at a time already.
+        txn.execute(Statement::from_sql_and_values(
+            DatabaseBackend::Postgres,
+            "SELECT pg_advisory_xact_lock(hashtextextended($1, 7))",
+            [format!("{}/{}", new.bucket, new.key).into()],
+        ))
+        .await
+        .map_err(|e| WriteBackError::db(what(), e))?;
+    }
     let now = Utc::now();
     let superseded = transfer::Entity::find()
         .filter(transfer::Column::Bucket.eq(new.bucket))
@@ -120,8 +140,42 @@ async fn try_enqueue(
 }
 
 /// At start-up: transfers cut short by a stop or a crash (`uploading`) and those that failed
-/// run again. Returns how many were requeued.
+/// run again, unless a newer row of their key exists (then they are superseded: they must
+/// never land over a newer write or delete). Returns how many were requeued.
 pub(crate) async fn requeue_interrupted(db: &DatabaseConnection) -> Result<u64, WriteBackError> {
+    let stale = db
+        .execute(Statement::from_sql_and_values(
+            db.get_database_backend(),
+            match db.get_database_backend() {
+                DatabaseBackend::Postgres => {
+                    "UPDATE transfers SET state = $1, finished_at = $2 \
+                     WHERE state IN ($3, $4, $5) AND EXISTS (SELECT 1 FROM transfers AS newer \
+                     WHERE newer.bucket = transfers.bucket AND newer.key = transfers.key \
+                     AND newer.id > transfers.id)"
+                }
+                _ => {
+                    "UPDATE transfers SET state = ?, finished_at = ? \
+                     WHERE state IN (?, ?, ?) AND EXISTS (SELECT 1 FROM transfers AS newer \
+                     WHERE newer.bucket = transfers.bucket AND newer.key = transfers.key \
+                     AND newer.id > transfers.id)"
+                }
+            },
+            [
+                TransferState::Superseded.as_str().into(),
+                Utc::now().into(),
+                TransferState::Queued.as_str().into(),
+                TransferState::Uploading.as_str().into(),
+                TransferState::Failed.as_str().into(),
+            ],
+        ))
+        .await
+        .map_err(|e| WriteBackError::db("superseding stale transfers", e))?;
+    if stale.rows_affected() > 0 {
+        tracing::info!(
+            superseded = stale.rows_affected(),
+            "transfers with a newer write of their key will not run again"
+        );
+    }
     let result = transfer::Entity::update_many()
         .col_expr(transfer::Column::State, Expr::value(TransferState::Queued))
         .col_expr(transfer::Column::BytesDone, Expr::value(0i64))
@@ -159,9 +213,27 @@ pub(crate) async fn next_queued(
         .map_err(|e| WriteBackError::db("reading the upload queue", e))
 }
 
-/// Marks `id` uploading (one more attempt) if it is still queued; false if it is not (a later
-/// write superseded it meanwhile).
-pub(crate) async fn start(db: &DatabaseConnection, id: i64) -> Result<bool, WriteBackError> {
+/// A filter: no row of `bucket/key` newer than `id` exists.
+fn newest_of_key(bucket: &str, key: &str, id: i64) -> sea_orm::sea_query::SimpleExpr {
+    Expr::exists(
+        Query::select()
+            .expr(Expr::val(1))
+            .from(transfer::Entity)
+            .and_where(transfer::Column::Bucket.eq(bucket))
+            .and_where(transfer::Column::Key.eq(key))
+            .and_where(transfer::Column::Id.gt(id))
+            .to_owned(),
+    )
+    .not()
+}
+
+/// Marks `row` uploading (one more attempt) if it is still queued and still the newest row of
+/// its key; false if not (a later write superseded it meanwhile: see [`supersede_if_stale`]).
+pub(crate) async fn start(
+    db: &DatabaseConnection,
+    row: &transfer::Model,
+) -> Result<bool, WriteBackError> {
+    let id = row.id;
     let result = transfer::Entity::update_many()
         .col_expr(
             transfer::Column::State,
@@ -175,9 +247,31 @@ pub(crate) async fn start(db: &DatabaseConnection, id: i64) -> Result<bool, Writ
         .col_expr(transfer::Column::BytesDone, Expr::value(0i64))
         .filter(transfer::Column::Id.eq(id))
         .filter(transfer::Column::State.eq(TransferState::Queued))
+        .filter(newest_of_key(&row.bucket, &row.key, id))
         .exec(db)
         .await
         .map_err(|e| WriteBackError::db(format!("starting transfer {id}"), e))?;
+    Ok(result.rows_affected == 1)
+}
+
+/// Supersedes `row` if it is still active and a newer row of its key exists; returns whether
+/// it did.
+pub(crate) async fn supersede_if_stale(
+    db: &DatabaseConnection,
+    row: &transfer::Model,
+) -> Result<bool, WriteBackError> {
+    let result = transfer::Entity::update_many()
+        .col_expr(
+            transfer::Column::State,
+            Expr::value(TransferState::Superseded),
+        )
+        .col_expr(transfer::Column::FinishedAt, Expr::value(Utc::now()))
+        .filter(transfer::Column::Id.eq(row.id))
+        .filter(transfer::Column::State.is_in(ACTIVE))
+        .filter(newest_of_key(&row.bucket, &row.key, row.id).not())
+        .exec(db)
+        .await
+        .map_err(|e| WriteBackError::db(format!("superseding transfer {}", row.id), e))?;
     Ok(result.rows_affected == 1)
 }
 
@@ -200,7 +294,8 @@ pub(crate) async fn progress(
 }
 
 /// Ends transfer `id` in `state` (`done`, `queued` for a retry, `failed`), with `error` for
-/// the last failure (cleared on success).
+/// the last failure (cleared on success). A retry or failure of a row that is no longer the
+/// newest of its key must be superseded instead (see [`supersede_if_stale`], called first).
 pub(crate) async fn finish(
     db: &DatabaseConnection,
     id: i64,

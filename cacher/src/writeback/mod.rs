@@ -11,10 +11,14 @@
 //!
 //! # Ordering
 //!
-//! For one key, the last acknowledged write wins in S3: journaling a write or delete
-//! supersedes the queued transfers of the key (they never run), and the uploader never runs
-//! two transfers of one key at once, so a transfer already uploading finishes before the next
-//! one of its key starts. A delete after a put is therefore never reordered before it.
+//! For one key, the last acknowledged write wins in S3, always. Each acknowledged write or
+//! delete gets a sequence number (its journal id, in the order of acknowledgement per key);
+//! only the newest row of a key may still run: journaling a write or delete supersedes the
+//! queued and failed transfers of the key, a transfer whose attempt ends in a retry or a
+//! failure after a newer one was journaled is superseded instead of queued again, and so is
+//! any such row at start-up ([`journal`]). The uploader never runs two transfers of one key
+//! at once, so a transfer already uploading finishes before the next one of its key starts.
+//! The overlay keeps, per key, the version of the newest transfer only.
 //!
 //! # Crashes
 //!
@@ -107,6 +111,24 @@ impl UploadShaper for Unshaped {
     }
 }
 
+/// The condition a write of a key is made on, checked against the office's current version of
+/// the key (its own write not yet uploaded, or else S3's) at the moment the write is
+/// journaled, with every other write of the key held off meanwhile.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum WriteCondition {
+    /// Unconditional.
+    #[default]
+    Always,
+    /// `If-None-Match: *`: only if the key does not exist.
+    IfAbsent,
+    /// `If-Match: <etag>`: only if the key exists with this ETag (`None`: `If-Match: *`, only
+    /// if it exists).
+    IfMatch(Option<String>),
+}
+
+/// Writes of one key take one of these in turn (striped by key: a fixed set, no growth).
+const KEY_LOCK_STRIPES: usize = 256;
+
 /// The office's version of a key, while S3 does not have it yet.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum OfficeVersion {
@@ -161,6 +183,9 @@ struct Inner {
     shaper: Arc<dyn UploadShaper>,
     /// The office's versions of keys not yet in S3, by (bucket, key).
     overlay: Mutex<BTreeMap<(String, String), OfficeVersion>>,
+    /// Held from a write's condition check to its journal row: conditional writes see every
+    /// write of their key acknowledged before them, and none in between.
+    key_locks: Vec<tokio::sync::Mutex<()>>,
     multipart: Multipart,
     /// Wakes the uploader: something was journaled.
     wake: Notify,
@@ -191,6 +216,114 @@ impl Inner {
         let id = (bucket.to_owned(), key.to_owned());
         if overlay.get(&id).is_some_and(|v| v.transfer() == transfer) {
             overlay.remove(&id);
+        }
+    }
+
+    /// Holds off every other write of `bucket/key` (and of the keys sharing its stripe) while
+    /// the guard lives.
+    async fn lock_key(&self, bucket: &str, key: &str) -> tokio::sync::MutexGuard<'_, ()> {
+        use std::hash::{Hash as _, Hasher as _};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        (bucket, key).hash(&mut hasher);
+        let stripe = usize::try_from(hasher.finish() % KEY_LOCK_STRIPES as u64).unwrap_or(0);
+        self.key_locks[stripe].lock().await
+    }
+
+    /// Checks `condition` against the key's current version: the office's own while S3 does
+    /// not have it, or else S3's. Call with the key's lock held.
+    async fn check_condition(
+        &self,
+        bucket: &str,
+        key: &str,
+        condition: &WriteCondition,
+    ) -> Result<(), WriteBackError> {
+        if *condition == WriteCondition::Always {
+            return Ok(());
+        }
+        let office = self
+            .overlay()
+            .get(&(bucket.to_owned(), key.to_owned()))
+            .cloned();
+        let current_etag = match office {
+            Some(version) => version.meta().map(|m| m.etag),
+            None => match self.upstream.head(bucket, key).await {
+                Ok(meta) => Some(meta.etag),
+                Err(err) if err.kind() == crate::upstream::StoreErrorKind::NotFound => None,
+                Err(err) => return Err(WriteBackError::Store(err)),
+            },
+        };
+        let failed = |what: String| {
+            Err(WriteBackError::PreconditionFailed {
+                bucket: bucket.to_owned(),
+                key: key.to_owned(),
+                condition: what,
+            })
+        };
+        match (condition, current_etag) {
+            (WriteCondition::Always, _) => Ok(()),
+            (WriteCondition::IfAbsent, None) => Ok(()),
+            (WriteCondition::IfAbsent, Some(etag)) => {
+                failed(format!("If-None-Match: * but the key exists (ETag {etag})"))
+            }
+            (WriteCondition::IfMatch(_), None) => {
+                failed("If-Match but the key does not exist".to_owned())
+            }
+            (WriteCondition::IfMatch(None), Some(_)) => Ok(()),
+            (WriteCondition::IfMatch(Some(wanted)), Some(etag)) => {
+                if crate::upstream::bare_etag(wanted) == etag {
+                    Ok(())
+                } else {
+                    failed(format!("If-Match {wanted} but the key's ETag is {etag}"))
+                }
+            }
+        }
+    }
+
+    /// Makes `version` the office's version of `bucket/key` unless a newer transfer's version
+    /// is there already (two writes of one key acknowledged close together may get here in
+    /// either order; the newer one, by journal id, is what the office serves).
+    fn install_version(&self, bucket: &str, key: &str, version: OfficeVersion) {
+        let mut overlay = self.overlay();
+        let id = (bucket.to_owned(), key.to_owned());
+        match overlay.get(&id) {
+            Some(current) if current.transfer() > version.transfer() => {}
+            _ => {
+                overlay.insert(id, version);
+            }
+        }
+    }
+
+    /// Dirty entries of superseded puts will never be uploaded: they become ordinary entries
+    /// (unless `keep` is the same bytes, written again).
+    async fn release_superseded(
+        &self,
+        superseded: &[milepost_schema::entity::transfer::Model],
+        keep: Option<&ObjectKey>,
+    ) {
+        for row in superseded {
+            if row.op != TransferOp::Put {
+                continue;
+            }
+            let object = ObjectKey::new(
+                row.bucket.clone(),
+                row.key.clone(),
+                row.etag.clone().unwrap_or_default(),
+                u64::try_from(row.size).unwrap_or(0),
+            );
+            if Some(&object) == keep {
+                continue;
+            }
+            match journal::other_put_of(&self.db, row.id, &object).await {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(err) => {
+                    tracing::warn!(object = %object, error = %err, "cannot check a superseded write; its entry stays dirty");
+                    continue;
+                }
+            }
+            if let Err(err) = self.cache.discard_dirty(&object).await {
+                tracing::warn!(object = %object, error = %err, "cannot release a superseded write");
+            }
         }
     }
 }
@@ -255,6 +388,9 @@ impl WriteBack {
                 settings,
                 shaper,
                 overlay: Mutex::new(overlay),
+                key_locks: (0..KEY_LOCK_STRIPES)
+                    .map(|_| tokio::sync::Mutex::new(()))
+                    .collect(),
                 multipart,
                 wake: Notify::new(),
                 ended: tokio::sync::watch::channel(()).0,
@@ -320,7 +456,30 @@ impl WriteBack {
         size: u64,
         etag: String,
     ) -> Result<ObjectMeta, WriteBackError> {
+        self.commit_put_if(bucket, key, staged, size, etag, &WriteCondition::Always)
+            .await
+    }
+
+    /// [`commit_put`](Self::commit_put) on `condition`; when it does not hold, the staged file
+    /// is removed and nothing is written
+    /// ([`PreconditionFailed`](WriteBackErrorKind::PreconditionFailed)).
+    pub async fn commit_put_if(
+        &self,
+        bucket: &str,
+        key: &str,
+        staged: PathBuf,
+        size: u64,
+        etag: String,
+        condition: &WriteCondition,
+    ) -> Result<ObjectMeta, WriteBackError> {
         let inner = &self.inner;
+        let _key_lock = inner.lock_key(bucket, key).await;
+        if let Err(err) = inner.check_condition(bucket, key, condition).await {
+            if let Err(remove) = tokio::fs::remove_file(&staged).await {
+                tracing::warn!(path = %staged.display(), error = %remove, "cannot remove a refused write's staging file");
+            }
+            return Err(err);
+        }
         let object = ObjectKey::new(bucket, key, etag, size);
         let content = inner.cache.insert_dirty(&object, staged).await?;
         let relative = content
@@ -340,15 +499,16 @@ impl WriteBack {
         )
         .await?;
         let last_modified = row.enqueued_at;
-        inner.overlay().insert(
-            (bucket.to_owned(), key.to_owned()),
+        inner.install_version(
+            bucket,
+            key,
             OfficeVersion::Written {
                 object: object.clone(),
                 last_modified,
                 transfer: row.id,
             },
         );
-        self.release_superseded(&superseded, Some(&object)).await;
+        inner.release_superseded(&superseded, Some(&object)).await;
         inner.wake.notify_one();
         Ok(ObjectMeta {
             bucket: bucket.to_owned(),
@@ -369,7 +529,7 @@ impl WriteBack {
     ) -> Result<ObjectMeta, WriteBackError> {
         let checks = BodyChecks {
             length: Some(body.len() as u64),
-            md5: None,
+            ..BodyChecks::default()
         };
         let staged = self
             .stage(
@@ -388,6 +548,7 @@ impl WriteBack {
     /// the key already uploading).
     pub async fn delete(&self, bucket: &str, key: &str) -> Result<(), WriteBackError> {
         let inner = &self.inner;
+        let _key_lock = inner.lock_key(bucket, key).await;
         let (row, superseded) = journal::enqueue(
             &inner.db,
             journal::NewTransfer {
@@ -400,47 +561,10 @@ impl WriteBack {
             },
         )
         .await?;
-        inner.overlay().insert(
-            (bucket.to_owned(), key.to_owned()),
-            OfficeVersion::Deleted { transfer: row.id },
-        );
-        self.release_superseded(&superseded, None).await;
+        inner.install_version(bucket, key, OfficeVersion::Deleted { transfer: row.id });
+        inner.release_superseded(&superseded, None).await;
         inner.wake.notify_one();
         Ok(())
-    }
-
-    /// Dirty entries of superseded puts will never be uploaded: they become ordinary entries
-    /// (unless `keep` is the same bytes, written again).
-    async fn release_superseded(
-        &self,
-        superseded: &[milepost_schema::entity::transfer::Model],
-        keep: Option<&ObjectKey>,
-    ) {
-        for row in superseded {
-            if row.op != TransferOp::Put {
-                continue;
-            }
-            let object = ObjectKey::new(
-                row.bucket.clone(),
-                row.key.clone(),
-                row.etag.clone().unwrap_or_default(),
-                u64::try_from(row.size).unwrap_or(0),
-            );
-            if Some(&object) == keep {
-                continue;
-            }
-            match journal::other_put_of(&self.inner.db, row.id, &object).await {
-                Ok(true) => continue,
-                Ok(false) => {}
-                Err(err) => {
-                    tracing::warn!(object = %object, error = %err, "cannot check a superseded write; its entry stays dirty");
-                    continue;
-                }
-            }
-            if let Err(err) = self.inner.cache.discard_dirty(&object).await {
-                tracing::warn!(object = %object, error = %err, "cannot release a superseded write");
-            }
-        }
     }
 
     /// The office's version of `bucket/key` if S3 does not have it yet.

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use super::staging::{self, blocking, BodyChecks};
 use super::{multipart_etag, WriteBackError};
+use crate::checksum::Checksum;
 use crate::upstream::{BoxError, MAX_PARTS, MIN_PART_SIZE};
 
 /// The office's multipart uploads in progress.
@@ -41,6 +42,15 @@ pub struct PartInfo {
     pub etag: String,
     pub size: u64,
     pub last_modified: Option<DateTime<Utc>>,
+}
+
+/// A part as [`Multipart::upload_part`] stored it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredPart {
+    /// MD5 hex, without quotes.
+    pub etag: String,
+    /// The additional checksum the upload asked for ([`BodyChecks::checksum`]), verified.
+    pub checksum: Option<Checksum>,
 }
 
 /// A completed upload's bytes, staged and fsynced, ready for
@@ -122,7 +132,8 @@ impl Multipart {
     }
 
     /// Stores part `number` of an upload of `bucket/key` (replacing an earlier upload of that
-    /// number); returns its ETag (MD5 hex).
+    /// number), checked against `checks` (length, Content-MD5, additional checksum); returns
+    /// its ETag (MD5 hex) and verified checksum. A part that fails a check is not kept.
     pub async fn upload_part<St, E>(
         &self,
         upload_id: &str,
@@ -131,7 +142,7 @@ impl Multipart {
         number: i32,
         body: St,
         checks: &BodyChecks,
-    ) -> Result<String, WriteBackError>
+    ) -> Result<StoredPart, WriteBackError>
     where
         St: Stream<Item = Result<Bytes, E>> + Send,
         E: Into<BoxError>,
@@ -155,6 +166,7 @@ impl Multipart {
         ));
         let staged = staging::stage(temp, bucket, key, body, checks).await?;
         let etag = staged.md5_hex();
+        let checksum = staged.checksum;
         let name = format!("{number:05}.{etag}");
         let (from, to) = (staged.path, dir.join(&name));
         blocking(
@@ -173,7 +185,7 @@ impl Multipart {
             },
         )
         .await?;
-        Ok(etag)
+        Ok(StoredPart { etag, checksum })
     }
 
     /// The parts of an upload, by number.

@@ -84,6 +84,10 @@ fn store_error(op: &'static str, bucket: &str, key: &str, err: WriteBackError) -
                 target,
                 what: err.to_string(),
             },
+            WriteBackErrorKind::PreconditionFailed => StoreError::PreconditionFailed {
+                target,
+                detail: err.to_string(),
+            },
             WriteBackErrorKind::Full | WriteBackErrorKind::Unavailable => {
                 StoreError::unavailable(target, err.to_string())
             }
@@ -244,7 +248,7 @@ impl ObjectStore for OfficeStore {
     ) -> Result<String, StoreError> {
         let checks = super::BodyChecks {
             length: Some(body.len() as u64),
-            md5: None,
+            ..super::BodyChecks::default()
         };
         self.write_back
             .multipart()
@@ -257,6 +261,7 @@ impl ObjectStore for OfficeStore {
                 &checks,
             )
             .await
+            .map(|part| part.etag)
             .map_err(|err| store_error("upload_part", bucket, key, err))
     }
 

@@ -1,5 +1,6 @@
-//! Writing an upload's body to local disk: into a staging file, hashed (MD5) as it lands,
-//! checked against the announced length and Content-MD5, then fsynced. Only then may the
+//! Writing an upload's body to local disk: into a staging file, hashed (MD5, and the additional
+//! checksum the client sent, if any) as it lands, checked against the announced length,
+//! Content-MD5 and checksum, then fsynced. Only then may the
 //! upload be acknowledged. The file is written through blocking calls of about 1 MiB each,
 //! off the async runtime.
 
@@ -12,6 +13,7 @@ use futures::{Stream, StreamExt as _};
 use md5::{Digest as _, Md5};
 
 use super::WriteBackError;
+use crate::checksum::{Checksum, ChecksumCheck, Hasher as ChecksumHasher};
 use crate::upstream::BoxError;
 
 /// Bytes gathered before one blocking write.
@@ -24,6 +26,8 @@ pub struct StagedFile {
     pub size: u64,
     /// MD5 of the bytes.
     pub md5: [u8; 16],
+    /// The additional checksum [`BodyChecks::checksum`] asked for, verified.
+    pub checksum: Option<Checksum>,
 }
 
 impl StagedFile {
@@ -40,6 +44,9 @@ pub struct BodyChecks {
     pub length: Option<u64>,
     /// Content-MD5 (the 16 raw bytes): the body must hash to it.
     pub md5: Option<[u8; 16]>,
+    /// An additional checksum (`x-amz-checksum-*`, in a header or a trailer): computed as the
+    /// body lands, compared once it has ended.
+    pub checksum: Option<ChecksumCheck>,
 }
 
 /// Writes `body` to `path` (created, must not exist), checks it against `checks`, fsyncs it.
@@ -60,7 +67,12 @@ where
     if result.is_err() {
         remove_quietly(path.clone()).await;
     }
-    result.map(|(size, md5)| StagedFile { path, size, md5 })
+    result.map(|(size, md5, checksum)| StagedFile {
+        path,
+        size,
+        md5,
+        checksum,
+    })
 }
 
 async fn write_all<St, E>(
@@ -69,7 +81,7 @@ async fn write_all<St, E>(
     key: &str,
     body: St,
     checks: &BodyChecks,
-) -> Result<(u64, [u8; 16]), WriteBackError>
+) -> Result<(u64, [u8; 16], Option<Checksum>), WriteBackError>
 where
     St: Stream<Item = Result<Bytes, E>> + Send,
     E: Into<BoxError>,
@@ -86,7 +98,13 @@ where
     };
     let mut writer = Writer {
         file: Some(file),
-        hasher: Some(Md5::new()),
+        hashers: Some(Hashers {
+            md5: Md5::new(),
+            checksum: checks
+                .checksum
+                .as_ref()
+                .map(|check| ChecksumHasher::new(check.algorithm())),
+        }),
         size: 0,
     };
     let mut body = std::pin::pin!(body);
@@ -126,7 +144,13 @@ where
             });
         }
     }
-    let md5: [u8; 16] = writer.hasher.take().unwrap_or_default().finalize().into();
+    let Some(hashers) = writer.hashers.take() else {
+        return Err(WriteBackError::io(
+            format!("writing {}", path.display()),
+            std::io::Error::other("an earlier write failed"),
+        ));
+    };
+    let md5: [u8; 16] = hashers.md5.finalize().into();
     if let Some(sent) = checks.md5 {
         if sent != md5 {
             return Err(WriteBackError::BadDigest {
@@ -137,39 +161,62 @@ where
             });
         }
     }
+    // After the body has ended: a trailing checksum has arrived by now.
+    let checksum = match (&checks.checksum, hashers.checksum) {
+        (Some(check), Some(hasher)) => {
+            let computed = hasher.finish();
+            check
+                .verify(&computed)
+                .map_err(|source| WriteBackError::Checksum {
+                    bucket: bucket.to_owned(),
+                    key: key.to_owned(),
+                    source,
+                })?;
+            Some(computed)
+        }
+        _ => None,
+    };
     if let Some(file) = writer.file.take() {
         blocking(format!("syncing {}", path.display()), move || {
             file.sync_all()
         })
         .await?;
     }
-    Ok((writer.size, md5))
+    Ok((writer.size, md5, checksum))
 }
 
-/// The staging file and the running hash, moved into each blocking write and back.
+/// The staging file and the running hashes, moved into each blocking write and back.
 struct Writer {
     file: Option<File>,
-    hasher: Option<Md5>,
+    hashers: Option<Hashers>,
     size: u64,
+}
+
+struct Hashers {
+    md5: Md5,
+    checksum: Option<ChecksumHasher>,
 }
 
 impl Writer {
     async fn write(&mut self, bytes: Bytes, path: &Path) -> Result<(), WriteBackError> {
-        let (Some(mut file), Some(mut hasher)) = (self.file.take(), self.hasher.take()) else {
+        let (Some(mut file), Some(mut hashers)) = (self.file.take(), self.hashers.take()) else {
             return Err(WriteBackError::io(
                 format!("writing {}", path.display()),
                 std::io::Error::other("an earlier write failed"),
             ));
         };
         let len = bytes.len() as u64;
-        let (file, hasher) = blocking(format!("writing {}", path.display()), move || {
-            hasher.update(&bytes);
+        let (file, hashers) = blocking(format!("writing {}", path.display()), move || {
+            hashers.md5.update(&bytes);
+            if let Some(checksum) = &mut hashers.checksum {
+                checksum.update(&bytes);
+            }
             file.write_all(&bytes)?;
-            Ok((file, hasher))
+            Ok((file, hashers))
         })
         .await?;
         self.file = Some(file);
-        self.hasher = Some(hasher);
+        self.hashers = Some(hashers);
         self.size += len;
         Ok(())
     }
@@ -232,7 +279,7 @@ mod tests {
             chunks(&[b"hello ", b"world"]),
             &BodyChecks {
                 length: Some(11),
-                md5: None,
+                ..BodyChecks::default()
             },
         )
         .await
@@ -249,14 +296,14 @@ mod tests {
             (
                 BodyChecks {
                     length: Some(12),
-                    md5: None,
+                    ..BodyChecks::default()
                 },
                 "announced",
             ),
             (
                 BodyChecks {
                     length: Some(5),
-                    md5: None,
+                    ..BodyChecks::default()
                 },
                 "announced",
             ),
@@ -264,6 +311,7 @@ mod tests {
                 BodyChecks {
                     length: None,
                     md5: Some([0; 16]),
+                    ..BodyChecks::default()
                 },
                 "Content-MD5",
             ),
@@ -279,6 +327,96 @@ mod tests {
             .await
             .expect_err("refused");
             assert!(err.to_string().contains(what), "{err}");
+            assert_eq!(err.kind(), super::super::WriteBackErrorKind::Invalid);
+            assert!(!path.exists(), "nothing left behind");
+        }
+    }
+
+    fn crc32_check(check: ChecksumCheck) -> BodyChecks {
+        BodyChecks {
+            checksum: Some(check),
+            ..BodyChecks::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn additional_checksums_are_verified_before_the_file_is_kept() {
+        use crate::checksum::{ChecksumAlgorithm, ChecksumError};
+        use std::sync::Arc;
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let right = Checksum::of(ChecksumAlgorithm::Crc32, b"hello world");
+        let wrong = Checksum::of(ChecksumAlgorithm::Crc32, b"hello");
+
+        // Sent in a header: the right value is kept and reported.
+        let path = dir.path().join("right");
+        let staged = stage(
+            path.clone(),
+            "b",
+            "k",
+            chunks(&[b"hello ", b"world"]),
+            &crc32_check(ChecksumCheck::sent(right.clone())),
+        )
+        .await
+        .expect("staged");
+        assert_eq!(staged.checksum, Some(right.clone()));
+        assert!(path.exists());
+
+        // A trailer is read once the body has ended: the stream sets it on its last item.
+        let trailer: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
+        let set = Arc::clone(&trailer);
+        let body = chunks(&[b"hello ", b"world"]).chain(futures::stream::once(async move {
+            *set.lock().expect("lock") = Some("DUoRhQ==".to_owned()); // CRC32 of "hello world"
+            Ok(Bytes::new())
+        }));
+        let read = Arc::clone(&trailer);
+        let path = dir.path().join("trailer");
+        let staged = stage(
+            path.clone(),
+            "b",
+            "k",
+            body,
+            &crc32_check(ChecksumCheck::trailer(
+                ChecksumAlgorithm::Crc32,
+                Arc::new(move || read.lock().expect("lock").clone()),
+            )),
+        )
+        .await
+        .expect("staged with a trailer");
+        assert_eq!(staged.checksum, Some(right.clone()));
+
+        // A wrong value, a wrong trailer, a missing trailer: refused, nothing left behind.
+        for (check, mismatch) in [
+            (ChecksumCheck::sent(wrong.clone()), true),
+            (
+                ChecksumCheck::trailer(
+                    ChecksumAlgorithm::Crc32,
+                    Arc::new(move || Some(wrong.to_base64())),
+                ),
+                true,
+            ),
+            (
+                ChecksumCheck::trailer(ChecksumAlgorithm::Crc32, Arc::new(|| None)),
+                false,
+            ),
+        ] {
+            let path = dir.path().join("refused");
+            let err = stage(
+                path.clone(),
+                "b",
+                "k",
+                chunks(&[b"hello ", b"world"]),
+                &crc32_check(check),
+            )
+            .await
+            .expect_err("refused");
+            let WriteBackError::Checksum { source, .. } = &err else {
+                panic!("not a checksum error: {err}");
+            };
+            assert_eq!(source.is_mismatch(), mismatch, "{err}");
+            if !mismatch {
+                assert!(matches!(source, ChecksumError::MissingTrailer { .. }));
+            }
             assert_eq!(err.kind(), super::super::WriteBackErrorKind::Invalid);
             assert!(!path.exists(), "nothing left behind");
         }

@@ -61,9 +61,14 @@ pub(super) async fn run(inner: Arc<Inner>) {
                         {
                             continue;
                         }
-                        match journal::start(&inner.db, row.id).await {
+                        match journal::start(&inner.db, &row).await {
                             Ok(true) => {}
-                            Ok(false) => continue,
+                            Ok(false) => {
+                                // Superseded meanwhile, or a newer write of its key exists:
+                                // this one must never land after it.
+                                retire_if_stale(&inner, &row).await;
+                                continue;
+                            }
                             Err(err) => {
                                 tracing::warn!(error = %err, "cannot start a transfer");
                                 break;
@@ -119,6 +124,15 @@ async fn end(
     not_before: &mut HashMap<i64, (Instant, u32)>,
 ) {
     let size = u64::try_from(row.size).unwrap_or(0);
+    if matches!(outcome, Attempt::Retry(_) | Attempt::Failed(_))
+        && retire_if_stale(inner, row).await
+    {
+        // A newer write or delete of the key was acknowledged while this one was uploading:
+        // it carries the key's final state, and this one must not land after it.
+        not_before.remove(&row.id);
+        inner.ended.send_replace(());
+        return;
+    }
     let recorded = match outcome {
         Attempt::Done => {
             not_before.remove(&row.id);
@@ -141,6 +155,26 @@ async fn end(
         tracing::error!(transfer = row.id, error = %err, "cannot record the end of a transfer");
     }
     inner.ended.send_replace(());
+}
+
+/// Supersedes `row` if a newer transfer of its key exists, releasing its dirty entry; returns
+/// whether it did. On a database error the row is left as it is (and reported): the next
+/// look at it checks again.
+async fn retire_if_stale(inner: &Inner, row: &transfer::Model) -> bool {
+    match journal::supersede_if_stale(&inner.db, row).await {
+        Ok(true) => {
+            tracing::info!(transfer = row.id, bucket = %row.bucket, key = %row.key, "superseded by a newer write of its key");
+            inner
+                .release_superseded(std::slice::from_ref(row), None)
+                .await;
+            true
+        }
+        Ok(false) => false,
+        Err(err) => {
+            tracing::warn!(transfer = row.id, error = %err, "cannot check a transfer against newer writes of its key");
+            false
+        }
+    }
 }
 
 fn backoff(settings: &super::WriteBackSettings, failures: u32) -> Duration {
