@@ -63,6 +63,8 @@ pub struct AppState {
     pub egress: Arc<EgressMeter>,
     /// One sync at a time, whether periodic or asked for.
     pub sync_lock: tokio::sync::Mutex<()>,
+    /// One rewrite at a time of each sidecar `registerDrive`/`registerRun`/`tagScenario` write.
+    pub sidecar_locks: crate::records::SidecarLocks,
     /// The office cache: content store, single-flight downloads, views, eviction.
     pub cache: Arc<OfficeCache>,
     pub reservations: Arc<Reservations>,
@@ -187,6 +189,7 @@ impl AppState {
             sync_soon: tokio::sync::Notify::new(),
             egress,
             sync_lock: tokio::sync::Mutex::new(()),
+            sidecar_locks: crate::records::SidecarLocks::default(),
             cache,
             reservations,
             tokens: crate::auth::TokenCache::default(),

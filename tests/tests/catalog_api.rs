@@ -1,11 +1,12 @@
 //! The GraphQL catalog API against the real server, on SQLite or PostgreSQL
 //! (`MILEPOST_TEST_DATABASE_URL`): registration, idempotency, validation, auth, limits,
-//! pagination and bad input.
+//! pagination, bad input, and the sidecars registration writes through the office.
 
 use chrono::{Duration, TimeZone, Utc};
+use milepost_cacher::ByteRange;
 use milepost_schema::entity::object;
 use milepost_schema::enums::Role;
-use milepost_tests::{error_codes, first_error, TestApp};
+use milepost_tests::{error_codes, first_error, LoopbackUpstream, TestApp};
 use reqwest::StatusCode;
 use sea_orm::{EntityTrait, Set};
 use serde_json::{json, Value};
@@ -825,5 +826,219 @@ async fn healthz_reports_the_database_and_graphiql_is_served() {
     let page = app.get("/graphql").await.text().await.expect("html");
     assert!(page.contains("graphiql"), "GraphiQL page");
     eprintln!("backend under test: {}", app.backend());
+    app.shutdown().await;
+}
+
+/// Every `tagScenario` rewrites its drive's `drive.json` from the catalog. Many at once on one
+/// drive must not lose one another's scenarios: when a call returns, the sidecar the office
+/// serves holds its scenario (no slower rewrite from an older read lands after it), and once
+/// write-back has drained, the sidecar in S3 holds every scenario the catalog holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_tags_on_one_drive_all_reach_its_sidecar() {
+    const TAGS: usize = 24;
+    const DRIVE: &str = "drv-race";
+    const SIDECAR: &str = "drives/2026-11-01/gz-004/drv-race/drive.json";
+    let upstream = LoopbackUpstream::start("fleet").await;
+    let app = TestApp::builder()
+        .upstream(upstream.settings(), "fleet")
+        .start()
+        .await;
+    let pipeline = app.token("ci", Role::Pipeline).await;
+    let engineer = app.token("alice", Role::Engineer).await;
+    let (_, body) = app
+        .graphql(
+            Some(&pipeline),
+            REGISTER_DRIVE,
+            json!({ "input": drive_input(DRIVE) }),
+        )
+        .await;
+    assert_ok(&body);
+
+    let first = Utc
+        .with_ymd_and_hms(2026, 11, 1, 8, 10, 0)
+        .single()
+        .expect("date");
+    let mut tags = tokio::task::JoinSet::new();
+    for i in 0..TAGS {
+        let (client, url, token) = (app.client.clone(), app.base_url.clone(), engineer.clone());
+        let state = app.state().clone();
+        tags.spawn(async move {
+            let label = format!("tagged-{i:02}");
+            let start = first + Duration::seconds(20 * i as i64);
+            let body: Value = client
+                .post(format!("{url}/graphql"))
+                .bearer_auth(token)
+                .json(&json!({ "query": TAG_SCENARIO, "variables": { "input": {
+                    "driveId": DRIVE, "label": label,
+                    "start": start, "end": start + Duration::seconds(10),
+                }}}))
+                .send()
+                .await
+                .expect("request")
+                .json()
+                .await
+                .expect("json");
+            assert_ok(&body);
+            let seen = sidecar_labels(state.store.as_ref(), SIDECAR).await;
+            (label, seen)
+        });
+    }
+    let mut missing_own = Vec::new();
+    while let Some(done) = tags.join_next().await {
+        let (label, seen) = done.expect("tagScenario task");
+        if !seen.contains(&label) {
+            missing_own.push(format!("{label} (sidecar had {} scenarios)", seen.len()));
+        }
+    }
+    assert_eq!(
+        missing_own,
+        Vec::<String>::new(),
+        "calls whose scenario was not in the office's drive.json when they returned"
+    );
+    let mut expected: Vec<String> = (0..TAGS).map(|i| format!("tagged-{i:02}")).collect();
+    expected.push("cut-in".to_owned());
+    expected.sort();
+
+    let (_, body) = app
+        .graphql(
+            Some(&engineer),
+            "query($id: ID!) { drive(id: $id) { scenarios { label } } }",
+            json!({ "id": DRIVE }),
+        )
+        .await;
+    assert_ok(&body);
+    let mut in_catalog: Vec<String> = body["data"]["drive"]["scenarios"]
+        .as_array()
+        .expect("scenarios")
+        .iter()
+        .map(|s| s["label"].as_str().expect("label").to_owned())
+        .collect();
+    in_catalog.sort();
+    assert_eq!(in_catalog, expected, "the catalog has every scenario");
+
+    assert!(
+        app.state()
+            .write_back
+            .wait_idle(std::time::Duration::from_secs(60))
+            .await,
+        "write-back drains"
+    );
+    assert_eq!(
+        sidecar_labels(app.state().store.as_ref(), SIDECAR).await,
+        expected,
+        "drive.json in the office holds every scenario"
+    );
+    assert_eq!(
+        sidecar_labels(upstream.store.as_ref(), SIDECAR).await,
+        expected,
+        "drive.json in S3 holds every scenario"
+    );
+    app.shutdown().await;
+}
+
+/// The scenario labels of the drive sidecar `key` (bucket `fleet`) in `store`, sorted.
+async fn sidecar_labels(store: &dyn milepost_cacher::ObjectStore, key: &str) -> Vec<String> {
+    let bytes = store
+        .get("fleet", key, ByteRange::All, None)
+        .await
+        .expect("the sidecar")
+        .collect(4 << 20)
+        .await
+        .expect("sidecar body");
+    let sidecar: Value = serde_json::from_slice(&bytes).expect("sidecar JSON");
+    let mut labels: Vec<String> = sidecar["scenarios"]
+        .as_array()
+        .expect("scenarios")
+        .iter()
+        .map(|s| s["label"].as_str().expect("label").to_owned())
+        .collect();
+    labels.sort();
+    labels
+}
+
+/// The same guarantee one level down, without the search index commit that spaces out
+/// `tagScenario` calls: catalog changes committed concurrently, each followed by its drive's
+/// sidecar rewrite (`records::write_drive`, as `tagScenario` and `registerDrive` do). When a
+/// rewrite returns, the office's sidecar holds its change; once write-back has drained, S3's
+/// holds every change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sidecar_rewrites_racing_catalog_changes_keep_every_scenario() {
+    const TAGS: usize = 24;
+    const ROUNDS: usize = 4;
+    const DRIVE: &str = "drv-rewrite";
+    const SIDECAR: &str = "drives/2026-11-01/gz-004/drv-rewrite/drive.json";
+    let upstream = LoopbackUpstream::start("fleet").await;
+    let app = TestApp::builder()
+        .upstream(upstream.settings(), "fleet")
+        .start()
+        .await;
+    let pipeline = app.token("ci", Role::Pipeline).await;
+    let (_, body) = app
+        .graphql(
+            Some(&pipeline),
+            REGISTER_DRIVE,
+            json!({ "input": drive_input(DRIVE) }),
+        )
+        .await;
+    assert_ok(&body);
+    let first = Utc
+        .with_ymd_and_hms(2026, 11, 1, 8, 10, 0)
+        .single()
+        .expect("date");
+    let mut expected = vec!["cut-in".to_owned()];
+    let mut missing_own = Vec::new();
+    for round in 0..ROUNDS {
+        let mut rewrites = tokio::task::JoinSet::new();
+        for i in 0..TAGS {
+            let state = app.state().clone();
+            let label = format!("r{round}-tagged-{i:02}");
+            expected.push(label.clone());
+            rewrites.spawn(async move {
+                let start = first + Duration::seconds(20 * i as i64);
+                milepost_indexer::catalog::tag_scenario(
+                    &state.db,
+                    milepost_indexer::catalog::ScenarioTag {
+                        drive_id: DRIVE.to_owned(),
+                        label: label.clone(),
+                        start,
+                        end: start + Duration::seconds(10),
+                        tags: Vec::new(),
+                        description: None,
+                    },
+                )
+                .await
+                .expect("tag committed");
+                milepost_api::records::write_drive(&state, DRIVE)
+                    .await
+                    .expect("sidecar rewritten");
+                let seen = sidecar_labels(state.store.as_ref(), SIDECAR).await;
+                (label, seen)
+            });
+        }
+        while let Some(done) = rewrites.join_next().await {
+            let (label, seen) = done.expect("rewrite task");
+            if !seen.contains(&label) {
+                missing_own.push(format!("{label} (sidecar had {} scenarios)", seen.len()));
+            }
+        }
+    }
+    assert_eq!(
+        missing_own,
+        Vec::<String>::new(),
+        "rewrites whose change was not in the office's drive.json when they returned"
+    );
+    expected.sort();
+    assert!(
+        app.state()
+            .write_back
+            .wait_idle(std::time::Duration::from_secs(60))
+            .await,
+        "write-back drains"
+    );
+    assert_eq!(
+        sidecar_labels(upstream.store.as_ref(), SIDECAR).await,
+        expected,
+        "drive.json in S3 holds every scenario"
+    );
     app.shutdown().await;
 }

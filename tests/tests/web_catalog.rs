@@ -1036,3 +1036,85 @@ async fn roles_and_forgery_are_refused() {
     w.app.shutdown().await;
     w.s3.shutdown().await;
 }
+
+/// After signing in, `next` only ever leads back to this server. Browsers drop tab, CR and LF
+/// from a URL and read `\` as `/`, so `/%09/evil.test` (as the form or query sends it) would
+/// become the protocol-relative `//evil.test`, another host; every disguise falls back to `/`,
+/// both in the sign-in page's hidden field and in the redirect after a good token.
+#[tokio::test]
+async fn sign_in_never_redirects_to_another_host() {
+    let app = TestApp::start().await;
+    let engineer = app.token("alice", Role::Engineer).await;
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let base = reqwest::Url::parse(&app.base_url).expect("base url");
+    // Raw query and form values, exactly as they appear on the wire.
+    for raw in [
+        "/%09/evil.test",
+        "%2F%09%2Fevil.test",
+        "/%0A/evil.test",
+        "/%0D%0A/evil.test",
+        "/%0D/evil.test",
+        "/%7F/evil.test",
+        "%09//evil.test",
+        "//evil.test",
+        "%2F%2Fevil.test",
+        "/%2F/evil.test",
+        "/%5Cevil.test",
+        "%5C%5Cevil.test",
+        "/%5C/evil.test",
+        "https://evil.test",
+        "https:%2F%2Fevil.test",
+        "%0A",
+    ] {
+        let response = client
+            .post(format!("{}/signin", app.base_url))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("token={engineer}&next={raw}"))
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(response.status(), StatusCode::SEE_OTHER, "next={raw}");
+        let location = response
+            .headers()
+            .get("location")
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .unwrap_or_else(|| panic!("next={raw}: a redirect without Location"));
+        // `Url::join` follows the WHATWG URL rules a browser applies to `Location`.
+        let target = base.join(&location).expect("a URL");
+        assert_eq!(
+            target.origin(),
+            base.origin(),
+            "next={raw} sent the browser to {target}"
+        );
+        assert_eq!(location, "/", "next={raw}");
+        let page = client
+            .get(format!("{}/signin?next={raw}", app.base_url))
+            .send()
+            .await
+            .expect("get")
+            .text()
+            .await
+            .expect("page");
+        assert!(
+            page.contains(r#"<input type="hidden" name="next" value="/">"#),
+            "next={raw} is kept in the sign-in form: {page}"
+        );
+    }
+
+    // A local path, query included, is where sign-in goes back to.
+    let response = client
+        .post(format!("{}/signin", app.base_url))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!(
+            "token={engineer}&next=%2Fsearch%3Fq%3Dcut-in%26x%3D1"
+        ))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    assert_eq!(response.headers()["location"], "/search?q=cut-in&x=1");
+    app.shutdown().await;
+}

@@ -141,9 +141,18 @@ pub fn check_post(session: &Session, headers: &HeaderMap, form: &Form) -> Result
     Ok(())
 }
 
-/// A local path to return to after signing in (never another host).
+/// A local path to return to after signing in (never another host), else `/`.
+///
+/// `next` is the value as the server sees it, percent-decoded once from the query or form.
+/// It must start with one `/` and hold no `\` and no control character: browsers read `\` as
+/// `/` (so `/\evil.test` is `//evil.test`), and drop tab, CR and LF anywhere in a URL (so
+/// `/\t/evil.test`, sent as `/%09/evil.test`, is `//evil.test` too), a protocol-relative URL
+/// naming another host.
 pub fn safe_next(next: &str) -> &str {
-    if next.starts_with('/') && !next.starts_with("//") && !next.contains('\\') {
+    let local = next.starts_with('/')
+        && !next.starts_with("//")
+        && !next.contains(|c: char| c == '\\' || c.is_control());
+    if local {
         next
     } else {
         "/"
@@ -180,8 +189,60 @@ mod tests {
 
     #[test]
     fn next_stays_local() {
-        assert_eq!(safe_next("/drives/x?y=1"), "/drives/x?y=1");
-        assert_eq!(safe_next("//evil.test/"), "/");
-        assert_eq!(safe_next("https://evil.test/"), "/");
+        for local in [
+            "/",
+            "/drives/x?y=1",
+            "/search?q=cut-in%20left&facet=city:guangzhou",
+            "/datasets/a%2Fb",
+            "/drives/é",
+        ] {
+            assert_eq!(safe_next(local), local);
+        }
+        for hostile in [
+            "",
+            "//evil.test",
+            "//evil.test/",
+            "/\\evil.test",
+            "\\\\evil.test",
+            "/\t/evil.test",
+            "/\n/evil.test",
+            "/\r\n/evil.test",
+            "\t//evil.test",
+            "/\u{7f}/evil.test",
+            "/\u{85}/evil.test",
+            "/x\0",
+            "\n",
+            "https://evil.test",
+            "https:/evil.test",
+            "evil.test",
+            "javascript:alert(1)",
+        ] {
+            assert_eq!(safe_next(hostile), "/", "{hostile:?}");
+        }
+    }
+
+    /// `next` as it arrives in the sign-in form (and, decoded the same way, in the query):
+    /// every disguise of another host falls back to `/` once percent-decoded.
+    #[test]
+    fn next_is_checked_after_percent_decoding() {
+        for (raw, expected) in [
+            ("%2Fdrives%2Fx%3Fy%3D1", "/drives/x?y=1"),
+            ("/%2525", "/%25"),
+            ("/%09/evil.test", "/"),
+            ("%2F%09%2Fevil.test", "/"),
+            ("/%0A/evil.test", "/"),
+            ("/%0D%0A/evil.test", "/"),
+            ("/%7F/evil.test", "/"),
+            ("/%2F/evil.test", "/"),
+            ("%2F%2Fevil.test", "/"),
+            ("/%5Cevil.test", "/"),
+            ("/%5C/evil.test", "/"),
+            ("https%3A%2F%2Fevil.test", "/"),
+            ("%0A", "/"),
+            ("/+/evil.test", "/ /evil.test"),
+        ] {
+            let form = Form::parse(format!("next={raw}").as_bytes());
+            assert_eq!(safe_next(form.get("next")), expected, "next={raw}");
+        }
     }
 }
