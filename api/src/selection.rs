@@ -72,6 +72,15 @@ impl TrimOptions {
     }
 }
 
+/// What a selection holds, and what it says about how (a scenario inside a log the dataset
+/// holds whole, for one).
+#[derive(Debug, Default)]
+pub struct Selected {
+    pub entries: Vec<ManifestEntry>,
+    /// Sentences for the dataset's record of its selection.
+    pub notes: Vec<String>,
+}
+
 /// What [`resolve`] found: the entries, and the topics of the drives of the scenarios it
 /// selected (to check the chosen topics against).
 #[derive(Debug, Default)]
@@ -384,14 +393,15 @@ async fn entity_objects(
 }
 
 /// Resolves a selection into manifest entries (unsorted, possibly with duplicates), scenarios
-/// trimmed per `trim`. Chosen topics that no drive of a selected scenario has are refused
-/// (`input.topics[i]`), as are topics when no scenario is selected (`input.topics`).
+/// trimmed per `trim`, except windows of logs the selection holds whole (noted instead).
+/// Chosen topics that no drive of a selected scenario has are refused (`input.topics[i]`), as
+/// are topics when no scenario is selected (`input.topics`).
 pub async fn resolve(
     app: &AppState,
     selection: &Selection,
     include: &[Glob],
     trim: &TrimOptions,
-) -> ApiResult<Vec<ManifestEntry>> {
+) -> ApiResult<Selected> {
     let mut out = Resolved::default();
     match selection {
         Selection::Query(query) => {
@@ -510,7 +520,57 @@ pub async fn resolve(
             }
         }
     }
-    Ok(out.entries)
+    let notes = drop_windows_of_whole_logs(&mut out.entries);
+    Ok(Selected {
+        entries: out.entries,
+        notes,
+    })
+}
+
+/// A log the dataset holds whole already holds every window of it: a trimmed copy would be
+/// stored twice and its chunks fetched again as byte ranges while the whole log downloads.
+/// Drops such trimmed members (same bucket, key and ETag as a whole member) and returns a note
+/// per scenario saying where its window is.
+fn drop_windows_of_whole_logs(entries: &mut Vec<ManifestEntry>) -> Vec<String> {
+    let whole: std::collections::HashSet<(&str, &str, &str)> = entries
+        .iter()
+        .filter(|e| e.trim.is_none())
+        .map(|e| (e.bucket.as_str(), e.key.as_str(), e.etag.as_str()))
+        .collect();
+    let redundant: Vec<bool> = entries
+        .iter()
+        .map(|e| {
+            e.trim.is_some()
+                && whole.contains(&(e.bucket.as_str(), e.key.as_str(), e.etag.as_str()))
+        })
+        .collect();
+    let mut notes: Vec<String> = entries
+        .iter()
+        .zip(&redundant)
+        .filter(|(_, redundant)| **redundant)
+        .filter_map(|(e, _)| {
+            let trim = e.trim.as_ref()?;
+            let at = |ns: u64| {
+                i64::try_from(ns)
+                    .ok()
+                    .map(DateTime::from_timestamp_nanos)
+                    .map_or_else(|| ns.to_string(), |t| t.to_rfc3339())
+            };
+            Some(format!(
+                "scenario {} ({} to {}, padding included) is inside s3://{}/{}, held whole",
+                trim.scenario_id,
+                at(trim.start_ns),
+                at(trim.end_ns),
+                e.bucket,
+                e.key
+            ))
+        })
+        .collect();
+    let mut keep = redundant.into_iter().map(|r| !r);
+    entries.retain(|_| keep.next().unwrap_or(true));
+    notes.sort();
+    notes.dedup();
+    notes
 }
 
 #[cfg(test)]

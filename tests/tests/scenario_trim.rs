@@ -779,3 +779,70 @@ async fn concurrent_reservations_of_one_scenario_fetch_each_range_once() {
     );
     w.app.shutdown().await;
 }
+
+/// A dataset of a drive and a scenario of it holds each log once, whole (the scenario is noted
+/// in the dataset's selection), and its first reservation reads exactly the dataset's bytes
+/// from upstream: no window's chunks fetched again as ranges beside the whole logs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_drive_and_its_scenario_hold_each_log_once_and_fetch_its_bytes_once() {
+    let scenarios = [ScenarioSpec {
+        label: "cut-in",
+        start: t0() + secs(20),
+        end: t0() + secs(25),
+    }];
+    let logs = [
+        ("zstd.mcap", log_spec(Some(Compression::Zstd), 60)),
+        ("none.mcap", log_spec(None, 60)),
+    ];
+    let w = world(60, &logs, &scenarios).await;
+    let ids = scenario_ids(&w).await;
+    let (_, body) = w
+        .app
+        .graphql(
+            Some(&w.engineer),
+            r#"mutation($input: CreateDatasetInput!) { createDataset(input: $input) {
+                objectCount totalBytes selection } }"#,
+            json!({ "input": {
+                "name": "drive-and-window",
+                "entityIds": [DRIVE, ids["cut-in"]],
+                "include": ["*.mcap"],
+            } }),
+        )
+        .await;
+    assert!(body.get("errors").is_none(), "{body}");
+    let dataset = &body["data"]["createDataset"];
+    let whole: u64 = w
+        .logs
+        .iter()
+        .map(|l| std::fs::metadata(&l.path).expect("log").len())
+        .sum();
+    assert_eq!(dataset["objectCount"], 2, "each log once: {dataset}");
+    assert_eq!(dataset["totalBytes"].as_u64(), Some(whole), "{dataset}");
+    let notes = dataset["selection"]["notes"].to_string();
+    assert!(
+        notes.contains(&ids["cut-in"]) && notes.contains("held whole"),
+        "the scenario is noted: {notes}"
+    );
+    let r = reserve(&w, "drive-and-window").await;
+    let view = ready(&r);
+    assert_eq!(
+        r["bytesFromUpstream"].as_u64(),
+        Some(whole),
+        "the first reservation reads the dataset's bytes exactly once: {r}"
+    );
+    let files = view_files(&view);
+    assert_eq!(files.len(), 2, "{files:?}");
+    for log in &w.logs {
+        let name = log.path.file_name().expect("name");
+        let file = files
+            .iter()
+            .find(|f| f.file_name() == Some(name))
+            .unwrap_or_else(|| panic!("{name:?} whole in the view: {files:?}"));
+        assert_eq!(
+            std::fs::read(file).expect("view file"),
+            std::fs::read(&log.path).expect("log"),
+            "{name:?} byte-exact"
+        );
+    }
+    w.app.shutdown().await;
+}

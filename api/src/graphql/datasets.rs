@@ -538,9 +538,10 @@ impl DatasetMutation {
             )
         };
         let trim = TrimOptions::new(input.topics.as_deref(), input.padding_seconds).gql()?;
-        let entries = selection::resolve(app, &selection, &include, &trim)
+        let selected = selection::resolve(app, &selection, &include, &trim)
             .await
             .gql()?;
+        let entries = selected.entries;
         let recorded = serde_json::json!({
             "query": input.query,
             "entityIds": input.entity_ids.as_ref().map(|ids| ids.iter().map(|id| id.0.clone()).collect::<Vec<_>>()),
@@ -548,6 +549,7 @@ impl DatasetMutation {
             "include": input.include,
             "topics": input.topics,
             "paddingSeconds": trim.padding_seconds,
+            "notes": selected.notes,
         });
         let created = datasets::create_dataset(
             &app.db,

@@ -82,7 +82,8 @@ impl InsightsQuery {
             .gql()?;
         let entries = selection::resolve(app, &Selection::Query(query), &globs, &trim)
             .await
-            .gql()?;
+            .gql()?
+            .entries;
         // A scenario's objects are its drive's: the same key can be selected twice.
         let mut seen = HashSet::new();
         let (mut count, mut total, mut cached) = (0i64, 0u64, 0u64);
