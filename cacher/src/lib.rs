@@ -21,8 +21,8 @@ pub use cache::{
     FetchContext, FetchOutcome, ObjectKey, OfficeCache,
 };
 pub use upstream::{
-    build_store, list_all, put_stream, upload_file, ByteRange, EgressMeter, EgressSnapshot,
-    GetResponse, ListPage, MeteredStore, ObjectMeta, ObjectStore, RetryPolicy, RetryingStore,
-    S3Store, StaticCredentials, StoreError, StoreErrorKind, Target, UploadOptions,
+    build_store, list_all, put_stream, upload_file, ByteRange, DelimitedPage, EgressMeter,
+    EgressSnapshot, GetResponse, ListPage, MeteredStore, ObjectMeta, ObjectStore, RetryPolicy,
+    RetryingStore, S3Store, StaticCredentials, StoreError, StoreErrorKind, Target, UploadOptions,
     UpstreamSettings,
 };

@@ -928,3 +928,103 @@ async fn keys_the_office_cannot_hold_are_refused_before_acknowledgement() {
     assert_eq!(journaled, 0, "nothing refused may be journaled");
     w.app.shutdown().await;
 }
+
+/// A listing with a delimiter costs one upstream LIST per page, not one per 1,000 keys under
+/// the common prefixes; the office's own writes and deletes are laid over it (a new common
+/// prefix appears, one whose every key the office deleted disappears).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delimiter_listings_are_passed_upstream_with_office_changes_laid_over() {
+    use futures::StreamExt as _;
+    let w = world().await;
+    let (_, keys) = w.app.s3_token("ingest", Role::Engineer).await;
+    let gw = w.app.s3_client(keys);
+    let mut seeded: Vec<String> = (0..1100).map(|i| format!("tree/big/{i:05}.bin")).collect();
+    seeded.extend(
+        [
+            "tree/gone/a.bin",
+            "tree/gone/b.bin",
+            "tree/top-1.bin",
+            "tree/top-2.bin",
+        ]
+        .map(str::to_owned),
+    );
+    let store = &w.upstream.store;
+    let puts: Vec<_> = futures::stream::iter(seeded.iter())
+        .map(|key| async move { store.put(BUCKET, key, Bytes::from_static(b"x")).await })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    assert!(puts.iter().all(Result::is_ok), "seeded");
+
+    let list = || {
+        gw.client()
+            .list_objects_v2()
+            .bucket(BUCKET)
+            .prefix("tree/")
+            .delimiter("/")
+            .send()
+    };
+    let before = w.app.state().egress.snapshot().other_requests;
+    let page = list().await.expect("list");
+    let requests = w.app.state().egress.snapshot().other_requests - before;
+    assert_eq!(requests, 1, "one upstream LIST for one page of names");
+    let prefixes: Vec<&str> = page
+        .common_prefixes()
+        .iter()
+        .filter_map(|p| p.prefix())
+        .collect();
+    let objects: Vec<&str> = page.contents().iter().filter_map(|o| o.key()).collect();
+    assert_eq!(prefixes, ["tree/big/", "tree/gone/"]);
+    assert_eq!(objects, ["tree/top-1.bin", "tree/top-2.bin"]);
+
+    // Office changes not yet in S3 (the uploads may or may not have run: the answer is the
+    // same either way).
+    gw.put(BUCKET, "tree/new/c.bin", Bytes::from_static(b"new"))
+        .await
+        .expect("put");
+    for key in ["tree/gone/a.bin", "tree/gone/b.bin", "tree/top-1.bin"] {
+        gw.delete(BUCKET, key).await.expect("delete");
+    }
+    let page = list().await.expect("list");
+    let prefixes: Vec<&str> = page
+        .common_prefixes()
+        .iter()
+        .filter_map(|p| p.prefix())
+        .collect();
+    let objects: Vec<&str> = page.contents().iter().filter_map(|o| o.key()).collect();
+    assert_eq!(prefixes, ["tree/big/", "tree/new/"]);
+    assert_eq!(objects, ["tree/top-2.bin"]);
+
+    // Paged by max-keys across prefixes and objects.
+    let mut names = Vec::new();
+    let mut token = None;
+    loop {
+        let page = gw
+            .client()
+            .list_objects_v2()
+            .bucket(BUCKET)
+            .prefix("tree/")
+            .delimiter("/")
+            .max_keys(1)
+            .set_continuation_token(token)
+            .send()
+            .await
+            .expect("page");
+        names.extend(
+            page.common_prefixes()
+                .iter()
+                .filter_map(|p| p.prefix().map(str::to_owned)),
+        );
+        names.extend(
+            page.contents()
+                .iter()
+                .filter_map(|o| o.key().map(str::to_owned)),
+        );
+        match page.next_continuation_token() {
+            Some(next) => token = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(names, ["tree/big/", "tree/new/", "tree/top-2.bin"]);
+    w.app.shutdown().await;
+}

@@ -1,6 +1,7 @@
 //! ListObjects (v1 and v2) over the office's view of a bucket: pages of the [`OfficeStore`]
-//! cut to `max-keys`, grouped by a delimiter into common prefixes, resumable from an opaque
-//! token that names the store page to read again and the last key or prefix returned.
+//! (delimited pages when the client asks for a delimiter, so that a directory listing costs
+//! one upstream LIST per page) cut to `max-keys`, resumable from an opaque token that names
+//! the store page to read again and the last key or prefix returned.
 
 use base64::Engine as _;
 use milepost_cacher::writeback::OfficeStore;
@@ -84,16 +85,43 @@ pub async fn list(
     let mut listed = Listed::default();
     let mut page_token = resume.page.clone();
     loop {
-        let page = store.list_page(bucket, prefix, page_token.clone()).await?;
-        for object in page.objects {
-            if resume.skips(&object.key) {
+        // With a delimiter the store groups (one upstream LIST per page of names, however
+        // many keys lie under each common prefix); the grouping below stays for a store that
+        // lists keys under a common prefix anyway.
+        let (entries, next) = match delimiter {
+            Some(d) => {
+                let page = store
+                    .list_delimited(bucket, prefix, d, page_token.clone())
+                    .await?;
+                let mut entries: Vec<Entry> = page
+                    .objects
+                    .into_iter()
+                    .map(Entry::Object)
+                    .chain(page.prefixes.into_iter().map(Entry::Prefix))
+                    .collect();
+                entries.sort_by(|a, b| a.name().cmp(b.name()));
+                (entries, page.next)
+            }
+            None => {
+                let page = store.list_page(bucket, prefix, page_token.clone()).await?;
+                (
+                    page.objects.into_iter().map(Entry::Object).collect(),
+                    page.next,
+                )
+            }
+        };
+        for entry in entries {
+            if resume.skips(entry.name()) {
                 continue;
             }
-            let grouped = delimiter.and_then(|d| {
-                object.key[prefix.len()..]
-                    .find(d)
-                    .map(|at| object.key[..prefix.len() + at + d.len()].to_owned())
-            });
+            let grouped = match &entry {
+                Entry::Prefix(common) => Some(common.clone()),
+                Entry::Object(object) => delimiter.and_then(|d| {
+                    object.key[prefix.len()..]
+                        .find(d)
+                        .map(|at| object.key[..prefix.len() + at + d.len()].to_owned())
+                }),
+            };
             if listed.contents.len() + listed.prefixes.len() >= max_keys {
                 listed.next = Some(Resume {
                     page: page_token,
@@ -101,15 +129,15 @@ pub async fn list(
                 });
                 return Ok(listed);
             }
-            match grouped {
-                Some(common) => {
+            match (grouped, entry) {
+                (Some(common), _) => {
                     resume.after = common.clone();
                     resume.prefix = Some(common.clone());
                     listed.prefixes.push(CommonPrefix {
                         prefix: Some(common),
                     });
                 }
-                None => {
+                (None, Entry::Object(object)) => {
                     resume.after = object.key.clone();
                     resume.prefix = None;
                     listed.contents.push(Object {
@@ -123,11 +151,27 @@ pub async fn list(
                         ..Default::default()
                     });
                 }
+                (None, Entry::Prefix(_)) => {}
             }
         }
-        match page.next {
+        match next {
             Some(next) => page_token = Some(next),
             None => return Ok(listed),
+        }
+    }
+}
+
+/// A name of a listing page: an object, or a common prefix.
+enum Entry {
+    Object(milepost_cacher::ObjectMeta),
+    Prefix(String),
+}
+
+impl Entry {
+    fn name(&self) -> &str {
+        match self {
+            Entry::Object(object) => &object.key,
+            Entry::Prefix(prefix) => prefix,
         }
     }
 }

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
 
-use super::{ByteRange, GetResponse, ListPage, ObjectMeta, ObjectStore, StoreError};
+use super::{ByteRange, DelimitedPage, GetResponse, ListPage, ObjectMeta, ObjectStore, StoreError};
 
 /// Counters of upstream traffic, shared (`Arc`) between a [`MeteredStore`] and whoever reports
 /// them (metrics, the egress ledger). Lock-free; read them at any time.
@@ -109,6 +109,19 @@ impl<S: ObjectStore> ObjectStore for MeteredStore<S> {
     ) -> Result<ListPage, StoreError> {
         self.meter.count_other();
         self.inner.list_page(bucket, prefix, continuation).await
+    }
+
+    async fn list_delimited(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        delimiter: &str,
+        continuation: Option<String>,
+    ) -> Result<DelimitedPage, StoreError> {
+        self.meter.count_other();
+        self.inner
+            .list_delimited(bucket, prefix, delimiter, continuation)
+            .await
     }
 
     async fn head(&self, bucket: &str, key: &str) -> Result<ObjectMeta, StoreError> {

@@ -22,7 +22,7 @@ pub use error::{BoxError, StoreError, StoreErrorKind, Target};
 pub use metered::{EgressMeter, EgressSnapshot, MeteredStore};
 pub use retry::{RetryPolicy, RetryingStore};
 pub use s3::{S3Store, StaticCredentials, UpstreamSettings};
-pub use types::{ByteRange, GetResponse, ListPage, ObjectMeta};
+pub use types::{ByteRange, DelimitedPage, GetResponse, ListPage, ObjectMeta};
 pub use upload::{
     list_all, put_stream, upload_file, UploadOptions, DEFAULT_PART_SIZE, MAX_PARTS, MIN_PART_SIZE,
 };
@@ -54,6 +54,19 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug + 'static {
         prefix: &str,
         continuation: Option<String>,
     ) -> Result<ListPage, StoreError>;
+
+    /// One page of a listing of `bucket` under `prefix` grouped by `delimiter` (not empty), as
+    /// S3's ListObjectsV2 with a delimiter: the objects directly under the prefix and the
+    /// common prefixes, together at most the server's page size, so that a directory-like
+    /// listing of a huge tree costs one request per page, not one per 1,000 keys under it.
+    /// Errors as [`list_page`](Self::list_page).
+    async fn list_delimited(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        delimiter: &str,
+        continuation: Option<String>,
+    ) -> Result<DelimitedPage, StoreError>;
 
     /// The metadata of one object: size, ETag (never empty) and last modification.
     ///
@@ -156,6 +169,18 @@ impl<S: ObjectStore + ?Sized> ObjectStore for Arc<S> {
         continuation: Option<String>,
     ) -> Result<ListPage, StoreError> {
         (**self).list_page(bucket, prefix, continuation).await
+    }
+
+    async fn list_delimited(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        delimiter: &str,
+        continuation: Option<String>,
+    ) -> Result<DelimitedPage, StoreError> {
+        (**self)
+            .list_delimited(bucket, prefix, delimiter, continuation)
+            .await
     }
 
     async fn head(&self, bucket: &str, key: &str) -> Result<ObjectMeta, StoreError> {

@@ -13,7 +13,8 @@ use futures::StreamExt;
 use rand::Rng;
 
 use super::{
-    ByteRange, GetResponse, ListPage, ObjectMeta, ObjectStore, StoreError, StoreErrorKind, Target,
+    ByteRange, DelimitedPage, GetResponse, ListPage, ObjectMeta, ObjectStore, StoreError,
+    StoreErrorKind, Target,
 };
 
 /// How [`RetryingStore`] retries: attempts per call and the backoff between them.
@@ -173,6 +174,20 @@ impl<S: ObjectStore> ObjectStore for RetryingStore<S> {
     ) -> Result<ListPage, StoreError> {
         self.run("list", bucket, prefix, || {
             self.inner().list_page(bucket, prefix, continuation.clone())
+        })
+        .await
+    }
+
+    async fn list_delimited(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        delimiter: &str,
+        continuation: Option<String>,
+    ) -> Result<DelimitedPage, StoreError> {
+        self.run("list", bucket, prefix, || {
+            self.inner()
+                .list_delimited(bucket, prefix, delimiter, continuation.clone())
         })
         .await
     }

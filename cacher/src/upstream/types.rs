@@ -35,6 +35,18 @@ pub struct ListPage {
     pub next: Option<String>,
 }
 
+/// One page of a listing grouped by a delimiter; see
+/// [`ObjectStore::list_delimited`](super::ObjectStore::list_delimited).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DelimitedPage {
+    /// The objects directly under the prefix (no delimiter after it), in key order.
+    pub objects: Vec<ObjectMeta>,
+    /// The common prefixes (the prefix, up to and including the next delimiter), in order.
+    pub prefixes: Vec<String>,
+    /// The continuation token of the next page, `None` on the last page.
+    pub next: Option<String>,
+}
+
 /// Which bytes of an object to read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ByteRange {

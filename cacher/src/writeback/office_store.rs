@@ -16,7 +16,7 @@ use tokio_util::io::ReaderStream;
 
 use super::{OfficeVersion, WriteBack, WriteBackError, WriteBackErrorKind};
 use crate::upstream::{
-    ByteRange, GetResponse, ListPage, ObjectMeta, ObjectStore, StoreError, Target,
+    ByteRange, DelimitedPage, GetResponse, ListPage, ObjectMeta, ObjectStore, StoreError, Target,
 };
 
 /// See the [module documentation](self).
@@ -37,6 +37,31 @@ struct Resume {
 const TOKEN_PREFIX: &str = "office1.";
 
 impl OfficeStore {
+    /// Whether S3 has a key under `prefix` other than `deleted` (keys the office deleted and
+    /// S3 still has): pages through a plain listing until it finds one.
+    async fn any_upstream_key_but(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        deleted: &[String],
+    ) -> Result<bool, StoreError> {
+        let mut token = None;
+        loop {
+            let page = self.upstream.list_page(bucket, prefix, token).await?;
+            if page
+                .objects
+                .iter()
+                .any(|o| !deleted.iter().any(|d| d == &o.key))
+            {
+                return Ok(true);
+            }
+            match page.next {
+                Some(next) => token = Some(next),
+                None => return Ok(false),
+            }
+        }
+    }
+
     /// Reads `upstream` with the office versions of `write_back` laid over it; writes go to
     /// `write_back`.
     pub fn new(upstream: Arc<dyn ObjectStore>, write_back: Arc<WriteBack>) -> Self {
@@ -111,6 +136,12 @@ impl ObjectStore for OfficeStore {
             Some(r) => (Some(r.upstream), Some(r.after)),
             None => (None, None),
         };
+        // The office's versions are read before S3's page: a version that settles (its upload
+        // done) while the page is on its way is in S3's answer or still in this snapshot, so
+        // a listing racing the end of an upload never shows a deleted key or misses a new one.
+        let versions = self
+            .write_back
+            .versions_in(bucket, prefix, after.as_deref(), usize::MAX);
         let page = self
             .upstream
             .list_page(bucket, prefix, upstream_token)
@@ -126,10 +157,7 @@ impl ObjectStore for OfficeStore {
             .into_iter()
             .map(|meta| (meta.key.clone(), meta))
             .collect();
-        for (key, version) in
-            self.write_back
-                .versions_in(bucket, prefix, after.as_deref(), usize::MAX)
-        {
+        for (key, version) in versions {
             if until.as_ref().is_some_and(|until| &key > until) {
                 break;
             }
@@ -148,6 +176,92 @@ impl ObjectStore for OfficeStore {
         };
         Ok(ListPage {
             objects: merged.into_values().collect(),
+            next,
+        })
+    }
+
+    /// The upstream's delimited page with the office versions whose names (their key, or the
+    /// common prefix they fall under) belong to it laid over it: a write under a new common
+    /// prefix adds the prefix; a common prefix all of whose upstream keys the office deleted
+    /// (and none written) is dropped, which takes a plain listing of that prefix to tell.
+    async fn list_delimited(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        delimiter: &str,
+        continuation: Option<String>,
+    ) -> Result<DelimitedPage, StoreError> {
+        let resume = continuation
+            .as_deref()
+            .map(|token| Self::decode(token, bucket, prefix))
+            .transpose()?;
+        let (upstream_token, after) = match resume {
+            Some(r) => (Some(r.upstream), Some(r.after)),
+            None => (None, None),
+        };
+        // Read before S3's page, as in `list_page`.
+        let versions = self
+            .write_back
+            .versions_in(bucket, prefix, after.as_deref(), usize::MAX);
+        let page = self
+            .upstream
+            .list_delimited(bucket, prefix, delimiter, upstream_token)
+            .await?;
+        let last = match (page.objects.last(), page.prefixes.last()) {
+            (Some(o), Some(p)) => Some(o.key.as_str().max(p.as_str()).to_owned()),
+            (Some(o), None) => Some(o.key.clone()),
+            (None, Some(p)) => Some(p.clone()),
+            (None, None) => None,
+        };
+        let until = page.next.as_ref().and(last);
+        let mut objects: std::collections::BTreeMap<String, ObjectMeta> = page
+            .objects
+            .into_iter()
+            .map(|meta| (meta.key.clone(), meta))
+            .collect();
+        let mut prefixes: std::collections::BTreeSet<String> = page.prefixes.into_iter().collect();
+        let mut written_under = std::collections::BTreeSet::new();
+        let mut deleted_under: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+        for (key, version) in versions {
+            let common = key[prefix.len()..]
+                .find(delimiter)
+                .map(|at| key[..prefix.len() + at + delimiter.len()].to_owned());
+            let name = common.as_deref().unwrap_or(&key);
+            // Only names of this page: later pages lay their own versions.
+            if after.as_deref().is_some_and(|after| name <= after)
+                || until.as_deref().is_some_and(|until| name > until)
+            {
+                continue;
+            }
+            match (common, version.meta()) {
+                (Some(common), Some(_)) => {
+                    written_under.insert(common.clone());
+                    prefixes.insert(common);
+                }
+                (Some(common), None) => deleted_under.entry(common).or_default().push(key),
+                (None, Some(meta)) => {
+                    objects.insert(key, meta);
+                }
+                (None, None) => {
+                    objects.remove(&key);
+                }
+            }
+        }
+        for (common, deleted) in deleted_under {
+            if !prefixes.contains(&common) || written_under.contains(&common) {
+                continue;
+            }
+            if !self.any_upstream_key_but(bucket, &common, &deleted).await? {
+                prefixes.remove(&common);
+            }
+        }
+        let next = match (page.next, until) {
+            (Some(upstream), Some(after)) => Some(Self::encode(&Resume { upstream, after })),
+            _ => None,
+        };
+        Ok(DelimitedPage {
+            objects: objects.into_values().collect(),
+            prefixes: prefixes.into_iter().collect(),
             next,
         })
     }

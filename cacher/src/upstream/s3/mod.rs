@@ -28,7 +28,8 @@ use errors::{sdk_error, Ctx};
 use response::{body_stream, content_length, etag, parse_content_range, quoted, size, to_chrono};
 
 use super::{
-    bare_etag, ByteRange, GetResponse, ListPage, ObjectMeta, ObjectStore, StoreError, Target,
+    bare_etag, ByteRange, DelimitedPage, GetResponse, ListPage, ObjectMeta, ObjectStore,
+    StoreError, Target,
 };
 
 /// Where the upstream S3 is and how to talk to it.
@@ -227,6 +228,66 @@ impl ObjectStore for S3Store {
             None
         };
         Ok(ListPage { objects, next })
+    }
+
+    async fn list_delimited(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        delimiter: &str,
+        continuation: Option<String>,
+    ) -> Result<DelimitedPage, StoreError> {
+        let ctx = Ctx::new("list", bucket, prefix);
+        let out = self
+            .client
+            .list_objects_v2()
+            .bucket(bucket)
+            .set_prefix((!prefix.is_empty()).then(|| prefix.to_owned()))
+            .delimiter(delimiter)
+            .set_continuation_token(continuation)
+            .send()
+            .await
+            .map_err(|e| sdk_error(&ctx, e))?;
+        let objects = out
+            .contents()
+            .iter()
+            .map(|object| {
+                let key = object.key().ok_or_else(|| {
+                    StoreError::corrupt(ctx.target(), "a listed object has no key")
+                })?;
+                Ok(ObjectMeta {
+                    bucket: bucket.to_owned(),
+                    key: key.to_owned(),
+                    size: size(&ctx, object.size(), "a listed object's size")?,
+                    etag: object.e_tag().map(bare_etag).unwrap_or_default().to_owned(),
+                    last_modified: to_chrono(object.last_modified()),
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let prefixes = out
+            .common_prefixes()
+            .iter()
+            .filter_map(|p| p.prefix().map(str::to_owned))
+            .collect();
+        let next = if out.is_truncated().unwrap_or(false) {
+            let token = out
+                .next_continuation_token()
+                .filter(|t| !t.is_empty())
+                .ok_or_else(|| {
+                    StoreError::corrupt(
+                        ctx.target(),
+                        "a truncated listing has no continuation token",
+                    )
+                })?;
+            Some(token.to_owned())
+        } else {
+            None
+        };
+        Ok(DelimitedPage {
+            objects,
+            prefixes,
+            next,
+        })
     }
 
     async fn head(&self, bucket: &str, key: &str) -> Result<ObjectMeta, StoreError> {
