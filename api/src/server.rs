@@ -157,7 +157,10 @@ impl AppState {
             db.clone(),
             cache.clone(),
             store.clone(),
-            WriteBackSettings::default(),
+            WriteBackSettings {
+                multipart_expiry: config.server.s3_multipart_expiry.0,
+                ..WriteBackSettings::default()
+            },
             PolicyShaper::new(upload_limiter.clone()),
         )
         .await
@@ -590,6 +593,7 @@ fn start_gateway(
         keys,
         access,
         Some(&config.server.s3_domain),
+        config.server.s3_header_read_timeout.0,
     )
 }
 

@@ -78,6 +78,14 @@ pub struct ServerConfig {
     pub request_timeout: DurationSetting,
     /// How long shutdown waits for in-flight requests before giving up on them.
     pub shutdown_grace: DurationSetting,
+    /// How long a client of the S3 gateway may take to send a request's headers, counted
+    /// from when it connects or its previous response ends: a connection that stays silent
+    /// or idle that long is closed. A request whose headers have arrived is never cut by it.
+    pub s3_header_read_timeout: DurationSetting,
+    /// How long an unfinished multipart upload of the S3 gateway is kept after it was
+    /// started; older ones are removed, as AbortMultipartUpload would, at start-up and then
+    /// periodically.
+    pub s3_multipart_expiry: DurationSetting,
 }
 
 impl Default for ServerConfig {
@@ -93,6 +101,8 @@ impl Default for ServerConfig {
             max_body_size: ByteSize(4 << 20),
             request_timeout: DurationSetting(std::time::Duration::from_secs(60)),
             shutdown_grace: DurationSetting(std::time::Duration::from_secs(20)),
+            s3_header_read_timeout: DurationSetting(std::time::Duration::from_secs(30)),
+            s3_multipart_expiry: DurationSetting(std::time::Duration::from_secs(7 * 86_400)),
         }
     }
 }
@@ -390,6 +400,24 @@ impl Config {
                 ),
             });
         }
+        for (key, value) in [
+            (
+                "server.s3_header_read_timeout",
+                self.server.s3_header_read_timeout,
+            ),
+            (
+                "server.s3_multipart_expiry",
+                self.server.s3_multipart_expiry,
+            ),
+        ] {
+            if value.0.is_zero() {
+                return Err(invalid(
+                    key,
+                    value.to_string(),
+                    "a duration above zero, e.g. 30s or 7d",
+                ));
+            }
+        }
         if self.server.max_query_depth == 0 || self.server.max_query_complexity == 0 {
             return Err(invalid(
                 "server.max_query_depth",
@@ -523,6 +551,58 @@ mod tests {
             err.contains("cache.expiry_check") && err.contains("above zero"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn gateway_timeouts_have_defaults_are_read_and_must_be_positive() {
+        let config = Config::from_parts("", None, &env(&[])).expect("defaults are valid");
+        assert_eq!(
+            config.server.s3_header_read_timeout.0,
+            std::time::Duration::from_secs(30)
+        );
+        assert_eq!(
+            config.server.s3_multipart_expiry.0,
+            std::time::Duration::from_secs(7 * 86_400)
+        );
+        let config = Config::from_parts(
+            "[server]\ns3_header_read_timeout = \"250ms\"",
+            None,
+            &env(&[("MILEPOST_SERVER_S3_MULTIPART_EXPIRY", "2d")]),
+        )
+        .expect("valid");
+        assert_eq!(
+            config.server.s3_header_read_timeout.0,
+            std::time::Duration::from_millis(250)
+        );
+        assert_eq!(
+            config.server.s3_multipart_expiry.0,
+            std::time::Duration::from_secs(2 * 86_400)
+        );
+        for (variable, key) in [
+            (
+                "MILEPOST_SERVER_S3_HEADER_READ_TIMEOUT",
+                "server.s3_header_read_timeout",
+            ),
+            (
+                "MILEPOST_SERVER_S3_MULTIPART_EXPIRY",
+                "server.s3_multipart_expiry",
+            ),
+        ] {
+            let err = Config::from_parts("", None, &env(&[(variable, "0s")]))
+                .expect_err("zero")
+                .to_string();
+            assert!(
+                err.contains(key) && err.contains(variable) && err.contains("above zero"),
+                "{err}"
+            );
+            let err = Config::from_parts("", None, &env(&[(variable, "a week")]))
+                .expect_err("not a duration")
+                .to_string();
+            assert!(
+                err.contains(key) && err.contains("\"a week\"") && err.contains("duration"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -18,6 +18,9 @@ use sea_orm::{ColumnTrait as _, DatabaseConnection, EntityTrait as _, QueryFilte
 /// stops working within this time).
 const KEY_TTL: Duration = Duration::from_secs(10);
 
+/// The longest a presigned URL may live (`X-Amz-Expires`), S3's limit: 7 days.
+const MAX_PRESIGNED_EXPIRY_SECS: u64 = 7 * 24 * 60 * 60;
+
 /// What an access key maps to: its secret and role, or nothing (unknown or revoked).
 type KeyEntry = Option<(String, Role)>;
 
@@ -84,6 +87,33 @@ impl S3Auth for TokenKeys {
     }
 }
 
+/// Refuses a SigV4 presigned URL that claims to live longer than S3 allows, as S3 does
+/// (s3s checks its signature and whether it has expired, not how long it lives).
+fn check_presigned_expiry(query: Option<&str>) -> S3Result<()> {
+    let Some(query) = query else { return Ok(()) };
+    for (name, value) in query.split('&').filter_map(|pair| pair.split_once('=')) {
+        if name != "X-Amz-Expires" {
+            continue;
+        }
+        match value.parse::<u64>() {
+            Ok(seconds) if seconds <= MAX_PRESIGNED_EXPIRY_SECS => {}
+            Ok(_) => {
+                return Err(s3_error!(
+                    AuthorizationQueryParametersError,
+                    "X-Amz-Expires must be less than a week (in seconds) that is {MAX_PRESIGNED_EXPIRY_SECS}"
+                ))
+            }
+            Err(_) => {
+                return Err(s3_error!(
+                    AuthorizationQueryParametersError,
+                    "X-Amz-Expires should be a number"
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Operations that only read.
 fn is_read(op: &str) -> bool {
     matches!(
@@ -111,6 +141,7 @@ pub struct RoleAccess {
 #[async_trait::async_trait]
 impl S3Access for RoleAccess {
     async fn check(&self, cx: &mut S3AccessContext<'_>) -> S3Result<()> {
+        check_presigned_expiry(cx.uri().query())?;
         let op = cx.s3_op().name().to_owned();
         let bucket = match cx.s3_path() {
             S3Path::Root => None,
@@ -139,5 +170,29 @@ impl S3Access for RoleAccess {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presigned_urls_live_seven_days_at_most() {
+        let query = |expires: &str| {
+            format!(
+                "X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Expires={expires}&X-Amz-SignedHeaders=host"
+            )
+        };
+        assert!(check_presigned_expiry(None).is_ok());
+        assert!(check_presigned_expiry(Some("list-type=2")).is_ok());
+        assert!(check_presigned_expiry(Some(&query("604800"))).is_ok());
+        for refused in ["604801", "99999999999", "-1", "1e3"] {
+            let err = check_presigned_expiry(Some(&query(refused))).expect_err(refused);
+            assert_eq!(
+                *err.code(),
+                s3s::S3ErrorCode::AuthorizationQueryParametersError
+            );
+        }
     }
 }

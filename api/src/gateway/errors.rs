@@ -4,6 +4,7 @@
 
 use milepost_cacher::writeback::{WriteBackError, WriteBackErrorKind};
 use milepost_cacher::{CacheError, CacheErrorKind, StoreError, StoreErrorKind};
+use s3s::dto::{Timestamp, TimestampFormat};
 use s3s::{S3Error, S3ErrorCode};
 
 /// An upstream or overlay store error as an S3 error.
@@ -92,6 +93,37 @@ pub fn write_back(err: WriteBackError) -> S3Error {
         },
     };
     S3Error::with_message(code, err.to_string())
+}
+
+/// 304 Not Modified of a conditional GET or HEAD: no body, and the object's ETag and
+/// Last-Modified, as a 304 must carry (RFC 7232 section 4.1).
+pub fn not_modified(etag: &str, last_modified: Option<&Timestamp>) -> S3Error {
+    let mut err = S3Error::new(S3ErrorCode::NotModified);
+    let mut headers = http::HeaderMap::new();
+    if let Ok(value) = http::HeaderValue::from_str(&format!("\"{etag}\"")) {
+        headers.insert(http::header::ETAG, value);
+    }
+    if let Some(at) = last_modified {
+        let mut date = Vec::new();
+        if at.format(TimestampFormat::HttpDate, &mut date).is_ok() {
+            if let Ok(value) = http::HeaderValue::from_bytes(&date) {
+                headers.insert(http::header::LAST_MODIFIED, value);
+            }
+        }
+    }
+    err.set_headers(headers);
+    err
+}
+
+/// A `partNumber` past the object's parts: S3's `InvalidPartNumber` with 416 (s3s has no
+/// such code).
+pub fn invalid_part_number(part: i32) -> S3Error {
+    let mut err = S3Error::with_message(
+        S3ErrorCode::Custom("InvalidPartNumber".into()),
+        format!("the requested part number {part} is not satisfiable"),
+    );
+    err.set_status_code(http::StatusCode::RANGE_NOT_SATISFIABLE);
+    err
 }
 
 /// The office has no room (the disk, or a cache full of pinned and dirty data): S3 has no

@@ -10,9 +10,12 @@
 
 mod access;
 mod checksums;
+mod completed;
+mod conditions;
 mod errors;
 mod listing;
 mod serve;
+mod url_encoding;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -42,6 +45,8 @@ pub struct Gateway {
     /// Called after a write under the catalog's prefixes, so that the office catalogs it at
     /// once (bucket, key).
     on_write: OnWrite,
+    /// Uploads completed recently, for retried CompleteMultipartUploads.
+    completed: Arc<completed::CompletedUploads>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -59,6 +64,7 @@ impl Gateway {
             store,
             buckets: Arc::new(buckets),
             on_write,
+            completed: Arc::default(),
         }
     }
 
@@ -107,6 +113,41 @@ fn byte_range(range: Option<Range>) -> ByteRange {
         },
         Some(Range::Suffix { length }) => ByteRange::Suffix(length),
     }
+}
+
+/// What a GET or HEAD with `partNumber` reads of an object of `etag`; the parts count to
+/// answer. An object stored in one piece is part 1, whole (no parts count, as S3 answers);
+/// so is the only part of a one-part multipart upload (parts count 1). A part number past the
+/// parts count (from a multipart ETag's `-N`) is 416 InvalidPartNumber, as S3 answers. The
+/// office keeps no part sizes once a multipart upload is assembled, so a part of an object of
+/// several parts is NotImplemented rather than a guess.
+fn part_of(etag: &str, part: i32, range: Option<&Range>) -> S3Result<Option<i32>> {
+    if range.is_some() {
+        return Err(s3_error!(
+            InvalidRequest,
+            "cannot specify both a Range header and a partNumber query parameter"
+        ));
+    }
+    if !(1..=10_000).contains(&part) {
+        return Err(s3_error!(
+            InvalidArgument,
+            "part number {part} is not an integer between 1 and 10000"
+        ));
+    }
+    let parts = etag
+        .rsplit_once('-')
+        .and_then(|(_, count)| count.parse::<i32>().ok());
+    let count = parts.unwrap_or(1);
+    if part > count {
+        return Err(errors::invalid_part_number(part));
+    }
+    if count > 1 {
+        return Err(s3_error!(
+            NotImplemented,
+            "reading one part of an object uploaded in {count} parts is not supported by the office gateway; read it by Range"
+        ));
+    }
+    Ok(parts)
 }
 
 fn content_md5(value: Option<&str>) -> S3Result<Option<[u8; 16]>> {
@@ -285,35 +326,87 @@ impl Gateway {
         }
     }
 
-    /// Checks `If-Match` against the object's current version (or the same bytes under the
-    /// name the office gave them) and `If-None-Match`.
-    async fn check_conditions(
+    /// Evaluates the preconditions of a read or a copy against the object's current version
+    /// (an `If-Match` of another ETag may name the same bytes under the name the office gave
+    /// them).
+    async fn preconditions(
         &self,
         object: &ObjectKey,
-        if_match: Option<&ETagCondition>,
-        if_none_match: Option<&ETagCondition>,
-    ) -> S3Result<()> {
-        if let Some(condition) = if_match {
-            let renamed = match condition.as_etag() {
-                Some(tag) => self.names_same_bytes(object, tag.value()).await,
-                None => false,
-            };
-            if !condition_holds(condition, &object.etag) && !renamed {
-                return Err(s3_error!(PreconditionFailed));
+        last_modified: Option<chrono::DateTime<chrono::Utc>>,
+        conditions: &conditions::Preconditions<'_>,
+    ) -> conditions::Verdict {
+        let same_bytes = match conditions.if_match {
+            Some(condition) if !condition_holds(condition, &object.etag) => {
+                match condition.as_etag() {
+                    Some(tag) => self.names_same_bytes(object, tag.value()).await,
+                    None => false,
+                }
             }
-        }
-        if let Some(condition) = if_none_match {
-            if condition_holds(condition, &object.etag) {
-                return Err(s3_error!(NotModified));
-            }
-        }
-        Ok(())
+            _ => false,
+        };
+        conditions.evaluate(&object.etag, same_bytes, last_modified)
     }
 
-    /// The object as the office sees it now.
-    async fn resolve(&self, bucket: &str, key: &str) -> S3Result<ObjectKey> {
+    /// Checks the preconditions of a GET or HEAD: 412, or 304 with the object's ETag and
+    /// Last-Modified.
+    async fn check_read_conditions(
+        &self,
+        object: &ObjectKey,
+        last_modified: Option<chrono::DateTime<chrono::Utc>>,
+        conditions: &conditions::Preconditions<'_>,
+    ) -> S3Result<()> {
+        match self.preconditions(object, last_modified, conditions).await {
+            conditions::Verdict::Proceed => Ok(()),
+            conditions::Verdict::PreconditionFailed => Err(s3_error!(PreconditionFailed)),
+            conditions::Verdict::NotModified => Err(errors::not_modified(
+                &object.etag,
+                timestamp(last_modified).as_ref(),
+            )),
+        }
+    }
+
+    /// The object as the office sees it now, and when it was last modified.
+    async fn resolve(
+        &self,
+        bucket: &str,
+        key: &str,
+    ) -> S3Result<(ObjectKey, Option<chrono::DateTime<chrono::Utc>>)> {
         let meta = self.store.head(bucket, key).await.map_err(errors::store)?;
-        Ok(ObjectKey::new(bucket, key, meta.etag, meta.size))
+        Ok((
+            ObjectKey::new(bucket, key, meta.etag, meta.size),
+            meta.last_modified,
+        ))
+    }
+
+    /// Answers a CompleteMultipartUpload that failed with `err`. A NoSuchUpload of an upload
+    /// the gateway completed recently, while `bucket/key` is still that upload's object (under
+    /// its ETag, or the same bytes under the name S3 gave them), is a client's retry: 200
+    /// with the same ETag, as S3 answers.
+    async fn retried_complete(
+        &self,
+        err: s3s::S3Error,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+    ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
+        if *err.code() != s3s::S3ErrorCode::NoSuchUpload {
+            return Err(err);
+        }
+        let Some(completed) = self.completed.get(bucket, key, upload_id) else {
+            return Err(err);
+        };
+        let Ok((current, _)) = self.resolve(bucket, key).await else {
+            return Err(err);
+        };
+        if current.etag != completed && !self.names_same_bytes(&current, &completed).await {
+            return Err(err);
+        }
+        Ok(S3Response::new(CompleteMultipartUploadOutput {
+            bucket: Some(bucket.to_owned()),
+            key: Some(key.to_owned()),
+            e_tag: Some(etag(&completed)),
+            ..Default::default()
+        }))
     }
 }
 
@@ -377,6 +470,7 @@ impl S3 for Gateway {
         req: S3Request<ListObjectsV2Input>,
     ) -> S3Result<S3Response<ListObjectsV2Output>> {
         let input = req.input;
+        let url_encoded = url_encoding::requested(input.encoding_type.as_ref())?;
         let resume = match input.continuation_token.as_deref() {
             Some(token) => Some(listing::Resume::decode(token).ok_or_else(|| {
                 s3_error!(InvalidArgument, "the continuation token is not valid")
@@ -393,7 +487,7 @@ impl S3 for Gateway {
             )
             .await?;
         let key_count = i32::try_from(page.contents.len() + page.prefixes.len()).unwrap_or(0);
-        Ok(S3Response::new(ListObjectsV2Output {
+        let mut output = ListObjectsV2Output {
             name: Some(input.bucket),
             prefix: input.prefix,
             delimiter: input.delimiter,
@@ -407,7 +501,11 @@ impl S3 for Gateway {
             common_prefixes: Some(page.prefixes),
             encoding_type: input.encoding_type,
             ..Default::default()
-        }))
+        };
+        if url_encoded {
+            url_encoding::encode_v2(&mut output);
+        }
+        Ok(S3Response::new(output))
     }
 
     async fn list_objects(
@@ -415,6 +513,7 @@ impl S3 for Gateway {
         req: S3Request<ListObjectsInput>,
     ) -> S3Result<S3Response<ListObjectsOutput>> {
         let input = req.input;
+        let url_encoded = url_encoding::requested(input.encoding_type.as_ref())?;
         let (page, max_keys) = self
             .list(
                 &input.bucket,
@@ -425,7 +524,7 @@ impl S3 for Gateway {
             )
             .await?;
         let next_marker = page.next.as_ref().map(|r| r.marker());
-        Ok(S3Response::new(ListObjectsOutput {
+        let mut output = ListObjectsOutput {
             name: Some(input.bucket),
             prefix: input.prefix,
             delimiter: input.delimiter,
@@ -437,7 +536,11 @@ impl S3 for Gateway {
             common_prefixes: Some(page.prefixes),
             encoding_type: input.encoding_type,
             ..Default::default()
-        }))
+        };
+        if url_encoded {
+            url_encoding::encode_v1(&mut output);
+        }
+        Ok(S3Response::new(output))
     }
 
     async fn head_object(
@@ -453,16 +556,23 @@ impl S3 for Gateway {
             .await
             .map_err(errors::store)?;
         let object = ObjectKey::new(&input.bucket, &input.key, &meta.etag, meta.size);
-        self.check_conditions(
-            &object,
-            input.if_match.as_ref(),
-            input.if_none_match.as_ref(),
-        )
-        .await?;
+        let conditions = conditions::Preconditions {
+            if_match: input.if_match.as_ref(),
+            if_none_match: input.if_none_match.as_ref(),
+            if_modified_since: input.if_modified_since.as_ref(),
+            if_unmodified_since: input.if_unmodified_since.as_ref(),
+        };
+        self.check_read_conditions(&object, meta.last_modified, &conditions)
+            .await?;
+        let parts_count = match input.part_number {
+            Some(part) => part_of(&meta.etag, part, input.range.as_ref())?,
+            None => None,
+        };
         Ok(S3Response::new(HeadObjectOutput {
             content_length: Some(i64::try_from(meta.size).unwrap_or(i64::MAX)),
             e_tag: Some(etag(&meta.etag)),
             last_modified: timestamp(meta.last_modified),
+            parts_count,
             accept_ranges: Some("bytes".to_owned()),
             content_type: Some(
                 "application/octet-stream"
@@ -487,17 +597,24 @@ impl S3 for Gateway {
             .await
             .map_err(errors::store)?;
         let object = ObjectKey::new(&input.bucket, &input.key, &meta.etag, meta.size);
-        self.check_conditions(
-            &object,
-            input.if_match.as_ref(),
-            input.if_none_match.as_ref(),
-        )
-        .await?;
+        let conditions = conditions::Preconditions {
+            if_match: input.if_match.as_ref(),
+            if_none_match: input.if_none_match.as_ref(),
+            if_modified_since: input.if_modified_since.as_ref(),
+            if_unmodified_since: input.if_unmodified_since.as_ref(),
+        };
+        self.check_read_conditions(&object, meta.last_modified, &conditions)
+            .await?;
+        let parts_count = match input.part_number {
+            Some(part) => part_of(&meta.etag, part, input.range.as_ref())?,
+            None => None,
+        };
         let range = byte_range(input.range);
         let mut output = GetObjectOutput {
             e_tag: Some(etag(&meta.etag)),
             last_modified: timestamp(meta.last_modified),
             accept_ranges: Some("bytes".to_owned()),
+            parts_count,
             ..Default::default()
         };
         if object.size == 0 {
@@ -598,6 +715,14 @@ impl S3 for Gateway {
     ) -> S3Result<S3Response<DeleteObjectsOutput>> {
         let input = req.input;
         self.served(&input.bucket)?;
+        // S3's limit, and its answer past it; nothing is deleted.
+        if input.delete.objects.len() > 1000 {
+            return Err(s3_error!(
+                MalformedXML,
+                "a DeleteObjects request names {} keys; at most 1000 are allowed",
+                input.delete.objects.len()
+            ));
+        }
         let quiet = input.delete.quiet.unwrap_or(false);
         let mut deleted = Vec::new();
         let mut failed = Vec::new();
@@ -657,11 +782,20 @@ impl S3 for Gateway {
         };
         self.served(source_bucket)?;
         check_key(source_key)?;
-        let source = self.resolve(source_bucket, source_key).await?;
-        if let Some(condition) = &input.copy_source_if_match {
-            if !condition_holds(condition, &source.etag) {
-                return Err(s3_error!(PreconditionFailed));
-            }
+        let (source, source_modified) = self.resolve(source_bucket, source_key).await?;
+        // S3 answers 412 for every failed source condition, "not modified" included.
+        let conditions = conditions::Preconditions {
+            if_match: input.copy_source_if_match.as_ref(),
+            if_none_match: input.copy_source_if_none_match.as_ref(),
+            if_modified_since: input.copy_source_if_modified_since.as_ref(),
+            if_unmodified_since: input.copy_source_if_unmodified_since.as_ref(),
+        };
+        if self
+            .preconditions(&source, source_modified, &conditions)
+            .await
+            != conditions::Verdict::Proceed
+        {
+            return Err(s3_error!(PreconditionFailed));
         }
         let body = if source.size == 0 {
             futures::stream::empty().boxed()
@@ -841,8 +975,14 @@ impl S3 for Gateway {
         check_key(&input.key)?;
         let condition = write_condition(input.if_match.as_ref(), input.if_none_match.as_ref())?;
         let multipart = self.write_back.multipart();
-        self.upload_of(&input.upload_id, &input.bucket, &input.key)
-            .await?;
+        if let Err(err) = self
+            .upload_of(&input.upload_id, &input.bucket, &input.key)
+            .await
+        {
+            return self
+                .retried_complete(err, &input.bucket, &input.key, &input.upload_id)
+                .await;
+        }
         let parts: Vec<(i32, String)> = input
             .multipart_upload
             .and_then(|m| m.parts)
@@ -856,10 +996,20 @@ impl S3 for Gateway {
             })
             .collect();
         let staging = self.write_back.staging_path(&input.bucket, &input.key);
-        let assembled = multipart
-            .assemble(&input.upload_id, &parts, staging)
-            .await
-            .map_err(errors::write_back)?;
+        let assembled = match multipart.assemble(&input.upload_id, &parts, staging).await {
+            Ok(assembled) => assembled,
+            // A retry that came while the first attempt was completing the upload.
+            Err(err) => {
+                return self
+                    .retried_complete(
+                        errors::write_back(err),
+                        &input.bucket,
+                        &input.key,
+                        &input.upload_id,
+                    )
+                    .await
+            }
+        };
         let meta = self
             .write_back
             .commit_put_if(
@@ -872,6 +1022,8 @@ impl S3 for Gateway {
             )
             .await
             .map_err(errors::write_back)?;
+        self.completed
+            .insert(&input.bucket, &input.key, &input.upload_id, &meta.etag);
         if let Err(err) = multipart.remove(&input.upload_id).await {
             // The object is stored and journaled; the left-over parts are only disk space.
             tracing::warn!(upload_id = %input.upload_id, error = %err, "cannot remove the parts of a completed upload");

@@ -1,9 +1,10 @@
-//! Serving the gateway: an s3s service on its own listener, drained on shutdown.
+//! Serving the gateway: an s3s service on its own listener, HTTP/1.1 with a header read
+//! timeout (which also closes idle keep-alive connections), drained on shutdown.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder as ConnBuilder;
 use hyper_util::server::graceful::GracefulShutdown;
 use s3s::service::{S3Service, S3ServiceBuilder};
@@ -36,13 +37,15 @@ impl GatewayHandle {
 
 /// Binds `listener` and serves `gateway` with SigV4 auth from `keys` and role checks from
 /// `access`; `domain`, when given, enables virtual-host-style buckets
-/// (`<bucket>.<domain>`).
+/// (`<bucket>.<domain>`). A connection that has not sent a whole request header within
+/// `header_read_timeout` of connecting or of its previous response is closed.
 pub fn start(
     listener: TcpListener,
     gateway: Gateway,
     keys: TokenKeys,
     access: RoleAccess,
     domain: Option<&str>,
+    header_read_timeout: Duration,
 ) -> anyhow::Result<GatewayHandle> {
     let addr = listener.local_addr()?;
     let mut builder = S3ServiceBuilder::new(gateway);
@@ -53,13 +56,32 @@ pub fn start(
     }
     let service = builder.build();
     let stop = CancellationToken::new();
-    let task = tokio::spawn(serve(listener, service, stop.clone()));
+    let task = tokio::spawn(serve(listener, service, header_read_timeout, stop.clone()));
     tracing::info!(%addr, "s3 gateway listening");
     Ok(GatewayHandle { addr, stop, task })
 }
 
-async fn serve(listener: TcpListener, service: S3Service, stop: CancellationToken) {
-    let http = ConnBuilder::new(TokioExecutor::new());
+/// The connections' HTTP settings. HTTP/1.1 only: S3 clients speak it, and hyper's header
+/// read timeout is an HTTP/1 setting (the protocol detection of a server that also accepts
+/// HTTP/2 waits for the first bytes without any limit). hyper 1.x starts that timeout when
+/// it waits for a request head, which is both on a new connection and on a kept-alive one
+/// after a response, so it is the idle timeout too; it is never armed while a request's
+/// body or its response is on the way, so it cuts no request in flight.
+fn connection_builder(header_read_timeout: Duration) -> ConnBuilder<TokioExecutor> {
+    let mut http = ConnBuilder::new(TokioExecutor::new()).http1_only();
+    http.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout);
+    http
+}
+
+async fn serve(
+    listener: TcpListener,
+    service: S3Service,
+    header_read_timeout: Duration,
+    stop: CancellationToken,
+) {
+    let http = connection_builder(header_read_timeout);
     let graceful = GracefulShutdown::new();
     let mut connections = JoinSet::new();
     loop {

@@ -7,8 +7,9 @@
 //! - [`CacheBook`] (`book.rs`) is the bookkeeping as a pure structure with its invariants.
 //! - `flight.rs` downloads one object (the single-flight unit), `stream.rs` streams byte
 //!   ranges from content and staging files, `views.rs` builds views, `reconcile.rs` makes
-//!   the disk and the `cache_entries` table agree at start-up, and `recorder.rs` writes the
-//!   egress ledger and access times in the background.
+//!   the disk and the `cache_entries` table agree at start-up, `recorder.rs` writes the
+//!   egress ledger and access times in the background, and `held.rs` counts bytes kept
+//!   beside the content store (the gateway's multipart parts) against the capacity.
 //!
 //! # Lifecycle of an entry
 //!
@@ -34,6 +35,7 @@ mod durability;
 mod entries;
 mod error;
 mod flight;
+mod held;
 mod layout;
 mod reconcile;
 mod recorder;
@@ -59,6 +61,7 @@ use crate::upstream::{ByteRange, ObjectStore};
 pub use book::{CacheBook, EntryState, Full};
 pub use durability::Durability;
 pub use error::{CacheError, CacheErrorKind};
+pub use held::{Held, HELD_HOLDER};
 pub use types::{
     CacheRead, CacheSettings, CacheStatsSnapshot, FetchContext, FetchOutcome, ObjectKey,
 };

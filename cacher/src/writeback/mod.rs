@@ -69,6 +69,8 @@ pub struct WriteBackSettings {
     pub retry_base: Duration,
     /// Longest delay between retries.
     pub retry_max: Duration,
+    /// How long an unfinished multipart upload of the gateway is kept after it started.
+    pub multipart_expiry: Duration,
 }
 
 impl Default for WriteBackSettings {
@@ -78,6 +80,7 @@ impl Default for WriteBackSettings {
             part_size: crate::upstream::DEFAULT_PART_SIZE,
             retry_base: Duration::from_millis(500),
             retry_max: Duration::from_secs(60),
+            multipart_expiry: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
@@ -379,7 +382,12 @@ impl WriteBack {
                 "write-back journal opened"
             );
         }
-        let multipart = Multipart::open(cache.settings().root.join("multipart")).await?;
+        let multipart = Multipart::open(
+            cache.settings().root.join("multipart"),
+            Arc::clone(&cache),
+            settings.multipart_expiry,
+        )
+        .await?;
         Ok(Arc::new(WriteBack {
             inner: Arc::new(Inner {
                 db,
@@ -400,10 +408,15 @@ impl WriteBack {
         }))
     }
 
-    /// Starts the uploader. It runs until [`shutdown`](Self::shutdown).
+    /// Starts the uploader and the expiry of unfinished multipart uploads. They run until
+    /// [`shutdown`](Self::shutdown).
     pub fn start(&self) {
         let inner = Arc::clone(&self.inner);
         self.inner.tasks.spawn(uploader::run(inner));
+        let inner = Arc::clone(&self.inner);
+        self.inner.tasks.spawn(async move {
+            inner.multipart.expire_until(inner.stop.clone()).await;
+        });
     }
 
     /// The multipart uploads the gateway receives.
