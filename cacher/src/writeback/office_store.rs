@@ -36,7 +36,35 @@ struct Resume {
 
 const TOKEN_PREFIX: &str = "office1.";
 
+/// Where a listing page resumes: the upstream's token, the last name of the previous page,
+/// and the office's versions after it.
+type Resumed = (Option<String>, Option<String>, Vec<(String, OfficeVersion)>);
+
 impl OfficeStore {
+    /// Decodes a listing's continuation and snapshots the office's versions after its resume
+    /// point. The snapshot is taken before S3's page is read: a version that settles (its
+    /// upload done) while the page is on its way is in S3's answer or still in the snapshot,
+    /// so a listing racing the end of an upload never shows a deleted key or misses a new one.
+    fn resume(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        continuation: Option<String>,
+    ) -> Result<Resumed, StoreError> {
+        let resume = continuation
+            .as_deref()
+            .map(|token| Self::decode(token, bucket, prefix))
+            .transpose()?;
+        let (upstream_token, after) = match resume {
+            Some(r) => (Some(r.upstream), Some(r.after)),
+            None => (None, None),
+        };
+        let versions = self
+            .write_back
+            .versions_in(bucket, prefix, after.as_deref(), usize::MAX);
+        Ok((upstream_token, after, versions))
+    }
+
     /// Whether S3 has a key under `prefix` other than `deleted` (keys the office deleted and
     /// S3 still has): pages through a plain listing until it finds one.
     async fn any_upstream_key_but(
@@ -128,20 +156,7 @@ impl ObjectStore for OfficeStore {
         prefix: &str,
         continuation: Option<String>,
     ) -> Result<ListPage, StoreError> {
-        let resume = continuation
-            .as_deref()
-            .map(|token| Self::decode(token, bucket, prefix))
-            .transpose()?;
-        let (upstream_token, after) = match resume {
-            Some(r) => (Some(r.upstream), Some(r.after)),
-            None => (None, None),
-        };
-        // The office's versions are read before S3's page: a version that settles (its upload
-        // done) while the page is on its way is in S3's answer or still in this snapshot, so
-        // a listing racing the end of an upload never shows a deleted key or misses a new one.
-        let versions = self
-            .write_back
-            .versions_in(bucket, prefix, after.as_deref(), usize::MAX);
+        let (upstream_token, _after, versions) = self.resume(bucket, prefix, continuation)?;
         let page = self
             .upstream
             .list_page(bucket, prefix, upstream_token)
@@ -191,18 +206,7 @@ impl ObjectStore for OfficeStore {
         delimiter: &str,
         continuation: Option<String>,
     ) -> Result<DelimitedPage, StoreError> {
-        let resume = continuation
-            .as_deref()
-            .map(|token| Self::decode(token, bucket, prefix))
-            .transpose()?;
-        let (upstream_token, after) = match resume {
-            Some(r) => (Some(r.upstream), Some(r.after)),
-            None => (None, None),
-        };
-        // Read before S3's page, as in `list_page`.
-        let versions = self
-            .write_back
-            .versions_in(bucket, prefix, after.as_deref(), usize::MAX);
+        let (upstream_token, after, versions) = self.resume(bucket, prefix, continuation)?;
         let page = self
             .upstream
             .list_delimited(bucket, prefix, delimiter, upstream_token)

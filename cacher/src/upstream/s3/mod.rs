@@ -179,6 +179,48 @@ impl S3Store {
     }
 }
 
+/// The objects of a ListObjectsV2 answer.
+fn listed_objects(
+    ctx: &Ctx,
+    bucket: &str,
+    contents: &[aws_sdk_s3::types::Object],
+) -> Result<Vec<ObjectMeta>, StoreError> {
+    contents
+        .iter()
+        .map(|object| {
+            let key = object
+                .key()
+                .ok_or_else(|| StoreError::corrupt(ctx.target(), "a listed object has no key"))?;
+            Ok(ObjectMeta {
+                bucket: bucket.to_owned(),
+                key: key.to_owned(),
+                size: size(ctx, object.size(), "a listed object's size")?,
+                etag: object.e_tag().map(bare_etag).unwrap_or_default().to_owned(),
+                last_modified: to_chrono(object.last_modified()),
+            })
+        })
+        .collect()
+}
+
+/// The continuation token of a ListObjectsV2 answer's next page, `None` on the last page.
+fn next_page(
+    ctx: &Ctx,
+    out: &aws_sdk_s3::operation::list_objects_v2::ListObjectsV2Output,
+) -> Result<Option<String>, StoreError> {
+    if !out.is_truncated().unwrap_or(false) {
+        return Ok(None);
+    }
+    out.next_continuation_token()
+        .filter(|t| !t.is_empty())
+        .map(|token| Some(token.to_owned()))
+        .ok_or_else(|| {
+            StoreError::corrupt(
+                ctx.target(),
+                "a truncated listing has no continuation token",
+            )
+        })
+}
+
 #[async_trait]
 impl ObjectStore for S3Store {
     async fn list_page(
@@ -197,36 +239,8 @@ impl ObjectStore for S3Store {
             .send()
             .await
             .map_err(|e| sdk_error(&ctx, e))?;
-        let objects = out
-            .contents()
-            .iter()
-            .map(|object| {
-                let key = object.key().ok_or_else(|| {
-                    StoreError::corrupt(ctx.target(), "a listed object has no key")
-                })?;
-                Ok(ObjectMeta {
-                    bucket: bucket.to_owned(),
-                    key: key.to_owned(),
-                    size: size(&ctx, object.size(), "a listed object's size")?,
-                    etag: object.e_tag().map(bare_etag).unwrap_or_default().to_owned(),
-                    last_modified: to_chrono(object.last_modified()),
-                })
-            })
-            .collect::<Result<Vec<_>, StoreError>>()?;
-        let next = if out.is_truncated().unwrap_or(false) {
-            let token = out
-                .next_continuation_token()
-                .filter(|t| !t.is_empty())
-                .ok_or_else(|| {
-                    StoreError::corrupt(
-                        ctx.target(),
-                        "a truncated listing has no continuation token",
-                    )
-                })?;
-            Some(token.to_owned())
-        } else {
-            None
-        };
+        let objects = listed_objects(&ctx, bucket, out.contents())?;
+        let next = next_page(&ctx, &out)?;
         Ok(ListPage { objects, next })
     }
 
@@ -248,41 +262,13 @@ impl ObjectStore for S3Store {
             .send()
             .await
             .map_err(|e| sdk_error(&ctx, e))?;
-        let objects = out
-            .contents()
-            .iter()
-            .map(|object| {
-                let key = object.key().ok_or_else(|| {
-                    StoreError::corrupt(ctx.target(), "a listed object has no key")
-                })?;
-                Ok(ObjectMeta {
-                    bucket: bucket.to_owned(),
-                    key: key.to_owned(),
-                    size: size(&ctx, object.size(), "a listed object's size")?,
-                    etag: object.e_tag().map(bare_etag).unwrap_or_default().to_owned(),
-                    last_modified: to_chrono(object.last_modified()),
-                })
-            })
-            .collect::<Result<Vec<_>, StoreError>>()?;
+        let objects = listed_objects(&ctx, bucket, out.contents())?;
         let prefixes = out
             .common_prefixes()
             .iter()
             .filter_map(|p| p.prefix().map(str::to_owned))
             .collect();
-        let next = if out.is_truncated().unwrap_or(false) {
-            let token = out
-                .next_continuation_token()
-                .filter(|t| !t.is_empty())
-                .ok_or_else(|| {
-                    StoreError::corrupt(
-                        ctx.target(),
-                        "a truncated listing has no continuation token",
-                    )
-                })?;
-            Some(token.to_owned())
-        } else {
-            None
-        };
+        let next = next_page(&ctx, &out)?;
         Ok(DelimitedPage {
             objects,
             prefixes,
