@@ -14,6 +14,7 @@ use std::fmt;
 use async_graphql::ErrorExtensions;
 use axum::http::StatusCode;
 use milepost_cacher::datasets::{DatasetError, DatasetErrorKind};
+use milepost_cacher::objects::ObjectErrorKind;
 use milepost_cacher::reservations::{ReservationError, ReservationErrorKind};
 use milepost_indexer::error::CatalogError;
 use milepost_indexer::sync::SyncError;
@@ -240,6 +241,35 @@ pub trait GqlResultExt<T> {
 impl<T, E: Into<ApiError>> GqlResultExt<T> for Result<T, E> {
     fn gql(self) -> async_graphql::Result<T> {
         self.map_err(|err| err.into().extend())
+    }
+}
+
+/// The contract's code of an office object error (`GET /data`): the status stays the one the
+/// object API chose ([`ObjectErrorKind::http_status`]), so a 416 stays a 416.
+pub fn object_error_code(kind: ObjectErrorKind) -> ErrorCode {
+    match kind {
+        ObjectErrorKind::NoSuchBucket
+        | ObjectErrorKind::NoSuchKey
+        | ObjectErrorKind::NoSuchUpload => ErrorCode::NotFound,
+        ObjectErrorKind::InvalidKey
+        | ObjectErrorKind::KeyTooLong
+        | ObjectErrorKind::InvalidArgument
+        | ObjectErrorKind::InvalidRequest
+        | ObjectErrorKind::NotImplemented
+        | ObjectErrorKind::InvalidRange
+        | ObjectErrorKind::InvalidPartNumber
+        | ObjectErrorKind::BadDigest
+        | ObjectErrorKind::IncompleteBody
+        | ObjectErrorKind::InvalidPart
+        | ObjectErrorKind::InvalidPartOrder
+        | ObjectErrorKind::EntityTooSmall
+        | ObjectErrorKind::EntityTooLarge
+        | ObjectErrorKind::MetadataTooLarge => ErrorCode::BadInput,
+        ObjectErrorKind::PreconditionFailed | ObjectErrorKind::NotModified => ErrorCode::Conflict,
+        ObjectErrorKind::SlowDown
+        | ObjectErrorKind::InsufficientStorage
+        | ObjectErrorKind::Unavailable => ErrorCode::Unavailable,
+        ObjectErrorKind::Internal => ErrorCode::Internal,
     }
 }
 

@@ -13,7 +13,7 @@ use std::collections::BTreeSet;
 use chrono::{DateTime, Timelike as _, Utc};
 use futures::{StreamExt as _, TryStreamExt as _};
 use milepost_cacher::datasets::{ManifestEntry, TrimSpec};
-use milepost_cacher::StoreErrorKind;
+use milepost_cacher::objects::ObjectErrorKind;
 use milepost_indexer::catalog::{self, Owner};
 use milepost_indexer::metadata::McapSummary;
 use milepost_indexer::search::{EntityKind, SearchRequest};
@@ -322,34 +322,27 @@ async fn explicit_object(
     key: String,
 ) -> ApiResult<ManifestEntry> {
     let field = format!("input.objects[{i}]");
-    let row = object::Entity::find()
-        .filter(object::Column::Bucket.eq(&bucket))
-        .filter(object::Column::Key.eq(&key))
-        .filter(object::Column::DeletedAt.is_null())
-        .one(&app.db)
-        .await
-        .map_err(|err| ApiError::from(milepost_schema::DbError::from(err)))?;
-    if let Some(row) = row {
-        return Ok(entry(&row));
-    }
-    match app.store.head(&bucket, &key).await {
-        Ok(meta) => Ok(ManifestEntry {
+    // The office's one resolution (its own writes, then the catalog, then S3), so a dataset
+    // names the version a read through the office would serve.
+    match app.objects.resolve(&bucket, &key).await {
+        Ok(resolved) => Ok(ManifestEntry {
             bucket,
             key,
-            size: meta.size,
-            etag: meta.etag,
+            size: resolved.object.size,
+            etag: resolved.object.etag,
             trim: None,
         }),
-        Err(err) if err.kind() == StoreErrorKind::NotFound => Err(ApiError::bad_input(
-            field,
-            format!("s3://{bucket}/{key} does not exist"),
-        )),
-        Err(err) => {
-            tracing::warn!(error = %err, "head failed while building a dataset");
-            Err(ApiError::Unavailable(format!(
-                "{field}: cannot reach upstream to look up s3://{bucket}/{key}, try again shortly"
-            )))
-        }
+        Err(err) => Err(match err.kind() {
+            ObjectErrorKind::NoSuchKey => {
+                ApiError::bad_input(field, format!("s3://{bucket}/{key} does not exist"))
+            }
+            ObjectErrorKind::NoSuchBucket
+            | ObjectErrorKind::InvalidKey
+            | ObjectErrorKind::KeyTooLong => {
+                ApiError::bad_input(field, format!("s3://{bucket}/{key}: {}", err.message()))
+            }
+            _ => ApiError::Unavailable(format!("{field}: {}", err.message())),
+        }),
     }
 }
 
@@ -467,20 +460,13 @@ pub async fn resolve(
             }
         }
         Selection::Objects(objects) => {
+            // Refused before any lookup: a bucket not served, a key the office cannot hold
+            // (no upstream HEAD, and the first bad object is the one reported).
             for (i, (bucket, key)) in objects.iter().enumerate() {
-                // Not served is not found, before any lookup (no upstream HEAD).
-                if !app.served.serves(bucket) {
+                if let Err(err) = app.objects.check(bucket, key) {
                     return Err(ApiError::bad_input(
                         format!("input.objects[{i}]"),
-                        format!(
-                            "s3://{bucket}/{key} not found: bucket {bucket} is not served by this office"
-                        ),
-                    ));
-                }
-                if let Err(problem) = milepost_cacher::objects::check_key(key) {
-                    return Err(ApiError::bad_input(
-                        format!("input.objects[{i}]"),
-                        problem.to_string(),
+                        format!("s3://{bucket}/{key}: {}", err.message()),
                     ));
                 }
             }

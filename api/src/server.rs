@@ -77,6 +77,8 @@ pub struct AppState {
     pub upload_limiter: Arc<UploadLimiter>,
     /// The buckets clients may read and write through this office; any other is not found.
     pub served: milepost_cacher::objects::ServedBuckets,
+    /// The office's one object API: `/data` and the S3 gateway are adapters over it.
+    pub objects: Arc<milepost_cacher::objects::OfficeObjects>,
 }
 
 /// Router state: the application plus the GraphQL schema built over it.
@@ -178,8 +180,14 @@ impl AppState {
         };
         let reservations = Reservations::new(db.clone(), cache.clone(), reservation_settings);
         let served = config.served_buckets();
+        let objects = Arc::new(milepost_cacher::objects::OfficeObjects::new(
+            office_store.clone(),
+            served.clone(),
+            Some(db.clone()),
+        ));
         Ok(Arc::new(AppState {
             served,
+            objects,
             config,
             db,
             metrics: Metrics::default(),
@@ -576,15 +584,10 @@ fn start_gateway(
             }
         })
     };
-    let gateway = crate::gateway::Gateway::new(
-        state.office_store.clone(),
-        config.served_buckets().names().to_vec(),
-        on_write,
-    );
+    let gateway = crate::gateway::Gateway::new(state.objects.clone(), on_write);
     let keys = crate::gateway::TokenKeys::new(state.db.clone());
     let access = crate::gateway::RoleAccess {
         keys: keys.clone(),
-        buckets: Arc::new(config.served_buckets().names().to_vec()),
         allow_anonymous_read: config.server.allow_anonymous_read,
     };
     crate::gateway::start(

@@ -21,8 +21,8 @@ pub use cache::{
     FetchContext, FetchOutcome, ObjectKey, OfficeCache,
 };
 pub use upstream::{
-    build_store, list_all, put_stream, upload_file, ByteRange, DelimitedPage, EgressMeter,
-    EgressSnapshot, GetResponse, ListPage, MeteredStore, ObjectMeta, ObjectStore, RetryPolicy,
-    RetryingStore, S3Store, StaticCredentials, StoreError, StoreErrorKind, Target, UploadOptions,
-    UpstreamSettings,
+    build_store, list_all, put_stream, put_stream_with, upload_file, upload_file_with, ByteRange,
+    DelimitedPage, EgressMeter, EgressSnapshot, GetResponse, ListPage, MeteredStore, ObjectMeta,
+    ObjectMetadata, ObjectStore, RetryPolicy, RetryingStore, S3Store, StaticCredentials,
+    StoreError, StoreErrorKind, Target, UploadOptions, UpstreamSettings,
 };

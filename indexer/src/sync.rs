@@ -228,6 +228,7 @@ pub async fn sync(
                 size: row.size as u64,
                 etag: row.etag.clone(),
                 last_modified: row.last_modified,
+                metadata: Default::default(),
             });
         }
     }

@@ -15,6 +15,7 @@ pub mod scenario;
 pub mod sync_run;
 pub mod token;
 pub mod transfer;
+pub mod transfer_metadata;
 
 /// The entities under their table-ish names: `use milepost_schema::prelude::*;`.
 pub mod prelude {
@@ -32,4 +33,5 @@ pub mod prelude {
     pub use super::sync_run::Entity as SyncRun;
     pub use super::token::Entity as Token;
     pub use super::transfer::Entity as Transfer;
+    pub use super::transfer_metadata::Entity as TransferMetadata;
 }

@@ -6,6 +6,7 @@ use sea_orm_migration::prelude::*;
 
 mod m20261125_000001_catalog;
 mod m20261125_000002_scenario_trims;
+mod m20261125_000003_object_metadata;
 
 /// All migrations of the catalog, oldest first.
 #[derive(Debug)]
@@ -17,6 +18,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261125_000001_catalog::Migration),
             Box::new(m20261125_000002_scenario_trims::Migration),
+            Box::new(m20261125_000003_object_metadata::Migration),
         ]
     }
 }

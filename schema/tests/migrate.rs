@@ -4,7 +4,7 @@
 use chrono::{DateTime, TimeZone as _, Utc};
 use milepost_schema::entity::{
     cache_entry, dataset, dataset_member, drive, drive_event, egress_ledger, object, reservation,
-    run, run_input, scenario, sync_run, token, transfer,
+    run, run_input, scenario, sync_run, token, transfer, transfer_metadata,
 };
 use milepost_schema::enums::{
     CacheEntryState, InputKind, RecordSource, ReservationState, Role, RunKind, RunStatus,
@@ -81,7 +81,7 @@ async fn exercise(db: &DatabaseConnection) -> Result<(), DbError> {
         ))
         .await?
         .expect("one row");
-    assert_eq!(applied.try_get::<i64>("", "n")?, 2);
+    assert_eq!(applied.try_get::<i64>("", "n")?, 3);
 
     drive_and_children(db).await?;
     run_and_children(db).await?;
@@ -396,7 +396,30 @@ async fn office_state(db: &DatabaseConnection) -> Result<(), DbError> {
         .order_by_asc(transfer::Column::Id)
         .one(db)
         .await?;
-    assert_eq!(next, Some(queued));
+    assert_eq!(next, Some(queued.clone()));
+    // The object metadata of a put: null until set, mapped by an entity of its own.
+    let metadata = TransferMetadata::find_by_id(queued.id)
+        .one(db)
+        .await?
+        .expect("the same row");
+    assert_eq!(metadata.metadata, None);
+    let json = r#"{"content_type":"application/x-mcap","user":{"vehicle":"car-7"}}"#;
+    transfer_metadata::ActiveModel {
+        id: Set(queued.id),
+        metadata: Set(Some(json.to_owned())),
+    }
+    .update(db)
+    .await?;
+    let metadata = TransferMetadata::find_by_id(queued.id)
+        .one(db)
+        .await?
+        .expect("the same row");
+    assert_eq!(metadata.metadata.as_deref(), Some(json));
+    assert_eq!(
+        Transfer::find_by_id(queued.id).one(db).await?,
+        Some(queued),
+        "the rest of the row is untouched"
+    );
 
     let token = token::ActiveModel {
         name: Set("ci".to_owned()),

@@ -21,6 +21,12 @@ mod checksums;
 // Expiry and room of unfinished multipart uploads, connection timeouts, in a file of their own.
 #[path = "gateway/housekeeping.rs"]
 mod housekeeping;
+// Content-Type, representation headers and user metadata.
+#[path = "gateway/metadata.rs"]
+mod metadata;
+// SigV4 signed with `Date` instead of `X-Amz-Date`.
+#[path = "gateway/sigv4.rs"]
+mod sigv4;
 
 const BUCKET: &str = "fleet";
 

@@ -393,7 +393,10 @@ async fn data_endpoint_ranges_conditional_requests_and_bad_keys() {
         .expect("get");
     assert_eq!(warmed.status(), StatusCode::OK);
     let etag = warmed.headers()["etag"].to_str().expect("etag").to_owned();
-    assert!(warmed.headers().contains_key("last-modified"));
+    let warmed_last_modified = warmed.headers()["last-modified"]
+        .to_str()
+        .expect("last-modified")
+        .to_owned();
     let size = warmed.bytes().await.expect("body").len() as u64;
     // The client can have every byte before the download is installed (renamed into the
     // content store): the reads below are hits only once it is.
@@ -491,6 +494,49 @@ async fn data_endpoint_ranges_conditional_requests_and_bad_keys() {
         .await
         .expect("get");
     assert_eq!(not_modified.status(), StatusCode::NOT_MODIFIED);
+    assert_eq!(not_modified.headers()["etag"].to_str().expect("etag"), etag);
+    // The gateway's conditions, through the same object API: a date the object has not
+    // changed since is 304, a failed If-Match is 412, and a true If-Match reads.
+    let last_modified = warmed_last_modified;
+    let conditional = |name: &'static str, value: String| {
+        w.app
+            .client
+            .get(url(warm))
+            .bearer_auth(&w.engineer)
+            .header(name, value)
+            .send()
+    };
+    assert_eq!(
+        conditional("if-modified-since", last_modified.clone())
+            .await
+            .expect("get")
+            .status(),
+        StatusCode::NOT_MODIFIED
+    );
+    assert_eq!(
+        conditional("if-match", "\"0000\"".to_owned())
+            .await
+            .expect("get")
+            .status(),
+        StatusCode::PRECONDITION_FAILED
+    );
+    assert_eq!(
+        conditional(
+            "if-unmodified-since",
+            "Mon, 01 Jan 2001 00:00:00 GMT".to_owned()
+        )
+        .await
+        .expect("get")
+        .status(),
+        StatusCode::PRECONDITION_FAILED
+    );
+    assert_eq!(
+        conditional("if-match", etag.clone())
+            .await
+            .expect("get")
+            .status(),
+        StatusCode::OK
+    );
 
     // No token; keys that escape; a missing object.
     assert_eq!(

@@ -10,7 +10,6 @@ use milepost_schema::entity::token;
 use milepost_schema::enums::Role;
 use s3s::access::{S3Access, S3AccessContext};
 use s3s::auth::{S3Auth, SecretKey};
-use s3s::path::S3Path;
 use s3s::{s3_error, S3Result};
 use sea_orm::{ColumnTrait as _, DatabaseConnection, EntityTrait as _, QueryFilter as _};
 
@@ -130,11 +129,11 @@ fn is_read(op: &str) -> bool {
     )
 }
 
-/// Role checks and the served buckets.
+/// Authentication and role checks. Which buckets are served is the office object API's
+/// boundary ([`milepost_cacher::objects::OfficeObjects`]), checked there for every door.
 #[derive(Debug, Clone)]
 pub struct RoleAccess {
     pub keys: TokenKeys,
-    pub buckets: Arc<Vec<String>>,
     pub allow_anonymous_read: bool,
 }
 
@@ -143,10 +142,6 @@ impl S3Access for RoleAccess {
     async fn check(&self, cx: &mut S3AccessContext<'_>) -> S3Result<()> {
         check_presigned_expiry(cx.uri().query())?;
         let op = cx.s3_op().name().to_owned();
-        let bucket = match cx.s3_path() {
-            S3Path::Root => None,
-            S3Path::Bucket { bucket } | S3Path::Object { bucket, .. } => Some(bucket.to_string()),
-        };
         let role = match cx.credentials() {
             Some(credentials) => match self.keys.lookup(&credentials.access_key).await? {
                 Some((_, role)) => role,
@@ -155,14 +150,6 @@ impl S3Access for RoleAccess {
             None if self.allow_anonymous_read && is_read(&op) => Role::Viewer,
             None => return Err(s3_error!(AccessDenied, "a signed request is required")),
         };
-        if let Some(bucket) = bucket.as_ref().filter(|_| op != "CreateBucket") {
-            if !self.buckets.iter().any(|b| b == bucket) {
-                return Err(s3_error!(
-                    NoSuchBucket,
-                    "bucket {bucket} is not served by this office gateway"
-                ));
-            }
-        }
         if !is_read(&op) && role < Role::Engineer {
             return Err(s3_error!(
                 AccessDenied,

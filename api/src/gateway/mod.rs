@@ -1,19 +1,18 @@
 //! The office's S3-compatible gateway, on `server.s3_listen` (s3s): boto3, the AWS CLI and
 //! rclone work against it unchanged.
 //!
-//! Reads go through the office: [`OfficeStore`] answers listings and HEADs with the office's
-//! writes laid over S3, and GETs stream from the office cache (read-through, one upstream
-//! fetch per object however many readers). Writes go to the write-back path: a PUT, a
-//! completed multipart upload or a copy is acknowledged once fsynced and journaled, and
-//! reaches S3 in the background. Auth is SigV4 with keys from `milepost token create --s3`
-//! ([`access`]); errors are S3 XML errors ([`errors`]).
+//! A transport adapter: it turns S3 requests into calls of the office's one object API
+//! ([`OfficeObjects`]: served buckets, key rules, resolution, conditions, ranges, reads
+//! through the cache, writes through write-back) and its answers and [`ObjectError`]s into
+//! S3's ([`errors`]). What is S3's own stays here: the XML shapes, SigV4 auth with keys from
+//! `milepost token create --s3` ([`access`]), additional-checksum headers and trailers
+//! ([`checksums`]) and URL-encoded listings ([`url_encoding`]).
+//!
+//! [`ObjectError`]: milepost_cacher::objects::ObjectError
 
 mod access;
 mod checksums;
-mod completed;
-mod conditions;
 mod errors;
-mod listing;
 mod serve;
 mod url_encoding;
 
@@ -23,10 +22,13 @@ use std::task::{Context, Poll};
 
 use base64::Engine as _;
 use bytes::Bytes;
-use futures::{Stream, StreamExt as _};
-use milepost_cacher::upstream::bare_etag;
-use milepost_cacher::writeback::{BodyChecks, OfficeStore, WriteBack, WriteCondition};
-use milepost_cacher::{ByteRange, CacheErrorKind, FetchContext, ObjectKey, ObjectStore};
+use futures::{Stream, StreamExt as _, TryStreamExt as _};
+use milepost_cacher::objects::{
+    self, EtagMatch, IncomingBody, ListRequest, ObjectError, OfficeObjects, ReadConditions,
+    ReadRequest, Resume,
+};
+use milepost_cacher::writeback::{BodyChecks, WriteCondition};
+use milepost_cacher::{ByteRange, FetchContext, ObjectMetadata};
 use s3s::dto::*;
 use s3s::{s3_error, S3Request, S3Response, S3Result, S3};
 
@@ -39,33 +41,23 @@ pub type OnWrite = Arc<dyn Fn(&str, &str) + Send + Sync>;
 /// The S3 operations of the gateway.
 #[derive(Clone)]
 pub struct Gateway {
-    store: Arc<OfficeStore>,
-    write_back: Arc<WriteBack>,
-    buckets: Arc<Vec<String>>,
+    objects: Arc<OfficeObjects>,
     /// Called after a write under the catalog's prefixes, so that the office catalogs it at
     /// once (bucket, key).
     on_write: OnWrite,
-    /// Uploads completed recently, for retried CompleteMultipartUploads.
-    completed: Arc<completed::CompletedUploads>,
 }
 
 impl std::fmt::Debug for Gateway {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Gateway")
-            .field("buckets", &self.buckets)
+            .field("objects", &self.objects)
             .finish_non_exhaustive()
     }
 }
 
 impl Gateway {
-    pub fn new(store: Arc<OfficeStore>, buckets: Vec<String>, on_write: OnWrite) -> Self {
-        Self {
-            write_back: Arc::clone(store.write_back()),
-            store,
-            buckets: Arc::new(buckets),
-            on_write,
-            completed: Arc::default(),
-        }
+    pub fn new(objects: Arc<OfficeObjects>, on_write: OnWrite) -> Self {
+        Self { objects, on_write }
     }
 
     fn owner<T>(req: &S3Request<T>) -> FetchContext {
@@ -77,19 +69,15 @@ impl Gateway {
                 .map(|c| format!("s3:{}", c.access_key)),
         }
     }
+
+    fn wrote(&self, bucket: &str, key: &str) {
+        (self.on_write)(bucket, key);
+    }
 }
 
-/// Refuses keys the office cannot hold ([`milepost_cacher::objects::check_key`]) before
-/// anything is staged or acknowledged.
-fn check_key(key: &str) -> S3Result<()> {
-    use milepost_cacher::objects::KeyProblem;
-    match milepost_cacher::objects::check_key(key) {
-        Ok(()) => Ok(()),
-        Err(problem @ KeyProblem::TooLong { .. }) => {
-            Err(s3_error!(KeyTooLongError, "key {key:?}: {problem}"))
-        }
-        Err(problem) => Err(s3_error!(InvalidArgument, "key {key:?}: {problem}")),
-    }
+/// Maps an office error into the S3 error a client reads.
+fn s3(err: ObjectError) -> s3s::S3Error {
+    errors::object(err)
 }
 
 fn etag(value: &str) -> ETag {
@@ -100,54 +88,54 @@ fn timestamp(at: Option<chrono::DateTime<chrono::Utc>>) -> Option<Timestamp> {
     at.map(|at| Timestamp::from(std::time::SystemTime::from(at)))
 }
 
-fn byte_range(range: Option<Range>) -> ByteRange {
-    match range {
-        None => ByteRange::All,
-        Some(Range::Int { first, last: None }) => ByteRange::From(first),
-        Some(Range::Int {
+fn date(at: &Timestamp) -> Option<chrono::DateTime<chrono::Utc>> {
+    let at = time::OffsetDateTime::from(at.clone());
+    chrono::DateTime::from_timestamp(at.unix_timestamp(), at.nanosecond())
+}
+
+fn byte_range(range: Option<&Range>) -> Option<ByteRange> {
+    range.map(|range| match *range {
+        Range::Int { first, last: None } => ByteRange::From(first),
+        Range::Int {
             first,
             last: Some(last),
-        }) => ByteRange::Bounded {
+        } => ByteRange::Bounded {
             start: first,
             end_inclusive: last,
         },
-        Some(Range::Suffix { length }) => ByteRange::Suffix(length),
+        Range::Suffix { length } => ByteRange::Suffix(length),
+    })
+}
+
+fn etag_match(condition: Option<&ETagCondition>) -> Option<EtagMatch> {
+    condition.map(|condition| match condition.as_etag() {
+        None => EtagMatch::Any,
+        Some(tag) => EtagMatch::Tags(vec![tag.value().to_owned()]),
+    })
+}
+
+fn read_conditions(
+    if_match: Option<&ETagCondition>,
+    if_none_match: Option<&ETagCondition>,
+    if_modified_since: Option<&Timestamp>,
+    if_unmodified_since: Option<&Timestamp>,
+) -> ReadConditions {
+    ReadConditions {
+        if_match: etag_match(if_match),
+        if_none_match: etag_match(if_none_match),
+        if_modified_since: if_modified_since.and_then(date),
+        if_unmodified_since: if_unmodified_since.and_then(date),
     }
 }
 
-/// What a GET or HEAD with `partNumber` reads of an object of `etag`; the parts count to
-/// answer. An object stored in one piece is part 1, whole (no parts count, as S3 answers);
-/// so is the only part of a one-part multipart upload (parts count 1). A part number past the
-/// parts count (from a multipart ETag's `-N`) is 416 InvalidPartNumber, as S3 answers. The
-/// office keeps no part sizes once a multipart upload is assembled, so a part of an object of
-/// several parts is NotImplemented rather than a guess.
-fn part_of(etag: &str, part: i32, range: Option<&Range>) -> S3Result<Option<i32>> {
-    if range.is_some() {
-        return Err(s3_error!(
-            InvalidRequest,
-            "cannot specify both a Range header and a partNumber query parameter"
-        ));
-    }
-    if !(1..=10_000).contains(&part) {
-        return Err(s3_error!(
-            InvalidArgument,
-            "part number {part} is not an integer between 1 and 10000"
-        ));
-    }
-    let parts = etag
-        .rsplit_once('-')
-        .and_then(|(_, count)| count.parse::<i32>().ok());
-    let count = parts.unwrap_or(1);
-    if part > count {
-        return Err(errors::invalid_part_number(part));
-    }
-    if count > 1 {
-        return Err(s3_error!(
+fn copy_source(source: &CopySource) -> S3Result<(&str, &str)> {
+    match source {
+        CopySource::Bucket { bucket, key, .. } => Ok((bucket, key)),
+        _ => Err(s3_error!(
             NotImplemented,
-            "reading one part of an object uploaded in {count} parts is not supported by the office gateway; read it by Range"
-        ));
+            "copies from access points and outposts are not supported"
+        )),
     }
-    Ok(parts)
 }
 
 fn content_md5(value: Option<&str>) -> S3Result<Option<[u8; 16]>> {
@@ -173,11 +161,77 @@ fn body_checks(
     })
 }
 
-/// Whether an `If-Match` / `If-None-Match` condition holds for `current`.
-fn condition_holds(condition: &ETagCondition, current: &str) -> bool {
-    match condition.as_etag() {
-        None => true, // `*`
-        Some(tag) => bare_etag(tag.value()) == current,
+/// The metadata a write carries (PutObject, CreateMultipartUpload, CopyObject with
+/// `REPLACE`). `aws-chunked` is how the body was sent, not how the object is encoded: S3 drops
+/// it from the stored Content-Encoding, and so does the office.
+macro_rules! written_metadata {
+    ($input:expr) => {
+        ObjectMetadata {
+            content_type: $input.content_type.clone(),
+            cache_control: $input.cache_control.clone(),
+            content_disposition: $input.content_disposition.clone(),
+            content_encoding: $input.content_encoding.as_deref().and_then(stored_encoding),
+            content_language: $input.content_language.clone(),
+            expires: $input.expires.as_ref().and_then(http_date),
+            user: ObjectMetadata::user_from($input.metadata.clone().unwrap_or_default()),
+        }
+    };
+}
+
+/// Fills the representation headers and user metadata of a HEAD or GET answer. An object
+/// written without a Content-Type has S3's default, `binary/octet-stream`.
+macro_rules! answer_metadata {
+    ($output:expr, $metadata:expr) => {{
+        let metadata: &ObjectMetadata = $metadata;
+        $output.content_type = Some(
+            metadata
+                .content_type
+                .clone()
+                .unwrap_or_else(|| "binary/octet-stream".to_owned()),
+        );
+        $output.cache_control = metadata.cache_control.clone();
+        $output.content_disposition = metadata.content_disposition.clone();
+        $output.content_encoding = metadata.content_encoding.clone();
+        $output.content_language = metadata.content_language.clone();
+        $output.expires = metadata.expires.as_deref().and_then(parse_http_date);
+        $output.metadata =
+            (!metadata.user.is_empty()).then(|| metadata.user.clone().into_iter().collect());
+    }};
+}
+
+fn stored_encoding(value: &str) -> Option<String> {
+    let kept: Vec<&str> = value
+        .split(',')
+        .map(str::trim)
+        .filter(|coding| !coding.is_empty() && !coding.eq_ignore_ascii_case("aws-chunked"))
+        .collect();
+    (!kept.is_empty()).then(|| kept.join(", "))
+}
+
+fn http_date(at: &Timestamp) -> Option<String> {
+    let mut text = Vec::new();
+    at.format(TimestampFormat::HttpDate, &mut text).ok()?;
+    String::from_utf8(text).ok()
+}
+
+fn parse_http_date(text: &str) -> Option<Timestamp> {
+    Timestamp::parse(TimestampFormat::HttpDate, text).ok()
+}
+
+/// A GET's `response-*` query parameters.
+struct ResponseOverrides {
+    content_type: Option<String>,
+    cache_control: Option<String>,
+    content_disposition: Option<String>,
+    content_encoding: Option<String>,
+    content_language: Option<String>,
+    expires: Option<Timestamp>,
+}
+
+fn incoming(body: Option<StreamingBlob>) -> IncomingBody {
+    match body {
+        Some(body) => body.map_err(Into::into).boxed(),
+        None => futures::stream::empty().boxed(),
     }
 }
 
@@ -251,38 +305,6 @@ where
 }
 
 impl Gateway {
-    fn served(&self, bucket: &str) -> S3Result<()> {
-        if self.buckets.iter().any(|b| b == bucket) {
-            Ok(())
-        } else {
-            Err(s3_error!(
-                NoSuchBucket,
-                "bucket {bucket} is not served by this office gateway"
-            ))
-        }
-    }
-
-    fn wrote(&self, bucket: &str, key: &str) {
-        (self.on_write)(bucket, key);
-    }
-
-    /// Checks that `upload_id` is an upload of `bucket/key` in progress.
-    async fn upload_of(&self, upload_id: &str, bucket: &str, key: &str) -> S3Result<()> {
-        let info = self
-            .write_back
-            .multipart()
-            .info(upload_id)
-            .await
-            .map_err(errors::write_back)?;
-        if info.bucket != bucket || info.key != key {
-            return Err(s3_error!(
-                NoSuchUpload,
-                "upload {upload_id} is not an upload of {bucket}/{key}"
-            ));
-        }
-        Ok(())
-    }
-
     /// One page of a listing (v1 or v2) of a served bucket; also the `max-keys` in force
     /// (1000 at most, S3's page size).
     async fn list(
@@ -290,124 +312,48 @@ impl Gateway {
         bucket: &str,
         prefix: Option<&str>,
         delimiter: Option<&str>,
-        resume: Option<listing::Resume>,
+        resume: Option<Resume>,
         max_keys: Option<i32>,
-    ) -> S3Result<(listing::Listed, i32)> {
-        self.served(bucket)?;
+    ) -> S3Result<(objects::Listed, i32)> {
         let max_keys = max_keys.unwrap_or(1000).clamp(0, 1000);
-        let page = listing::list(
-            self.store.as_ref(),
-            bucket,
-            prefix.unwrap_or_default(),
-            delimiter.filter(|d| !d.is_empty()),
-            resume,
-            usize::try_from(max_keys).unwrap_or(0),
-        )
-        .await
-        .map_err(errors::store)?;
+        let page = self
+            .objects
+            .list(
+                bucket,
+                ListRequest {
+                    prefix: prefix.unwrap_or_default(),
+                    delimiter,
+                    resume,
+                    max_keys: usize::try_from(max_keys).unwrap_or(0),
+                },
+            )
+            .await
+            .map_err(s3)?;
         Ok((page, max_keys))
     }
+}
 
-    /// Whether an `If-Match` ETag other than the current one still names the current bytes:
-    /// when write-back puts an office write into S3 as a multipart upload of other part sizes
-    /// than the client's, S3 gives it another ETag, and the cache keeps the content under both
-    /// names as one file (a hard link). A client reading the object in several ranged GETs
-    /// with `If-Match` (the AWS CLI does) must not fail because the name changed under it.
-    async fn names_same_bytes(&self, current: &ObjectKey, etag: &str) -> bool {
-        use std::os::unix::fs::MetadataExt as _;
-        let other = ObjectKey::new(&current.bucket, &current.key, bare_etag(etag), current.size);
-        let cache = self.write_back.cache();
-        let (Some(a), Some(b)) = (cache.content_path(current), cache.content_path(&other)) else {
-            return false;
-        };
-        match (tokio::fs::metadata(a).await, tokio::fs::metadata(b).await) {
-            (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
-            _ => false,
-        }
-    }
-
-    /// Evaluates the preconditions of a read or a copy against the object's current version
-    /// (an `If-Match` of another ETag may name the same bytes under the name the office gave
-    /// them).
-    async fn preconditions(
-        &self,
-        object: &ObjectKey,
-        last_modified: Option<chrono::DateTime<chrono::Utc>>,
-        conditions: &conditions::Preconditions<'_>,
-    ) -> conditions::Verdict {
-        let same_bytes = match conditions.if_match {
-            Some(condition) if !condition_holds(condition, &object.etag) => {
-                match condition.as_etag() {
-                    Some(tag) => self.names_same_bytes(object, tag.value()).await,
-                    None => false,
-                }
-            }
-            _ => false,
-        };
-        conditions.evaluate(&object.etag, same_bytes, last_modified)
-    }
-
-    /// Checks the preconditions of a GET or HEAD: 412, or 304 with the object's ETag and
-    /// Last-Modified.
-    async fn check_read_conditions(
-        &self,
-        object: &ObjectKey,
-        last_modified: Option<chrono::DateTime<chrono::Utc>>,
-        conditions: &conditions::Preconditions<'_>,
-    ) -> S3Result<()> {
-        match self.preconditions(object, last_modified, conditions).await {
-            conditions::Verdict::Proceed => Ok(()),
-            conditions::Verdict::PreconditionFailed => Err(s3_error!(PreconditionFailed)),
-            conditions::Verdict::NotModified => Err(errors::not_modified(
-                &object.etag,
-                timestamp(last_modified).as_ref(),
-            )),
-        }
-    }
-
-    /// The object as the office sees it now, and when it was last modified.
-    async fn resolve(
-        &self,
-        bucket: &str,
-        key: &str,
-    ) -> S3Result<(ObjectKey, Option<chrono::DateTime<chrono::Utc>>)> {
-        let meta = self.store.head(bucket, key).await.map_err(errors::store)?;
-        Ok((
-            ObjectKey::new(bucket, key, meta.etag, meta.size),
-            meta.last_modified,
-        ))
-    }
-
-    /// Answers a CompleteMultipartUpload that failed with `err`. A NoSuchUpload of an upload
-    /// the gateway completed recently, while `bucket/key` is still that upload's object (under
-    /// its ETag, or the same bytes under the name S3 gave them), is a client's retry: 200
-    /// with the same ETag, as S3 answers.
-    async fn retried_complete(
-        &self,
-        err: s3s::S3Error,
-        bucket: &str,
-        key: &str,
-        upload_id: &str,
-    ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
-        if *err.code() != s3s::S3ErrorCode::NoSuchUpload {
-            return Err(err);
-        }
-        let Some(completed) = self.completed.get(bucket, key, upload_id) else {
-            return Err(err);
-        };
-        let Ok((current, _)) = self.resolve(bucket, key).await else {
-            return Err(err);
-        };
-        if current.etag != completed && !self.names_same_bytes(&current, &completed).await {
-            return Err(err);
-        }
-        Ok(S3Response::new(CompleteMultipartUploadOutput {
-            bucket: Some(bucket.to_owned()),
-            key: Some(key.to_owned()),
-            e_tag: Some(etag(&completed)),
+/// A listing's keys and common prefixes in S3's shapes.
+fn listed(page: objects::Listed) -> (Vec<Object>, Vec<CommonPrefix>) {
+    let contents = page
+        .contents
+        .into_iter()
+        .map(|object| Object {
+            e_tag: (!object.etag.is_empty()).then(|| etag(&object.etag)),
+            size: Some(i64::try_from(object.size).unwrap_or(i64::MAX)),
+            last_modified: timestamp(object.last_modified),
+            key: Some(object.key),
             ..Default::default()
-        }))
-    }
+        })
+        .collect();
+    let prefixes = page
+        .prefixes
+        .into_iter()
+        .map(|prefix| CommonPrefix {
+            prefix: Some(prefix),
+        })
+        .collect();
+    (contents, prefixes)
 }
 
 #[async_trait::async_trait]
@@ -417,7 +363,9 @@ impl S3 for Gateway {
         _req: S3Request<ListBucketsInput>,
     ) -> S3Result<S3Response<ListBucketsOutput>> {
         let buckets = self
-            .buckets
+            .objects
+            .served()
+            .names()
             .iter()
             .map(|name| Bucket {
                 name: Some(name.clone()),
@@ -439,7 +387,7 @@ impl S3 for Gateway {
         req: S3Request<CreateBucketInput>,
     ) -> S3Result<S3Response<CreateBucketOutput>> {
         let bucket = &req.input.bucket;
-        if self.buckets.iter().any(|b| b == bucket) {
+        if self.objects.served().serves(bucket) {
             Ok(S3Response::new(CreateBucketOutput::default()))
         } else {
             Err(s3_error!(
@@ -453,7 +401,7 @@ impl S3 for Gateway {
         &self,
         req: S3Request<HeadBucketInput>,
     ) -> S3Result<S3Response<HeadBucketOutput>> {
-        self.served(&req.input.bucket)?;
+        self.objects.check_bucket(&req.input.bucket).map_err(s3)?;
         Ok(S3Response::new(HeadBucketOutput::default()))
     }
 
@@ -461,7 +409,7 @@ impl S3 for Gateway {
         &self,
         req: S3Request<GetBucketLocationInput>,
     ) -> S3Result<S3Response<GetBucketLocationOutput>> {
-        self.served(&req.input.bucket)?;
+        self.objects.check_bucket(&req.input.bucket).map_err(s3)?;
         Ok(S3Response::new(GetBucketLocationOutput::default()))
     }
 
@@ -472,10 +420,10 @@ impl S3 for Gateway {
         let input = req.input;
         let url_encoded = url_encoding::requested(input.encoding_type.as_ref())?;
         let resume = match input.continuation_token.as_deref() {
-            Some(token) => Some(listing::Resume::decode(token).ok_or_else(|| {
+            Some(token) => Some(Resume::decode(token).ok_or_else(|| {
                 s3_error!(InvalidArgument, "the continuation token is not valid")
             })?),
-            None => input.start_after.clone().map(listing::Resume::after),
+            None => input.start_after.clone().map(Resume::after),
         };
         let (page, max_keys) = self
             .list(
@@ -486,7 +434,9 @@ impl S3 for Gateway {
                 input.max_keys,
             )
             .await?;
-        let key_count = i32::try_from(page.contents.len() + page.prefixes.len()).unwrap_or(0);
+        let next = page.next.as_ref().map(Resume::encode);
+        let (contents, prefixes) = listed(page);
+        let key_count = i32::try_from(contents.len() + prefixes.len()).unwrap_or(0);
         let mut output = ListObjectsV2Output {
             name: Some(input.bucket),
             prefix: input.prefix,
@@ -495,10 +445,10 @@ impl S3 for Gateway {
             key_count: Some(key_count),
             continuation_token: input.continuation_token,
             start_after: input.start_after,
-            is_truncated: Some(page.next.is_some()),
-            next_continuation_token: page.next.as_ref().map(listing::Resume::encode),
-            contents: Some(page.contents),
-            common_prefixes: Some(page.prefixes),
+            is_truncated: Some(next.is_some()),
+            next_continuation_token: next,
+            contents: Some(contents),
+            common_prefixes: Some(prefixes),
             encoding_type: input.encoding_type,
             ..Default::default()
         };
@@ -519,21 +469,22 @@ impl S3 for Gateway {
                 &input.bucket,
                 input.prefix.as_deref(),
                 input.delimiter.as_deref(),
-                input.marker.clone().map(listing::Resume::after),
+                input.marker.clone().map(Resume::after),
                 input.max_keys,
             )
             .await?;
-        let next_marker = page.next.as_ref().map(|r| r.marker());
+        let next_marker = page.next.as_ref().map(Resume::marker);
+        let (contents, prefixes) = listed(page);
         let mut output = ListObjectsOutput {
             name: Some(input.bucket),
             prefix: input.prefix,
             delimiter: input.delimiter,
             marker: input.marker,
             max_keys: Some(max_keys),
-            is_truncated: Some(page.next.is_some()),
+            is_truncated: Some(next_marker.is_some()),
             next_marker,
-            contents: Some(page.contents),
-            common_prefixes: Some(page.prefixes),
+            contents: Some(contents),
+            common_prefixes: Some(prefixes),
             encoding_type: input.encoding_type,
             ..Default::default()
         };
@@ -548,109 +499,93 @@ impl S3 for Gateway {
         req: S3Request<HeadObjectInput>,
     ) -> S3Result<S3Response<HeadObjectOutput>> {
         let input = req.input;
-        self.served(&input.bucket)?;
-        check_key(&input.key)?;
-        let meta = self
-            .store
-            .head(&input.bucket, &input.key)
-            .await
-            .map_err(errors::store)?;
-        let object = ObjectKey::new(&input.bucket, &input.key, &meta.etag, meta.size);
-        let conditions = conditions::Preconditions {
-            if_match: input.if_match.as_ref(),
-            if_none_match: input.if_none_match.as_ref(),
-            if_modified_since: input.if_modified_since.as_ref(),
-            if_unmodified_since: input.if_unmodified_since.as_ref(),
-        };
-        self.check_read_conditions(&object, meta.last_modified, &conditions)
-            .await?;
-        let parts_count = match input.part_number {
-            Some(part) => part_of(&meta.etag, part, input.range.as_ref())?,
-            None => None,
-        };
-        Ok(S3Response::new(HeadObjectOutput {
-            content_length: Some(i64::try_from(meta.size).unwrap_or(i64::MAX)),
-            e_tag: Some(etag(&meta.etag)),
-            last_modified: timestamp(meta.last_modified),
-            parts_count,
-            accept_ranges: Some("bytes".to_owned()),
-            content_type: Some(
-                "application/octet-stream"
-                    .parse()
-                    .map_err(|_| s3_error!(InternalError))?,
+        let request = ReadRequest {
+            range: byte_range(input.range.as_ref()),
+            part_number: input.part_number,
+            conditions: read_conditions(
+                input.if_match.as_ref(),
+                input.if_none_match.as_ref(),
+                input.if_modified_since.as_ref(),
+                input.if_unmodified_since.as_ref(),
             ),
+        };
+        let head = self
+            .objects
+            .head(&input.bucket, &input.key, &request)
+            .await
+            .map_err(s3)?;
+        let mut output = HeadObjectOutput {
+            content_length: Some(i64::try_from(head.content_length).unwrap_or(i64::MAX)),
+            content_range: head.content_range(),
+            e_tag: Some(etag(head.etag())),
+            last_modified: timestamp(head.resolved.last_modified),
+            parts_count: head.parts_count,
+            accept_ranges: Some("bytes".to_owned()),
             ..Default::default()
-        }))
+        };
+        answer_metadata!(output, &head.resolved.metadata);
+        Ok(S3Response::new(output))
     }
 
     async fn get_object(
         &self,
         req: S3Request<GetObjectInput>,
     ) -> S3Result<S3Response<GetObjectOutput>> {
-        let ctx = Self::owner(&req);
+        let reader = Self::owner(&req);
         let input = req.input;
-        self.served(&input.bucket)?;
-        check_key(&input.key)?;
-        let meta = self
-            .store
-            .head(&input.bucket, &input.key)
+        let request = ReadRequest {
+            range: byte_range(input.range.as_ref()),
+            part_number: input.part_number,
+            conditions: read_conditions(
+                input.if_match.as_ref(),
+                input.if_none_match.as_ref(),
+                input.if_modified_since.as_ref(),
+                input.if_unmodified_since.as_ref(),
+            ),
+        };
+        let overrides = ResponseOverrides {
+            content_type: input.response_content_type.clone(),
+            cache_control: input.response_cache_control.clone(),
+            content_disposition: input.response_content_disposition.clone(),
+            content_encoding: input.response_content_encoding.clone(),
+            content_language: input.response_content_language.clone(),
+            expires: input.response_expires.clone(),
+        };
+        let read = self
+            .objects
+            .get(&input.bucket, &input.key, &request, &reader)
             .await
-            .map_err(errors::store)?;
-        let object = ObjectKey::new(&input.bucket, &input.key, &meta.etag, meta.size);
-        let conditions = conditions::Preconditions {
-            if_match: input.if_match.as_ref(),
-            if_none_match: input.if_none_match.as_ref(),
-            if_modified_since: input.if_modified_since.as_ref(),
-            if_unmodified_since: input.if_unmodified_since.as_ref(),
-        };
-        self.check_read_conditions(&object, meta.last_modified, &conditions)
-            .await?;
-        let parts_count = match input.part_number {
-            Some(part) => part_of(&meta.etag, part, input.range.as_ref())?,
-            None => None,
-        };
-        let range = byte_range(input.range);
+            .map_err(s3)?;
+        let head = read.head;
         let mut output = GetObjectOutput {
-            e_tag: Some(etag(&meta.etag)),
-            last_modified: timestamp(meta.last_modified),
+            e_tag: Some(etag(head.etag())),
+            last_modified: timestamp(head.resolved.last_modified),
             accept_ranges: Some("bytes".to_owned()),
-            parts_count,
+            parts_count: head.parts_count,
+            content_length: Some(i64::try_from(head.content_length).unwrap_or(i64::MAX)),
+            content_range: head.content_range(),
+            body: Some(blob(read.body)),
             ..Default::default()
         };
-        if object.size == 0 {
-            if range != ByteRange::All {
-                return Err(s3_error!(InvalidRange, "the object is empty"));
-            }
-            output.content_length = Some(0);
-            output.body = Some(blob(
-                futures::stream::empty::<Result<Bytes, std::io::Error>>(),
-            ));
-            return Ok(S3Response::new(output));
+        answer_metadata!(output, &head.resolved.metadata);
+        // `response-*` query parameters override the stored headers in this answer.
+        if let Some(value) = overrides.content_type {
+            output.content_type = Some(value);
         }
-        let (start, end) = range.resolve(object.size).ok_or_else(|| {
-            s3_error!(
-                InvalidRange,
-                "range {range} is not satisfiable: the object has {} bytes",
-                object.size
-            )
-        })?;
-        output.content_length = Some(i64::try_from(end - start + 1).unwrap_or(i64::MAX));
-        if range != ByteRange::All {
-            output.content_range = Some(format!("bytes {start}-{end}/{}", object.size));
+        if let Some(value) = overrides.cache_control {
+            output.cache_control = Some(value);
         }
-        match self.write_back.cache().read(&object, range, &ctx).await {
-            Ok(read) => output.body = Some(blob(read.body)),
-            // Larger than the cache can hold next to its pinned data: stream it through
-            // without caching rather than refuse.
-            Err(err) if err.kind() == CacheErrorKind::Full => {
-                let response = self
-                    .store
-                    .get(&input.bucket, &input.key, range, Some(&meta.etag))
-                    .await
-                    .map_err(errors::store)?;
-                output.body = Some(blob(response.body));
-            }
-            Err(err) => return Err(errors::cache(err)),
+        if let Some(value) = overrides.content_disposition {
+            output.content_disposition = Some(value);
+        }
+        if let Some(value) = overrides.content_encoding {
+            output.content_encoding = Some(value);
+        }
+        if let Some(value) = overrides.content_language {
+            output.content_language = Some(value);
+        }
+        if let Some(value) = overrides.expires {
+            output.expires = Some(value);
         }
         Ok(S3Response::new(output))
     }
@@ -660,37 +595,27 @@ impl S3 for Gateway {
         req: S3Request<PutObjectInput>,
     ) -> S3Result<S3Response<PutObjectOutput>> {
         let input = req.input;
-        self.served(&input.bucket)?;
-        check_key(&input.key)?;
         let condition = write_condition(input.if_match.as_ref(), input.if_none_match.as_ref())?;
         let checksum = checksums::requested(&input, &req.headers, req.trailing_headers.as_ref())?;
         let checks = body_checks(input.content_length, input.content_md5.as_deref(), checksum)?;
-        let body = input
-            .body
-            .map_or_else(|| futures::stream::empty().boxed(), |body| body.boxed());
-        let staged = self
-            .write_back
-            .stage(&input.bucket, &input.key, body, &checks)
-            .await
-            .map_err(errors::write_back)?;
-        let md5 = staged.md5_hex();
-        let meta = self
-            .write_back
-            .commit_put_if(
+        let metadata = written_metadata!(input);
+        let written = self
+            .objects
+            .put(
                 &input.bucket,
                 &input.key,
-                staged.path,
-                staged.size,
-                md5,
+                incoming(input.body),
+                &checks,
                 &condition,
+                metadata,
             )
             .await
-            .map_err(errors::write_back)?;
+            .map_err(s3)?;
         self.wrote(&input.bucket, &input.key);
         Ok(S3Response::new(PutObjectOutput {
-            e_tag: Some(etag(&meta.etag)),
-            size: Some(i64::try_from(meta.size).unwrap_or(i64::MAX)),
-            ..checksums::reported(staged.checksum.as_ref())
+            e_tag: Some(etag(&written.meta.etag)),
+            size: Some(i64::try_from(written.meta.size).unwrap_or(i64::MAX)),
+            ..checksums::reported(written.checksum.as_ref())
         }))
     }
 
@@ -699,12 +624,10 @@ impl S3 for Gateway {
         req: S3Request<DeleteObjectInput>,
     ) -> S3Result<S3Response<DeleteObjectOutput>> {
         let input = req.input;
-        self.served(&input.bucket)?;
-        check_key(&input.key)?;
-        self.write_back
+        self.objects
             .delete(&input.bucket, &input.key)
             .await
-            .map_err(errors::write_back)?;
+            .map_err(s3)?;
         self.wrote(&input.bucket, &input.key);
         Ok(S3Response::new(DeleteObjectOutput::default()))
     }
@@ -714,7 +637,7 @@ impl S3 for Gateway {
         req: S3Request<DeleteObjectsInput>,
     ) -> S3Result<S3Response<DeleteObjectsOutput>> {
         let input = req.input;
-        self.served(&input.bucket)?;
+        self.objects.check_bucket(&input.bucket).map_err(s3)?;
         // S3's limit, and its answer past it; nothing is deleted.
         if input.delete.objects.len() > 1000 {
             return Err(s3_error!(
@@ -727,15 +650,7 @@ impl S3 for Gateway {
         let mut deleted = Vec::new();
         let mut failed = Vec::new();
         for object in input.delete.objects {
-            let result = match check_key(&object.key) {
-                Ok(()) => self
-                    .write_back
-                    .delete(&input.bucket, &object.key)
-                    .await
-                    .map_err(errors::write_back),
-                Err(err) => Err(err),
-            };
-            match result {
+            match self.objects.delete(&input.bucket, &object.key).await {
                 Ok(()) => {
                     self.wrote(&input.bucket, &object.key);
                     if !quiet {
@@ -746,9 +661,9 @@ impl S3 for Gateway {
                     }
                 }
                 Err(err) => failed.push(Error {
-                    code: Some(err.code().as_str().to_owned()),
+                    code: Some(err.kind().s3_code().to_owned()),
                     key: Some(object.key),
-                    message: err.message().map(str::to_owned),
+                    message: Some(err.message().to_owned()),
                     version_id: None,
                 }),
             }
@@ -764,76 +679,43 @@ impl S3 for Gateway {
         &self,
         req: S3Request<CopyObjectInput>,
     ) -> S3Result<S3Response<CopyObjectOutput>> {
-        let ctx = Self::owner(&req);
+        let reader = Self::owner(&req);
         let condition = header_write_condition(&req.headers)?;
         let input = req.input;
-        self.served(&input.bucket)?;
-        check_key(&input.key)?;
-        let CopySource::Bucket {
-            bucket: source_bucket,
-            key: source_key,
-            ..
-        } = &input.copy_source
-        else {
-            return Err(s3_error!(
-                NotImplemented,
-                "copies from access points are not supported"
-            ));
+        let (source_bucket, source_key) = copy_source(&input.copy_source)?;
+        let source = objects::CopySource {
+            bucket: source_bucket.to_owned(),
+            key: source_key.to_owned(),
+            range: None,
+            conditions: read_conditions(
+                input.copy_source_if_match.as_ref(),
+                input.copy_source_if_none_match.as_ref(),
+                input.copy_source_if_modified_since.as_ref(),
+                input.copy_source_if_unmodified_since.as_ref(),
+            ),
         };
-        self.served(source_bucket)?;
-        check_key(source_key)?;
-        let (source, source_modified) = self.resolve(source_bucket, source_key).await?;
-        // S3 answers 412 for every failed source condition, "not modified" included.
-        let conditions = conditions::Preconditions {
-            if_match: input.copy_source_if_match.as_ref(),
-            if_none_match: input.copy_source_if_none_match.as_ref(),
-            if_modified_since: input.copy_source_if_modified_since.as_ref(),
-            if_unmodified_since: input.copy_source_if_unmodified_since.as_ref(),
-        };
-        if self
-            .preconditions(&source, source_modified, &conditions)
-            .await
-            != conditions::Verdict::Proceed
-        {
-            return Err(s3_error!(PreconditionFailed));
-        }
-        let body = if source.size == 0 {
-            futures::stream::empty().boxed()
-        } else {
-            self.write_back
-                .cache()
-                .read(&source, ByteRange::All, &ctx)
-                .await
-                .map_err(errors::cache)?
-                .body
-        };
-        let checks = BodyChecks {
-            length: Some(source.size),
-            ..BodyChecks::default()
-        };
-        let staged = self
-            .write_back
-            .stage(&input.bucket, &input.key, body, &checks)
-            .await
-            .map_err(errors::write_back)?;
-        let md5 = staged.md5_hex();
-        let meta = self
-            .write_back
-            .commit_put_if(
+        let replace = input
+            .metadata_directive
+            .as_ref()
+            .is_some_and(|directive| directive.as_str() == MetadataDirective::REPLACE)
+            .then(|| written_metadata!(input));
+        let written = self
+            .objects
+            .copy(
+                &source,
                 &input.bucket,
                 &input.key,
-                staged.path,
-                staged.size,
-                md5,
                 &condition,
+                replace,
+                &reader,
             )
             .await
-            .map_err(errors::write_back)?;
+            .map_err(s3)?;
         self.wrote(&input.bucket, &input.key);
         Ok(S3Response::new(CopyObjectOutput {
             copy_object_result: Some(CopyObjectResult {
-                e_tag: Some(etag(&meta.etag)),
-                last_modified: timestamp(meta.last_modified),
+                e_tag: Some(etag(&written.meta.etag)),
+                last_modified: timestamp(written.meta.last_modified),
                 ..Default::default()
             }),
             ..Default::default()
@@ -845,14 +727,12 @@ impl S3 for Gateway {
         req: S3Request<CreateMultipartUploadInput>,
     ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
         let input = req.input;
-        self.served(&input.bucket)?;
-        check_key(&input.key)?;
+        let metadata = written_metadata!(input);
         let upload_id = self
-            .write_back
-            .multipart()
-            .create(&input.bucket, &input.key)
+            .objects
+            .create_upload(&input.bucket, &input.key, metadata)
             .await
-            .map_err(errors::write_back)?;
+            .map_err(s3)?;
         Ok(S3Response::new(CreateMultipartUploadOutput {
             bucket: Some(input.bucket),
             key: Some(input.key),
@@ -866,29 +746,72 @@ impl S3 for Gateway {
         req: S3Request<UploadPartInput>,
     ) -> S3Result<S3Response<UploadPartOutput>> {
         let input = req.input;
-        self.served(&input.bucket)?;
-        check_key(&input.key)?;
         let checksum = checksums::requested(&input, &req.headers, req.trailing_headers.as_ref())?;
         let checks = body_checks(input.content_length, input.content_md5.as_deref(), checksum)?;
-        let body = input
-            .body
-            .map_or_else(|| futures::stream::empty().boxed(), |body| body.boxed());
-        let part = self
-            .write_back
-            .multipart()
+        let (part_etag, checksum) = self
+            .objects
             .upload_part(
                 &input.upload_id,
                 &input.bucket,
                 &input.key,
                 input.part_number,
-                body,
+                incoming(input.body),
                 &checks,
             )
             .await
-            .map_err(errors::write_back)?;
+            .map_err(s3)?;
         Ok(S3Response::new(UploadPartOutput {
-            e_tag: Some(etag(&part.etag)),
-            ..checksums::reported(part.checksum.as_ref())
+            e_tag: Some(etag(&part_etag)),
+            ..checksums::reported(checksum.as_ref())
+        }))
+    }
+
+    async fn upload_part_copy(
+        &self,
+        req: S3Request<UploadPartCopyInput>,
+    ) -> S3Result<S3Response<UploadPartCopyOutput>> {
+        let reader = Self::owner(&req);
+        let input = req.input;
+        let (source_bucket, source_key) = copy_source(&input.copy_source)?;
+        let range = match input.copy_source_range.as_deref() {
+            None => None,
+            Some(value) => Some(objects::parse_range_header(value).ok_or_else(|| {
+                s3_error!(
+                    InvalidArgument,
+                    "x-amz-copy-source-range {value:?} is not of the form bytes=first-last"
+                )
+            })?),
+        };
+        let source = objects::CopySource {
+            bucket: source_bucket.to_owned(),
+            key: source_key.to_owned(),
+            range,
+            conditions: read_conditions(
+                input.copy_source_if_match.as_ref(),
+                input.copy_source_if_none_match.as_ref(),
+                input.copy_source_if_modified_since.as_ref(),
+                input.copy_source_if_unmodified_since.as_ref(),
+            ),
+        };
+        let part_etag = self
+            .objects
+            .upload_part_copy(
+                &input.upload_id,
+                &input.bucket,
+                &input.key,
+                input.part_number,
+                &source,
+                &reader,
+            )
+            .await
+            .map_err(s3)?;
+        Ok(S3Response::new(UploadPartCopyOutput {
+            copy_part_result: Some(CopyPartResult {
+                e_tag: Some(etag(&part_etag)),
+                last_modified: timestamp(Some(chrono::Utc::now())),
+                ..Default::default()
+            }),
+            ..Default::default()
         }))
     }
 
@@ -897,16 +820,13 @@ impl S3 for Gateway {
         req: S3Request<ListPartsInput>,
     ) -> S3Result<S3Response<ListPartsOutput>> {
         let input = req.input;
-        self.served(&input.bucket)?;
-        let multipart = self.write_back.multipart();
-        self.upload_of(&input.upload_id, &input.bucket, &input.key)
-            .await?;
         let marker = input.part_number_marker.unwrap_or(0);
         let max = usize::try_from(input.max_parts.unwrap_or(1000).clamp(1, 1000)).unwrap_or(1000);
-        let all: Vec<_> = multipart
-            .list_parts(&input.upload_id)
+        let all: Vec<_> = self
+            .objects
+            .list_parts(&input.upload_id, &input.bucket, &input.key)
             .await
-            .map_err(errors::write_back)?
+            .map_err(s3)?
             .into_iter()
             .filter(|p| p.number > marker)
             .collect();
@@ -941,14 +861,12 @@ impl S3 for Gateway {
         req: S3Request<ListMultipartUploadsInput>,
     ) -> S3Result<S3Response<ListMultipartUploadsOutput>> {
         let input = req.input;
-        self.served(&input.bucket)?;
         let prefix = input.prefix.clone().unwrap_or_default();
         let uploads = self
-            .write_back
-            .multipart()
+            .objects
             .list_uploads(&input.bucket, &prefix)
             .await
-            .map_err(errors::write_back)?
+            .map_err(s3)?
             .into_iter()
             .map(|(id, info)| MultipartUpload {
                 key: Some(info.key),
@@ -971,18 +889,7 @@ impl S3 for Gateway {
         req: S3Request<CompleteMultipartUploadInput>,
     ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
         let input = req.input;
-        self.served(&input.bucket)?;
-        check_key(&input.key)?;
         let condition = write_condition(input.if_match.as_ref(), input.if_none_match.as_ref())?;
-        let multipart = self.write_back.multipart();
-        if let Err(err) = self
-            .upload_of(&input.upload_id, &input.bucket, &input.key)
-            .await
-        {
-            return self
-                .retried_complete(err, &input.bucket, &input.key, &input.upload_id)
-                .await;
-        }
         let parts: Vec<(i32, String)> = input
             .multipart_upload
             .and_then(|m| m.parts)
@@ -995,39 +902,17 @@ impl S3 for Gateway {
                 )
             })
             .collect();
-        let staging = self.write_back.staging_path(&input.bucket, &input.key);
-        let assembled = match multipart.assemble(&input.upload_id, &parts, staging).await {
-            Ok(assembled) => assembled,
-            // A retry that came while the first attempt was completing the upload.
-            Err(err) => {
-                return self
-                    .retried_complete(
-                        errors::write_back(err),
-                        &input.bucket,
-                        &input.key,
-                        &input.upload_id,
-                    )
-                    .await
-            }
-        };
         let meta = self
-            .write_back
-            .commit_put_if(
+            .objects
+            .complete_upload(
+                &input.upload_id,
                 &input.bucket,
                 &input.key,
-                assembled.path,
-                assembled.size,
-                assembled.etag,
+                &parts,
                 &condition,
             )
             .await
-            .map_err(errors::write_back)?;
-        self.completed
-            .insert(&input.bucket, &input.key, &input.upload_id, &meta.etag);
-        if let Err(err) = multipart.remove(&input.upload_id).await {
-            // The object is stored and journaled; the left-over parts are only disk space.
-            tracing::warn!(upload_id = %input.upload_id, error = %err, "cannot remove the parts of a completed upload");
-        }
+            .map_err(s3)?;
         self.wrote(&input.bucket, &input.key);
         Ok(S3Response::new(CompleteMultipartUploadOutput {
             bucket: Some(input.bucket),
@@ -1042,14 +927,10 @@ impl S3 for Gateway {
         req: S3Request<AbortMultipartUploadInput>,
     ) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
         let input = req.input;
-        self.served(&input.bucket)?;
-        let multipart = self.write_back.multipart();
-        self.upload_of(&input.upload_id, &input.bucket, &input.key)
-            .await?;
-        multipart
-            .remove(&input.upload_id)
+        self.objects
+            .abort_upload(&input.upload_id, &input.bucket, &input.key)
             .await
-            .map_err(errors::write_back)?;
+            .map_err(s3)?;
         Ok(S3Response::new(AbortMultipartUploadOutput::default()))
     }
 }

@@ -90,7 +90,12 @@ async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok((socket, _)) => {
                     let _ = socket.set_nodelay(true);
-                    let conn = http.serve_connection(TokioIo::new(socket), service.clone());
+                    let service = hyper_util::service::TowerToHyperService::new(
+                        tower::ServiceBuilder::new()
+                            .map_request(signed_with_date)
+                            .service(service.clone()),
+                    );
+                    let conn = http.serve_connection(TokioIo::new(socket), service);
                     let conn = graceful.watch(conn.into_owned());
                     connections.spawn(async move {
                         if let Err(err) = conn.await {
@@ -114,6 +119,37 @@ async fn serve(
         }
     }
     connections.shutdown().await;
+}
+
+/// SigV4 lets a client sign with the `Date` header instead of `X-Amz-Date` (the AWS SDKs for
+/// some languages and several S3 tools do); s3s reads the signing time from `X-Amz-Date`
+/// only. The signing time of such a request is its `Date`, in the ISO 8601 basic form the
+/// string to sign uses, so it is copied there. The canonical request covers the signed
+/// headers only, which list `date` and not the added `x-amz-date`, so the signature checked
+/// is exactly the one the client computed; a request without `Date` is left as it is.
+fn signed_with_date<B>(mut req: http::Request<B>) -> http::Request<B> {
+    let headers = req.headers();
+    let sigv4 = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("AWS4-HMAC-SHA256"));
+    if !sigv4 || headers.contains_key("x-amz-date") {
+        return req;
+    }
+    let signed_at = headers
+        .get(http::header::DATE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| chrono::DateTime::parse_from_rfc2822(v.trim()).ok());
+    if let Some(at) = signed_at {
+        let basic = at
+            .with_timezone(&chrono::Utc)
+            .format("%Y%m%dT%H%M%SZ")
+            .to_string();
+        if let Ok(value) = http::HeaderValue::from_str(&basic) {
+            req.headers_mut().insert("x-amz-date", value);
+        }
+    }
+    req
 }
 
 /// Virtual-host-style addressing under `server.s3_domain`: `<bucket>.<domain>[:port]` names

@@ -1,10 +1,24 @@
-//! The office's object rules, one place for every door an object enters or leaves by (`/data`,
-//! the S3 gateway, datasets, views): which keys the office accepts ([`key`]) and which
-//! buckets it serves ([`ServedBuckets`], the authorization boundary for objects).
+//! The office's objects, one place for every door an object enters or leaves by (`/data`,
+//! the S3 gateway, datasets, views): which keys the office accepts ([`key`]), which buckets it
+//! serves ([`ServedBuckets`], the authorization boundary for objects), how every failure is
+//! named ([`ObjectError`]), and the one object API the doors are adapters over
+//! ([`OfficeObjects`]: resolve, conditions, ranges, read through the cache, write back).
 
+mod completed;
+pub mod conditions;
+pub mod error;
 pub mod key;
+pub mod listing;
+pub mod office;
 
+pub use conditions::{EtagMatch, ReadConditions, Verdict};
+pub use error::{ObjectError, ObjectErrorKind, Subject, Unchanged};
 pub use key::{check_key, file_directory_clash, KeyProblem};
+pub use listing::{Listed, Resume};
+pub use office::{
+    parse_range_header, CopySource, IncomingBody, ListRequest, ObjectBody, ObjectHead, ObjectRead,
+    OfficeObjects, ReadRequest, Resolved, Written,
+};
 
 /// The buckets this office serves: the only ones any client may read or write through it
 /// (`/data`, the S3 gateway, dataset creation, the web catalog's links). Everything else is

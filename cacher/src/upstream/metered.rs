@@ -7,7 +7,10 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
 
-use super::{ByteRange, DelimitedPage, GetResponse, ListPage, ObjectMeta, ObjectStore, StoreError};
+use super::{
+    ByteRange, DelimitedPage, GetResponse, ListPage, ObjectMeta, ObjectMetadata, ObjectStore,
+    StoreError,
+};
 
 /// Counters of upstream traffic, shared (`Arc`) between a [`MeteredStore`] and whoever reports
 /// them (metrics, the egress ledger). Lock-free; read them at any time.
@@ -152,19 +155,32 @@ impl<S: ObjectStore> ObjectStore for MeteredStore<S> {
         Ok(GetResponse { body, ..response })
     }
 
-    async fn put(&self, bucket: &str, key: &str, body: Bytes) -> Result<ObjectMeta, StoreError> {
+    async fn put_with(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: Bytes,
+        metadata: &ObjectMetadata,
+    ) -> Result<ObjectMeta, StoreError> {
         self.meter.count_other();
         let len = body.len() as u64;
-        let meta = self.inner.put(bucket, key, body).await?;
+        let meta = self.inner.put_with(bucket, key, body, metadata).await?;
         self.meter
             .bytes_to_upstream
             .fetch_add(len, Ordering::Relaxed);
         Ok(meta)
     }
 
-    async fn create_multipart(&self, bucket: &str, key: &str) -> Result<String, StoreError> {
+    async fn create_multipart_with(
+        &self,
+        bucket: &str,
+        key: &str,
+        metadata: &ObjectMetadata,
+    ) -> Result<String, StoreError> {
         self.meter.count_other();
-        self.inner.create_multipart(bucket, key).await
+        self.inner
+            .create_multipart_with(bucket, key, metadata)
+            .await
     }
 
     async fn upload_part(

@@ -5,8 +5,12 @@
 //! resumes interrupted downloads, [`MeteredStore`] counts egress in an [`EgressMeter`].
 //! [`build_store`] assembles the stack the service uses: `Metered(Retrying(S3Store))`.
 //! [`list_all`], [`put_stream`] and [`upload_file`] are helpers over any store.
+//! [`ObjectMetadata`] is what S3 keeps with an object besides its bytes (Content-Type and the
+//! other representation headers, `x-amz-meta-*`): written by the `_with` variants of the
+//! write methods and helpers, read back by `head` and `get`.
 
 mod error;
+mod metadata;
 mod metered;
 mod retry;
 mod s3;
@@ -19,12 +23,14 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 pub use error::{BoxError, StoreError, StoreErrorKind, Target};
+pub use metadata::{ObjectMetadata, USER_METADATA_PREFIX};
 pub use metered::{EgressMeter, EgressSnapshot, MeteredStore};
 pub use retry::{RetryPolicy, RetryingStore};
 pub use s3::{S3Store, StaticCredentials, UpstreamSettings};
 pub use types::{ByteRange, DelimitedPage, GetResponse, ListPage, ObjectMeta};
 pub use upload::{
-    list_all, put_stream, upload_file, UploadOptions, DEFAULT_PART_SIZE, MAX_PARTS, MIN_PART_SIZE,
+    list_all, put_stream, put_stream_with, upload_file, upload_file_with, UploadOptions,
+    DEFAULT_PART_SIZE, MAX_PARTS, MIN_PART_SIZE,
 };
 
 /// An S3-like object store: the contract every upstream backend and decorator implements.
@@ -68,7 +74,8 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug + 'static {
         continuation: Option<String>,
     ) -> Result<DelimitedPage, StoreError>;
 
-    /// The metadata of one object: size, ETag (never empty) and last modification.
+    /// The metadata of one object: size, ETag (never empty), last modification, and the
+    /// [`ObjectMetadata`] stored with it.
     ///
     /// Errors: [`NotFound`](StoreErrorKind::NotFound) when the object or the bucket does not
     /// exist.
@@ -108,11 +115,42 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug + 'static {
     /// hex), its size, and `last_modified` when the server reports it (S3 does not on PUT).
     /// For large bodies use [`put_stream`] or [`upload_file`], which switch to multipart.
     /// Errors: [`NotFound`](StoreErrorKind::NotFound) when the bucket does not exist.
-    async fn put(&self, bucket: &str, key: &str, body: Bytes) -> Result<ObjectMeta, StoreError>;
+    ///
+    /// The object has no [`ObjectMetadata`]; [`put_with`](Self::put_with) gives it some.
+    async fn put(&self, bucket: &str, key: &str, body: Bytes) -> Result<ObjectMeta, StoreError> {
+        self.put_with(bucket, key, body, &ObjectMetadata::default())
+            .await
+    }
+
+    /// [`put`](Self::put) with `metadata` stored with the object (Content-Type and the other
+    /// representation headers, user metadata), as PutObject with those headers; the returned
+    /// [`ObjectMeta::metadata`] is `metadata`. Every store and decorator implements this one
+    /// (and leaves `put` as it is), so that no layer drops the metadata.
+    async fn put_with(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: Bytes,
+        metadata: &ObjectMetadata,
+    ) -> Result<ObjectMeta, StoreError>;
 
     /// Starts a multipart upload of `key`; returns its upload id. Nothing is visible under
-    /// `key` until [`complete_multipart`](Self::complete_multipart).
-    async fn create_multipart(&self, bucket: &str, key: &str) -> Result<String, StoreError>;
+    /// `key` until [`complete_multipart`](Self::complete_multipart). The object will have no
+    /// [`ObjectMetadata`]; [`create_multipart_with`](Self::create_multipart_with) gives it some.
+    async fn create_multipart(&self, bucket: &str, key: &str) -> Result<String, StoreError> {
+        self.create_multipart_with(bucket, key, &ObjectMetadata::default())
+            .await
+    }
+
+    /// [`create_multipart`](Self::create_multipart) for an object that will have `metadata`
+    /// (S3 takes it when the upload starts, as CreateMultipartUpload's headers). Implement
+    /// this one, like [`put_with`](Self::put_with).
+    async fn create_multipart_with(
+        &self,
+        bucket: &str,
+        key: &str,
+        metadata: &ObjectMetadata,
+    ) -> Result<String, StoreError>;
 
     /// Uploads part `part_number` (1 to 10 000) of a multipart upload; returns the part's
     /// ETag, to be passed to [`complete_multipart`](Self::complete_multipart). Every part but
@@ -197,12 +235,23 @@ impl<S: ObjectStore + ?Sized> ObjectStore for Arc<S> {
         (**self).get(bucket, key, range, if_match).await
     }
 
-    async fn put(&self, bucket: &str, key: &str, body: Bytes) -> Result<ObjectMeta, StoreError> {
-        (**self).put(bucket, key, body).await
+    async fn put_with(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: Bytes,
+        metadata: &ObjectMetadata,
+    ) -> Result<ObjectMeta, StoreError> {
+        (**self).put_with(bucket, key, body, metadata).await
     }
 
-    async fn create_multipart(&self, bucket: &str, key: &str) -> Result<String, StoreError> {
-        (**self).create_multipart(bucket, key).await
+    async fn create_multipart_with(
+        &self,
+        bucket: &str,
+        key: &str,
+        metadata: &ObjectMetadata,
+    ) -> Result<String, StoreError> {
+        (**self).create_multipart_with(bucket, key, metadata).await
     }
 
     async fn upload_part(

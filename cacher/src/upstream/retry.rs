@@ -13,8 +13,8 @@ use futures::StreamExt;
 use rand::Rng;
 
 use super::{
-    ByteRange, DelimitedPage, GetResponse, ListPage, ObjectMeta, ObjectStore, StoreError,
-    StoreErrorKind, Target,
+    ByteRange, DelimitedPage, GetResponse, ListPage, ObjectMeta, ObjectMetadata, ObjectStore,
+    StoreError, StoreErrorKind, Target,
 };
 
 /// How [`RetryingStore`] retries: attempts per call and the backoff between them.
@@ -235,16 +235,27 @@ impl<S: ObjectStore> ObjectStore for RetryingStore<S> {
         })
     }
 
-    async fn put(&self, bucket: &str, key: &str, body: Bytes) -> Result<ObjectMeta, StoreError> {
+    async fn put_with(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: Bytes,
+        metadata: &ObjectMetadata,
+    ) -> Result<ObjectMeta, StoreError> {
         self.run("put", bucket, key, || {
-            self.inner().put(bucket, key, body.clone())
+            self.inner().put_with(bucket, key, body.clone(), metadata)
         })
         .await
     }
 
-    async fn create_multipart(&self, bucket: &str, key: &str) -> Result<String, StoreError> {
+    async fn create_multipart_with(
+        &self,
+        bucket: &str,
+        key: &str,
+        metadata: &ObjectMetadata,
+    ) -> Result<String, StoreError> {
         self.run("create_multipart", bucket, key, || {
-            self.inner().create_multipart(bucket, key)
+            self.inner().create_multipart_with(bucket, key, metadata)
         })
         .await
     }

@@ -8,6 +8,7 @@ use futures::stream::BoxStream;
 use futures::StreamExt;
 
 use super::error::{StoreError, Target};
+use super::metadata::ObjectMetadata;
 
 /// The metadata of one object.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -23,6 +24,10 @@ pub struct ObjectMeta {
     pub etag: String,
     /// When the object was last written, if the server said.
     pub last_modified: Option<DateTime<Utc>>,
+    /// Content-Type and the other headers S3 keeps with the object, and its user metadata:
+    /// filled by [`head`](super::ObjectStore::head) and [`get`](super::ObjectStore::get),
+    /// empty in listings (S3 lists none of it).
+    pub metadata: ObjectMetadata,
 }
 
 /// One page of a listing; see [`ObjectStore::list_page`](super::ObjectStore::list_page).
@@ -245,6 +250,7 @@ mod tests {
                 size,
                 etag: "e".into(),
                 last_modified: None,
+                metadata: ObjectMetadata::default(),
             },
             range,
             body: futures::stream::iter(chunks.into_iter().map(|c| Ok(Bytes::from_static(c))))

@@ -6,7 +6,7 @@ use bytes::{Bytes, BytesMut};
 use futures::{Stream, StreamExt};
 use tokio_util::io::ReaderStream;
 
-use super::{BoxError, ObjectMeta, ObjectStore, StoreError, Target};
+use super::{BoxError, ObjectMeta, ObjectMetadata, ObjectStore, StoreError, Target};
 
 /// The default part size of multipart uploads, and the size above which [`put_stream`]
 /// switches to multipart: 16 MiB.
@@ -83,6 +83,32 @@ where
     St: Stream<Item = Result<Bytes, E>> + Send,
     E: Into<BoxError>,
 {
+    put_stream_with(
+        store,
+        bucket,
+        key,
+        body,
+        options,
+        &ObjectMetadata::default(),
+    )
+    .await
+}
+
+/// [`put_stream`] of an object with `metadata` (given to
+/// [`put_with`](ObjectStore::put_with) or
+/// [`create_multipart_with`](ObjectStore::create_multipart_with), whichever the size calls for).
+pub async fn put_stream_with<St, E>(
+    store: &(impl ObjectStore + ?Sized),
+    bucket: &str,
+    key: &str,
+    body: St,
+    options: &UploadOptions,
+    metadata: &ObjectMetadata,
+) -> Result<ObjectMeta, StoreError>
+where
+    St: Stream<Item = Result<Bytes, E>> + Send,
+    E: Into<BoxError>,
+{
     let part_size = options.part_size.max(MIN_PART_SIZE);
     let mut parts = Parts {
         body: Box::pin(body),
@@ -92,10 +118,10 @@ where
     };
     let (first, last) = parts.next_part().await?;
     if last {
-        return store.put(bucket, key, first).await;
+        return store.put_with(bucket, key, first, metadata).await;
     }
 
-    let upload_id = store.create_multipart(bucket, key).await?;
+    let upload_id = store.create_multipart_with(bucket, key, metadata).await?;
     match upload_parts(store, bucket, key, &upload_id, first, &mut parts).await {
         Ok(etags) => match store
             .complete_multipart(bucket, key, &upload_id, etags)
@@ -124,6 +150,26 @@ pub async fn upload_file(
     path: &Path,
     options: &UploadOptions,
 ) -> Result<ObjectMeta, StoreError> {
+    upload_file_with(
+        store,
+        bucket,
+        key,
+        path,
+        options,
+        &ObjectMetadata::default(),
+    )
+    .await
+}
+
+/// [`upload_file`] of an object with `metadata`, as [`put_stream_with`].
+pub async fn upload_file_with(
+    store: &(impl ObjectStore + ?Sized),
+    bucket: &str,
+    key: &str,
+    path: &Path,
+    options: &UploadOptions,
+    metadata: &ObjectMetadata,
+) -> Result<ObjectMeta, StoreError> {
     let body_error = |source: std::io::Error| StoreError::Body {
         target: Target::new("put", bucket, key),
         source: format!("{}: {source}", path.display()).into(),
@@ -135,7 +181,7 @@ pub async fn upload_file(
         part_size: options.part_size.max(needed),
     };
     let stream = ReaderStream::with_capacity(file, 1024 * 1024);
-    put_stream(store, bucket, key, stream, &options).await
+    put_stream_with(store, bucket, key, stream, &options, metadata).await
 }
 
 /// Uploads `first` and every following part; returns the `(part number, etag)` list.

@@ -76,6 +76,10 @@ pub enum WriteBackError {
     NoSuchUpload { upload_id: String },
     #[error("multipart upload {upload_id}: {problem}")]
     InvalidPart { upload_id: String, problem: String },
+    #[error(
+        "multipart upload {upload_id}: parts must be listed in ascending order of part number"
+    )]
+    PartOrder { upload_id: String },
     #[error("multipart upload {upload_id}: part {part} has {size} bytes; every part but the last needs at least {min}")]
     PartTooSmall {
         upload_id: String,
@@ -129,6 +133,7 @@ impl WriteBackError {
             | Self::Checksum { .. }
             | Self::Body { .. }
             | Self::InvalidPart { .. }
+            | Self::PartOrder { .. }
             | Self::PartTooSmall { .. } => WriteBackErrorKind::Invalid,
             Self::NoSuchUpload { .. } => WriteBackErrorKind::NotFound,
             Self::PreconditionFailed { .. } => WriteBackErrorKind::PreconditionFailed,

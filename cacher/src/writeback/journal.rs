@@ -11,8 +11,10 @@
 //! when the uploader would start it, and at start-up. A row already uploading when a newer one
 //! is journaled finishes first (the uploader never runs two transfers of one key at once).
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
-use milepost_schema::entity::transfer;
+use milepost_schema::entity::{transfer, transfer_metadata};
 use milepost_schema::enums::{TransferOp, TransferState};
 use sea_orm::sea_query::{Expr, Query};
 use sea_orm::{
@@ -23,6 +25,7 @@ use sea_orm::{
 
 use super::WriteBackError;
 use crate::cache::ObjectKey;
+use crate::upstream::ObjectMetadata;
 
 /// Transfers that still have to run (or that failed and will be retried at the next start).
 pub(crate) const ACTIVE: [TransferState; 3] = [
@@ -41,6 +44,8 @@ pub(crate) struct NewTransfer<'a> {
     pub object: Option<&'a ObjectKey>,
     /// Relative to the cache root.
     pub path: Option<String>,
+    /// For a put: the object's metadata (kept only when not empty).
+    pub metadata: Option<&'a ObjectMetadata>,
     pub priority: i32,
 }
 
@@ -133,6 +138,14 @@ async fn try_enqueue(
     .insert(&txn)
     .await
     .map_err(|e| WriteBackError::db(what(), e))?;
+    if let Some(json) = new.metadata.and_then(ObjectMetadata::to_json) {
+        transfer_metadata::Entity::update_many()
+            .col_expr(transfer_metadata::Column::Metadata, Expr::value(json))
+            .filter(transfer_metadata::Column::Id.eq(row.id))
+            .exec(&txn)
+            .await
+            .map_err(|e| WriteBackError::db(what(), e))?;
+    }
     txn.commit()
         .await
         .map_err(|e| WriteBackError::db(what(), e))?;
@@ -196,6 +209,47 @@ pub(crate) async fn active(
         .all(db)
         .await
         .map_err(|e| WriteBackError::db("loading the write-back journal", e))
+}
+
+/// The object metadata of every active put that has some, by transfer id. A row whose
+/// metadata cannot be read maps to the error.
+pub(crate) async fn active_metadata(
+    db: &DatabaseConnection,
+) -> Result<HashMap<i64, Result<ObjectMetadata, WriteBackError>>, WriteBackError> {
+    let rows = transfer_metadata::Entity::find()
+        .filter(transfer::Column::State.is_in(ACTIVE))
+        .filter(transfer_metadata::Column::Metadata.is_not_null())
+        .all(db)
+        .await
+        .map_err(|e| WriteBackError::db("loading the metadata of the write-back journal", e))?;
+    Ok(rows
+        .into_iter()
+        .map(|row| (row.id, parse_metadata(row.id, row.metadata.as_deref())))
+        .collect())
+}
+
+/// The object metadata transfer `id` was journaled with (empty for a delete, a put without
+/// any, or a row that no longer exists).
+pub(crate) async fn metadata(
+    db: &DatabaseConnection,
+    id: i64,
+) -> Result<ObjectMetadata, WriteBackError> {
+    let row = transfer_metadata::Entity::find_by_id(id)
+        .one(db)
+        .await
+        .map_err(|e| WriteBackError::db(format!("reading the metadata of transfer {id}"), e))?;
+    parse_metadata(id, row.and_then(|r| r.metadata).as_deref())
+}
+
+fn parse_metadata(id: i64, json: Option<&str>) -> Result<ObjectMetadata, WriteBackError> {
+    json.map_or(Ok(ObjectMetadata::default()), |json| {
+        ObjectMetadata::from_json(json).map_err(|err| {
+            WriteBackError::io(
+                format!("reading the object metadata of transfer {id}"),
+                std::io::Error::new(std::io::ErrorKind::InvalidData, err),
+            )
+        })
+    })
 }
 
 /// Up to `limit` queued transfers in upload order: priority, then oldest first.

@@ -9,6 +9,11 @@
 //! priority order, throttled by the transfer policy, verifies what S3 stored, then marks the
 //! entry clean (evictable) and the transfer done. Deletes are journaled the same way.
 //!
+//! A write carries its [`ObjectMetadata`] (Content-Type and the other representation headers,
+//! `x-amz-meta-*`; [`WriteBack::commit_put_with`], [`Multipart::create_with`]): journaled with
+//! the write, served with the office's version ([`OfficeVersion::Written`]) and given to S3
+//! with the upload.
+//!
 //! # Ordering
 //!
 //! For one key, the last acknowledged write wins in S3, always. Each acknowledged write or
@@ -51,10 +56,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::cache::{ObjectKey, OfficeCache};
-use crate::upstream::{ObjectMeta, ObjectStore};
+use crate::upstream::{ObjectMeta, ObjectMetadata, ObjectStore};
 
 pub use error::{WriteBackError, WriteBackErrorKind};
-pub use multipart::Multipart;
+pub use multipart::{Multipart, PartInfo, UploadInfo};
 pub use office_store::OfficeStore;
 pub use staging::{multipart_etag, BodyChecks, StagedFile};
 
@@ -135,11 +140,14 @@ const KEY_LOCK_STRIPES: usize = 256;
 /// The office's version of a key, while S3 does not have it yet.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum OfficeVersion {
-    /// Written in the office: these bytes are the object now.
+    /// Written in the office: these bytes, with these metadata, are the object now.
     Written {
         object: ObjectKey,
         last_modified: DateTime<Utc>,
         transfer: i64,
+        /// Content-Type, the other representation headers and the user metadata the write
+        /// gave the object (S3 gets them with the upload).
+        metadata: ObjectMetadata,
     },
     /// Deleted in the office: the key does not exist now.
     Deleted { transfer: i64 },
@@ -159,6 +167,7 @@ impl OfficeVersion {
             Self::Written {
                 object,
                 last_modified,
+                metadata,
                 ..
             } => Some(ObjectMeta {
                 bucket: object.bucket.clone(),
@@ -166,6 +175,7 @@ impl OfficeVersion {
                 size: object.size,
                 etag: object.etag.clone(),
                 last_modified: Some(*last_modified),
+                metadata: metadata.clone(),
             }),
             Self::Deleted { .. } => None,
         }
@@ -344,6 +354,7 @@ impl WriteBack {
     ) -> Result<Arc<WriteBack>, WriteBackError> {
         let requeued = journal::requeue_interrupted(&db).await?;
         let active = journal::active(&db).await?;
+        let mut metadata = journal::active_metadata(&db).await?;
         let mut overlay = BTreeMap::new();
         let mut needed = std::collections::HashSet::new();
         for row in &active {
@@ -356,10 +367,21 @@ impl WriteBack {
                         u64::try_from(row.size).unwrap_or(0),
                     );
                     needed.insert(object.clone());
+                    let metadata = match metadata.remove(&row.id) {
+                        None => ObjectMetadata::default(),
+                        Some(Ok(metadata)) => metadata,
+                        Some(Err(err)) => {
+                            // The upload of this row fails on it too (and says so); the
+                            // bytes are still served.
+                            tracing::error!(transfer = row.id, error = %err, "an office write's metadata is unreadable; serving it without");
+                            ObjectMetadata::default()
+                        }
+                    };
                     OfficeVersion::Written {
                         object,
                         last_modified: row.enqueued_at,
                         transfer: row.id,
+                        metadata,
                     }
                 }
                 TransferOp::Delete => OfficeVersion::Deleted { transfer: row.id },
@@ -475,7 +497,8 @@ impl WriteBack {
 
     /// [`commit_put`](Self::commit_put) on `condition`; when it does not hold, the staged file
     /// is removed and nothing is written
-    /// ([`PreconditionFailed`](WriteBackErrorKind::PreconditionFailed)).
+    /// ([`PreconditionFailed`](WriteBackErrorKind::PreconditionFailed)). The object has no
+    /// [`ObjectMetadata`]; see [`commit_put_with`](Self::commit_put_with).
     pub async fn commit_put_if(
         &self,
         bucket: &str,
@@ -484,6 +507,37 @@ impl WriteBack {
         size: u64,
         etag: String,
         condition: &WriteCondition,
+    ) -> Result<ObjectMeta, WriteBackError> {
+        self.commit_put_with(
+            bucket,
+            key,
+            staged,
+            size,
+            etag,
+            condition,
+            ObjectMetadata::default(),
+        )
+        .await
+    }
+
+    /// [`commit_put_if`](Self::commit_put_if) of an object with `metadata` (Content-Type, the
+    /// other representation headers, `x-amz-meta-*`): journaled with the write, served with
+    /// the office's version ([`OfficeVersion::Written`], [`OfficeStore`]'s `head` and `get`)
+    /// and given to S3 with the upload, single PUT or multipart. The returned
+    /// [`ObjectMeta::metadata`] is `metadata`.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "commit_put_if's arguments, as its callers hold them, and the metadata"
+    )]
+    pub async fn commit_put_with(
+        &self,
+        bucket: &str,
+        key: &str,
+        staged: PathBuf,
+        size: u64,
+        etag: String,
+        condition: &WriteCondition,
+        metadata: ObjectMetadata,
     ) -> Result<ObjectMeta, WriteBackError> {
         let inner = &self.inner;
         let _key_lock = inner.lock_key(bucket, key).await;
@@ -507,6 +561,7 @@ impl WriteBack {
                 key,
                 object: Some(&object),
                 path: relative,
+                metadata: Some(&metadata),
                 priority: inner.shaper.priority_of(key),
             },
         )
@@ -519,6 +574,7 @@ impl WriteBack {
                 object: object.clone(),
                 last_modified,
                 transfer: row.id,
+                metadata: metadata.clone(),
             },
         );
         inner.release_superseded(&superseded, Some(&object)).await;
@@ -529,6 +585,7 @@ impl WriteBack {
             size,
             etag: object.etag,
             last_modified: Some(last_modified),
+            metadata,
         })
     }
 
@@ -539,6 +596,19 @@ impl WriteBack {
         bucket: &str,
         key: &str,
         body: Bytes,
+    ) -> Result<ObjectMeta, WriteBackError> {
+        self.put_bytes_with(bucket, key, body, ObjectMetadata::default())
+            .await
+    }
+
+    /// [`put_bytes`](Self::put_bytes) of an object with `metadata`; see
+    /// [`commit_put_with`](Self::commit_put_with).
+    pub async fn put_bytes_with(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: Bytes,
+        metadata: ObjectMetadata,
     ) -> Result<ObjectMeta, WriteBackError> {
         let checks = BodyChecks {
             length: Some(body.len() as u64),
@@ -553,8 +623,16 @@ impl WriteBack {
             )
             .await?;
         let etag = staged.md5_hex();
-        self.commit_put(bucket, key, staged.path, staged.size, etag)
-            .await
+        self.commit_put_with(
+            bucket,
+            key,
+            staged.path,
+            staged.size,
+            etag,
+            &WriteCondition::Always,
+            metadata,
+        )
+        .await
     }
 
     /// Deletes `bucket/key` in the office now and in S3 in the background (after any write of
@@ -570,6 +648,7 @@ impl WriteBack {
                 key,
                 object: None,
                 path: None,
+                metadata: None,
                 priority: inner.shaper.priority_of(key),
             },
         )

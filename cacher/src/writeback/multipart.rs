@@ -2,7 +2,8 @@
 //! UploadPart, ListParts, CompleteMultipartUpload, AbortMultipartUpload).
 //!
 //! Each upload is a directory `<cache root>/multipart/<upload id>/` holding `upload.json`
-//! (bucket, key, when it started) and one fsynced file per part, named
+//! (bucket, key, when it started, the object's metadata given at creation) and one fsynced
+//! file per part, named
 //! `<part number, 5 digits>.<md5 hex>`: the name carries the part's ETag, so the parts are
 //! listed from the directory alone and survive a restart. Completing concatenates the parts
 //! into a staging file, which [`WriteBack::commit_put`](super::WriteBack::commit_put)
@@ -40,7 +41,7 @@ use super::staging::{self, blocking, BodyChecks};
 use super::{multipart_etag, WriteBackError};
 use crate::cache::{Held, OfficeCache};
 use crate::checksum::Checksum;
-use crate::upstream::{BoxError, MAX_PARTS, MIN_PART_SIZE};
+use crate::upstream::{BoxError, ObjectMetadata, MAX_PARTS, MIN_PART_SIZE};
 
 /// The office's multipart uploads in progress.
 pub struct Multipart {
@@ -93,6 +94,11 @@ pub struct UploadInfo {
     pub bucket: String,
     pub key: String,
     pub initiated: DateTime<Utc>,
+    /// The metadata CreateMultipartUpload gave the object (Content-Type, `x-amz-meta-*`...),
+    /// which the completed object gets. Absent from `upload.json` when empty (and in files
+    /// written before it existed).
+    #[serde(default, skip_serializing_if = "ObjectMetadata::is_empty")]
+    pub metadata: ObjectMetadata,
 }
 
 /// One uploaded part.
@@ -127,6 +133,10 @@ pub struct Assembled {
     pub size: u64,
     /// The S3 multipart ETag of the parts.
     pub etag: String,
+    /// The object's metadata, as the upload was created with
+    /// ([`Multipart::create_with`]): pass it to
+    /// [`WriteBack::commit_put_with`](super::WriteBack::commit_put_with).
+    pub metadata: ObjectMetadata,
     /// Gives the parts their room back on drop if the upload is still there.
     pub handover: Handover,
 }
@@ -338,14 +348,28 @@ impl Multipart {
         Ok(self.root.join(upload_id))
     }
 
-    /// Starts an upload of `bucket/key`; returns its id.
+    /// Starts an upload of `bucket/key` for an object without metadata; returns its id.
     pub async fn create(&self, bucket: &str, key: &str) -> Result<String, WriteBackError> {
+        self.create_with(bucket, key, ObjectMetadata::default())
+            .await
+    }
+
+    /// Starts an upload of `bucket/key` for an object with `metadata` (as CreateMultipartUpload
+    /// takes it), kept with the upload and handed on by [`assemble`](Self::assemble); returns
+    /// its id.
+    pub async fn create_with(
+        &self,
+        bucket: &str,
+        key: &str,
+        metadata: ObjectMetadata,
+    ) -> Result<String, WriteBackError> {
         let id = hex::encode(rand::random::<[u8; 16]>());
         let dir = self.root.join(&id);
         let info = serde_json::to_vec(&UploadInfo {
             bucket: bucket.to_owned(),
             key: key.to_owned(),
             initiated: Utc::now(),
+            metadata,
         })
         .map_err(|err| WriteBackError::io("encoding an upload", std::io::Error::other(err)))?;
         blocking(format!("creating upload {id}"), move || {
@@ -501,15 +525,16 @@ impl Multipart {
 
     /// Concatenates the named parts (ascending numbers, ETags as returned by
     /// [`upload_part`](Self::upload_part); every part but the last at least 5 MiB) into
-    /// `staging`, fsynced. The upload stays until [`remove`](Self::remove); its parts' room
-    /// goes to the staged object meanwhile (see [`Assembled`]).
+    /// `staging`, fsynced; [`Assembled::metadata`] is the upload's. The upload stays until
+    /// [`remove`](Self::remove); its parts' room goes to the staged object meanwhile (see
+    /// [`Assembled`]).
     pub async fn assemble(
         &self,
         upload_id: &str,
         parts: &[(i32, String)],
         staging: PathBuf,
     ) -> Result<Assembled, WriteBackError> {
-        self.info(upload_id).await?;
+        let info = self.info(upload_id).await?;
         let invalid = |problem: String| WriteBackError::InvalidPart {
             upload_id: upload_id.to_owned(),
             problem,
@@ -518,9 +543,9 @@ impl Multipart {
             return Err(invalid("the completion lists no parts".to_owned()));
         }
         if parts.windows(2).any(|w| w[0].0 >= w[1].0) {
-            return Err(invalid(
-                "parts must be listed in ascending order of part number".to_owned(),
-            ));
+            return Err(WriteBackError::PartOrder {
+                upload_id: upload_id.to_owned(),
+            });
         }
         let stored = self.list_parts(upload_id).await?;
         let dir = self.dir(upload_id)?;
@@ -572,6 +597,7 @@ impl Multipart {
                 path: staging,
                 size,
                 etag,
+                metadata: info.metadata,
                 handover: self.hand_over(upload_id),
             }),
             Err(err) => {
@@ -720,6 +746,7 @@ mod tests {
             bucket: "fleet".to_owned(),
             key: format!("k/{id}"),
             initiated,
+            metadata: ObjectMetadata::default(),
         };
         std::fs::write(dir.join(INFO), serde_json::to_vec(&info).expect("json")).expect("info");
         for (name, len) in files {

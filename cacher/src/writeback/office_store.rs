@@ -14,9 +14,10 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
 use tokio_util::io::ReaderStream;
 
-use super::{OfficeVersion, WriteBack, WriteBackError, WriteBackErrorKind};
+use super::{OfficeVersion, WriteBack, WriteBackError, WriteBackErrorKind, WriteCondition};
 use crate::upstream::{
-    ByteRange, DelimitedPage, GetResponse, ListPage, ObjectMeta, ObjectStore, StoreError, Target,
+    ByteRange, DelimitedPage, GetResponse, ListPage, ObjectMeta, ObjectMetadata, ObjectStore,
+    StoreError, Target,
 };
 
 /// See the [module documentation](self).
@@ -341,17 +342,28 @@ impl ObjectStore for OfficeStore {
         })
     }
 
-    async fn put(&self, bucket: &str, key: &str, body: Bytes) -> Result<ObjectMeta, StoreError> {
+    async fn put_with(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: Bytes,
+        metadata: &ObjectMetadata,
+    ) -> Result<ObjectMeta, StoreError> {
         self.write_back
-            .put_bytes(bucket, key, body)
+            .put_bytes_with(bucket, key, body, metadata.clone())
             .await
             .map_err(|err| store_error("put", bucket, key, err))
     }
 
-    async fn create_multipart(&self, bucket: &str, key: &str) -> Result<String, StoreError> {
+    async fn create_multipart_with(
+        &self,
+        bucket: &str,
+        key: &str,
+        metadata: &ObjectMetadata,
+    ) -> Result<String, StoreError> {
         self.write_back
             .multipart()
-            .create(bucket, key)
+            .create_with(bucket, key, metadata.clone())
             .await
             .map_err(|err| store_error("create_multipart", bucket, key, err))
     }
@@ -398,7 +410,15 @@ impl ObjectStore for OfficeStore {
             .await
             .map_err(fail)?;
         let meta = wb
-            .commit_put(bucket, key, assembled.path, assembled.size, assembled.etag)
+            .commit_put_with(
+                bucket,
+                key,
+                assembled.path,
+                assembled.size,
+                assembled.etag,
+                &WriteCondition::Always,
+                assembled.metadata,
+            )
             .await
             .map_err(fail)?;
         wb.multipart().remove(upload_id).await.map_err(fail)?;

@@ -21,7 +21,7 @@ use tokio_util::io::ReaderStream;
 
 use super::{journal, multipart_etag, Inner, WriteBackError};
 use crate::cache::ObjectKey;
-use crate::upstream::{put_stream, StoreError, StoreErrorKind, UploadOptions};
+use crate::upstream::{put_stream_with, ObjectMetadata, StoreError, StoreErrorKind, UploadOptions};
 
 /// How often an upload in progress records its bytes in the journal.
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
@@ -204,7 +204,15 @@ async fn attempt(inner: &Arc<Inner>, row: &transfer::Model) -> Attempt {
                 row.etag.clone().unwrap_or_default(),
                 u64::try_from(row.size).unwrap_or(0),
             );
-            match upload(inner, row.id, &object).await {
+            let metadata = match journal::metadata(&inner.db, row.id).await {
+                Ok(metadata) => metadata,
+                Err(err @ WriteBackError::Database { .. }) => {
+                    return Attempt::Retry(err.to_string())
+                }
+                // Unreadable: uploading without would lose it in S3 for good.
+                Err(err) => return Attempt::Failed(err.to_string()),
+            };
+            match upload(inner, row.id, &object, &metadata).await {
                 Ok(upstream_etag) => {
                     match journal::other_put_of(&inner.db, row.id, &object).await {
                         Ok(true) => {}
@@ -283,9 +291,14 @@ impl Digests {
     }
 }
 
-/// Uploads the office copy of `object` and verifies S3's ETag against the bytes sent.
-/// Returns the upstream ETag.
-async fn upload(inner: &Arc<Inner>, id: i64, object: &ObjectKey) -> Result<String, UploadError> {
+/// Uploads the office copy of `object` with `metadata` and verifies S3's ETag against the
+/// bytes sent. Returns the upstream ETag.
+async fn upload(
+    inner: &Arc<Inner>,
+    id: i64,
+    object: &ObjectKey,
+    metadata: &ObjectMetadata,
+) -> Result<String, UploadError> {
     let Some(path) = inner.cache.content_path(object) else {
         return Err(UploadError::Local(WriteBackError::io(
             format!("reading the office copy of {object}"),
@@ -305,7 +318,7 @@ async fn upload(inner: &Arc<Inner>, id: i64, object: &ObjectKey) -> Result<Strin
     );
     if object.size > part_size as u64 {
         drop(file);
-        return upload_parts(inner, id, object, &path, part_size as u64).await;
+        return upload_parts(inner, id, object, metadata, &path, part_size as u64).await;
     }
     let digests = Arc::new(Mutex::new(Digests {
         whole: Md5::new(),
@@ -338,12 +351,13 @@ async fn upload(inner: &Arc<Inner>, id: i64, object: &ObjectKey) -> Result<Strin
         })
     };
     let options = UploadOptions { part_size };
-    let upload = put_stream(
+    let upload = put_stream_with(
         inner.upstream.as_ref(),
         &object.bucket,
         &object.key,
         body,
         &options,
+        metadata,
     );
     tokio::pin!(upload);
     let mut ticker = tokio::time::interval(PROGRESS_EVERY);
@@ -396,20 +410,22 @@ async fn upload(inner: &Arc<Inner>, id: i64, object: &ObjectKey) -> Result<Strin
 /// at a time, a round trip per part with the link idle in between.
 const PARTS_IN_FLIGHT: usize = 4;
 
-/// Uploads the office copy at `path` of `object` as a multipart upload of `part_size` parts,
-/// [`PARTS_IN_FLIGHT`] at a time, each read from the file through the upload shaper (so the
-/// bandwidth schedule holds across parts) and hashed; aborts the upload on any failure, and
-/// checks S3's ETag against the MD5s of the parts sent. Returns the upstream ETag.
+/// Uploads the office copy at `path` of `object`, with `metadata`, as a multipart upload of
+/// `part_size` parts, [`PARTS_IN_FLIGHT`] at a time, each read from the file through the
+/// upload shaper (so the bandwidth schedule holds across parts) and hashed; aborts the upload
+/// on any failure, and checks S3's ETag against the MD5s of the parts sent. Returns the
+/// upstream ETag.
 async fn upload_parts(
     inner: &Arc<Inner>,
     id: i64,
     object: &ObjectKey,
+    metadata: &ObjectMetadata,
     path: &std::path::Path,
     part_size: u64,
 ) -> Result<String, UploadError> {
     let store = &inner.upstream;
     let upload_id = store
-        .create_multipart(&object.bucket, &object.key)
+        .create_multipart_with(&object.bucket, &object.key, metadata)
         .await
         .map_err(UploadError::Store)?;
     let sent = Arc::new(AtomicU64::new(0));

@@ -2,6 +2,7 @@
 
 mod credentials;
 mod errors;
+mod metadata;
 mod response;
 
 use std::time::Duration;
@@ -25,11 +26,12 @@ use bytes::Bytes;
 use credentials::LazyDefaultChain;
 pub use credentials::StaticCredentials;
 use errors::{sdk_error, Ctx};
+use metadata::{object_metadata, with_metadata, Expires};
 use response::{body_stream, content_length, etag, parse_content_range, quoted, size, to_chrono};
 
 use super::{
-    bare_etag, ByteRange, DelimitedPage, GetResponse, ListPage, ObjectMeta, ObjectStore,
-    StoreError, Target,
+    bare_etag, ByteRange, DelimitedPage, GetResponse, ListPage, ObjectMeta, ObjectMetadata,
+    ObjectStore, StoreError, Target,
 };
 
 /// Where the upstream S3 is and how to talk to it.
@@ -197,6 +199,8 @@ fn listed_objects(
                 size: size(ctx, object.size(), "a listed object's size")?,
                 etag: object.e_tag().map(bare_etag).unwrap_or_default().to_owned(),
                 last_modified: to_chrono(object.last_modified()),
+                // Listings carry none of it.
+                metadata: ObjectMetadata::default(),
             })
         })
         .collect()
@@ -292,6 +296,7 @@ impl ObjectStore for S3Store {
             size: size(&ctx, out.content_length(), "content-length")?,
             etag: etag(&ctx, out.e_tag())?,
             last_modified: to_chrono(out.last_modified()),
+            metadata: object_metadata!(out),
         })
     }
 
@@ -356,6 +361,7 @@ impl ObjectStore for S3Store {
             size: object_size,
             etag,
             last_modified: to_chrono(out.last_modified()),
+            metadata: object_metadata!(out),
         };
         Ok(GetResponse {
             meta,
@@ -364,38 +370,58 @@ impl ObjectStore for S3Store {
         })
     }
 
-    async fn put(&self, bucket: &str, key: &str, body: Bytes) -> Result<ObjectMeta, StoreError> {
+    async fn put_with(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: Bytes,
+        metadata: &ObjectMetadata,
+    ) -> Result<ObjectMeta, StoreError> {
         let ctx = Ctx::new("put", bucket, key);
         let size = body.len() as u64;
-        let out = self
+        let expires = Expires::of(&ctx, metadata)?;
+        let request = self
             .client
             .put_object()
             .bucket(bucket)
             .key(key)
             .content_length(content_length(&ctx, size)?)
-            .body(ByteStream::from(body))
-            .send()
-            .await
-            .map_err(|e| sdk_error(&ctx, e))?;
+            .body(ByteStream::from(body));
+        let request = with_metadata!(request, metadata, expires);
+        let out = match expires.raw() {
+            None => request.send().await,
+            Some(raw) => request.customize().mutate_request(raw).send().await,
+        }
+        .map_err(|e| sdk_error(&ctx, e))?;
         Ok(ObjectMeta {
             bucket: bucket.to_owned(),
             key: key.to_owned(),
             size,
             etag: etag(&ctx, out.e_tag())?,
             last_modified: None,
+            metadata: metadata.clone(),
         })
     }
 
-    async fn create_multipart(&self, bucket: &str, key: &str) -> Result<String, StoreError> {
+    async fn create_multipart_with(
+        &self,
+        bucket: &str,
+        key: &str,
+        metadata: &ObjectMetadata,
+    ) -> Result<String, StoreError> {
         let ctx = Ctx::new("create_multipart", bucket, key);
-        let out = self
+        let expires = Expires::of(&ctx, metadata)?;
+        let request = self
             .client
             .create_multipart_upload()
             .bucket(bucket)
-            .key(key)
-            .send()
-            .await
-            .map_err(|e| sdk_error(&ctx, e))?;
+            .key(key);
+        let request = with_metadata!(request, metadata, expires);
+        let out = match expires.raw() {
+            None => request.send().await,
+            Some(raw) => request.customize().mutate_request(raw).send().await,
+        }
+        .map_err(|e| sdk_error(&ctx, e))?;
         out.upload_id()
             .filter(|id| !id.is_empty())
             .map(str::to_owned)

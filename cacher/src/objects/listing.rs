@@ -4,10 +4,10 @@
 //! the store page to read again and the last key or prefix returned.
 
 use base64::Engine as _;
-use milepost_cacher::writeback::OfficeStore;
-use milepost_cacher::{ObjectStore, StoreError};
-use s3s::dto::{CommonPrefix, Object, Timestamp};
 use serde::{Deserialize, Serialize};
+
+use crate::upstream::{ObjectMeta, ObjectStore, StoreError};
+use crate::writeback::OfficeStore;
 
 /// Where a listing resumes.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -58,8 +58,8 @@ impl Resume {
 /// One page of a listing.
 #[derive(Debug, Default)]
 pub struct Listed {
-    pub contents: Vec<Object>,
-    pub prefixes: Vec<CommonPrefix>,
+    pub contents: Vec<ObjectMeta>,
+    pub prefixes: Vec<String>,
     /// Where the next page starts, when the listing is truncated.
     pub next: Option<Resume>,
 }
@@ -133,23 +133,12 @@ pub async fn list(
                 (Some(common), _) => {
                     resume.after = common.clone();
                     resume.prefix = Some(common.clone());
-                    listed.prefixes.push(CommonPrefix {
-                        prefix: Some(common),
-                    });
+                    listed.prefixes.push(common);
                 }
                 (None, Entry::Object(object)) => {
                     resume.after = object.key.clone();
                     resume.prefix = None;
-                    listed.contents.push(Object {
-                        e_tag: (!object.etag.is_empty())
-                            .then(|| s3s::dto::ETag::Strong(object.etag.clone())),
-                        size: Some(i64::try_from(object.size).unwrap_or(i64::MAX)),
-                        last_modified: object
-                            .last_modified
-                            .map(|at| Timestamp::from(std::time::SystemTime::from(at))),
-                        key: Some(object.key),
-                        ..Default::default()
-                    });
+                    listed.contents.push(object);
                 }
                 (None, Entry::Prefix(_)) => {}
             }
@@ -163,7 +152,7 @@ pub async fn list(
 
 /// A name of a listing page: an object, or a common prefix.
 enum Entry {
-    Object(milepost_cacher::ObjectMeta),
+    Object(ObjectMeta),
     Prefix(String),
 }
 

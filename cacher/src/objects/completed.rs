@@ -1,4 +1,4 @@
-//! Multipart uploads the gateway completed recently, so that a retried
+//! Multipart uploads the office completed recently, so that a retried
 //! CompleteMultipartUpload (a client whose first attempt timed out after the office had
 //! stored the object) answers 200 with the same ETag, as S3 does, instead of NoSuchUpload.
 //!
