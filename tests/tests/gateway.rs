@@ -24,6 +24,9 @@ mod housekeeping;
 // Content-Type, representation headers and user metadata.
 #[path = "gateway/metadata.rs"]
 mod metadata;
+// UploadPartCopy.
+#[path = "gateway/part_copy.rs"]
+mod part_copy;
 // SigV4 signed with `Date` instead of `X-Amz-Date`.
 #[path = "gateway/sigv4.rs"]
 mod sigv4;
