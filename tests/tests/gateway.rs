@@ -27,6 +27,9 @@ mod metadata;
 // UploadPartCopy.
 #[path = "gateway/part_copy.rs"]
 mod part_copy;
+// Conditional writes on missing keys, small listing points, attributes, request ids.
+#[path = "gateway/semantics.rs"]
+mod semantics;
 // SigV4 signed with `Date` instead of `X-Amz-Date`.
 #[path = "gateway/sigv4.rs"]
 mod sigv4;

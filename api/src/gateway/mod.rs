@@ -235,8 +235,8 @@ fn incoming(body: Option<StreamingBlob>) -> IncomingBody {
     }
 }
 
-/// The condition of a conditional write (`If-None-Match: *` or `If-Match`), as S3 takes it:
-/// `If-None-Match` only with `*`, not both at once.
+/// The condition of a conditional write (`If-None-Match`, `If-Match`), not both at once.
+/// (S3 takes `If-None-Match: *` only; an ETag there is taken as RGW and HTTP do.)
 fn write_condition(
     if_match: Option<&ETagCondition>,
     if_none_match: Option<&ETagCondition>,
@@ -245,10 +245,7 @@ fn write_condition(
         (None, None) => Ok(WriteCondition::Always),
         (None, Some(condition)) => match condition.as_etag() {
             None => Ok(WriteCondition::IfAbsent),
-            Some(_) => Err(s3_error!(
-                NotImplemented,
-                "a write takes If-None-Match with `*` only"
-            )),
+            Some(tag) => Ok(WriteCondition::IfNoneMatch(tag.value().to_owned())),
         },
         (Some(condition), None) => Ok(WriteCondition::IfMatch(
             condition.as_etag().map(|tag| tag.value().to_owned()),
@@ -330,6 +327,14 @@ impl Gateway {
             .await
             .map_err(s3)?;
         Ok((page, max_keys))
+    }
+}
+
+/// The owner a listing names: the office's buckets belong to the office, not to one key.
+fn office_owner() -> Owner {
+    Owner {
+        id: Some("milepost-office".to_owned()),
+        display_name: Some("milepost office".to_owned()),
     }
 }
 
@@ -435,12 +440,18 @@ impl S3 for Gateway {
             )
             .await?;
         let next = page.next.as_ref().map(Resume::encode);
-        let (contents, prefixes) = listed(page);
+        let (mut contents, prefixes) = listed(page);
+        if input.fetch_owner == Some(true) {
+            for object in &mut contents {
+                object.owner = Some(office_owner());
+            }
+        }
         let key_count = i32::try_from(contents.len() + prefixes.len()).unwrap_or(0);
         let mut output = ListObjectsV2Output {
             name: Some(input.bucket),
             prefix: input.prefix,
-            delimiter: input.delimiter,
+            // An empty delimiter is no delimiter, and S3 does not echo it.
+            delimiter: input.delimiter.filter(|d| !d.is_empty()),
             max_keys: Some(max_keys),
             key_count: Some(key_count),
             continuation_token: input.continuation_token,
@@ -474,11 +485,15 @@ impl S3 for Gateway {
             )
             .await?;
         let next_marker = page.next.as_ref().map(Resume::marker);
-        let (contents, prefixes) = listed(page);
+        let (mut contents, prefixes) = listed(page);
+        // A v1 listing names every object's owner, as S3's does.
+        for object in &mut contents {
+            object.owner = Some(office_owner());
+        }
         let mut output = ListObjectsOutput {
             name: Some(input.bucket),
             prefix: input.prefix,
-            delimiter: input.delimiter,
+            delimiter: input.delimiter.filter(|d| !d.is_empty()),
             marker: input.marker,
             max_keys: Some(max_keys),
             is_truncated: Some(next_marker.is_some()),
@@ -525,6 +540,36 @@ impl S3 for Gateway {
         };
         answer_metadata!(output, &head.resolved.metadata);
         Ok(S3Response::new(output))
+    }
+
+    /// GetObjectAttributes: the attributes asked for that the office keeps (ETag, size,
+    /// storage class); it keeps no additional checksums once a write is stored, and an object
+    /// assembled from parts no part list.
+    async fn get_object_attributes(
+        &self,
+        req: S3Request<GetObjectAttributesInput>,
+    ) -> S3Result<S3Response<GetObjectAttributesOutput>> {
+        let input = req.input;
+        let head = self
+            .objects
+            .head(&input.bucket, &input.key, &ReadRequest::default())
+            .await
+            .map_err(s3)?;
+        let asked = |name: &str| {
+            input
+                .object_attributes
+                .iter()
+                .any(|attribute| attribute.as_str().eq_ignore_ascii_case(name))
+        };
+        Ok(S3Response::new(GetObjectAttributesOutput {
+            e_tag: asked(ObjectAttributes::ETAG).then(|| etag(head.etag())),
+            object_size: asked(ObjectAttributes::OBJECT_SIZE)
+                .then(|| i64::try_from(head.size()).unwrap_or(i64::MAX)),
+            storage_class: asked(ObjectAttributes::STORAGE_CLASS)
+                .then(|| StorageClass::from_static(StorageClass::STANDARD)),
+            last_modified: timestamp(head.resolved.last_modified),
+            ..Default::default()
+        }))
     }
 
     async fn get_object(

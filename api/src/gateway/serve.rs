@@ -93,6 +93,7 @@ async fn serve(
                     let service = hyper_util::service::TowerToHyperService::new(
                         tower::ServiceBuilder::new()
                             .map_request(signed_with_date)
+                            .map_future(answer_with_request_id)
                             .service(service.clone()),
                     );
                     let conn = http.serve_connection(TokioIo::new(socket), service);
@@ -150,6 +151,54 @@ fn signed_with_date<B>(mut req: http::Request<B>) -> http::Request<B> {
         }
     }
     req
+}
+
+/// The largest error body the gateway rewrites (S3's error documents are a few hundred bytes).
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
+type Answer = futures::future::BoxFuture<'static, Result<s3s::HttpResponse, s3s::HttpError>>;
+
+fn answer_with_request_id(answer: Answer) -> Answer {
+    Box::pin(async move {
+        let mut response = answer.await?;
+        with_request_id(&mut response).await;
+        Ok(response)
+    })
+}
+
+/// Gives every answer a request id, as S3 does: in the `x-amz-request-id` header, and in an
+/// error document's `<RequestId>` too, so that a client quoting either names the same
+/// request (the office's log lines carry it as well).
+async fn with_request_id(response: &mut s3s::HttpResponse) {
+    let id = milepost_schema::ids::new_id("req");
+    tracing::debug!(request_id = %id, status = %response.status(), "s3 gateway answered");
+    if let Ok(value) = http::HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-amz-request-id", value);
+    }
+    let is_xml_error = (response.status().is_client_error() || response.status().is_server_error())
+        && response
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains("xml"));
+    if !is_xml_error {
+        return;
+    }
+    let Ok(body) = response.body_mut().store_all_limited(MAX_ERROR_BODY).await else {
+        return;
+    };
+    let text = String::from_utf8_lossy(&body);
+    let rewritten = match text.rfind("</Error>") {
+        Some(at) if !text.contains("<RequestId>") => {
+            format!("{}<RequestId>{id}</RequestId>{}", &text[..at], &text[at..])
+        }
+        _ => text.into_owned(),
+    };
+    response.headers_mut().insert(
+        http::header::CONTENT_LENGTH,
+        http::HeaderValue::from(rewritten.len()),
+    );
+    *response.body_mut() = s3s::Body::from(bytes::Bytes::from(rewritten));
 }
 
 /// Virtual-host-style addressing under `server.s3_domain`: `<bucket>.<domain>[:port]` names

@@ -56,8 +56,10 @@ pub fn encode_v2(output: &mut ListObjectsV2Output) {
 }
 
 /// Encodes the key-valued fields of a ListObjects (v1) answer.
+///
+/// The v1 answer's `Prefix` stays as sent: S3 encodes it in v2 only, and botocore decodes it in
+/// v2 only (a `Prefix` of `\n` would come back to a boto3 caller as `%0A`).
 pub fn encode_v1(output: &mut ListObjectsOutput) {
-    encode_in_place(&mut output.prefix);
     encode_in_place(&mut output.delimiter);
     encode_in_place(&mut output.marker);
     encode_in_place(&mut output.next_marker);

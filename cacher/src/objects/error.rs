@@ -359,6 +359,7 @@ impl From<WriteBackError> for ObjectError {
             WriteBackError::Checksum { .. } => ObjectErrorKind::InvalidRequest,
             WriteBackError::PreconditionFailed { .. } => ObjectErrorKind::PreconditionFailed,
             WriteBackError::NoSuchUpload { .. } => ObjectErrorKind::NoSuchUpload,
+            WriteBackError::ConditionOnMissingKey { .. } => ObjectErrorKind::NoSuchKey,
             WriteBackError::PartOrder { .. } => ObjectErrorKind::InvalidPartOrder,
             WriteBackError::InvalidPart { .. } => ObjectErrorKind::InvalidPart,
             WriteBackError::PartTooSmall { .. } => ObjectErrorKind::EntityTooSmall,

@@ -546,6 +546,10 @@ impl OfficeObjects {
         request: ListRequest<'_>,
     ) -> Result<Listed, ObjectError> {
         self.check_bucket(bucket)?;
+        // `max-keys=0` lists nothing and is not truncated, as in S3.
+        if request.max_keys == 0 {
+            return Ok(Listed::default());
+        }
         listing::list(
             self.store.as_ref(),
             bucket,

@@ -87,6 +87,8 @@ pub enum WriteBackError {
         size: u64,
         min: u64,
     },
+    #[error("s3://{bucket}/{key} does not exist, and the write was conditional on its ETag (If-Match); nothing was written")]
+    ConditionOnMissingKey { bucket: String, key: String },
     #[error("s3://{bucket}/{key}: {condition}; nothing was written")]
     PreconditionFailed {
         bucket: String,
@@ -135,7 +137,9 @@ impl WriteBackError {
             | Self::InvalidPart { .. }
             | Self::PartOrder { .. }
             | Self::PartTooSmall { .. } => WriteBackErrorKind::Invalid,
-            Self::NoSuchUpload { .. } => WriteBackErrorKind::NotFound,
+            Self::NoSuchUpload { .. } | Self::ConditionOnMissingKey { .. } => {
+                WriteBackErrorKind::NotFound
+            }
             Self::PreconditionFailed { .. } => WriteBackErrorKind::PreconditionFailed,
             Self::Io { source, .. } if is_disk_full(source) => WriteBackErrorKind::Full,
             Self::Io { .. } | Self::Database { .. } => WriteBackErrorKind::Unavailable,

@@ -132,6 +132,8 @@ pub enum WriteCondition {
     /// `If-Match: <etag>`: only if the key exists with this ETag (`None`: `If-Match: *`, only
     /// if it exists).
     IfMatch(Option<String>),
+    /// `If-None-Match: <etag>`: only if the key does not exist with this ETag.
+    IfNoneMatch(String),
 }
 
 /// Writes of one key take one of these in turn (striped by key: a fixed set, no growth).
@@ -278,15 +280,27 @@ impl Inner {
             (WriteCondition::IfAbsent, Some(etag)) => {
                 failed(format!("If-None-Match: * but the key exists (ETag {etag})"))
             }
-            (WriteCondition::IfMatch(_), None) => {
-                failed("If-Match but the key does not exist".to_owned())
-            }
+            // S3 answers 404 NoSuchKey here, not 412.
+            (WriteCondition::IfMatch(_), None) => Err(WriteBackError::ConditionOnMissingKey {
+                bucket: bucket.to_owned(),
+                key: key.to_owned(),
+            }),
             (WriteCondition::IfMatch(None), Some(_)) => Ok(()),
             (WriteCondition::IfMatch(Some(wanted)), Some(etag)) => {
                 if crate::upstream::bare_etag(wanted) == etag {
                     Ok(())
                 } else {
                     failed(format!("If-Match {wanted} but the key's ETag is {etag}"))
+                }
+            }
+            (WriteCondition::IfNoneMatch(_), None) => Ok(()),
+            (WriteCondition::IfNoneMatch(unwanted), Some(etag)) => {
+                if crate::upstream::bare_etag(unwanted) == etag {
+                    failed(format!(
+                        "If-None-Match {unwanted} and the key has that ETag"
+                    ))
+                } else {
+                    Ok(())
                 }
             }
         }
