@@ -138,6 +138,8 @@ pub struct OfficeObjects {
     catalog: Option<DatabaseConnection>,
     /// For retried CompleteMultipartUploads.
     completed: CompletedUploads,
+    /// Served buckets S3 has been seen to hold (see [`check_writable`](Self::check_writable)).
+    known_upstream: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl std::fmt::Debug for OfficeObjects {
@@ -162,6 +164,49 @@ impl OfficeObjects {
             served,
             catalog,
             completed: CompletedUploads::default(),
+            known_upstream: std::sync::Mutex::default(),
+        }
+    }
+
+    /// A write to `bucket/key` may be acknowledged: the bucket is served, the key is one the
+    /// office accepts, and S3 has the bucket. A write to a bucket S3 does not have would be
+    /// acknowledged and then fail for good on upload, lost to the client that deleted its
+    /// copy; so S3 is asked once per bucket (an empty listing), and only a definite "no such
+    /// bucket" refuses: while S3 cannot be reached, writes are acknowledged and wait in the
+    /// journal, which is what write-back is for.
+    pub async fn check_writable(&self, bucket: &str, key: &str) -> Result<(), ObjectError> {
+        self.check(bucket, key)?;
+        let known = |set: &std::sync::Mutex<std::collections::HashSet<String>>| {
+            set.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .contains(bucket)
+        };
+        if known(&self.known_upstream) {
+            return Ok(());
+        }
+        match self
+            .write_back
+            .upstream()
+            .list_page(bucket, BUCKET_PROBE_PREFIX, None)
+            .await
+        {
+            Ok(_) => {
+                self.known_upstream
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(bucket.to_owned());
+                Ok(())
+            }
+            Err(err) if err.kind() == crate::upstream::StoreErrorKind::NotFound => {
+                Err(ObjectError::new(
+                    ObjectErrorKind::NoSuchBucket,
+                    format!("bucket {bucket} is served by this office but does not exist in S3; nothing was written"),
+                ))
+            }
+            Err(err) => {
+                tracing::warn!(bucket, error = %err, "cannot check that S3 has the bucket; the write waits in the journal");
+                Ok(())
+            }
         }
     }
 
@@ -407,7 +452,7 @@ impl OfficeObjects {
         condition: &WriteCondition,
         metadata: ObjectMetadata,
     ) -> Result<Written, ObjectError> {
-        self.check(bucket, key)?;
+        self.check_writable(bucket, key).await?;
         check_metadata(&metadata)?;
         let staged = self.write_back.stage(bucket, key, body, checks).await?;
         let md5 = staged.md5_hex();
@@ -441,7 +486,7 @@ impl OfficeObjects {
         replace: Option<ObjectMetadata>,
         reader: &FetchContext,
     ) -> Result<Written, ObjectError> {
-        self.check(bucket, key)?;
+        self.check_writable(bucket, key).await?;
         if source.bucket == bucket && source.key == key && replace.is_none() {
             return Err(ObjectError::new(
                 ObjectErrorKind::InvalidRequest,
@@ -534,7 +579,7 @@ impl OfficeObjects {
     /// DeleteObject: gone in the office now, in S3 in the background. Deleting a key that
     /// does not exist succeeds, as in S3.
     pub async fn delete(&self, bucket: &str, key: &str) -> Result<(), ObjectError> {
-        self.check(bucket, key)?;
+        self.check_writable(bucket, key).await?;
         self.write_back.delete(bucket, key).await?;
         Ok(())
     }
@@ -569,7 +614,7 @@ impl OfficeObjects {
         key: &str,
         metadata: ObjectMetadata,
     ) -> Result<String, ObjectError> {
-        self.check(bucket, key)?;
+        self.check_writable(bucket, key).await?;
         check_metadata(&metadata)?;
         Ok(self
             .write_back
@@ -754,6 +799,10 @@ impl OfficeObjects {
         Ok(self.write_back.multipart().remove(upload_id).await?)
     }
 }
+
+/// The prefix of the listing that asks S3 whether a bucket exists: one nothing is stored
+/// under, so the answer is an empty page.
+const BUCKET_PROBE_PREFIX: &str = ".milepost-bucket-check/";
 
 /// S3's limit on user metadata: the UTF-8 bytes of every name and value, summed.
 pub const MAX_USER_METADATA_BYTES: usize = 2 * 1024;

@@ -117,3 +117,44 @@ async fn conditional_writes_listings_attributes_and_request_ids() {
     );
     w.app.shutdown().await;
 }
+
+/// A bucket served by the office but missing in S3: a write there would be acknowledged and
+/// then fail for good on upload. It is refused with NoSuchBucket instead, and nothing is
+/// journaled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_to_a_served_bucket_s3_does_not_have_are_refused() {
+    let upstream = milepost_tests::LoopbackUpstream::start(BUCKET).await;
+    let app = milepost_tests::TestApp::builder()
+        .upstream(upstream.settings(), BUCKET)
+        .configure(|config| config.server.s3_buckets.push("ghost".to_owned()))
+        .start()
+        .await;
+    let (_, keys) = app.s3_token("ingest", Role::Engineer).await;
+    let gw = app.s3_client(keys);
+    let err = gw
+        .client()
+        .put_object()
+        .bucket("ghost")
+        .key("a.bin")
+        .body(ByteStream::from(pattern(10, 1)))
+        .send()
+        .await
+        .expect_err("no such bucket in S3");
+    assert_eq!(code(&err), "NoSuchBucket");
+    assert_eq!(raw_status(&err), 404);
+    assert_eq!(
+        app.state().write_back.pending_keys(),
+        0,
+        "nothing journaled"
+    );
+    // The bucket S3 has still takes writes.
+    gw.client()
+        .put_object()
+        .bucket(BUCKET)
+        .key("a.bin")
+        .body(ByteStream::from(pattern(10, 1)))
+        .send()
+        .await
+        .expect("put");
+    app.shutdown().await;
+}
