@@ -555,11 +555,14 @@ impl S3 for Gateway {
             .head(&input.bucket, &input.key, &ReadRequest::default())
             .await
             .map_err(s3)?;
+        // One `x-amz-object-attributes` header may carry several, comma-separated.
         let asked = |name: &str| {
-            input
-                .object_attributes
-                .iter()
-                .any(|attribute| attribute.as_str().eq_ignore_ascii_case(name))
+            input.object_attributes.iter().any(|attribute| {
+                attribute
+                    .as_str()
+                    .split(',')
+                    .any(|one| one.trim().eq_ignore_ascii_case(name))
+            })
         };
         Ok(S3Response::new(GetObjectAttributesOutput {
             e_tag: asked(ObjectAttributes::ETAG).then(|| etag(head.etag())),
