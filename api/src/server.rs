@@ -222,6 +222,8 @@ impl AppState {
             drives_prefix: self.config.catalog.drives_prefix.clone(),
             runs_prefix: self.config.catalog.runs_prefix.clone(),
             office: self.config.office.clone(),
+            // The office's writes and downloads are read from the cache: no egress.
+            cache: Some(self.cache.clone()),
         }
     }
 

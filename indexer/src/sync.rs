@@ -9,6 +9,10 @@
 //! Listings without ETags (some S3-compatible servers omit them) are compared by size and
 //! last-modified time instead, and new or changed objects are then HEADed for their ETag,
 //! because cache entries and `If-Match` need it.
+//!
+//! Objects the office cache holds whole (the office's own writes, whether still on their way
+//! to S3 or uploaded, and downloads) are read from it ([`OfficeCache::read_cached`]): no
+//! upstream request, and no egress in the ledger. Only bytes read from upstream are egress.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,7 +22,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use milepost_cacher::{ByteRange, ObjectMeta, ObjectStore, StoreError};
+use milepost_cacher::{ByteRange, ObjectKey, ObjectMeta, ObjectStore, OfficeCache, StoreError};
 use milepost_schema::entity::{drive, egress_ledger, object, run, sync_run};
 use milepost_schema::enums::{RecordSource, RunKind, RunStatus};
 use sea_orm::sea_query::Expr;
@@ -44,6 +48,9 @@ pub struct SyncOptions {
     pub runs_prefix: String,
     /// Office name written to the egress ledger.
     pub office: String,
+    /// The office cache: objects it holds whole are read from it, never from the store (no
+    /// egress). `None`: everything is read from the store.
+    pub cache: Option<Arc<OfficeCache>>,
 }
 
 /// The outcome of one sync pass.
@@ -55,7 +62,8 @@ pub struct SyncReport {
     /// Drive and run sidecars present in the bucket.
     pub drives: u64,
     pub runs: u64,
-    /// Files read (sidecars whole, logs and Parquet by footer) and the bytes that cost.
+    /// Files read (sidecars whole, logs and Parquet by footer) and their bytes, from the
+    /// office's copy or from the store (only the latter are egress, in the ledger).
     pub files_read: u64,
     pub bytes_read: u64,
     /// One line per problem, naming the object and what was wrong.
@@ -236,6 +244,7 @@ pub async fn sync(
 
     let reader = Reader {
         store: store.clone(),
+        cache: options.cache.clone(),
         bucket: options.bucket.clone(),
         bytes: Arc::new(AtomicU64::new(0)),
         files: Arc::new(AtomicU64::new(0)),
@@ -602,24 +611,50 @@ async fn upsert_object(
     Ok(())
 }
 
-/// Reads from the upstream store, counting files and bytes for the report and the ledger.
+/// Reads from the office cache when it holds the object whole, otherwise from the store,
+/// counting files and bytes for the report and the upstream bytes for the ledger.
 #[derive(Clone)]
 struct Reader {
     store: Arc<dyn ObjectStore>,
+    cache: Option<Arc<OfficeCache>>,
     bucket: String,
     bytes: Arc<AtomicU64>,
     files: Arc<AtomicU64>,
+    /// Bytes read from upstream, by key: the egress.
     ledger: Arc<std::sync::Mutex<Vec<(String, u64)>>>,
 }
 
 impl Reader {
-    fn account(&self, key: &str, bytes: u64) {
+    /// Counts one file read: `bytes` in all, `from_upstream` of them from the store.
+    fn account(&self, key: &str, bytes: u64, from_upstream: u64) {
         self.files.fetch_add(1, Ordering::Relaxed);
         self.bytes.fetch_add(bytes, Ordering::Relaxed);
-        self.ledger
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push((key.to_owned(), bytes));
+        if from_upstream > 0 {
+            self.ledger
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((key.to_owned(), from_upstream));
+        }
+    }
+
+    /// Bytes `start..end_exclusive` of the object `meta` lists, from the office cache if it
+    /// holds that version whole. A failure to read the office's copy is logged and the store
+    /// is read instead.
+    async fn office_copy(
+        &self,
+        meta: &ObjectMeta,
+        start: u64,
+        end_exclusive: u64,
+    ) -> Option<Bytes> {
+        let cache = self.cache.as_ref()?;
+        let object = ObjectKey::new(&self.bucket, &meta.key, &meta.etag, meta.size);
+        match cache.read_cached(&object, start, end_exclusive).await {
+            Ok(found) => found,
+            Err(err) => {
+                tracing::warn!(object = %object, error = %err, "cannot read the office's copy; reading the store");
+                None
+            }
+        }
     }
 
     /// A whole small object, at the version listed.
@@ -630,6 +665,10 @@ impl Reader {
                 meta.size
             ));
         }
+        if let Some(body) = self.office_copy(meta, 0, meta.size).await {
+            self.account(&meta.key, body.len() as u64, 0);
+            return Ok(body);
+        }
         let response = self
             .store
             .get(&self.bucket, &meta.key, ByteRange::All, Some(&meta.etag))
@@ -639,16 +678,19 @@ impl Reader {
             .collect(limit)
             .await
             .map_err(|err| format!("cannot read it: {err}"))?;
-        self.account(&meta.key, body.len() as u64);
+        self.account(&meta.key, body.len() as u64, body.len() as u64);
         Ok(body)
     }
 }
 
-/// One object as a [`RangeSource`]: ranged GETs pinned to the listed ETag.
+/// One object as a [`RangeSource`]: the office's copy, or ranged GETs pinned to the listed
+/// ETag.
 struct ObjectRanges<'a> {
     reader: &'a Reader,
     meta: &'a ObjectMeta,
+    /// Bytes read, and those of them from the store.
     read: AtomicU64,
+    from_upstream: AtomicU64,
 }
 
 impl RangeSource for ObjectRanges<'_> {
@@ -659,6 +701,14 @@ impl RangeSource for ObjectRanges<'_> {
     async fn read(&self, start: u64, end_exclusive: u64) -> Result<Bytes, MetadataError> {
         if end_exclusive <= start {
             return Ok(Bytes::new());
+        }
+        if let Some(body) = self
+            .reader
+            .office_copy(self.meta, start, end_exclusive)
+            .await
+        {
+            self.read.fetch_add(body.len() as u64, Ordering::Relaxed);
+            return Ok(body);
         }
         let range = ByteRange::Bounded {
             start,
@@ -680,6 +730,8 @@ impl RangeSource for ObjectRanges<'_> {
             .await
             .map_err(MetadataError::source_error)?;
         self.read.fetch_add(body.len() as u64, Ordering::Relaxed);
+        self.from_upstream
+            .fetch_add(body.len() as u64, Ordering::Relaxed);
         Ok(body)
     }
 }
@@ -689,6 +741,7 @@ async fn read_footer(reader: &Reader, meta: &ObjectMeta) -> Result<serde_json::V
         reader,
         meta,
         read: AtomicU64::new(0),
+        from_upstream: AtomicU64::new(0),
     };
     let result = if meta.key.ends_with(".mcap") {
         metadata::read_mcap_summary(&source)
@@ -699,7 +752,11 @@ async fn read_footer(reader: &Reader, meta: &ObjectMeta) -> Result<serde_json::V
             .await
             .map(|summary| serde_json::json!({ "format": "parquet", "parquet": summary }))
     };
-    reader.account(&meta.key, source.read.load(Ordering::Relaxed));
+    reader.account(
+        &meta.key,
+        source.read.load(Ordering::Relaxed),
+        source.from_upstream.load(Ordering::Relaxed),
+    );
     result.map_err(|err| err.to_string())
 }
 

@@ -4,11 +4,15 @@
 //! published through a `watch` channel (read-through readers and the MD5 check follow it);
 //! then verification, fsync, atomic rename into the content store and the `cache_entries`
 //! row (written behind by the recorder).
+//!
+//! An entry that is a byte range of an object the office holds whole (cached, or being
+//! downloaded whole) is not fetched: its bytes are copied from the whole object's file as they
+//! are there ([`Local`]), so that no byte is fetched from upstream twice.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -33,6 +37,29 @@ pub(super) struct RangeOrigin {
     pub source_size: u64,
 }
 
+impl RangeOrigin {
+    /// The whole object `entry` (a byte range of it) is read from.
+    pub fn whole(&self, entry: &ObjectKey) -> ObjectKey {
+        ObjectKey::new(
+            entry.bucket.clone(),
+            self.key.clone(),
+            entry.etag.clone(),
+            self.source_size,
+        )
+    }
+}
+
+/// Where the bytes of a byte-range entry are copied from instead of upstream: the whole object
+/// it is a range of, as the office holds it at the lookup.
+#[derive(Debug)]
+pub(super) enum Local {
+    /// Cached: its content file. Evicted before the copy opens it, the range is downloaded.
+    Cached(PathBuf),
+    /// Being downloaded: the bytes are copied from its staging file as they land (waiting
+    /// for the ones needed); its failure is the range's.
+    Flight(Arc<Flight>),
+}
+
 /// How a download ended: the bytes it took from upstream, or its error (shared by every
 /// caller waiting for it).
 pub(super) type FlightEnd = Result<u64, Arc<CacheError>>;
@@ -43,6 +70,8 @@ const WRITE_BATCH: usize = 512 * 1024;
 const HASH_CHUNK: u64 = 4 * 1024 * 1024;
 /// Landed bytes after which the staging file is flushed to disk while the download goes on.
 const FLUSH_BEHIND: u64 = 16 * 1024 * 1024;
+/// Bytes copied per blocking call when a byte range is copied from the whole object.
+const COPY_CHUNK: u64 = 4 * 1024 * 1024;
 
 /// How the bytes of a one-part download are hashed as they land.
 enum Md5Check {
@@ -74,8 +103,13 @@ pub(super) struct Flight {
     object: ObjectKey,
     /// Where the bytes come from when the entry is a byte range of another object.
     origin: Option<RangeOrigin>,
+    /// The whole object the office holds, when the entry is a byte range of it: the bytes are
+    /// copied from it, not fetched.
+    local: Option<Local>,
     part_size: u64,
     progress: watch::Sender<Progress>,
+    /// Bytes taken from upstream (a copy from [`Local`] lands bytes without any).
+    upstream_bytes: AtomicU64,
 }
 
 /// What a download has done so far.
@@ -93,7 +127,12 @@ pub(super) struct Progress {
 }
 
 impl Flight {
-    pub fn new(object: ObjectKey, origin: Option<RangeOrigin>, part_size: u64) -> Self {
+    pub fn new(
+        object: ObjectKey,
+        origin: Option<RangeOrigin>,
+        local: Option<Local>,
+        part_size: u64,
+    ) -> Self {
         let parts = usize::try_from(object.size.div_ceil(part_size)).unwrap_or(usize::MAX);
         let (progress, _) = watch::channel(Progress {
             file: None,
@@ -104,8 +143,10 @@ impl Flight {
         Self {
             object,
             origin,
+            local,
             part_size,
             progress,
+            upstream_bytes: AtomicU64::new(0),
         }
     }
 
@@ -129,8 +170,14 @@ impl Flight {
         self.object.size.div_ceil(self.part_size)
     }
 
+    /// Bytes landed so far, from upstream or copied.
     fn downloaded(&self) -> u64 {
         self.progress.borrow().total
+    }
+
+    /// Bytes taken from upstream so far.
+    fn upstream_bytes(&self) -> u64 {
+        self.upstream_bytes.load(Ordering::Relaxed)
     }
 
     fn set_file(&self, file: Arc<File>) {
@@ -151,7 +198,8 @@ impl Flight {
     }
 
     /// Waits for the end of the download, calling `progress` with the bytes landed so far
-    /// whenever they change. Returns the bytes the download took from upstream.
+    /// whenever they change. Returns the bytes the download took from upstream (none for a
+    /// range copied from the whole object).
     pub async fn wait(
         &self,
         progress: Option<&(dyn Fn(u64) + Send + Sync)>,
@@ -252,7 +300,9 @@ impl Inner {
                 reason: "the cache is shutting down",
             }),
         };
-        let downloaded = flight.downloaded();
+        // Only what came from upstream is egress: a range copied from the whole object the
+        // office holds costs none, and gets no ledger row.
+        let downloaded = flight.upstream_bytes();
         if downloaded > 0 {
             self.recorder.downloaded(&object, &ctx, downloaded);
         }
@@ -296,6 +346,11 @@ impl Inner {
         let file = Arc::new(file);
         flight.set_file(Arc::clone(&file));
 
+        let copied = match &flight.local {
+            Some(local) => self.copy_local(flight, &file, local).await?,
+            None => false,
+        };
+
         // Only an install that fsyncs first waits for the disk (see `flush_behind`).
         let sync_first = self.syncer.is_none();
         // A byte range says nothing about the MD5 of the object its ETag names.
@@ -304,7 +359,10 @@ impl Inner {
             .is_none()
             .then(|| expected_md5(&object.etag))
             .flatten();
-        let digest = if flight.parts() <= 1 {
+        let digest = if copied {
+            // A byte range: nothing to hash (see `single_part_md5`).
+            None
+        } else if flight.parts() <= 1 {
             // One ranged GET (every small object): its bytes are hashed as they are written
             // instead of being read back from the staging file.
             let hasher = single_part_md5.map(|_| Md5Check::new());
@@ -385,6 +443,74 @@ impl Inner {
         self.recorder
             .entry_ready(object, Layout::content_relative(object));
         Ok(())
+    }
+
+    /// Copies `flight`'s entry, a byte range of an object the office holds whole, from `local`
+    /// into `file`, publishing each piece as landed, without any upstream request. Returns
+    /// `false`, having copied nothing, when the cached whole object is gone (evicted since the
+    /// lookup): the range is downloaded instead. A whole download that fails before the bytes
+    /// needed have landed fails the range with its error.
+    ///
+    /// The bytes are those of the same version (bucket, key, ETag) that a ranged GET with
+    /// `If-Match` would return: every part of the whole download was checked against the ETag
+    /// and size like the range's own GETs would be.
+    async fn copy_local(
+        &self,
+        flight: &Flight,
+        file: &Arc<File>,
+        local: &Local,
+    ) -> Result<bool, CacheError> {
+        enum From<'a> {
+            File(Arc<File>),
+            Flight(&'a Flight, watch::Receiver<Progress>),
+        }
+        let object = flight.object();
+        let (_, base, _) = flight.source();
+        let mut from = match local {
+            Local::Cached(path) => {
+                let path = path.clone();
+                let opened = blocking(
+                    format!("opening the cached object {object} is a byte range of"),
+                    move || match File::open(path) {
+                        Ok(file) => Ok(Some(file)),
+                        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                        Err(err) => Err(err),
+                    },
+                )
+                .await?;
+                match opened {
+                    Some(file) => From::File(Arc::new(file)),
+                    None => return Ok(false),
+                }
+            }
+            Local::Flight(whole) => From::Flight(whole, whole.subscribe()),
+        };
+        let mut pos = 0;
+        while pos < object.size {
+            let part = pos / flight.part_size;
+            let part_end = ((part + 1) * flight.part_size).min(object.size);
+            // Where the bytes are (in the whole object) and how far they are there.
+            let (source, available) = match &mut from {
+                From::File(file) => (Arc::clone(file), base + part_end),
+                From::Flight(whole, progress) => {
+                    available_from(progress, whole, base + pos).await?
+                }
+            };
+            let len = (available.min(base + part_end) - (base + pos)).min(COPY_CHUNK);
+            let target = Arc::clone(file);
+            blocking(
+                format!("copying {object} from the whole object"),
+                move || {
+                    let mut buf = vec![0; usize::try_from(len).map_err(std::io::Error::other)?];
+                    source.read_exact_at(&mut buf, base + pos)?;
+                    target.write_all_at(&buf, pos)
+                },
+            )
+            .await?;
+            flight.landed(part, len);
+            pos += len;
+        }
+        Ok(true)
     }
 
     /// Downloads part `part` of `flight`'s object into `file`, feeding its bytes, in order, to
@@ -524,6 +650,7 @@ impl Inner {
             (None, None) => None,
         };
         flight.landed(part, len);
+        flight.upstream_bytes.fetch_add(len, Ordering::Relaxed);
         self.counters
             .bytes_from_upstream
             .fetch_add(len, Ordering::Relaxed);

@@ -68,7 +68,7 @@ pub use types::{
 
 use buffers::ChunkPool;
 use durability::Syncer;
-use flight::{Flight, FlightEnd, RangeOrigin};
+use flight::{Flight, FlightEnd, Local, RangeOrigin};
 use layout::Layout;
 use recorder::{Recorder, ServeRecord};
 use stream::Source;
@@ -374,7 +374,10 @@ impl OfficeCache {
     }
 
     /// Makes bytes `start..start + len` of `source` cached as an entry of their own
-    /// ([`range_key`](Self::range_key)), read from upstream with ranged GETs carrying
+    /// ([`range_key`](Self::range_key)). When the office holds `source` whole (cached, or
+    /// being downloaded whole) they are copied from it, waiting for the bytes needed of a
+    /// download in progress, without any upstream request (`bytes_from_upstream` 0, no
+    /// ledger row); otherwise they are read from upstream with ranged GETs carrying
     /// `If-Match: <source etag>` (a changed source is
     /// [`PreconditionFailed`](CacheErrorKind::PreconditionFailed)). Everything else is as
     /// [`fetch`](Self::fetch): single-flight, the egress ledger, LRU, pins by that key. Used to
@@ -735,6 +738,47 @@ impl OfficeCache {
             .then(|| self.inner.layout.content_path(object))
     }
 
+    /// Bytes `start..end_exclusive` of `object` if it is in the content store (an office
+    /// write, not yet uploaded or uploaded, or a download), read from its content file: no
+    /// upstream request, no ledger row, and not an access (a look at a log's footer does not
+    /// make the log recently used). `None` when it is not cached, or was evicted meanwhile.
+    /// For readers that must not start a download (the catalog sync's footer reads).
+    ///
+    /// Errors: [`InvalidRange`](CacheErrorKind::InvalidRange) for a range past `object.size`;
+    /// [`Io`](CacheErrorKind::Io) when the content file cannot be read.
+    pub async fn read_cached(
+        &self,
+        object: &ObjectKey,
+        start: u64,
+        end_exclusive: u64,
+    ) -> Result<Option<bytes::Bytes>, CacheError> {
+        if start > end_exclusive || end_exclusive > object.size {
+            return Err(CacheError::InvalidRange {
+                object: object.to_string(),
+                range: format!("bytes={start}-{}", end_exclusive.saturating_sub(1)),
+                size: object.size,
+            });
+        }
+        let Some(path) = self.content_path(object) else {
+            return Ok(None);
+        };
+        let len = usize::try_from(end_exclusive - start).map_err(|err| {
+            CacheError::io(format!("reading {object}"), std::io::Error::other(err))
+        })?;
+        flight::blocking(format!("reading the cached bytes of {object}"), move || {
+            use std::os::unix::fs::FileExt as _;
+            let file = match std::fs::File::open(path) {
+                Ok(file) => file,
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(err) => return Err(err),
+            };
+            let mut buf = vec![0; len];
+            file.read_exact_at(&mut buf, start)?;
+            Ok(Some(bytes::Bytes::from(buf)))
+        })
+        .await
+    }
+
     /// Capacity, usage and the counters since start (the api adds the ledger's totals).
     pub fn stats(&self) -> CacheStatsSnapshot {
         let (used, pinned, objects) = {
@@ -818,6 +862,19 @@ impl Inner {
         if let Some(gate) = state.deleting.get(object) {
             return Ok(Lookup::Wait(gate.clone()));
         }
+        // A byte range of an object the office holds whole, or is downloading whole, is
+        // copied from it: no byte is fetched from upstream twice. Touched first, so that the
+        // room the range needs is not made by evicting what it is copied from.
+        let whole = origin.map(|origin| origin.whole(object));
+        let mut local = None;
+        if let Some(whole) = &whole {
+            if state.book.is_ready(whole) {
+                state.book.touch(whole);
+                local = Some(Local::Cached(self.layout.content_path(whole)));
+            } else if let Some(flight) = state.flights.get(whole) {
+                local = Some(Local::Flight(Arc::clone(flight)));
+            }
+        }
         let planned = match state.book.plan_eviction(object.size) {
             Ok(planned) => planned,
             // Only unpinned downloads in progress are in the way: each becomes evictable (or
@@ -836,15 +893,29 @@ impl Inner {
                 })
             }
         };
+        let copied_from = match (&local, &whole) {
+            // The range fits only by evicting the object it would be copied from (a cache
+            // too small for both): it is downloaded instead.
+            (Some(Local::Cached(_)), Some(whole)) if planned.contains(whole) => {
+                local = None;
+                None
+            }
+            (Some(Local::Cached(_)), whole) => whole.clone(),
+            _ => None,
+        };
         let victims = self.take_victims(&mut state, planned);
         state.book.begin(object.clone(), object.size);
         let flight = Arc::new(Flight::new(
             object.clone(),
             origin.cloned(),
+            local,
             self.settings.part_size,
         ));
         state.flights.insert(object.clone(), Arc::clone(&flight));
         drop(state);
+        if let Some(whole) = copied_from {
+            self.recorder.touch(&whole);
+        }
         let started = Arc::clone(&flight);
         self.tasks
             .spawn(Arc::clone(self).run_flight(flight, ctx.clone(), victims));
