@@ -4,6 +4,10 @@
 //! `MILEPOST_TEST_DATABASE_URL` names a server (a fresh database per test, dropped after);
 //! otherwise its `postgres` variant is skipped with a message.
 
+#[path = "support/test_database.rs"]
+mod test_database;
+use test_database::TestDatabase;
+
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -28,9 +32,9 @@ use milepost_cacher::upstream::{
 };
 use milepost_schema::entity::{dataset, reservation};
 use milepost_schema::enums::ReservationState;
-use milepost_schema::{connect, migrate, DbError};
+use milepost_schema::{connect, migrate};
 use rand::RngCore as _;
-use sea_orm::{ActiveModelTrait as _, ConnectionTrait as _, DatabaseConnection, Set};
+use sea_orm::{ActiveModelTrait as _, DatabaseConnection, Set};
 use sha2::{Digest as _, Sha256};
 use tokio_util::sync::CancellationToken;
 
@@ -1316,77 +1320,4 @@ async fn list_pages_newest_first(backend: Backend) {
         .expect_err("bad cursor");
     assert_eq!(err.field(), Some("after"));
     env.finish().await;
-}
-
-// ---------------------------------------------------------------------------------------
-// PostgreSQL test databases
-// ---------------------------------------------------------------------------------------
-
-/// A database of its own on the server named by `MILEPOST_TEST_DATABASE_URL`, dropped (with
-/// `FORCE`) when the guard goes out of scope, even after a failed assertion.
-struct TestDatabase {
-    admin_url: String,
-    name: String,
-    url: String,
-}
-
-impl TestDatabase {
-    async fn create(admin_url: &str) -> Result<Self, DbError> {
-        let name = milepost_schema::ids::new_id("milepost_t");
-        let admin = connect(admin_url).await?;
-        admin
-            .execute_unprepared(&format!("CREATE DATABASE {name}"))
-            .await?;
-        admin.close().await?;
-        Ok(Self {
-            admin_url: admin_url.to_owned(),
-            url: with_database(admin_url, &name),
-            name,
-        })
-    }
-}
-
-impl Drop for TestDatabase {
-    fn drop(&mut self) {
-        let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
-        // Drop runs inside the test's runtime: do the async cleanup on a thread of its own.
-        let cleanup = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("cleanup runtime");
-            runtime.block_on(async {
-                let admin = connect(&admin_url).await?;
-                admin
-                    .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                    .await?;
-                admin.close().await?;
-                Ok::<_, DbError>(())
-            })
-        });
-        match cleanup.join() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => eprintln!("could not drop test database {}: {e}", self.name),
-            Err(_) => eprintln!(
-                "could not drop test database {}: cleanup panicked",
-                self.name
-            ),
-        }
-    }
-}
-
-/// `url` with its database name replaced by `name`.
-fn with_database(url: &str, name: &str) -> String {
-    let (base, query) = url
-        .split_once('?')
-        .map_or((url, None), |(b, q)| (b, Some(q)));
-    let after_scheme = base.find("://").map_or(0, |i| i + 3);
-    let base = match base[after_scheme..].find('/') {
-        Some(slash) => &base[..after_scheme + slash],
-        None => base,
-    };
-    match query {
-        Some(query) => format!("{base}/{name}?{query}"),
-        None => format!("{base}/{name}"),
-    }
 }

@@ -10,6 +10,10 @@
 //! write is acknowledged, across a restart (the journal read again), and once the uploader has
 //! put it in S3 (single PUT and multipart), where a plain S3 HEAD shows it too.
 
+#[path = "support/test_database.rs"]
+mod test_database;
+use test_database::TestDatabase;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -27,9 +31,9 @@ use milepost_cacher::writeback::{
 };
 use milepost_schema::entity::transfer;
 use milepost_schema::enums::TransferState;
-use milepost_schema::{connect, migrate, DbError};
+use milepost_schema::{connect, migrate};
 use rand::RngCore as _;
-use sea_orm::{ConnectionTrait as _, DatabaseConnection, EntityTrait as _};
+use sea_orm::{DatabaseConnection, EntityTrait as _};
 
 const BUCKET: &str = "fleet";
 const PG_URL_VAR: &str = "MILEPOST_TEST_DATABASE_URL";
@@ -640,77 +644,4 @@ async fn s3_store_round_trips_metadata() {
         .expect_err("not written");
     assert_eq!(err.kind(), StoreErrorKind::NotFound);
     server.shutdown().await;
-}
-
-// ---------------------------------------------------------------------------------------
-// PostgreSQL test databases
-// ---------------------------------------------------------------------------------------
-
-/// A database of its own on the server named by `MILEPOST_TEST_DATABASE_URL`, dropped (with
-/// `FORCE`) when the guard goes out of scope, even after a failed assertion.
-struct TestDatabase {
-    admin_url: String,
-    name: String,
-    url: String,
-}
-
-impl TestDatabase {
-    async fn create(admin_url: &str) -> Result<Self, DbError> {
-        let name = milepost_schema::ids::new_id("milepost_t");
-        let admin = connect(admin_url).await?;
-        admin
-            .execute_unprepared(&format!("CREATE DATABASE {name}"))
-            .await?;
-        admin.close().await?;
-        Ok(Self {
-            admin_url: admin_url.to_owned(),
-            url: with_database(admin_url, &name),
-            name,
-        })
-    }
-}
-
-impl Drop for TestDatabase {
-    fn drop(&mut self) {
-        let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
-        // Drop runs inside the test's runtime: do the async cleanup on a thread of its own.
-        let cleanup = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("cleanup runtime");
-            runtime.block_on(async {
-                let admin = connect(&admin_url).await?;
-                admin
-                    .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                    .await?;
-                admin.close().await?;
-                Ok::<_, DbError>(())
-            })
-        });
-        match cleanup.join() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => eprintln!("could not drop test database {}: {e}", self.name),
-            Err(_) => eprintln!(
-                "could not drop test database {}: cleanup panicked",
-                self.name
-            ),
-        }
-    }
-}
-
-/// `url` with its database name replaced by `name`.
-fn with_database(url: &str, name: &str) -> String {
-    let (base, query) = url
-        .split_once('?')
-        .map_or((url, None), |(b, q)| (b, Some(q)));
-    let after_scheme = base.find("://").map_or(0, |i| i + 3);
-    let base = match base[after_scheme..].find('/') {
-        Some(slash) => &base[..after_scheme + slash],
-        None => base,
-    };
-    match query {
-        Some(query) => format!("{base}/{name}?{query}"),
-        None => format!("{base}/{name}"),
-    }
 }
