@@ -178,6 +178,22 @@ macro_rules! written_metadata {
     };
 }
 
+/// The office's read request of a HEAD or GET (the same fields in both inputs).
+macro_rules! read_request {
+    ($input:expr) => {
+        ReadRequest {
+            range: byte_range($input.range.as_ref()),
+            part_number: $input.part_number,
+            conditions: read_conditions(
+                $input.if_match.as_ref(),
+                $input.if_none_match.as_ref(),
+                $input.if_modified_since.as_ref(),
+                $input.if_unmodified_since.as_ref(),
+            ),
+        }
+    };
+}
+
 /// Fills the representation headers and user metadata of a HEAD or GET answer. An object
 /// written without a Content-Type has S3's default, `binary/octet-stream`.
 macro_rules! answer_metadata {
@@ -514,16 +530,7 @@ impl S3 for Gateway {
         req: S3Request<HeadObjectInput>,
     ) -> S3Result<S3Response<HeadObjectOutput>> {
         let input = req.input;
-        let request = ReadRequest {
-            range: byte_range(input.range.as_ref()),
-            part_number: input.part_number,
-            conditions: read_conditions(
-                input.if_match.as_ref(),
-                input.if_none_match.as_ref(),
-                input.if_modified_since.as_ref(),
-                input.if_unmodified_since.as_ref(),
-            ),
-        };
+        let request = read_request!(input);
         let head = self
             .objects
             .head(&input.bucket, &input.key, &request)
@@ -581,16 +588,7 @@ impl S3 for Gateway {
     ) -> S3Result<S3Response<GetObjectOutput>> {
         let reader = Self::owner(&req);
         let input = req.input;
-        let request = ReadRequest {
-            range: byte_range(input.range.as_ref()),
-            part_number: input.part_number,
-            conditions: read_conditions(
-                input.if_match.as_ref(),
-                input.if_none_match.as_ref(),
-                input.if_modified_since.as_ref(),
-                input.if_unmodified_since.as_ref(),
-            ),
-        };
+        let request = read_request!(input);
         let overrides = ResponseOverrides {
             content_type: input.response_content_type.clone(),
             cache_control: input.response_cache_control.clone(),
