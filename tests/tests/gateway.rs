@@ -596,6 +596,12 @@ async fn uploads_survive_s3_faults_and_leave_no_multipart_debris() {
     let app = TestApp::builder().upstream(settings, BUCKET).start().await;
     let (_, keys) = app.s3_token("ingest", Role::Engineer).await;
     let gw = app.s3_client(keys);
+    // The office asks S3 once whether the bucket exists before it acknowledges a first write
+    // to it; that request must not take the faults meant for the uploader.
+    gw.put(BUCKET, "faults/warm-up.bin", pattern(10, 1))
+        .await
+        .expect("acknowledged");
+    wait_written_back(&app).await;
 
     // Faults for the uploader's first requests: more resets in a row than one request's
     // retries take, so that whole transfers fail and run again.
