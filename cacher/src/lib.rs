@@ -8,8 +8,6 @@ pub mod digest;
 pub mod loopback;
 pub mod objects;
 pub mod reservations;
-#[cfg(feature = "loopback")]
-pub mod testing;
 pub mod transfer_policy;
 pub mod trim;
 pub mod trimmed;

@@ -12,6 +12,7 @@ use milepost_schema::enums::{
 };
 use milepost_schema::prelude::*;
 use milepost_schema::{connect, migrate, ping, DbError, ErrorKind};
+use milepost_testkit::TestDatabase;
 use sea_orm::{
     ActiveModelTrait as _, ColumnTrait as _, ConnectionTrait as _, DatabaseConnection,
     EntityTrait as _, ModelTrait as _, PaginatorTrait as _, QueryFilter as _, QueryOrder as _, Set,
@@ -599,104 +600,34 @@ async fn sqlite_directory_that_cannot_be_created_is_reported() {
     assert!(err.to_string().contains("not-a-dir"), "{err}");
 }
 
-/// A database of its own on the server named by `MILEPOST_TEST_DATABASE_URL`, dropped (with
-/// `FORCE`, so open connections do not stop it) when the guard goes out of scope, even after a
-/// failed assertion.
-struct TestDatabase {
-    admin_url: String,
-    name: String,
-    url: String,
-}
-
-impl TestDatabase {
-    async fn create(admin_url: &str) -> Result<Self, DbError> {
-        let name = milepost_schema::ids::new_id("milepost_t");
-        let admin = connect(admin_url).await?;
-        admin
-            .execute_unprepared(&format!("CREATE DATABASE {name}"))
-            .await?;
-        admin.close().await?;
-        Ok(Self {
-            admin_url: admin_url.to_owned(),
-            url: with_database(admin_url, &name),
-            name,
-        })
-    }
-}
-
-impl Drop for TestDatabase {
-    fn drop(&mut self) {
-        let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
-        // Drop runs inside the test's runtime: do the async cleanup on a thread of its own.
-        let cleanup = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("cleanup runtime");
-            runtime.block_on(async {
-                let admin = connect(&admin_url).await?;
-                admin
-                    .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                    .await?;
-                admin.close().await?;
-                Ok::<_, DbError>(())
-            })
-        });
-        match cleanup.join() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => eprintln!("could not drop test database {}: {e}", self.name),
-            Err(_) => eprintln!(
-                "could not drop test database {}: cleanup panicked",
-                self.name
-            ),
-        }
-    }
-}
-
-/// `url` with its database name replaced by `name`.
-fn with_database(url: &str, name: &str) -> String {
-    let (base, query) = url
-        .split_once('?')
-        .map_or((url, None), |(b, q)| (b, Some(q)));
-    let after_scheme = base.find("://").map_or(0, |i| i + 3);
-    let base = match base[after_scheme..].find('/') {
-        Some(slash) => &base[..after_scheme + slash],
-        None => base,
-    };
-    match query {
-        Some(query) => format!("{base}/{name}?{query}"),
-        None => format!("{base}/{name}"),
-    }
-}
-
 #[test]
 fn with_database_replaces_only_the_path() {
     assert_eq!(
-        with_database("postgres://postgres@127.0.0.1:5432/test", "x"),
+        milepost_testkit::replace_database("postgres://postgres@127.0.0.1:5432/test", "x"),
         "postgres://postgres@127.0.0.1:5432/x"
     );
     assert_eq!(
-        with_database("postgres://u:p@h/test?sslmode=disable", "x"),
+        milepost_testkit::replace_database("postgres://u:p@h/test?sslmode=disable", "x"),
         "postgres://u:p@h/x?sslmode=disable"
     );
     assert_eq!(
-        with_database("postgres://h:5432", "x"),
+        milepost_testkit::replace_database("postgres://h:5432", "x"),
         "postgres://h:5432/x"
     );
 }
 
 #[tokio::test]
 async fn postgres_migrates_and_round_trips() -> Result<(), DbError> {
-    let Ok(admin_url) = std::env::var(PG_URL_VAR) else {
+    let Some(admin_url) = milepost_testkit::postgres_server_url() else {
         eprintln!("skipped: set {PG_URL_VAR} (e.g. postgres://postgres@127.0.0.1:5432/test) to run against PostgreSQL");
         return Ok(());
     };
-    let database = TestDatabase::create(&admin_url).await?;
-    let db = connect(&database.url).await?;
+    let database = TestDatabase::on_postgres(&admin_url).await?;
+    let db = connect(database.url()).await?;
     exercise(&db).await?;
 
     // Concurrent migrations (several nodes starting at once) wait for each other.
-    let other = connect(&database.url).await?;
+    let other = connect(database.url()).await?;
     let (a, b) = tokio::join!(migrate(&db), migrate(&other));
     a?;
     b?;
@@ -708,12 +639,12 @@ async fn postgres_migrates_and_round_trips() -> Result<(), DbError> {
 
 #[tokio::test]
 async fn postgres_concurrent_first_migrations_do_not_collide() -> Result<(), DbError> {
-    let Ok(admin_url) = std::env::var(PG_URL_VAR) else {
+    let Some(admin_url) = milepost_testkit::postgres_server_url() else {
         eprintln!("skipped: set {PG_URL_VAR} to run against PostgreSQL");
         return Ok(());
     };
-    let database = TestDatabase::create(&admin_url).await?;
-    let (a, b) = tokio::join!(connect(&database.url), connect(&database.url));
+    let database = TestDatabase::on_postgres(&admin_url).await?;
+    let (a, b) = tokio::join!(connect(database.url()), connect(database.url()));
     let (a, b) = (a?, b?);
     let (ra, rb) = tokio::join!(migrate(&a), migrate(&b));
     ra?;

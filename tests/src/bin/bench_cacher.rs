@@ -48,7 +48,7 @@ use anyhow::{bail, ensure, Context as _};
 use bytes::Bytes;
 use futures::{SinkExt as _, StreamExt as _};
 use milepost_cacher::{upload_file, ObjectStore, S3Store, UploadOptions};
-use milepost_tests::garage::{free_port, run, which, Garage};
+use milepost_testkit::garage::{free_port, run, which, Garage};
 use rand::RngCore as _;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
@@ -617,7 +617,7 @@ durability = "{durability}"
     }
 
     async fn graphql(&self, query: &str, variables: Value) -> anyhow::Result<Value> {
-        milepost_tests::graphql_data(&self.http, &self.url, &self.token, query, variables).await
+        milepost_testkit::graphql_data(&self.http, &self.url, &self.token, query, variables).await
     }
 
     fn pid(&self) -> u32 {

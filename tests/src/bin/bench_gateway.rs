@@ -11,7 +11,7 @@
 //! ```
 //!
 //! Every phase of every round (PUT and hot GET, cold GET, schedule) gets its own single-node
-//! Garage ([`milepost_tests::garage`]) and a fresh `milepost serve` (the release binary next to
+//! Garage ([`milepost_testkit::garage`]) and a fresh `milepost serve` (the release binary next to
 //! this one unless `--milepost`) with its own data directory, upstream = that Garage, the
 //! gateway on a free port, `transfer.upload_schedule = "* off"`; both are removed after the
 //! phase, so the disk holds one phase's data at a time (at the default sizes about 4 GiB; a
@@ -59,7 +59,7 @@ use milepost_cacher::{
     list_all, put_stream, ByteRange, ObjectStore, S3Store, StaticCredentials, UploadOptions,
     UpstreamSettings,
 };
-use milepost_tests::garage::{free_port, run, which, Garage};
+use milepost_testkit::garage::{free_port, run, which, Garage};
 use rand::RngCore as _;
 use serde_json::{json, Value};
 
@@ -966,7 +966,7 @@ priorities = ["*"]
     }
 
     async fn graphql(&self, query: &str, variables: Value) -> anyhow::Result<Value> {
-        milepost_tests::graphql_data(&self.http, &self.url, &self.admin, query, variables).await
+        milepost_testkit::graphql_data(&self.http, &self.url, &self.admin, query, variables).await
     }
 
     async fn set_policy(&self, schedule: &str) -> anyhow::Result<()> {

@@ -33,11 +33,11 @@ use bytes::Bytes;
 use milepost_api::config::{Config, Interval, ListenAddr};
 use milepost_api::server::AppState;
 use milepost_cacher::loopback::LoopbackS3;
-use milepost_cacher::testing::{FaultProxy, SeenRequest};
 use milepost_cacher::{EgressMeter, ObjectStore, UpstreamSettings};
 use milepost_indexer::fleet::{self, FileKind, FleetSpec, GeneratedFile};
 use milepost_indexer::sync::SyncReport;
 use milepost_schema::entity::egress_ledger;
+use milepost_testkit::{FaultProxy, SeenRequest};
 use sea_orm::EntityTrait;
 
 const BUCKET: &str = "fleet";

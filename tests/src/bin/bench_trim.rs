@@ -28,8 +28,8 @@ use milepost_cacher::loopback::LoopbackS3;
 use milepost_cacher::trim::{self, Window};
 use milepost_cacher::{EgressMeter, ObjectStore, UploadOptions};
 use milepost_schema::enums::Role;
-use milepost_tests::trimlogs::{drive_sidecar, write_log, LogSpec, ScenarioSpec, TOPICS};
-use milepost_tests::TestApp;
+use milepost_testkit::trimlogs::{drive_sidecar, write_log, LogSpec, ScenarioSpec, TOPICS};
+use milepost_testkit::TestApp;
 use serde_json::{json, Value};
 
 const BUCKET: &str = "fleet";

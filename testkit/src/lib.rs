@@ -1,0 +1,14 @@
+#![doc = include_str!("../README.md")]
+
+mod app;
+pub mod browser;
+mod database;
+pub mod fault_proxy;
+pub mod garage;
+mod loopback;
+pub mod trimlogs;
+
+pub use app::{error_codes, first_error, graphql_data, TestApp, TestAppBuilder};
+pub use database::{postgres_server_url, replace_database, TestDatabase, DATABASE_URL_VARIABLE};
+pub use fault_proxy::{Fault, FaultProxy, SeenRequest};
+pub use loopback::{LoopbackUpstream, LOOPBACK_ACCESS_KEY, LOOPBACK_SECRET_KEY};

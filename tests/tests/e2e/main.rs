@@ -1,0 +1,15 @@
+//! The end-to-end suite: the real `milepost` server, a real S3 server on loopback and a real
+//! catalog database (SQLite, or PostgreSQL when `MILEPOST_TEST_DATABASE_URL` is set), driven
+//! over HTTP, GraphQL, the S3 protocol and a browser. One test binary, one module per
+//! capability; the fixtures come from `milepost-testkit`.
+
+mod catalog_api;
+mod faults;
+mod gateway;
+mod offices;
+mod one_fetch_per_byte;
+mod reserve;
+mod scenario_trim;
+mod sync_search;
+mod transfer_policy;
+mod web_catalog;
