@@ -23,7 +23,8 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use milepost_cacher::{ByteRange, ObjectKey, ObjectMeta, ObjectStore, OfficeCache, StoreError};
-use milepost_schema::entity::{drive, egress_ledger, object, run, sync_run};
+use milepost_schema::egress::EgressRecord;
+use milepost_schema::entity::{drive, object, run, sync_run};
 use milepost_schema::enums::{RecordSource, RunKind, RunStatus};
 use sea_orm::sea_query::Expr;
 use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QuerySelect, Set};
@@ -461,27 +462,13 @@ pub async fn sync(
     report.files_read = reader.files.load(Ordering::Relaxed);
     report.bytes_read = reader.bytes.load(Ordering::Relaxed);
     let ledger = std::mem::take(&mut *reader.ledger.lock().unwrap_or_else(|p| p.into_inner()));
-    if !ledger.is_empty() {
-        let rows = ledger
-            .into_iter()
-            .map(|(key, bytes)| egress_ledger::ActiveModel {
-                recorded_at: Set(now),
-                office: Set(options.office.clone()),
-                bucket: Set(options.bucket.clone()),
-                key: Set(key),
-                dataset: Set(None),
-                owner: Set(Some("sync".to_owned())),
-                bytes_from_upstream: Set(bytes as i64),
-                bytes_served: Set(0),
-                cache_hit: Set(false),
-                ..Default::default()
-            });
-        for chunk in rows.collect::<Vec<_>>().chunks(500) {
-            egress_ledger::Entity::insert_many(chunk.to_vec())
-                .exec_without_returning(db)
-                .await?;
-        }
-    }
+    let records: Vec<_> = ledger
+        .into_iter()
+        .map(|(key, bytes)| EgressRecord::sync_read(now, &options.bucket, key, bytes))
+        .collect();
+    milepost_schema::egress::record(db, &options.office, records)
+        .await
+        .map_err(CatalogError::from)?;
     sync_run::ActiveModel {
         started_at: Set(started_at),
         finished_at: Set(Some(Utc::now())),

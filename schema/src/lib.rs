@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 mod db;
+pub mod egress;
 pub mod entity;
 pub mod enums;
 pub mod error;

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use milepost_cacher::cache::ObjectKey;
 use milepost_cacher::datasets::{self, NewDataset};
 use milepost_cacher::reservations::{self, Actor};
-use milepost_schema::entity::{dataset, egress_ledger, reservation};
+use milepost_schema::entity::{dataset, reservation};
 use milepost_schema::enums::{self, Role};
 use sea_orm::sea_query::Expr;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QuerySelect};
@@ -344,30 +344,12 @@ pub struct LedgerTotals {
 pub async fn ledger_totals(app: &AppState) -> ApiResult<LedgerTotals> {
     // The ledger is written behind, in batches: what was served before this query counts.
     app.cache.flush().await;
-    let sum = |column: &str, filter: &str| {
-        Expr::cust(format!(
-            r#"CAST(COALESCE(SUM(CASE WHEN {filter} THEN "egress_ledger"."{column}" ELSE 0 END), 0) AS BIGINT)"#
-        ))
-    };
-    // Catalog sync reads footers: egress, but not traffic the cache could have saved.
-    let not_sync = r#"("egress_ledger"."owner" IS NULL OR "egress_ledger"."owner" <> 'sync')"#;
-    let row: Option<(i64, i64, i64, i64)> = egress_ledger::Entity::find()
-        .select_only()
-        .column_as(Expr::cust(format!(r#"CAST(COALESCE(SUM(CASE WHEN "egress_ledger"."cache_hit" AND {not_sync} THEN 1 ELSE 0 END), 0) AS BIGINT)"#)), "hits")
-        .column_as(Expr::cust(format!(r#"CAST(COALESCE(SUM(CASE WHEN NOT "egress_ledger"."cache_hit" AND {not_sync} THEN 1 ELSE 0 END), 0) AS BIGINT)"#)), "misses")
-        .column_as(sum("bytes_served", not_sync), "served")
-        .column_as(sum("bytes_from_upstream", not_sync), "upstream")
-        .filter(egress_ledger::Column::Office.eq(&app.config.office))
-        .into_tuple()
-        .one(&app.db)
-        .await
-        .map_err(|err| ApiError::from(milepost_schema::DbError::from(err)))?;
-    let (hits, misses, bytes_served, bytes_from_upstream) = row.unwrap_or_default();
+    let totals = milepost_schema::egress::totals(&app.db, &app.config.office).await?;
     Ok(LedgerTotals {
-        hits,
-        misses,
-        bytes_served,
-        bytes_from_upstream,
+        hits: totals.hits,
+        misses: totals.misses,
+        bytes_served: totals.bytes_served,
+        bytes_from_upstream: totals.bytes_from_upstream,
     })
 }
 

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashSet};
 use async_graphql::{Context, Object, SimpleObject};
 use chrono::{DateTime, TimeZone, Utc};
 use milepost_cacher::cache::ObjectKey;
-use milepost_schema::entity::{dataset, egress_ledger, reservation};
+use milepost_schema::entity::{dataset, reservation};
 use sea_orm::sea_query::{Expr, Order};
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 
@@ -149,23 +149,9 @@ impl InsightsQuery {
             .unwrap_or_else(Utc::now);
         // The ledger is written behind, in batches: what was served before this query counts.
         app.cache.flush().await;
-        let rows: Vec<(DateTime<Utc>, i64, i64, bool)> = egress_ledger::Entity::find()
-            .select_only()
-            .column(egress_ledger::Column::RecordedAt)
-            .column(egress_ledger::Column::BytesServed)
-            .column(egress_ledger::Column::BytesFromUpstream)
-            .column(egress_ledger::Column::CacheHit)
-            .filter(egress_ledger::Column::Office.eq(&app.config.office))
-            .filter(egress_ledger::Column::RecordedAt.gte(since))
-            .filter(
-                egress_ledger::Column::Owner
-                    .is_null()
-                    .or(egress_ledger::Column::Owner.ne("sync")),
-            )
-            .into_tuple()
-            .all(&app.db)
+        let reads = milepost_schema::egress::reads_since(&app.db, &app.config.office, since)
             .await
-            .map_err(db_error)
+            .map_err(crate::error::ApiError::from)
             .gql()?;
         let mut points: BTreeMap<i64, CacheHistoryPoint> = (0..i64::from(buckets))
             .map(|i| {
@@ -183,16 +169,16 @@ impl InsightsQuery {
                 )
             })
             .collect();
-        for (at, served, upstream, hit) in rows {
-            let start = at.timestamp().div_euclid(width) * width;
+        for read in reads {
+            let start = read.at.timestamp().div_euclid(width) * width;
             if let Some(point) = points.get_mut(&start) {
-                if hit {
+                if read.cache_hit {
                     point.hits += 1;
                 } else {
                     point.misses += 1;
                 }
-                point.bytes_served.0 += served;
-                point.bytes_from_upstream.0 += upstream;
+                point.bytes_served.0 += read.bytes_served;
+                point.bytes_from_upstream.0 += read.bytes_from_upstream;
             }
         }
         let reserved: Vec<(DateTime<Utc>, i64)> = reservation::Entity::find()

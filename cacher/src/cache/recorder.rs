@@ -16,9 +16,10 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use chrono::{DateTime, Utc};
-use milepost_schema::entity::{cache_entry, egress_ledger};
+use milepost_schema::egress::EgressRecord;
+use milepost_schema::entity::cache_entry;
 use sea_orm::sea_query::Expr;
-use sea_orm::{ColumnTrait as _, DatabaseConnection, EntityTrait as _, QueryFilter as _, Set};
+use sea_orm::{ColumnTrait as _, DatabaseConnection, EntityTrait as _, QueryFilter as _};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -28,8 +29,6 @@ use super::{FetchContext, Inner, ObjectKey};
 const BATCH: usize = 512;
 /// How long the writer gathers records after the first of a batch.
 const GATHER: std::time::Duration = std::time::Duration::from_millis(20);
-/// Ledger rows per INSERT statement (10 columns each, under every backend's parameter limit).
-const ROWS_PER_INSERT: usize = 100;
 
 enum Record {
     Ledger(LedgerRow),
@@ -220,29 +219,27 @@ async fn run(db: DatabaseConnection, office: String, mut rx: mpsc::UnboundedRece
 }
 
 async fn write_ledger(db: &DatabaseConnection, office: &str, rows: Vec<LedgerRow>) {
-    let as_i64 = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
-    let models: Vec<_> = rows
+    if rows.is_empty() {
+        return;
+    }
+    let count = rows.len();
+    let records = rows
         .into_iter()
-        .map(|row| egress_ledger::ActiveModel {
-            recorded_at: Set(row.at),
-            office: Set(office.to_owned()),
-            bucket: Set(row.bucket),
-            key: Set(row.key),
-            dataset: Set(row.ctx.dataset),
-            owner: Set(row.ctx.owner),
-            bytes_from_upstream: Set(as_i64(row.bytes_from_upstream)),
-            bytes_served: Set(as_i64(row.bytes_served)),
-            cache_hit: Set(row.cache_hit),
-            ..Default::default()
+        .map(|row| EgressRecord {
+            at: row.at,
+            bucket: row.bucket,
+            key: row.key,
+            dataset: row.ctx.dataset,
+            owner: row.ctx.owner,
+            bytes_from_upstream: row.bytes_from_upstream,
+            bytes_served: row.bytes_served,
+            cache_hit: row.cache_hit,
         })
         .collect();
-    for chunk in models.chunks(ROWS_PER_INSERT) {
-        let result = egress_ledger::Entity::insert_many(chunk.to_vec())
-            .exec(db)
-            .await;
-        if let Err(err) = result {
-            tracing::warn!(rows = chunk.len(), error = %err, "cannot write egress ledger rows, dropping them");
-        }
+    // The ledger is accounting, not data: a write that fails is logged and dropped rather than
+    // holding up the reads it describes.
+    if let Err(err) = milepost_schema::egress::record(db, office, records).await {
+        tracing::warn!(rows = count, error = %err, "cannot write egress ledger rows, dropping them");
     }
 }
 
