@@ -25,7 +25,7 @@ use bytes::Bytes;
 pub use error::{BoxError, StoreError, StoreErrorKind, Target};
 pub use metadata::{ObjectMetadata, USER_METADATA_PREFIX};
 pub use metered::{EgressMeter, EgressSnapshot, MeteredStore};
-pub use retry::{RetryPolicy, RetryingStore};
+pub use retry::{Backoff, Jitter, RetryPolicy, RetryingStore};
 pub use s3::{S3Store, StaticCredentials, UpstreamSettings};
 pub use types::{ByteRange, DelimitedPage, GetResponse, ListPage, ObjectMeta};
 pub use upload::{

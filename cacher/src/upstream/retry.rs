@@ -1,5 +1,8 @@
 //! [`RetryingStore`]: retries with exponential backoff and full jitter, and resumable
-//! downloads.
+//! downloads. [`Backoff`] is the one exponential-backoff formula of the cacher: the retrying
+//! store and the write-back uploader both draw their delays from it.
+//!
+//! (Just over 600 lines: the backoff lives here on purpose, next to the retries that use it.)
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -44,23 +47,77 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
+    /// The [`Backoff`] of this policy: full jitter, up to 31 doublings.
+    pub fn backoff_schedule(&self) -> Backoff {
+        Backoff {
+            base: self.base_delay,
+            max: self.max_delay,
+            max_doublings: 31,
+            jitter: Jitter::Full,
+        }
+    }
+
     /// The upper bound of the delay before retry `retry` (1 after the first failure):
     /// `min(max_delay, base_delay * 2^(retry-1))`.
     pub fn delay_ceiling(&self, retry: u32) -> Duration {
-        let doublings = retry.saturating_sub(1).min(31);
-        self.base_delay
-            .saturating_mul(1u32 << doublings)
-            .min(self.max_delay)
+        self.backoff_schedule().ceiling(retry)
     }
 
     /// A random delay before retry `retry`, uniform in `0..=delay_ceiling(retry)`.
     pub fn backoff(&self, retry: u32) -> Duration {
-        let ceiling = u64::try_from(self.delay_ceiling(retry).as_nanos()).unwrap_or(u64::MAX);
-        Duration::from_nanos(rand::rng().random_range(0..=ceiling))
+        self.backoff_schedule().delay(retry)
     }
 
     fn attempts(&self) -> u32 {
         self.max_attempts.max(1)
+    }
+}
+
+/// How a [`Backoff`] draws a delay below its ceiling.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Jitter {
+    /// Uniform in `0..=ceiling`: many clients throttled at once spread out the most.
+    Full,
+    /// Between half the ceiling and the ceiling: a retry never comes back much sooner than
+    /// planned (the write-back uploader's choice).
+    Equal,
+}
+
+/// Exponential backoff: the ceiling of the delay before retry `n` (1 after the first failure)
+/// is `min(max, base * 2^min(n-1, max_doublings))`, and the delay is drawn below it per
+/// [`Jitter`]. Callers keep their own limits as the fields.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Backoff {
+    /// The ceiling of the first retry.
+    pub base: Duration,
+    /// The largest ceiling.
+    pub max: Duration,
+    /// Doublings of `base` past which the ceiling stops growing (at most 31).
+    pub max_doublings: u32,
+    /// How the delay is drawn below the ceiling.
+    pub jitter: Jitter,
+}
+
+impl Backoff {
+    /// The upper bound of the delay before retry `retry` (1 after the first failure).
+    pub fn ceiling(&self, retry: u32) -> Duration {
+        let doublings = retry.saturating_sub(1).min(self.max_doublings).min(31);
+        self.base.saturating_mul(1u32 << doublings).min(self.max)
+    }
+
+    /// A random delay before retry `retry`, per [`jitter`](Self::jitter).
+    pub fn delay(&self, retry: u32) -> Duration {
+        let ceiling = self.ceiling(retry);
+        match self.jitter {
+            Jitter::Full => {
+                let nanos = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
+                Duration::from_nanos(rand::rng().random_range(0..=nanos))
+            }
+            Jitter::Equal => {
+                let half = ceiling / 2;
+                half + half.mul_f64(rand::rng().random::<f64>())
+            }
+        }
     }
 }
 
@@ -511,6 +568,33 @@ mod tests {
             assert!(draws.iter().any(|d| *d < ceiling / 2), "retry {retry}");
             assert!(draws.iter().any(|d| *d > ceiling / 2), "retry {retry}");
         }
+    }
+
+    #[test]
+    fn equal_jitter_stays_in_the_upper_half() {
+        let backoff = Backoff {
+            base: Duration::from_millis(500),
+            max: Duration::from_secs(60),
+            max_doublings: 15,
+            jitter: Jitter::Equal,
+        };
+        assert_eq!(backoff.ceiling(1), Duration::from_millis(500));
+        assert_eq!(backoff.ceiling(3), Duration::from_secs(2));
+        assert_eq!(backoff.ceiling(50), Duration::from_secs(60));
+        for retry in 1..10 {
+            let ceiling = backoff.ceiling(retry);
+            for _ in 0..100 {
+                let d = backoff.delay(retry);
+                assert!(d >= ceiling / 2 && d <= ceiling, "retry {retry}: {d:?}");
+            }
+        }
+        // The doublings stop at `max_doublings` even when `max` is far away.
+        let tiny = Backoff {
+            base: Duration::from_nanos(1),
+            max: Duration::from_secs(3600),
+            ..backoff
+        };
+        assert_eq!(tiny.ceiling(100), Duration::from_nanos(1 << 15));
     }
 
     #[test]

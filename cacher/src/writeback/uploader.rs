@@ -14,14 +14,15 @@ use futures::{StreamExt as _, TryStreamExt as _};
 use md5::{Digest as _, Md5};
 use milepost_schema::entity::transfer;
 use milepost_schema::enums::{TransferOp, TransferState};
-use rand::Rng as _;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::io::ReaderStream;
 
 use super::{journal, multipart_etag, Inner, WriteBackError};
 use crate::cache::ObjectKey;
-use crate::upstream::{put_stream_with, ObjectMetadata, StoreError, StoreErrorKind, UploadOptions};
+use crate::upstream::{
+    put_stream_with, Backoff, Jitter, ObjectMetadata, StoreError, StoreErrorKind, UploadOptions,
+};
 
 /// How often an upload in progress records its bytes in the journal.
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
@@ -177,14 +178,16 @@ async fn retire_if_stale(inner: &Inner, row: &transfer::Model) -> bool {
     }
 }
 
+/// The uploader's delay before retrying after `failures` failures: the shared [`Backoff`] with
+/// the uploader's own limits, at most 15 doublings, between half and all of the ceiling.
 fn backoff(settings: &super::WriteBackSettings, failures: u32) -> Duration {
-    let exp = settings
-        .retry_base
-        .saturating_mul(1u32 << failures.min(16).saturating_sub(1));
-    let capped = exp.min(settings.retry_max);
-    // Full jitter between half and all of the delay.
-    let half = capped / 2;
-    half + half.mul_f64(rand::rng().random::<f64>())
+    Backoff {
+        base: settings.retry_base,
+        max: settings.retry_max,
+        max_doublings: 15,
+        jitter: Jitter::Equal,
+    }
+    .delay(failures)
 }
 
 /// One attempt of one transfer.
