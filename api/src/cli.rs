@@ -188,7 +188,10 @@ pub fn init_logging() {
     });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // Colour codes only where a terminal renders them; in a journal or a file they are
+        // noise.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let json = std::env::var("MILEPOST_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
     let result = if json {
         builder.json().try_init()
