@@ -16,3 +16,4 @@ pub mod selection;
 pub mod server;
 pub mod transfers;
 pub mod web;
+pub mod workers;
