@@ -7,8 +7,9 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use milepost_schema::enums::Role;
 
+use crate::app::AppState;
 use crate::config::Config;
-use crate::server::{self, AppState};
+use crate::server;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -501,7 +502,7 @@ async fn token(config: Config, command: TokenCommand) -> anyhow::Result<()> {
     let db = &milepost_schema::connect(&url).await.with_context(|| {
         format!(
             "cannot open the catalog database ({})",
-            server::redact_url(&url)
+            crate::app::redact_url(&url)
         )
     })?;
     milepost_schema::migrate(db)
