@@ -93,6 +93,11 @@ pub enum Command {
         #[command(flatten)]
         remote: RemoteArgs,
     },
+    /// The background workers of a running server: state, runs, failures, last error.
+    Status {
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -319,6 +324,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             first,
             remote,
         } => crate::transfers::print(&client(&config, remote)?, state, first).await,
+        Command::Status { remote } => crate::status::print(&client(&config, remote)?).await,
         Command::Reindex => {
             let state = AppState::open(config).await?;
             let documents = state.catalog.reindex().await?;

@@ -15,6 +15,7 @@ pub mod progress;
 pub mod records;
 pub mod selection;
 pub mod server;
+pub mod status;
 pub mod transfers;
 pub mod web;
 pub mod workers;

@@ -10,6 +10,7 @@ pub mod scalars;
 mod search;
 pub mod transfers;
 mod types;
+mod workers;
 
 use std::sync::Arc;
 
@@ -34,6 +35,7 @@ pub struct QueryRoot(
     datasets::DatasetQuery,
     insights::InsightsQuery,
     transfers::TransferQuery,
+    workers::WorkersQuery,
 );
 
 #[derive(MergedObject, Default, Debug)]
