@@ -213,6 +213,34 @@ pub async fn revoke_token(db: &DatabaseConnection, name: &str) -> ApiResult<()> 
     Ok(())
 }
 
+/// Resolves the caller of a request from its `Authorization` header. No header is allowed
+/// only for reads, and only when `allow_anonymous_read` (`server.allow_anonymous_read`) is
+/// set; a header that does not name a live token never is.
+pub async fn authenticate_headers(
+    tokens: &TokenCache,
+    db: &DatabaseConnection,
+    allow_anonymous_read: bool,
+    headers: &http::HeaderMap,
+) -> ApiResult<Principal> {
+    match headers.get(http::header::AUTHORIZATION) {
+        None if allow_anonymous_read => Ok(Principal::anonymous()),
+        None => Err(ApiError::Unauthenticated(
+            "missing token: send Authorization: Bearer <token>",
+        )),
+        Some(value) => {
+            let secret =
+                value
+                    .to_str()
+                    .ok()
+                    .and_then(bearer_secret)
+                    .ok_or(ApiError::Unauthenticated(
+                        "malformed Authorization header: expected Bearer <token>",
+                    ))?;
+            tokens.authenticate(db, secret).await
+        }
+    }
+}
+
 /// Resolves a bearer secret to its principal; unknown or revoked secrets are `Unauthenticated`.
 pub async fn authenticate(db: &DatabaseConnection, secret: &str) -> ApiResult<Principal> {
     let row = token::Entity::find()

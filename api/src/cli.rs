@@ -7,8 +7,9 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use milepost_schema::enums::Role;
 
+use crate::app::AppState;
 use crate::config::Config;
-use crate::server::{self, AppState};
+use crate::server;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -89,6 +90,11 @@ pub enum Command {
         /// How many transfers to list (at most 500).
         #[arg(long, default_value_t = 50)]
         first: i32,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// The background workers of a running server: state, runs, failures, last error.
+    Status {
         #[command(flatten)]
         remote: RemoteArgs,
     },
@@ -188,7 +194,10 @@ pub fn init_logging() {
     });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // Colour codes only where a terminal renders them; in a journal or a file they are
+        // noise.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let json = std::env::var("MILEPOST_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
     let result = if json {
         builder.json().try_init()
@@ -315,6 +324,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             first,
             remote,
         } => crate::transfers::print(&client(&config, remote)?, state, first).await,
+        Command::Status { remote } => crate::status::print(&client(&config, remote)?).await,
         Command::Reindex => {
             let state = AppState::open(config).await?;
             let documents = state.catalog.reindex().await?;
@@ -498,7 +508,7 @@ async fn token(config: Config, command: TokenCommand) -> anyhow::Result<()> {
     let db = &milepost_schema::connect(&url).await.with_context(|| {
         format!(
             "cannot open the catalog database ({})",
-            server::redact_url(&url)
+            crate::app::redact_url(&url)
         )
     })?;
     milepost_schema::migrate(db)

@@ -16,8 +16,8 @@ use milepost_cacher::objects::{
 };
 use milepost_cacher::FetchContext;
 
+use crate::app::AppState;
 use crate::error::{graphql_error_body, object_error_code, ErrorCode};
-use crate::server::HttpState;
 
 fn error(status: StatusCode, code: ErrorCode, message: &str) -> Response {
     (status, Json(graphql_error_body(code, message))).into_response()
@@ -91,13 +91,12 @@ fn object_error(err: &ObjectError) -> Response {
 }
 
 pub async fn serve_object(
-    State(http): State<HttpState>,
+    State(app): State<Arc<AppState>>,
     method: Method,
     headers: HeaderMap,
     Path((bucket, key)): Path<(String, String)>,
 ) -> Response {
-    let app = Arc::clone(&http.app);
-    let principal = match crate::graphql::authenticate(&app, &headers).await {
+    let principal = match app.authenticate(&headers).await {
         Ok(principal) => principal,
         Err(err) => return error(err.code().http_status(), err.code(), &err.client_message()),
     };

@@ -10,8 +10,9 @@ use milepost_cacher::ObjectStore;
 use milepost_indexer::fleet::{self, Fleet, FleetSpec};
 use milepost_schema::enums::Role;
 
+use crate::app::AppState;
 use crate::config::Config;
-use crate::server::{self, AppState};
+use crate::server;
 
 /// Credentials of the demo's loopback S3 server; it listens on loopback only.
 pub const DEMO_ACCESS_KEY: &str = "milepost-demo";

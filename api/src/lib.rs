@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+pub mod app;
 pub mod auth;
 pub mod cli;
 pub mod client;
@@ -14,5 +15,7 @@ pub mod progress;
 pub mod records;
 pub mod selection;
 pub mod server;
+pub mod status;
 pub mod transfers;
 pub mod web;
+pub mod workers;

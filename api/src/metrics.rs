@@ -1,5 +1,6 @@
 //! Prometheus metrics in the text exposition format: HTTP requests and latencies by route,
-//! method and status, and GraphQL errors by contract code.
+//! method and status, GraphQL errors by contract code, and the background workers' states
+//! ([`render_workers`]).
 //!
 //! A small registry of our own keeps the set of series fixed by construction (routes are the
 //! matched route templates, never raw paths, so a scan of random URLs cannot blow up the
@@ -125,6 +126,49 @@ impl Metrics {
     }
 }
 
+/// The background workers as Prometheus series: `milepost_worker_state` is 1 for the state
+/// each worker is in and 0 for the others (every state listed, so that a dashboard sees a
+/// transition as a change of value, not a series appearing), plus its runs and failures.
+pub fn render_workers(reports: &[crate::workers::WorkerReport]) -> String {
+    use crate::workers::WorkerState;
+    let mut out = String::new();
+    out.push_str("# HELP milepost_worker_state Background worker state (1 for the current one).\n");
+    out.push_str("# TYPE milepost_worker_state gauge\n");
+    for report in reports {
+        let worker = escape(&report.name);
+        for state in WorkerState::NAMES {
+            let value = u8::from(report.state.name() == state);
+            let _ = writeln!(
+                out,
+                "milepost_worker_state{{worker=\"{worker}\",state=\"{state}\"}} {value}"
+            );
+        }
+    }
+    for (name, help, value) in [
+        (
+            "milepost_worker_runs_total",
+            "Background worker steps that did work or failed.",
+            (|r: &crate::workers::WorkerReport| r.runs) as fn(&_) -> u64,
+        ),
+        (
+            "milepost_worker_failures_total",
+            "Background worker steps that failed.",
+            |r| r.failures,
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for report in reports {
+            let _ = writeln!(
+                out,
+                "{name}{{worker=\"{}\"}} {}",
+                escape(&report.name),
+                value(report)
+            );
+        }
+    }
+    out
+}
+
 fn escape(value: &str) -> String {
     value
         .replace('\\', "\\\\")
@@ -153,5 +197,37 @@ mod tests {
         assert!(text.contains(r#"milepost_http_request_duration_seconds_bucket{route="/graphql",method="POST",le="0.005"} 2"#));
         assert!(text.contains(r#"milepost_http_request_duration_seconds_bucket{route="/graphql",method="POST",le="+Inf"} 3"#));
         assert!(text.contains(r#"milepost_graphql_errors_total{code="BAD_INPUT"} 1"#));
+    }
+
+    #[test]
+    fn renders_worker_states_runs_and_failures() {
+        use crate::workers::{WorkerReport, WorkerState};
+        let text = render_workers(&[
+            WorkerReport {
+                name: "sync".to_owned(),
+                state: WorkerState::Failed("bucket \"x\" unreachable".to_owned()),
+                last_error: Some("bucket \"x\" unreachable".to_owned()),
+                runs: 3,
+                failures: 1,
+            },
+            WorkerReport {
+                name: "reservations".to_owned(),
+                state: WorkerState::Idle,
+                last_error: None,
+                runs: 0,
+                failures: 0,
+            },
+        ]);
+        assert!(text.contains(r#"milepost_worker_state{worker="sync",state="failed"} 1"#));
+        assert!(text.contains(r#"milepost_worker_state{worker="sync",state="idle"} 0"#));
+        assert!(text.contains(r#"milepost_worker_state{worker="reservations",state="idle"} 1"#));
+        assert!(text.contains(r#"milepost_worker_runs_total{worker="sync"} 3"#));
+        assert!(text.contains(r#"milepost_worker_failures_total{worker="sync"} 1"#));
+        assert!(text.contains(r#"milepost_worker_failures_total{worker="reservations"} 0"#));
+        assert_eq!(
+            text.matches("# TYPE milepost_worker_state gauge").count(),
+            1
+        );
+        assert_eq!(text.matches("milepost_worker_state{").count(), 10);
     }
 }

@@ -25,8 +25,8 @@ use sea_orm::DatabaseConnection;
 use serde_json::{json, Map, Value};
 use tokio::sync::OwnedMutexGuard;
 
+use crate::app::AppState;
 use crate::error::{ApiError, ApiResult};
-use crate::server::AppState;
 
 /// The largest sidecar written (the indexer refuses larger ones).
 const MAX_SIDECAR: usize = 4 << 20;

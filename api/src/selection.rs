@@ -20,8 +20,8 @@ use milepost_indexer::search::{EntityKind, SearchRequest};
 use milepost_schema::entity::{object, scenario};
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
 
+use crate::app::AppState;
 use crate::error::{ApiError, ApiResult};
-use crate::server::AppState;
 
 /// Most entities a query may select, so a careless query cannot build a petabyte dataset.
 pub const MAX_SELECTED_ENTITIES: usize = 10_000;

@@ -8,13 +8,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context as _;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRef, MatchedPath, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use sea_orm::DatabaseConnection;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -23,63 +22,12 @@ use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
-use milepost_cacher::cache::{CacheSettings, OfficeCache};
-use milepost_cacher::reservations::{ReservationSettings, Reservations};
-use milepost_cacher::transfer_policy::{PolicyHandle, PolicyShaper, UploadLimiter};
-use milepost_cacher::writeback::{OfficeStore, WriteBack, WriteBackSettings};
-use milepost_cacher::{EgressMeter, ObjectStore, UpstreamSettings};
-use milepost_indexer::catalog::Layout;
-use milepost_indexer::search::{SearchErrorKind, SearchIndex};
-use milepost_indexer::sync::{SyncOptions, SyncReport};
-use milepost_indexer::Catalog;
-
 use crate::config::Config;
 use crate::error::{graphql_error_body, ErrorCode};
 use crate::graphql::{self, MilepostSchema};
-use crate::metrics::Metrics;
 
-/// Everything a request handler may need, shared by all of them.
-#[derive(Debug)]
-pub struct AppState {
-    pub config: Config,
-    pub db: DatabaseConnection,
-    pub metrics: Metrics,
-    pub layout: Layout,
-    /// The catalog database and search index, kept in step.
-    pub catalog: Catalog,
-    /// The object store as the office sees it: upstream S3 with the office's writes not yet
-    /// uploaded laid over it ([`OfficeStore`]); writes through it go to the write-back path.
-    /// Every reader uses this one.
-    pub store: Arc<dyn ObjectStore>,
-    /// The same, typed: the S3 gateway needs its write-back handle.
-    pub office_store: Arc<OfficeStore>,
-    /// The upstream S3 store itself, with retries and egress metering: the cache downloads
-    /// and the uploader uploads through it.
-    pub upstream: Arc<dyn ObjectStore>,
-    /// Office writes on their way to S3: staging, journal, uploader.
-    pub write_back: Arc<WriteBack>,
-    /// Asks for a catalog sync soon (debounced): office uploads under the catalog's prefixes.
-    pub sync_soon: tokio::sync::Notify,
-    pub egress: Arc<EgressMeter>,
-    /// One sync at a time, whether periodic or asked for.
-    pub sync_lock: tokio::sync::Mutex<()>,
-    /// One rewrite at a time of each sidecar `registerDrive`/`registerRun`/`tagScenario` write.
-    pub sidecar_locks: crate::records::SidecarLocks,
-    /// The office cache: content store, single-flight downloads, views, eviction.
-    pub cache: Arc<OfficeCache>,
-    pub reservations: Arc<Reservations>,
-    /// Recently verified API tokens.
-    pub tokens: crate::auth::TokenCache,
-    /// The transfer policy in force (`[transfer]` at start, then `setTransferPolicy`).
-    pub transfer_policy: Arc<PolicyHandle>,
-    /// The office's upload token bucket, following `transfer_policy`; every upload body goes
-    /// through it (`Throttled`).
-    pub upload_limiter: Arc<UploadLimiter>,
-    /// The buckets clients may read and write through this office; any other is not found.
-    pub served: milepost_cacher::objects::ServedBuckets,
-    /// The office's one object API: `/data` and the S3 gateway are adapters over it.
-    pub objects: Arc<milepost_cacher::objects::OfficeObjects>,
-}
+// The application state lives in the composition root; these paths stay for other crates.
+pub use crate::app::{redact_url, upstream_settings, AppState};
 
 /// Router state: the application plus the GraphQL schema built over it.
 #[derive(Clone)]
@@ -88,194 +36,25 @@ pub struct HttpState {
     pub schema: MilepostSchema,
 }
 
+// Handlers extract only the part they need (`State<Arc<AppState>>`, `State<MilepostSchema>`),
+// so that they do not depend on the router's state type.
+impl FromRef<HttpState> for Arc<AppState> {
+    fn from_ref(http: &HttpState) -> Self {
+        http.app.clone()
+    }
+}
+
+impl FromRef<HttpState> for MilepostSchema {
+    fn from_ref(http: &HttpState) -> Self {
+        http.schema.clone()
+    }
+}
+
 impl std::fmt::Debug for HttpState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HttpState")
             .field("app", &self.app)
             .finish_non_exhaustive()
-    }
-}
-
-impl AppState {
-    /// Connects to the catalog database, brings its schema up to date, opens the search index
-    /// (rebuilding it from the database when it is missing or unreadable) and builds the
-    /// upstream store from `[upstream]` and the standard AWS credential chain.
-    pub async fn open(config: Config) -> anyhow::Result<Arc<AppState>> {
-        let upstream = upstream_settings(&config);
-        AppState::open_with_upstream(config, upstream).await
-    }
-
-    /// As [`open`](Self::open), with explicit upstream settings (`milepost demo`, tests).
-    pub async fn open_with_upstream(
-        mut config: Config,
-        upstream: UpstreamSettings,
-    ) -> anyhow::Result<Arc<AppState>> {
-        // Paths handed to clients (a reservation's localPath) must not depend on the
-        // directory the server was started from.
-        config.data_dir = std::path::absolute(&config.data_dir)
-            .with_context(|| format!("cannot resolve data_dir {}", config.data_dir.display()))?;
-        let url = config.database_url();
-        let db = milepost_schema::connect(&url)
-            .await
-            .with_context(|| format!("cannot open the catalog database ({})", redact_url(&url)))?;
-        milepost_schema::migrate(&db)
-            .await
-            .context("cannot migrate the catalog database")?;
-        let layout = Layout {
-            bucket: config.catalog.bucket.clone(),
-            drives_prefix: config.catalog.drives_prefix.clone(),
-            runs_prefix: config.catalog.runs_prefix.clone(),
-        };
-        let (search, rebuild) = open_search_index(&config.data_dir.join("search-index")).await?;
-        let catalog = Catalog::new(db.clone(), layout.clone(), search);
-        if rebuild || catalog.search.doc_count() == 0 {
-            let documents = catalog
-                .reindex()
-                .await
-                .context("cannot rebuild the search index")?;
-            if documents > 0 {
-                tracing::info!(documents, "search index rebuilt from the catalog database");
-            }
-        }
-        let egress = Arc::new(EgressMeter::default());
-        let store = milepost_cacher::build_store(&upstream, egress.clone())
-            .context("cannot set up the upstream S3 client ([upstream])")?;
-        let mut cache_settings =
-            CacheSettings::new(config.data_dir.join("cache"), config.cache.capacity.0);
-        cache_settings.part_size = config.cache.part_size.0;
-        cache_settings.concurrency = config.cache.concurrency;
-        cache_settings.durability = config.cache.durability.into();
-        cache_settings.office = config.office.clone();
-        let cache = OfficeCache::open(cache_settings, db.clone(), store.clone())
-            .await
-            .context("cannot open the office cache")?;
-        // Validated with the rest of the config; checked again for configs built in code.
-        let policy = config
-            .transfer_policy()
-            .context("invalid [transfer] policy (transfer.upload_schedule, transfer.priorities)")?;
-        let transfer_policy = PolicyHandle::new(policy);
-        let upload_limiter = UploadLimiter::new(transfer_policy.clone());
-        let write_back = WriteBack::open(
-            db.clone(),
-            cache.clone(),
-            store.clone(),
-            WriteBackSettings {
-                multipart_expiry: config.server.s3_multipart_expiry.0,
-                ..WriteBackSettings::default()
-            },
-            PolicyShaper::new(upload_limiter.clone()),
-        )
-        .await
-        .context("cannot open the write-back journal")?;
-        let upstream = store;
-        let office_store = Arc::new(OfficeStore::new(upstream.clone(), write_back.clone()));
-        let store: Arc<dyn ObjectStore> = office_store.clone();
-        let reservation_settings = ReservationSettings {
-            expiry_check: config.cache.expiry_check.0,
-            // More objects in flight than ranged GETs may be: an object holds no GET permit
-            // while it is created, hashed and fsynced, so with small objects the extra ones
-            // keep every permit busy; large objects still share the one global limit.
-            concurrency_objects: config.cache.concurrency.saturating_mul(4),
-            ..ReservationSettings::default()
-        };
-        let reservations = Reservations::new(db.clone(), cache.clone(), reservation_settings);
-        let served = config.served_buckets();
-        let objects = Arc::new(milepost_cacher::objects::OfficeObjects::new(
-            office_store.clone(),
-            served.clone(),
-            Some(db.clone()),
-        ));
-        Ok(Arc::new(AppState {
-            served,
-            objects,
-            config,
-            db,
-            metrics: Metrics::default(),
-            layout,
-            catalog,
-            store,
-            office_store,
-            upstream,
-            write_back,
-            sync_soon: tokio::sync::Notify::new(),
-            egress,
-            sync_lock: tokio::sync::Mutex::new(()),
-            sidecar_locks: crate::records::SidecarLocks::default(),
-            cache,
-            reservations,
-            tokens: crate::auth::TokenCache::default(),
-            transfer_policy,
-            upload_limiter,
-        }))
-    }
-
-    /// Revokes a token; through this process it stops working on the next request.
-    pub async fn revoke_token(&self, name: &str) -> crate::error::ApiResult<()> {
-        crate::auth::revoke_token(&self.db, name).await?;
-        self.tokens.clear();
-        Ok(())
-    }
-
-    pub fn sync_options(&self) -> SyncOptions {
-        SyncOptions {
-            bucket: self.config.catalog.bucket.clone(),
-            drives_prefix: self.config.catalog.drives_prefix.clone(),
-            runs_prefix: self.config.catalog.runs_prefix.clone(),
-            office: self.config.office.clone(),
-            // The office's writes and downloads are read from the cache: no egress.
-            cache: Some(self.cache.clone()),
-        }
-    }
-
-    /// One catalog sync pass, serialized with any other.
-    pub async fn sync_catalog(&self) -> Result<SyncReport, milepost_indexer::sync::SyncError> {
-        let _one_at_a_time = self.sync_lock.lock().await;
-        milepost_indexer::sync::sync(&self.catalog, &self.store, &self.sync_options()).await
-    }
-}
-
-/// `[upstream]` as the S3 client wants it; credentials come from the standard AWS chain.
-pub fn upstream_settings(config: &Config) -> UpstreamSettings {
-    let endpoint = config.upstream.endpoint.trim();
-    UpstreamSettings {
-        endpoint: (!endpoint.is_empty()).then(|| endpoint.to_owned()),
-        region: config.upstream.region.clone(),
-        force_path_style: config.upstream.force_path_style,
-        ..UpstreamSettings::default()
-    }
-}
-
-/// Opens the search index under the data directory. An index tantivy cannot read (another
-/// version's schema, a damaged file) is moved aside and rebuilt: it is derived data.
-async fn open_search_index(dir: &std::path::Path) -> anyhow::Result<(Arc<SearchIndex>, bool)> {
-    let dir = dir.to_owned();
-    tokio::task::spawn_blocking(move || {
-        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        match SearchIndex::open(&dir) {
-            Ok(index) => Ok((Arc::new(index), false)),
-            Err(err) if err.kind() == SearchErrorKind::Corrupt => {
-                tracing::warn!(error = %err, "search index unreadable; rebuilding it from the catalog");
-                let aside = dir.with_extension(format!("broken-{}", chrono::Utc::now().format("%Y%m%d%H%M%S")));
-                std::fs::rename(&dir, &aside).with_context(|| format!("cannot move {} aside", dir.display()))?;
-                std::fs::create_dir_all(&dir)?;
-                Ok((Arc::new(SearchIndex::open(&dir)?), true))
-            }
-            Err(err) => Err(err).with_context(|| format!("cannot open the search index in {}", dir.display())),
-        }
-    })
-    .await
-    .context("search index task failed")?
-}
-
-/// Hides the password of a database URL for logs and errors.
-pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            let userinfo = &url[scheme_end + 3..at];
-            let user = userinfo.split(':').next().unwrap_or_default();
-            format!("{}://{user}:***@{}", &url[..scheme_end], &url[at + 1..])
-        }
-        _ => url.to_owned(),
     }
 }
 
@@ -288,7 +67,10 @@ pub fn router(state: Arc<AppState>) -> Router {
     };
     let endpoint = state.config.upstream.endpoint.trim();
     let catalog = milepost_ui::router(
-        Arc::new(crate::web::InProcess { http: http.clone() }),
+        Arc::new(crate::web::InProcess {
+            app: state.clone(),
+            schema: http.schema.clone(),
+        }),
         milepost_ui::UiSettings {
             s3_endpoint: (!endpoint.is_empty()).then(|| endpoint.to_owned()),
         },
@@ -342,6 +124,7 @@ async fn healthz(State(http): State<HttpState>) -> Response {
 async fn metrics(State(http): State<HttpState>) -> Response {
     let app = &http.app;
     let mut text = app.metrics.render();
+    text.push_str(&crate::metrics::render_workers(&app.workers.reports()));
     let cache = app.cache.stats();
     let egress = app.egress.snapshot();
     let office = app.config.office.replace(['"', '\\', '\n'], "");
@@ -506,23 +289,12 @@ pub async fn start_with_state(state: Arc<AppState>) -> anyhow::Result<RunningSer
         .with_context(|| format!("cannot listen on {s3_listen} (server.s3_listen)"))?;
     let gateway = start_gateway(&state, s3_listener)?;
     let s3_addr = gateway.addr;
-    state.write_back.start();
     let shutdown = CancellationToken::new();
     let grace = state.config.server.shutdown_grace.0;
     let app = router(state.clone());
     let stop = shutdown.clone();
     let cleanup = state.clone();
-    let mut workers = tokio::task::JoinSet::new();
-    if let Some(every) = state.config.catalog.sync_interval.0 {
-        workers.spawn(periodic_sync(state.clone(), every, shutdown.clone()));
-    }
-    workers.spawn(sync_when_asked(state.clone(), shutdown.clone()));
-    {
-        // Resumes interrupted materializations, re-pins live reservations, expires old ones.
-        let reservations = state.reservations.clone();
-        let stop = shutdown.clone();
-        workers.spawn(async move { reservations.start(stop).await });
-    }
+    crate::app::start_workers(&state);
     let task = tokio::spawn(async move {
         let serve =
             axum::serve(listener, app).with_graceful_shutdown(stop.clone().cancelled_owned());
@@ -531,22 +303,15 @@ pub async fn start_with_state(state: Arc<AppState>) -> anyhow::Result<RunningSer
             result = serve => result.context("server failed")?,
             () = async {
                 stop.cancelled().await;
+                // Workers stop while requests drain, as they always did.
+                cleanup.workers.stop();
                 tokio::time::sleep(grace).await;
             } => {
                 tracing::warn!(grace = ?grace, "requests still running after the shutdown grace period; stopping anyway");
             }
         }
-        // Workers watch the same token; give them the same grace to finish what they do.
-        stop.cancel();
-        if tokio::time::timeout(grace, async {
-            while workers.join_next().await.is_some() {}
-        })
-        .await
-        .is_err()
-        {
-            tracing::warn!("background workers still busy after the grace period; abandoning them");
-            workers.abort_all();
-        }
+        // Then they get the same grace to finish what they do (the runner abandons the rest).
+        cleanup.workers.shutdown(grace).await;
         gateway.shutdown().await;
         // Uploads in progress are cut short; the journal runs them again at the next start.
         cleanup.write_back.shutdown().await;
@@ -602,64 +367,6 @@ fn start_gateway(
     )
 }
 
-/// How long writes must pause before the sync they asked for runs (a drive's files arrive
-/// together; one pass catalogs them all).
-const SYNC_DEBOUNCE: std::time::Duration = std::time::Duration::from_millis(300);
-
-/// Runs a catalog sync shortly after office uploads under the catalog's prefixes.
-async fn sync_when_asked(state: Arc<AppState>, stop: CancellationToken) {
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = state.sync_soon.notified() => {}
-        }
-        // Let a burst of writes settle.
-        loop {
-            tokio::select! {
-                () = stop.cancelled() => return,
-                () = state.sync_soon.notified() => continue,
-                () = tokio::time::sleep(SYNC_DEBOUNCE) => break,
-            }
-        }
-        let pass = tokio::select! {
-            () = stop.cancelled() => return,
-            result = state.sync_catalog() => result,
-        };
-        match pass {
-            Ok(report) if !report.errors.is_empty() => {
-                tracing::warn!(errors = ?report.errors, "catalog sync after office uploads reported problems");
-            }
-            Ok(_) => {}
-            Err(err) => tracing::warn!(error = %err, "catalog sync after office uploads failed"),
-        }
-    }
-}
-
-/// Syncs the catalog every `every` until `stop`; a failed pass is logged and retried next time.
-async fn periodic_sync(state: Arc<AppState>, every: std::time::Duration, stop: CancellationToken) {
-    let mut ticker = tokio::time::interval(every);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            _ = ticker.tick() => {}
-        }
-        let pass = tokio::select! {
-            () = stop.cancelled() => return,
-            result = state.sync_catalog() => result,
-        };
-        match pass {
-            Ok(report) if !report.errors.is_empty() => {
-                tracing::warn!(errors = ?report.errors, "catalog sync reported problems");
-            }
-            Ok(_) => {}
-            Err(err) => {
-                tracing::warn!(error = %err, "catalog sync failed; retrying at the next interval")
-            }
-        }
-    }
-}
-
 /// Registers the SIGINT and SIGTERM handlers now, so that a signal arriving before the
 /// returned future is first polled (say, right after the listening banner is printed) is not
 /// lost, and returns a future that resolves when either arrives.
@@ -694,19 +401,5 @@ pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'stat
             tracing::error!(error = %err, "cannot listen for Ctrl-C");
             std::future::pending::<()>().await;
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::redact_url;
-
-    #[test]
-    fn passwords_are_redacted() {
-        assert_eq!(
-            redact_url("postgres://app:s3cret@db:5432/milepost"),
-            "postgres://app:***@db:5432/milepost"
-        );
-        assert_eq!(redact_url("sqlite://./x.db"), "sqlite://./x.db");
     }
 }

@@ -9,12 +9,22 @@ use axum::response::Response;
 use milepost_ui::{GraphqlError, GraphqlExecutor, GraphqlResponse};
 use serde_json::Value;
 
-use crate::graphql::{authenticate, ensure_code};
-use crate::server::HttpState;
+use std::sync::Arc;
 
-#[derive(Debug)]
+use crate::app::AppState;
+use crate::graphql::{ensure_code, MilepostSchema};
+
 pub struct InProcess {
-    pub http: HttpState,
+    pub app: Arc<AppState>,
+    pub schema: MilepostSchema,
+}
+
+impl std::fmt::Debug for InProcess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InProcess")
+            .field("app", &self.app)
+            .finish_non_exhaustive()
+    }
 }
 
 fn bearer(token: &str) -> HeaderMap {
@@ -28,8 +38,8 @@ fn bearer(token: &str) -> HeaderMap {
 #[async_trait]
 impl GraphqlExecutor for InProcess {
     async fn execute(&self, token: &str, query: &str, variables: Value) -> GraphqlResponse {
-        let app = &self.http.app;
-        let principal = match authenticate(app, &bearer(token)).await {
+        let app = &self.app;
+        let principal = match app.authenticate(&bearer(token)).await {
             // Without a usable header `authenticate` may fall back to anonymous reads; the
             // web catalog always acts as a signed-in token holder.
             Ok(principal) if !principal.anonymous => principal,
@@ -57,7 +67,7 @@ impl GraphqlExecutor for InProcess {
         let request = async_graphql::Request::new(query)
             .variables(async_graphql::Variables::from_json(variables))
             .data(principal);
-        let mut response = self.http.schema.execute(request).await;
+        let mut response = self.schema.execute(request).await;
         for error in &mut response.errors {
             let code = ensure_code(error);
             app.metrics.record_graphql_error(code);
@@ -80,7 +90,7 @@ impl GraphqlExecutor for InProcess {
 
     async fn object(&self, token: &str, bucket: &str, key: &str) -> Response {
         crate::data::serve_object(
-            State(self.http.clone()),
+            State(self.app.clone()),
             Method::GET,
             bearer(token),
             Path((bucket.to_owned(), key.to_owned())),

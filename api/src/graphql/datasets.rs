@@ -14,9 +14,9 @@ use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QuerySelect};
 use super::scalars::Long;
 use super::types::{ObjectConnection, ObjectEdge, ObjectRef, PageInfo};
 use super::{page_limit, principal, state};
+use crate::app::AppState;
 use crate::error::{ApiError, ApiResult, GqlResultExt};
 use crate::selection::{self, Glob, Selection, TrimOptions};
-use crate::server::AppState;
 use async_graphql::Result as GqlResult;
 
 const BYTES_PER_GIB: f64 = (1u64 << 30) as f64;

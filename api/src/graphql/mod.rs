@@ -10,6 +10,7 @@ pub mod scalars;
 mod search;
 pub mod transfers;
 mod types;
+mod workers;
 
 use std::sync::Arc;
 
@@ -21,9 +22,9 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::Json;
 
+use crate::app::AppState;
 use crate::auth::Principal;
 use crate::error::{graphql_error_body, ApiError, ApiResult, ErrorCode};
-use crate::server::{AppState, HttpState};
 
 pub use mutation::Mutation;
 pub use query::Query;
@@ -34,6 +35,7 @@ pub struct QueryRoot(
     datasets::DatasetQuery,
     insights::InsightsQuery,
     transfers::TransferQuery,
+    workers::WorkersQuery,
 );
 
 #[derive(MergedObject, Default, Debug)]
@@ -87,27 +89,6 @@ pub(crate) fn page_limit(first: Option<i32>) -> ApiResult<u64> {
     Ok(first as u64)
 }
 
-/// Resolves the caller from `Authorization`. No header is allowed only for reads, and only when
-/// `server.allow_anonymous_read` is set; a header that does not name a live token never is.
-pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> ApiResult<Principal> {
-    match headers.get(axum::http::header::AUTHORIZATION) {
-        None if state.config.server.allow_anonymous_read => Ok(Principal::anonymous()),
-        None => Err(ApiError::Unauthenticated(
-            "missing token: send Authorization: Bearer <token>",
-        )),
-        Some(value) => {
-            let secret = value
-                .to_str()
-                .ok()
-                .and_then(crate::auth::bearer_secret)
-                .ok_or(ApiError::Unauthenticated(
-                    "malformed Authorization header: expected Bearer <token>",
-                ))?;
-            state.tokens.authenticate(&state.db, secret).await
-        }
-    }
-}
-
 fn error_response(
     state: &AppState,
     status: StatusCode,
@@ -119,12 +100,13 @@ fn error_response(
 }
 
 pub async fn graphql_post(
-    State(http): State<HttpState>,
+    State(app): State<Arc<AppState>>,
+    State(schema): State<MilepostSchema>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let state = &*http.app;
-    let principal = match authenticate(state, &headers).await {
+    let state = &*app;
+    let principal = match state.authenticate(&headers).await {
         Ok(principal) => principal,
         Err(err) => {
             return error_response(
@@ -163,7 +145,7 @@ pub async fn graphql_post(
             );
         }
     };
-    let mut response = http.schema.execute(request.data(principal)).await;
+    let mut response = schema.execute(request.data(principal)).await;
     for error in &mut response.errors {
         let code = ensure_code(error);
         state.metrics.record_graphql_error(code);
@@ -220,17 +202,17 @@ pub async fn graphiql() -> Html<String> {
 /// set headers on a WebSocket, from `connection_init`'s payload (`{"Authorization": "Bearer
 /// ..."}`).
 pub async fn graphql_ws(
-    State(http): State<HttpState>,
+    State(app): State<Arc<AppState>>,
+    State(schema): State<MilepostSchema>,
     headers: HeaderMap,
     protocol: async_graphql_axum::GraphQLProtocol,
     upgrade: axum::extract::ws::WebSocketUpgrade,
 ) -> Response {
-    let from_header = authenticate(&http.app, &headers)
+    let from_header = app
+        .authenticate(&headers)
         .await
         .ok()
         .filter(|p| !p.anonymous);
-    let app = http.app.clone();
-    let schema = http.schema.clone();
     upgrade
         .protocols(async_graphql::http::ALL_WEBSOCKET_PROTOCOLS)
         .on_upgrade(move |socket| {
@@ -247,7 +229,7 @@ pub async fn graphql_ws(
                             if let Some(value) = token.and_then(|t| t.parse().ok()) {
                                 headers.insert(axum::http::header::AUTHORIZATION, value);
                             }
-                            authenticate(&app, &headers)
+                            app.authenticate(&headers)
                                 .await
                                 .map_err(|err| async_graphql::Error::new(err.client_message()))?
                         }

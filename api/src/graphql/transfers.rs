@@ -21,8 +21,8 @@ use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
 use super::scalars::{Long, TransferOp, TransferState};
 use super::types::PageInfo;
 use super::{page_limit, principal, state};
+use crate::app::AppState;
 use crate::error::{ApiError, ApiResult, GqlResultExt};
-use crate::server::AppState;
 use async_graphql::Result as GqlResult;
 
 /// One write-back upload (or delete) of the journal.

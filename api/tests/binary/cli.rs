@@ -256,6 +256,60 @@ fn transfers_verb_prints_the_queue_and_policy_of_a_running_server() {
 }
 
 #[test]
+fn status_verb_prints_the_background_workers_of_a_running_server() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let created = milepost(dir.path())
+        .args(["token", "create", "--name", "ops", "--role", "viewer"])
+        .output()
+        .expect("token create");
+    assert!(created.status.success());
+    let secret = String::from_utf8(created.stdout).expect("utf8");
+    let child = milepost(dir.path())
+        .arg("serve")
+        .env("MILEPOST_SERVER_LISTEN", "127.0.0.1:0")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn milepost serve");
+    let mut child = KillOnDrop(child);
+    let mut line = String::new();
+    BufReader::new(child.0.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read banner");
+    let server = line
+        .trim()
+        .strip_prefix("milepost listening on ")
+        .unwrap_or_else(|| panic!("unexpected banner {line:?}"))
+        .to_owned();
+
+    let output = milepost(dir.path())
+        .args(["status", "--server", &server, "--token", secret.trim()])
+        .output()
+        .expect("status");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(
+        lines[0].starts_with("WORKER") && lines[0].contains("LAST ERROR"),
+        "{stdout}"
+    );
+    for worker in ["sync_when_asked", "reservations"] {
+        let row = lines
+            .iter()
+            .find(|l| l.starts_with(worker))
+            .unwrap_or_else(|| panic!("no {worker} row in {stdout}"));
+        assert!(
+            [" idle ", " busy "].iter().any(|s| row.contains(s)),
+            "{stdout}"
+        );
+    }
+}
+
+#[test]
 fn a_bad_transfer_policy_fails_at_startup_naming_the_key() {
     let dir = tempfile::tempdir().expect("tempdir");
     let output = milepost(dir.path())

@@ -1,0 +1,285 @@
+//! The composition root: [`AppState`], everything the office runs on, opened from the
+//! configuration in one place (database, search index, upstream store, cache, write-back,
+//! reservations), and the background workers started over it ([`start_workers`]). The HTTP
+//! side (`server`) and the handlers only use what is built here.
+
+mod background;
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use axum::http::HeaderMap;
+use sea_orm::DatabaseConnection;
+
+use milepost_cacher::cache::{CacheSettings, OfficeCache};
+use milepost_cacher::reservations::{ReservationSettings, Reservations};
+use milepost_cacher::transfer_policy::{PolicyHandle, PolicyShaper, UploadLimiter};
+use milepost_cacher::writeback::{OfficeStore, WriteBack, WriteBackSettings};
+use milepost_cacher::{EgressMeter, ObjectStore, UpstreamSettings};
+use milepost_indexer::catalog::Layout;
+use milepost_indexer::search::{SearchErrorKind, SearchIndex};
+use milepost_indexer::sync::{SyncOptions, SyncReport};
+use milepost_indexer::Catalog;
+
+use crate::auth::Principal;
+use crate::config::Config;
+use crate::error::ApiResult;
+use crate::metrics::Metrics;
+use crate::workers::Workers;
+
+pub use background::{start_workers, SYNC_DEBOUNCE};
+
+/// Everything a request handler may need, shared by all of them.
+#[derive(Debug)]
+pub struct AppState {
+    pub config: Config,
+    pub db: DatabaseConnection,
+    pub metrics: Metrics,
+    pub layout: Layout,
+    /// The catalog database and search index, kept in step.
+    pub catalog: Catalog,
+    /// The object store as the office sees it: upstream S3 with the office's writes not yet
+    /// uploaded laid over it ([`OfficeStore`]); writes through it go to the write-back path.
+    /// Every reader uses this one.
+    pub store: Arc<dyn ObjectStore>,
+    /// The same, typed: the S3 gateway needs its write-back handle.
+    pub office_store: Arc<OfficeStore>,
+    /// The upstream S3 store itself, with retries and egress metering: the cache downloads
+    /// and the uploader uploads through it.
+    pub upstream: Arc<dyn ObjectStore>,
+    /// Office writes on their way to S3: staging, journal, uploader.
+    pub write_back: Arc<WriteBack>,
+    /// Asks for a catalog sync soon (debounced): office uploads under the catalog's prefixes.
+    pub sync_soon: tokio::sync::Notify,
+    pub egress: Arc<EgressMeter>,
+    /// One sync at a time, whether periodic or asked for.
+    pub sync_lock: tokio::sync::Mutex<()>,
+    /// One rewrite at a time of each sidecar `registerDrive`/`registerRun`/`tagScenario` write.
+    pub sidecar_locks: crate::records::SidecarLocks,
+    /// The office cache: content store, single-flight downloads, views, eviction.
+    pub cache: Arc<OfficeCache>,
+    pub reservations: Arc<Reservations>,
+    /// Recently verified API tokens.
+    pub tokens: crate::auth::TokenCache,
+    /// The transfer policy in force (`[transfer]` at start, then `setTransferPolicy`).
+    pub transfer_policy: Arc<PolicyHandle>,
+    /// The office's upload token bucket, following `transfer_policy`; every upload body goes
+    /// through it (`Throttled`).
+    pub upload_limiter: Arc<UploadLimiter>,
+    /// The buckets clients may read and write through this office; any other is not found.
+    pub served: milepost_cacher::objects::ServedBuckets,
+    /// The office's one object API: `/data` and the S3 gateway are adapters over it.
+    pub objects: Arc<milepost_cacher::objects::OfficeObjects>,
+    /// The background workers (syncs, reservation expiry): their runner and their states.
+    pub workers: Workers,
+}
+
+impl AppState {
+    /// Connects to the catalog database, brings its schema up to date, opens the search index
+    /// (rebuilding it from the database when it is missing or unreadable) and builds the
+    /// upstream store from `[upstream]` and the standard AWS credential chain.
+    pub async fn open(config: Config) -> anyhow::Result<Arc<AppState>> {
+        let upstream = upstream_settings(&config);
+        AppState::open_with_upstream(config, upstream).await
+    }
+
+    /// As [`open`](Self::open), with explicit upstream settings (`milepost demo`, tests).
+    pub async fn open_with_upstream(
+        mut config: Config,
+        upstream: UpstreamSettings,
+    ) -> anyhow::Result<Arc<AppState>> {
+        // Paths handed to clients (a reservation's localPath) must not depend on the
+        // directory the server was started from.
+        config.data_dir = std::path::absolute(&config.data_dir)
+            .with_context(|| format!("cannot resolve data_dir {}", config.data_dir.display()))?;
+        let url = config.database_url();
+        let db = milepost_schema::connect(&url)
+            .await
+            .with_context(|| format!("cannot open the catalog database ({})", redact_url(&url)))?;
+        milepost_schema::migrate(&db)
+            .await
+            .context("cannot migrate the catalog database")?;
+        let layout = Layout {
+            bucket: config.catalog.bucket.clone(),
+            drives_prefix: config.catalog.drives_prefix.clone(),
+            runs_prefix: config.catalog.runs_prefix.clone(),
+        };
+        let (search, rebuild) = open_search_index(&config.data_dir.join("search-index")).await?;
+        let catalog = Catalog::new(db.clone(), layout.clone(), search);
+        if rebuild || catalog.search.doc_count() == 0 {
+            let documents = catalog
+                .reindex()
+                .await
+                .context("cannot rebuild the search index")?;
+            if documents > 0 {
+                tracing::info!(documents, "search index rebuilt from the catalog database");
+            }
+        }
+        let egress = Arc::new(EgressMeter::default());
+        let store = milepost_cacher::build_store(&upstream, egress.clone())
+            .context("cannot set up the upstream S3 client ([upstream])")?;
+        let mut cache_settings =
+            CacheSettings::new(config.data_dir.join("cache"), config.cache.capacity.0);
+        cache_settings.part_size = config.cache.part_size.0;
+        cache_settings.concurrency = config.cache.concurrency;
+        cache_settings.durability = config.cache.durability.into();
+        cache_settings.office = config.office.clone();
+        let cache = OfficeCache::open(cache_settings, db.clone(), store.clone())
+            .await
+            .context("cannot open the office cache")?;
+        // Validated with the rest of the config; checked again for configs built in code.
+        let policy = config
+            .transfer_policy()
+            .context("invalid [transfer] policy (transfer.upload_schedule, transfer.priorities)")?;
+        let transfer_policy = PolicyHandle::new(policy);
+        let upload_limiter = UploadLimiter::new(transfer_policy.clone());
+        let write_back = WriteBack::open(
+            db.clone(),
+            cache.clone(),
+            store.clone(),
+            WriteBackSettings {
+                multipart_expiry: config.server.s3_multipart_expiry.0,
+                ..WriteBackSettings::default()
+            },
+            PolicyShaper::new(upload_limiter.clone()),
+        )
+        .await
+        .context("cannot open the write-back journal")?;
+        let upstream = store;
+        let office_store = Arc::new(OfficeStore::new(upstream.clone(), write_back.clone()));
+        let store: Arc<dyn ObjectStore> = office_store.clone();
+        let reservation_settings = ReservationSettings {
+            expiry_check: config.cache.expiry_check.0,
+            // More objects in flight than ranged GETs may be: an object holds no GET permit
+            // while it is created, hashed and fsynced, so with small objects the extra ones
+            // keep every permit busy; large objects still share the one global limit.
+            concurrency_objects: config.cache.concurrency.saturating_mul(4),
+            ..ReservationSettings::default()
+        };
+        let reservations = Reservations::new(db.clone(), cache.clone(), reservation_settings);
+        let served = config.served_buckets();
+        let objects = Arc::new(milepost_cacher::objects::OfficeObjects::new(
+            office_store.clone(),
+            served.clone(),
+            Some(db.clone()),
+        ));
+        Ok(Arc::new(AppState {
+            served,
+            objects,
+            config,
+            db,
+            metrics: Metrics::default(),
+            layout,
+            catalog,
+            store,
+            office_store,
+            upstream,
+            write_back,
+            sync_soon: tokio::sync::Notify::new(),
+            egress,
+            sync_lock: tokio::sync::Mutex::new(()),
+            sidecar_locks: crate::records::SidecarLocks::default(),
+            cache,
+            reservations,
+            tokens: crate::auth::TokenCache::default(),
+            transfer_policy,
+            upload_limiter,
+            workers: Workers::default(),
+        }))
+    }
+
+    /// Resolves the caller of a request from its `Authorization` header (see
+    /// [`crate::auth::authenticate_headers`]).
+    pub async fn authenticate(&self, headers: &HeaderMap) -> ApiResult<Principal> {
+        crate::auth::authenticate_headers(
+            &self.tokens,
+            &self.db,
+            self.config.server.allow_anonymous_read,
+            headers,
+        )
+        .await
+    }
+
+    /// Revokes a token; through this process it stops working on the next request.
+    pub async fn revoke_token(&self, name: &str) -> crate::error::ApiResult<()> {
+        crate::auth::revoke_token(&self.db, name).await?;
+        self.tokens.clear();
+        Ok(())
+    }
+
+    pub fn sync_options(&self) -> SyncOptions {
+        SyncOptions {
+            bucket: self.config.catalog.bucket.clone(),
+            drives_prefix: self.config.catalog.drives_prefix.clone(),
+            runs_prefix: self.config.catalog.runs_prefix.clone(),
+            office: self.config.office.clone(),
+            // The office's writes and downloads are read from the cache: no egress.
+            cache: Some(self.cache.clone()),
+        }
+    }
+
+    /// One catalog sync pass, serialized with any other.
+    pub async fn sync_catalog(&self) -> Result<SyncReport, milepost_indexer::sync::SyncError> {
+        let _one_at_a_time = self.sync_lock.lock().await;
+        milepost_indexer::sync::sync(&self.catalog, &self.store, &self.sync_options()).await
+    }
+}
+
+/// `[upstream]` as the S3 client wants it; credentials come from the standard AWS chain.
+pub fn upstream_settings(config: &Config) -> UpstreamSettings {
+    let endpoint = config.upstream.endpoint.trim();
+    UpstreamSettings {
+        endpoint: (!endpoint.is_empty()).then(|| endpoint.to_owned()),
+        region: config.upstream.region.clone(),
+        force_path_style: config.upstream.force_path_style,
+        ..UpstreamSettings::default()
+    }
+}
+
+/// Opens the search index under the data directory. An index tantivy cannot read (another
+/// version's schema, a damaged file) is moved aside and rebuilt: it is derived data.
+async fn open_search_index(dir: &std::path::Path) -> anyhow::Result<(Arc<SearchIndex>, bool)> {
+    let dir = dir.to_owned();
+    tokio::task::spawn_blocking(move || {
+        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        match SearchIndex::open(&dir) {
+            Ok(index) => Ok((Arc::new(index), false)),
+            Err(err) if err.kind() == SearchErrorKind::Corrupt => {
+                tracing::warn!(error = %err, "search index unreadable; rebuilding it from the catalog");
+                let aside = dir.with_extension(format!("broken-{}", chrono::Utc::now().format("%Y%m%d%H%M%S")));
+                std::fs::rename(&dir, &aside).with_context(|| format!("cannot move {} aside", dir.display()))?;
+                std::fs::create_dir_all(&dir)?;
+                Ok((Arc::new(SearchIndex::open(&dir)?), true))
+            }
+            Err(err) => Err(err).with_context(|| format!("cannot open the search index in {}", dir.display())),
+        }
+    })
+    .await
+    .context("search index task failed")?
+}
+
+/// Hides the password of a database URL for logs and errors.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{}://{user}:***@{}", &url[..scheme_end], &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact_url("postgres://app:s3cret@db:5432/milepost"),
+            "postgres://app:***@db:5432/milepost"
+        );
+        assert_eq!(redact_url("sqlite://./x.db"), "sqlite://./x.db");
+    }
+}

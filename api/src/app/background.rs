@@ -1,0 +1,155 @@
+//! The office's background work, wired over [`AppState`] and run by the one runner
+//! ([`crate::workers`]): the periodic catalog sync, the sync office uploads ask for, and the
+//! reservations' resume and expiry. The write-back uploader is started here too, but runs on
+//! the write-back's own tasks (see [`start_workers`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use milepost_cacher::reservations::Reservations;
+use milepost_indexer::sync::SyncReport;
+use tokio::time::{Interval, MissedTickBehavior};
+
+use super::AppState;
+use crate::workers::{Step, Worker};
+
+/// How long writes must pause before the sync they asked for runs (a drive's files arrive
+/// together; one pass catalogs them all).
+pub const SYNC_DEBOUNCE: Duration = Duration::from_millis(300);
+
+/// Starts the write-back uploader and every background worker on `state.workers`.
+pub fn start_workers(state: &Arc<AppState>) {
+    // The uploader and multipart expiry are tasks of the write-back itself (cacher), stopped
+    // by `write_back.shutdown()`; they report through the `transfers` journal, not here.
+    state.write_back.start();
+    if let Some(every) = state.config.catalog.sync_interval.0 {
+        state.workers.spawn(PeriodicSync {
+            state: state.clone(),
+            ticks: ticker(every),
+        });
+    }
+    state.workers.spawn(SyncWhenAsked {
+        state: state.clone(),
+    });
+    state.workers.spawn(ReservationUpkeep {
+        reservations: state.reservations.clone(),
+        ticks: ticker(state.config.cache.expiry_check.0),
+        resumed: false,
+    });
+}
+
+/// Ticks every `every`, the first at once; a late tick delays the next rather than bunching.
+fn ticker(every: Duration) -> Interval {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    ticks
+}
+
+/// One sync pass, abandoned at shutdown. Problems with single objects are logged and do not
+/// fail the step: the pass itself worked, and the next one looks at them again.
+async fn sync_pass(state: &AppState, step: &Step, why: &str) -> anyhow::Result<()> {
+    step.busy();
+    let report: SyncReport = tokio::select! {
+        () = step.stop().cancelled() => return Ok(()),
+        result = state.sync_catalog() => result?,
+    };
+    if !report.errors.is_empty() {
+        tracing::warn!(errors = ?report.errors, "catalog sync {why} reported problems");
+    }
+    Ok(())
+}
+
+/// Syncs the catalog every `catalog.sync_interval`; a failed pass is retried by the runner.
+struct PeriodicSync {
+    state: Arc<AppState>,
+    ticks: Interval,
+}
+
+#[async_trait]
+impl Worker for PeriodicSync {
+    fn name(&self) -> &str {
+        "sync"
+    }
+
+    async fn step(&mut self, step: &Step) -> anyhow::Result<()> {
+        tokio::select! {
+            () = step.stop().cancelled() => return Ok(()),
+            _ = self.ticks.tick() => {}
+        }
+        sync_pass(&self.state, step, "").await
+    }
+}
+
+/// Runs a catalog sync shortly after office uploads under the catalog's prefixes
+/// (`AppState::sync_soon`), once writes have paused for [`SYNC_DEBOUNCE`].
+struct SyncWhenAsked {
+    state: Arc<AppState>,
+}
+
+#[async_trait]
+impl Worker for SyncWhenAsked {
+    fn name(&self) -> &str {
+        "sync_when_asked"
+    }
+
+    async fn step(&mut self, step: &Step) -> anyhow::Result<()> {
+        let stop = step.stop();
+        tokio::select! {
+            () = stop.cancelled() => return Ok(()),
+            () = self.state.sync_soon.notified() => {}
+        }
+        // Let a burst of writes settle.
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return Ok(()),
+                () = self.state.sync_soon.notified() => continue,
+                () = tokio::time::sleep(SYNC_DEBOUNCE) => break,
+            }
+        }
+        sync_pass(&self.state, step, "after office uploads").await
+    }
+}
+
+/// The reservations' upkeep, as `Reservations::start` does it in cacher, one step per
+/// `cache.expiry_check`: expire what is due, and take over what a previous process left
+/// (until that succeeds once). At shutdown it stops the materializations in progress.
+struct ReservationUpkeep {
+    reservations: Arc<Reservations>,
+    ticks: Interval,
+    resumed: bool,
+}
+
+#[async_trait]
+impl Worker for ReservationUpkeep {
+    fn name(&self) -> &str {
+        "reservations"
+    }
+
+    async fn step(&mut self, step: &Step) -> anyhow::Result<()> {
+        tokio::select! {
+            biased;
+            () = step.stop().cancelled() => {
+                self.reservations.shutdown().await;
+                return Ok(());
+            }
+            _ = self.ticks.tick() => {}
+        }
+        step.busy();
+        // Both run at every tick: a failed expiry must not hold the resume back.
+        let expired = self.reservations.expire_due().await;
+        if !self.resumed {
+            let count = self
+                .reservations
+                .resume()
+                .await
+                .map_err(|err| anyhow::anyhow!("resuming reservations failed: {err}"))?;
+            self.resumed = true;
+            if count > 0 {
+                tracing::info!(count, "reservations resumed");
+            }
+        }
+        expired.map_err(|err| anyhow::anyhow!("expiring reservations failed: {err}"))?;
+        Ok(())
+    }
+}
