@@ -15,11 +15,11 @@ use milepost_cacher::cache::{CacheSettings, OfficeCache};
 use milepost_cacher::reservations::{ReservationSettings, Reservations};
 use milepost_cacher::transfer_policy::{PolicyHandle, PolicyShaper, UploadLimiter};
 use milepost_cacher::writeback::{OfficeStore, WriteBack, WriteBackSettings};
-use milepost_cacher::{EgressMeter, ObjectStore, UpstreamSettings};
 use milepost_indexer::catalog::Layout;
 use milepost_indexer::search::{SearchErrorKind, SearchIndex};
 use milepost_indexer::sync::{SyncOptions, SyncReport};
 use milepost_indexer::Catalog;
+use milepost_store::{EgressMeter, ObjectStore, UpstreamSettings};
 
 use crate::auth::Principal;
 use crate::config::Config;
@@ -116,7 +116,7 @@ impl AppState {
             }
         }
         let egress = Arc::new(EgressMeter::default());
-        let store = milepost_cacher::build_store(&upstream, egress.clone())
+        let store = milepost_store::build_store(&upstream, egress.clone())
             .context("cannot set up the upstream S3 client ([upstream])")?;
         let mut cache_settings =
             CacheSettings::new(config.data_dir.join("cache"), config.cache.capacity.0);

@@ -5,10 +5,10 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use futures::{StreamExt, TryStreamExt};
-use milepost_cacher::loopback::LoopbackS3;
-use milepost_cacher::ObjectStore;
 use milepost_indexer::fleet::{self, Fleet, FleetSpec};
 use milepost_schema::enums::Role;
+use milepost_store::loopback::LoopbackS3;
+use milepost_store::ObjectStore;
 
 use crate::app::AppState;
 use crate::config::Config;

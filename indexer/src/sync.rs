@@ -22,10 +22,10 @@ use std::time::Instant;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use milepost_cacher::{ByteRange, ObjectKey, ObjectMeta, ObjectStore, OfficeCache, StoreError};
 use milepost_schema::egress::EgressRecord;
 use milepost_schema::entity::{drive, object, run, sync_run};
 use milepost_schema::enums::{RecordSource, RunKind, RunStatus};
+use milepost_store::{ByteRange, LocalCopies, ObjectKey, ObjectMeta, ObjectStore, StoreError};
 use sea_orm::sea_query::Expr;
 use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QuerySelect, Set};
 use serde::Deserialize;
@@ -51,7 +51,7 @@ pub struct SyncOptions {
     pub office: String,
     /// The office cache: objects it holds whole are read from it, never from the store (no
     /// egress). `None`: everything is read from the store.
-    pub cache: Option<Arc<OfficeCache>>,
+    pub cache: Option<Arc<dyn LocalCopies>>,
 }
 
 /// The outcome of one sync pass.
@@ -603,7 +603,7 @@ async fn upsert_object(
 #[derive(Clone)]
 struct Reader {
     store: Arc<dyn ObjectStore>,
-    cache: Option<Arc<OfficeCache>>,
+    cache: Option<Arc<dyn LocalCopies>>,
     bucket: String,
     bytes: Arc<AtomicU64>,
     files: Arc<AtomicU64>,
@@ -635,7 +635,7 @@ impl Reader {
     ) -> Option<Bytes> {
         let cache = self.cache.as_ref()?;
         let object = ObjectKey::new(&self.bucket, &meta.key, &meta.etag, meta.size);
-        match cache.read_cached(&object, start, end_exclusive).await {
+        match cache.read_local(&object, start, end_exclusive).await {
             Ok(found) => found,
             Err(err) => {
                 tracing::warn!(object = %object, error = %err, "cannot read the office's copy; reading the store");

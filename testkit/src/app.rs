@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use milepost_api::config::{Config, ListenAddr};
 use milepost_api::server::{self, AppState, RunningServer};
-use milepost_cacher::{S3Store, StaticCredentials, UpstreamSettings};
 use milepost_indexer::fleet::{Fleet, FleetSpec};
 use milepost_schema::enums::Role;
+use milepost_store::{S3Store, StaticCredentials, UpstreamSettings};
 use reqwest::StatusCode;
 use sea_orm::DatabaseConnection;
 use serde_json::{json, Value};
@@ -33,7 +33,7 @@ impl TestAppBuilder {
         self
     }
 
-    /// Points the server at an upstream S3 (a [`LoopbackS3`](milepost_cacher::loopback::LoopbackS3)).
+    /// Points the server at an upstream S3 (a [`LoopbackS3`](milepost_store::loopback::LoopbackS3)).
     pub fn upstream(mut self, settings: UpstreamSettings, bucket: &str) -> Self {
         self.upstream = Some(settings);
         self.bucket = Some(bucket.to_owned());

@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
-use milepost_cacher::{S3Store, StaticCredentials, UpstreamSettings};
+use milepost_store::{S3Store, StaticCredentials, UpstreamSettings};
 use rand::RngCore as _;
 
 /// Runs `command` with no stdin; its stdout, or an error with both outputs when it fails.

@@ -2,9 +2,9 @@
 
 use std::sync::Arc;
 
-use milepost_cacher::loopback::LoopbackS3;
-use milepost_cacher::{EgressMeter, ObjectStore, UpstreamSettings};
 use milepost_indexer::fleet::{self, Fleet, FleetSpec};
+use milepost_store::loopback::LoopbackS3;
+use milepost_store::{EgressMeter, ObjectStore, UpstreamSettings};
 
 use crate::FaultProxy;
 
@@ -37,7 +37,7 @@ impl LoopbackUpstream {
         )
         .await
         .expect("loopback s3");
-        let store = milepost_cacher::build_store(&s3.settings(), Arc::new(EgressMeter::default()))
+        let store = milepost_store::build_store(&s3.settings(), Arc::new(EgressMeter::default()))
             .expect("store");
         store.ensure_bucket(bucket).await.expect("bucket");
         LoopbackUpstream {

@@ -136,20 +136,9 @@ impl Worker for ReservationUpkeep {
             _ = self.ticks.tick() => {}
         }
         step.busy();
-        // Both run at every tick: a failed expiry must not hold the resume back.
-        let expired = self.reservations.expire_due().await;
-        if !self.resumed {
-            let count = self
-                .reservations
-                .resume()
-                .await
-                .map_err(|err| anyhow::anyhow!("resuming reservations failed: {err}"))?;
-            self.resumed = true;
-            if count > 0 {
-                tracing::info!(count, "reservations resumed");
-            }
-        }
-        expired.map_err(|err| anyhow::anyhow!("expiring reservations failed: {err}"))?;
-        Ok(())
+        self.reservations
+            .upkeep(&mut self.resumed)
+            .await
+            .map_err(|err| anyhow::anyhow!("reservation upkeep failed: {err}"))
     }
 }

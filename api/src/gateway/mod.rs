@@ -28,7 +28,8 @@ use milepost_cacher::objects::{
     ReadRequest, Resume,
 };
 use milepost_cacher::writeback::{BodyChecks, WriteCondition};
-use milepost_cacher::{ByteRange, FetchContext, ObjectMetadata};
+use milepost_cacher::FetchContext;
+use milepost_store::{ByteRange, ObjectMetadata};
 use s3s::dto::*;
 use s3s::{s3_error, S3Request, S3Response, S3Result, S3};
 

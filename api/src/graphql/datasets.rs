@@ -3,11 +3,11 @@
 
 use async_graphql::{Context, Enum, InputObject, Object, SimpleObject, Subscription, ID};
 use chrono::{DateTime, Utc};
-use milepost_cacher::cache::ObjectKey;
 use milepost_cacher::datasets::{self, NewDataset};
 use milepost_cacher::reservations::{self, Actor};
 use milepost_schema::entity::{dataset, reservation};
 use milepost_schema::enums::{self, Role};
+use milepost_store::ObjectKey;
 use sea_orm::sea_query::Expr;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QuerySelect};
 

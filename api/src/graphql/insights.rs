@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, HashSet};
 
 use async_graphql::{Context, Object, SimpleObject};
 use chrono::{DateTime, TimeZone, Utc};
-use milepost_cacher::cache::ObjectKey;
 use milepost_schema::entity::{dataset, reservation};
+use milepost_store::ObjectKey;
 use sea_orm::sea_query::{Expr, Order};
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 

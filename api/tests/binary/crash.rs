@@ -15,9 +15,9 @@ use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use milepost_cacher::ObjectStore;
 use milepost_schema::entity::cache_entry;
 use milepost_schema::enums::CacheEntryState;
+use milepost_store::ObjectStore;
 use milepost_testkit::{FaultProxy, LoopbackUpstream, TestDatabase};
 use rand::RngCore as _;
 use sea_orm::EntityTrait as _;
@@ -549,7 +549,7 @@ concurrency = 4
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_with_acknowledged_uploads_pending_then_restart_uploads_them_all() {
     use futures::StreamExt as _;
-    use milepost_cacher::{list_all, ByteRange, S3Store, StaticCredentials, UpstreamSettings};
+    use milepost_store::{list_all, ByteRange, S3Store, StaticCredentials, UpstreamSettings};
 
     let dir = tempfile::tempdir().expect("tempdir");
     let upstream = LoopbackUpstream::start(BUCKET).await;
@@ -785,7 +785,7 @@ async fn postgres_database_for_test() -> Option<(TestDatabase, String)> {
 /// response that acknowledges the PUT.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_acknowledged_put_is_durable_before_the_response_is_written() {
-    use milepost_cacher::{S3Store, StaticCredentials, UpstreamSettings};
+    use milepost_store::{S3Store, StaticCredentials, UpstreamSettings};
 
     if Command::new("strace").arg("-V").output().is_err() {
         panic!("strace is needed (apt-get install strace)");

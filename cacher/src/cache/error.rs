@@ -27,7 +27,7 @@ use std::sync::Arc;
 
 use milepost_schema::DbError;
 
-use crate::upstream::{StoreError, StoreErrorKind};
+use milepost_store::{StoreError, StoreErrorKind};
 
 /// What a caller can do about a [`CacheError`]; see the module documentation for the policy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -227,7 +227,7 @@ impl CacheError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::upstream::Target;
+    use milepost_store::Target;
 
     #[test]
     fn store_errors_keep_their_meaning() {

@@ -23,7 +23,7 @@ use super::durability::Syncer;
 use super::{CacheError, FetchContext, Inner, Layout, ObjectKey, Victim};
 use crate::digest::lanes::{self, LaneStream};
 use crate::digest::Md5;
-use crate::upstream::{ByteRange, StoreError, Target};
+use milepost_store::{ByteRange, StoreError, Target};
 
 /// The object an entry that is a byte range of it is read from
 /// ([`OfficeCache::fetch_range`](super::OfficeCache::fetch_range)).

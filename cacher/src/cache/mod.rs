@@ -56,15 +56,15 @@ use tokio_util::task::TaskTracker;
 
 use milepost_schema::enums::CacheEntryState;
 
-use crate::upstream::{ByteRange, ObjectStore};
+/// Crate-internal shorthand: the object identity is the store's.
+pub(crate) use milepost_store::ObjectKey;
+use milepost_store::{ByteRange, ObjectStore};
 
 pub use book::{CacheBook, EntryState, Full};
 pub use durability::Durability;
 pub use error::{CacheError, CacheErrorKind};
 pub use held::{Held, HELD_HOLDER};
-pub use types::{
-    CacheRead, CacheSettings, CacheStatsSnapshot, FetchContext, FetchOutcome, ObjectKey,
-};
+pub use types::{CacheRead, CacheSettings, CacheStatsSnapshot, FetchContext, FetchOutcome};
 
 use buffers::ChunkPool;
 use durability::Syncer;
@@ -824,6 +824,19 @@ impl OfficeCache {
         if let Some(syncer) = &self.inner.syncer {
             syncer.finish().await;
         }
+    }
+}
+
+/// The sync reads footers of what the office holds through this, without a download.
+#[async_trait::async_trait]
+impl milepost_store::LocalCopies for OfficeCache {
+    async fn read_local(
+        &self,
+        object: &ObjectKey,
+        start: u64,
+        end_exclusive: u64,
+    ) -> Result<Option<bytes::Bytes>, milepost_store::BoxError> {
+        Ok(self.read_cached(object, start, end_exclusive).await?)
     }
 }
 

@@ -8,44 +8,6 @@ use futures::stream::BoxStream;
 
 use super::{CacheError, Durability};
 
-/// One version of one object: what the cache stores and what a dataset's manifest lists.
-/// Two versions of a key (different ETags) are different objects.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ObjectKey {
-    /// The bucket.
-    pub bucket: String,
-    /// The key.
-    pub key: String,
-    /// The ETag, without quotes.
-    pub etag: String,
-    /// The size in bytes, as listed; a download that finds another size fails verification.
-    pub size: u64,
-}
-
-impl ObjectKey {
-    /// An object key.
-    pub fn new(
-        bucket: impl Into<String>,
-        key: impl Into<String>,
-        etag: impl Into<String>,
-        size: u64,
-    ) -> Self {
-        Self {
-            bucket: bucket.into(),
-            key: key.into(),
-            etag: etag.into(),
-            size,
-        }
-    }
-}
-
-impl fmt::Display for ObjectKey {
-    /// `s3://bucket/key`.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "s3://{}/{}", self.bucket, self.key)
-    }
-}
-
 /// How an [`OfficeCache`](super::OfficeCache) is laid out and behaves.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CacheSettings {

@@ -14,7 +14,7 @@ use sea_orm::{
 use super::manifest::{manifest_key, write_manifest};
 use super::queries::{all_members, find_dataset};
 use super::{DatasetError, ManifestEntry};
-use crate::upstream::ObjectStore;
+use milepost_store::ObjectStore;
 
 /// The longest dataset name.
 pub const MAX_NAME_LEN: usize = 128;

@@ -3,7 +3,7 @@
 
 use milepost_schema::{DbError, ErrorKind as DbErrorKind};
 
-use crate::upstream::{StoreError, StoreErrorKind};
+use milepost_store::{StoreError, StoreErrorKind};
 
 /// What a caller can do about a [`DatasetError`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

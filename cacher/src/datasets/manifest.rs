@@ -16,7 +16,7 @@ use ::parquet::schema::parser::parse_message_type;
 use bytes::Bytes;
 
 use super::{DatasetError, ManifestEntry, TrimSpec};
-use crate::upstream::{ByteRange, ObjectStore};
+use milepost_store::{ByteRange, ObjectStore};
 
 /// Where manifests live in the manifest bucket: `<prefix><name>/v<version>.parquet`.
 pub const MANIFEST_PREFIX: &str = ".milepost/datasets/";

@@ -9,7 +9,7 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::upstream::bare_etag;
+use milepost_store::bare_etag;
 
 /// An ETag condition: `*`, or a list of entity tags (quoted or not, `W/` weak or strong; S3
 /// compares the opaque values).

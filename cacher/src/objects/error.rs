@@ -14,8 +14,8 @@ use chrono::{DateTime, Utc};
 
 use super::key::KeyProblem;
 use crate::cache::{CacheError, CacheErrorKind};
-use crate::upstream::{StoreError, StoreErrorKind};
 use crate::writeback::{WriteBackError, WriteBackErrorKind};
+use milepost_store::{StoreError, StoreErrorKind};
 
 /// What failed, in the terms a client of S3 knows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -410,7 +410,7 @@ mod tests {
     #[test]
     fn upstream_not_found_is_decided_by_the_subject() {
         let missing = || StoreError::NotFound {
-            target: crate::upstream::Target::new("head", "b", "k"),
+            target: milepost_store::Target::new("head", "b", "k"),
             what: "http 404".to_owned(),
         };
         assert_eq!(

@@ -6,8 +6,8 @@
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
-use crate::upstream::{ObjectMeta, ObjectStore, StoreError};
 use crate::writeback::OfficeStore;
+use milepost_store::{ObjectMeta, ObjectStore, StoreError};
 
 /// Where a listing resumes.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]

@@ -32,10 +32,10 @@ use super::listing::{self, Listed, Resume};
 use super::{check_key, ServedBuckets};
 use crate::cache::{CacheErrorKind, FetchContext, ObjectKey};
 use crate::checksum::Checksum;
-use crate::upstream::{bare_etag, BoxError, ByteRange, ObjectMeta, ObjectMetadata, ObjectStore};
 use crate::writeback::{
     BodyChecks, OfficeStore, OfficeVersion, PartInfo, UploadInfo, WriteBack, WriteCondition,
 };
+use milepost_store::{bare_etag, BoxError, ByteRange, ObjectMeta, ObjectMetadata, ObjectStore};
 
 /// A body on its way out of the office. A failure mid-way is an I/O error to the transport
 /// (the status line is already sent); its cause is logged here.
@@ -197,7 +197,7 @@ impl OfficeObjects {
                     .insert(bucket.to_owned());
                 Ok(())
             }
-            Err(err) if err.kind() == crate::upstream::StoreErrorKind::NotFound => {
+            Err(err) if err.kind() == milepost_store::StoreErrorKind::NotFound => {
                 Err(ObjectError::new(
                     ObjectErrorKind::NoSuchBucket,
                     format!("bucket {bucket} is served by this office but does not exist in S3; nothing was written"),

@@ -33,24 +33,30 @@ impl Reservations {
                 () = shutdown.cancelled() => break,
                 () = self.inner.stop.cancelled() => break,
                 _ = ticks.tick() => {
-                    if let Err(err) = self.expire_due().await {
-                        tracing::warn!(error = %err, "expiring reservations failed");
-                    }
-                    if !resumed {
-                        match self.resume().await {
-                            Ok(count) => {
-                                resumed = true;
-                                if count > 0 {
-                                    tracing::info!(count, "reservations resumed");
-                                }
-                            }
-                            Err(err) => tracing::warn!(error = %err, "resuming reservations failed; retrying"),
-                        }
+                    if let Err(err) = self.upkeep(&mut resumed).await {
+                        tracing::warn!(error = %err, "reservation upkeep failed; retrying at the next check");
                     }
                 }
             }
         }
         self.shutdown().await;
+    }
+
+    /// One pass of upkeep, run every [`expiry_check`](ReservationSettings::expiry_check) by
+    /// [`start`](Self::start) or by the service's worker runner: expires what is due, and
+    /// resumes what a previous process left until that has worked once (`resumed` remembers
+    /// it). Both run at every pass: a failed expiry does not hold the resume back. Returns the
+    /// first error after both have run.
+    pub async fn upkeep(&self, resumed: &mut bool) -> Result<(), ReservationError> {
+        let expired = self.expire_due().await;
+        if !*resumed {
+            let count = self.resume().await?;
+            *resumed = true;
+            if count > 0 {
+                tracing::info!(count, "reservations resumed");
+            }
+        }
+        expired.map(|_| ())
     }
 
     /// Takes over the live reservations in the database that this service does not drive

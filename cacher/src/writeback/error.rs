@@ -8,7 +8,7 @@
 use std::fmt;
 
 use crate::cache::{CacheError, CacheErrorKind};
-use crate::upstream::{StoreError, StoreErrorKind};
+use milepost_store::{StoreError, StoreErrorKind};
 
 /// What a caller can do about a [`WriteBackError`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,7 +70,7 @@ pub enum WriteBackError {
     Body {
         bucket: String,
         key: String,
-        source: crate::upstream::BoxError,
+        source: milepost_store::BoxError,
     },
     #[error("multipart upload {upload_id} does not exist (completed, aborted or never started)")]
     NoSuchUpload { upload_id: String },

@@ -25,7 +25,7 @@ use sea_orm::{
 
 use super::WriteBackError;
 use crate::cache::ObjectKey;
-use crate::upstream::ObjectMetadata;
+use milepost_store::ObjectMetadata;
 
 /// Transfers that still have to run (or that failed and will be retried at the next start).
 pub(crate) const ACTIVE: [TransferState; 3] = [

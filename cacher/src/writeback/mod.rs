@@ -56,7 +56,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::cache::{ObjectKey, OfficeCache};
-use crate::upstream::{ObjectMeta, ObjectMetadata, ObjectStore};
+use milepost_store::{ObjectMeta, ObjectMetadata, ObjectStore};
 
 pub use error::{WriteBackError, WriteBackErrorKind};
 pub use multipart::{Multipart, PartInfo, UploadInfo};
@@ -82,7 +82,7 @@ impl Default for WriteBackSettings {
     fn default() -> Self {
         Self {
             concurrency: 4,
-            part_size: crate::upstream::DEFAULT_PART_SIZE,
+            part_size: milepost_store::DEFAULT_PART_SIZE,
             retry_base: Duration::from_millis(500),
             retry_max: Duration::from_secs(60),
             multipart_expiry: Duration::from_secs(7 * 24 * 3600),
@@ -263,7 +263,7 @@ impl Inner {
             Some(version) => version.meta().map(|m| m.etag),
             None => match self.upstream.head(bucket, key).await {
                 Ok(meta) => Some(meta.etag),
-                Err(err) if err.kind() == crate::upstream::StoreErrorKind::NotFound => None,
+                Err(err) if err.kind() == milepost_store::StoreErrorKind::NotFound => None,
                 Err(err) => return Err(WriteBackError::Store(err)),
             },
         };
@@ -287,7 +287,7 @@ impl Inner {
             }),
             (WriteCondition::IfMatch(None), Some(_)) => Ok(()),
             (WriteCondition::IfMatch(Some(wanted)), Some(etag)) => {
-                if crate::upstream::bare_etag(wanted) == etag {
+                if milepost_store::bare_etag(wanted) == etag {
                     Ok(())
                 } else {
                     failed(format!("If-Match {wanted} but the key's ETag is {etag}"))
@@ -295,7 +295,7 @@ impl Inner {
             }
             (WriteCondition::IfNoneMatch(_), None) => Ok(()),
             (WriteCondition::IfNoneMatch(unwanted), Some(etag)) => {
-                if crate::upstream::bare_etag(unwanted) == etag {
+                if milepost_store::bare_etag(unwanted) == etag {
                     failed(format!(
                         "If-None-Match {unwanted} and the key has that ETag"
                     ))
@@ -488,7 +488,7 @@ impl WriteBack {
     ) -> Result<StagedFile, WriteBackError>
     where
         St: futures::Stream<Item = Result<Bytes, E>> + Send,
-        E: Into<crate::upstream::BoxError>,
+        E: Into<milepost_store::BoxError>,
     {
         let path = self.staging_path(bucket, key);
         staging::stage(path, bucket, key, body, checks).await

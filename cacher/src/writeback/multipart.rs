@@ -41,7 +41,7 @@ use super::staging::{self, blocking, BodyChecks};
 use super::{multipart_etag, WriteBackError};
 use crate::cache::{Held, OfficeCache};
 use crate::checksum::Checksum;
-use crate::upstream::{BoxError, ObjectMetadata, MAX_PARTS, MIN_PART_SIZE};
+use milepost_store::{BoxError, ObjectMetadata, MAX_PARTS, MIN_PART_SIZE};
 
 /// The office's multipart uploads in progress.
 pub struct Multipart {
@@ -552,7 +552,7 @@ impl Multipart {
         let mut files = Vec::with_capacity(parts.len());
         let mut md5s = Vec::with_capacity(parts.len());
         for (i, (number, etag)) in parts.iter().enumerate() {
-            let etag = crate::upstream::bare_etag(etag).to_ascii_lowercase();
+            let etag = milepost_store::bare_etag(etag).to_ascii_lowercase();
             let Some(part) = stored.iter().find(|p| p.number == *number) else {
                 return Err(invalid(format!("part {number} was not uploaded")));
             };

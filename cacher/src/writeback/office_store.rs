@@ -15,7 +15,7 @@ use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
 use tokio_util::io::ReaderStream;
 
 use super::{OfficeVersion, WriteBack, WriteBackError, WriteBackErrorKind, WriteCondition};
-use crate::upstream::{
+use milepost_store::{
     ByteRange, DelimitedPage, GetResponse, ListPage, ObjectMeta, ObjectMetadata, ObjectStore,
     StoreError, Target,
 };
@@ -299,7 +299,7 @@ impl ObjectStore for OfficeStore {
             });
         };
         if let Some(expected) = if_match {
-            if crate::upstream::bare_etag(expected) != object.etag {
+            if milepost_store::bare_etag(expected) != object.etag {
                 return Err(StoreError::PreconditionFailed {
                     target: target(),
                     detail: format!("expected ETag {expected}, the object has {}", object.etag),

@@ -14,7 +14,7 @@ use md5::{Digest as _, Md5};
 
 use super::WriteBackError;
 use crate::checksum::{Checksum, ChecksumCheck, Hasher as ChecksumHasher};
-use crate::upstream::BoxError;
+use milepost_store::BoxError;
 
 /// Bytes gathered before one blocking write.
 const WRITE_BATCH: usize = 1024 * 1024;

@@ -20,7 +20,7 @@ use tokio_util::io::ReaderStream;
 
 use super::{journal, multipart_etag, Inner, WriteBackError};
 use crate::cache::ObjectKey;
-use crate::upstream::{
+use milepost_store::{
     put_stream_with, Backoff, Jitter, ObjectMetadata, StoreError, StoreErrorKind, UploadOptions,
 };
 
@@ -314,9 +314,9 @@ async fn upload(
             err,
         ))
     })?;
-    let part_size = inner.settings.part_size.max(crate::upstream::MIN_PART_SIZE);
+    let part_size = inner.settings.part_size.max(milepost_store::MIN_PART_SIZE);
     let part_size = part_size.max(
-        usize::try_from(object.size.div_ceil(crate::upstream::MAX_PARTS as u64))
+        usize::try_from(object.size.div_ceil(milepost_store::MAX_PARTS as u64))
             .unwrap_or(usize::MAX),
     );
     if object.size > part_size as u64 {

@@ -10,10 +10,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt as _;
-use milepost_cacher::cache::{CacheErrorKind, CacheSettings, FetchContext, ObjectKey, OfficeCache};
-use milepost_cacher::upstream::{build_store, ByteRange, EgressMeter, ObjectStore};
+use milepost_cacher::cache::{CacheErrorKind, CacheSettings, FetchContext, OfficeCache};
 use milepost_schema::entity::{cache_entry, egress_ledger};
 use milepost_schema::enums::CacheEntryState;
+use milepost_store::ObjectKey;
+use milepost_store::{build_store, ByteRange, EgressMeter, ObjectStore};
 use milepost_testkit::{Fault, FaultProxy, LoopbackUpstream, TestDatabase};
 use rand::RngCore as _;
 use sea_orm::{ActiveModelTrait as _, DatabaseConnection, EntityTrait as _, Set};

@@ -12,7 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use chrono::Utc;
 use futures::StreamExt as _;
-use milepost_cacher::cache::{CacheSettings, ObjectKey, OfficeCache};
+use milepost_cacher::cache::{CacheSettings, OfficeCache};
 use milepost_cacher::datasets::{
     all_members, create_dataset, find_dataset, load_manifest, manifest_key, members, read_manifest,
     DatasetErrorKind, ManifestEntry, NewDataset,
@@ -20,10 +20,11 @@ use milepost_cacher::datasets::{
 use milepost_cacher::reservations::{
     reservation_cursor, Actor, ReservationErrorKind, ReservationSettings, Reservations,
 };
-use milepost_cacher::upstream::{build_store, ByteRange, EgressMeter, ObjectStore};
 use milepost_schema::entity::{dataset, reservation};
 use milepost_schema::enums::ReservationState;
 use milepost_schema::{connect, migrate};
+use milepost_store::ObjectKey;
+use milepost_store::{build_store, ByteRange, EgressMeter, ObjectStore};
 use milepost_testkit::{FaultProxy, LoopbackUpstream, TestDatabase};
 use rand::RngCore as _;
 use sea_orm::{ActiveModelTrait as _, DatabaseConnection, Set};

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use md5::{Digest, Md5};
-use milepost_cacher::upstream::{build_store, ByteRange, EgressMeter, ObjectStore};
+use milepost_store::{build_store, ByteRange, EgressMeter, ObjectStore};
 use milepost_testkit::{FaultProxy, LoopbackUpstream};
 use rand::RngCore;
 

@@ -16,16 +16,16 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use milepost_cacher::cache::{CacheSettings, OfficeCache};
-use milepost_cacher::upstream::{
-    put_stream_with, ByteRange, ObjectMetadata, ObjectStore, S3Store, StoreErrorKind,
-    UploadOptions, MIN_PART_SIZE,
-};
 use milepost_cacher::writeback::{
     BodyChecks, OfficeStore, OfficeVersion, Unshaped, WriteBack, WriteBackSettings, WriteCondition,
 };
 use milepost_schema::entity::transfer;
 use milepost_schema::enums::TransferState;
 use milepost_schema::{connect, migrate};
+use milepost_store::{
+    put_stream_with, ByteRange, ObjectMetadata, ObjectStore, S3Store, StoreErrorKind,
+    UploadOptions, MIN_PART_SIZE,
+};
 use milepost_testkit::{LoopbackUpstream, TestDatabase};
 use rand::RngCore as _;
 use sea_orm::{DatabaseConnection, EntityTrait as _};
@@ -608,7 +608,7 @@ async fn s3_store_round_trips_metadata() {
         .await
         .expect("put");
     assert!(plain.metadata.is_empty());
-    let listed = milepost_cacher::upstream::list_all(store.as_ref(), BUCKET, "a/")
+    let listed = milepost_store::list_all(store.as_ref(), BUCKET, "a/")
         .await
         .expect("list");
     assert_eq!(listed.len(), 3);

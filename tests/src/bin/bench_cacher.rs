@@ -47,7 +47,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context as _};
 use bytes::Bytes;
 use futures::{SinkExt as _, StreamExt as _};
-use milepost_cacher::{upload_file, ObjectStore, S3Store, UploadOptions};
+use milepost_store::{upload_file, ObjectStore, S3Store, UploadOptions};
 use milepost_testkit::garage::{free_port, run, which, Garage};
 use rand::RngCore as _;
 use serde_json::{json, Value};

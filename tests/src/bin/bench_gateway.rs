@@ -18,7 +18,7 @@
 //! phase refuses to start unless that and 2 GiB more are free). The gateway's S3 keys come
 //! from `milepost token create --role engineer --s3`, policy changes go through GraphQL
 //! `setTransferPolicy` with an admin token. Both sides are spoken to with the same client,
-//! `milepost_cacher::S3Store` (aws-sdk-s3, path-style), so the ratio compares the servers, not
+//! `milepost_store::S3Store` (aws-sdk-s3, path-style), so the ratio compares the servers, not
 //! the clients. Bodies are random bytes made in memory before the clock starts (fresh per side
 //! and round, so Garage cannot deduplicate them).
 //!
@@ -55,7 +55,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context as _};
 use bytes::Bytes;
 use futures::StreamExt as _;
-use milepost_cacher::{
+use milepost_store::{
     list_all, put_stream, ByteRange, ObjectStore, S3Store, StaticCredentials, UploadOptions,
     UpstreamSettings,
 };

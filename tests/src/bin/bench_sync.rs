@@ -32,11 +32,11 @@ use anyhow::{bail, Context as _};
 use bytes::Bytes;
 use milepost_api::config::{Config, Interval, ListenAddr};
 use milepost_api::server::AppState;
-use milepost_cacher::loopback::LoopbackS3;
-use milepost_cacher::{EgressMeter, ObjectStore, UpstreamSettings};
 use milepost_indexer::fleet::{self, FileKind, FleetSpec, GeneratedFile};
 use milepost_indexer::sync::SyncReport;
 use milepost_schema::entity::egress_ledger;
+use milepost_store::loopback::LoopbackS3;
+use milepost_store::{EgressMeter, ObjectStore, UpstreamSettings};
 use milepost_testkit::{FaultProxy, SeenRequest};
 use sea_orm::EntityTrait;
 
@@ -358,7 +358,7 @@ fn aws_listing(endpoint: &str) -> Option<(f64, usize, f64)> {
             .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
             .env(
                 "AWS_DEFAULT_REGION",
-                milepost_cacher::loopback::LOOPBACK_REGION,
+                milepost_store::loopback::LOOPBACK_REGION,
             )
             .env("AWS_EC2_METADATA_DISABLED", "true")
             .env_remove("AWS_PROFILE");
@@ -443,7 +443,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .take(2000)
         .map(|(key, _)| key.clone())
         .collect();
-    let seeder = milepost_cacher::build_store(&s3.settings(), Arc::new(EgressMeter::default()))?;
+    let seeder = milepost_store::build_store(&s3.settings(), Arc::new(EgressMeter::default()))?;
     let (count, bytes) = seed(&seeder, plan, args.concurrency).await?;
     println!(
         "seeded {count} objects ({drives} drives, {logs} MCAP logs, {runs} runs), {:.0} MiB, in {:.1} s",
@@ -456,7 +456,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     upstream.endpoint = Some(proxy.endpoint());
 
     // Peers first, through the same proxy as the sync.
-    let client = milepost_cacher::build_store(&upstream, Arc::new(EgressMeter::default()))?;
+    let client = milepost_store::build_store(&upstream, Arc::new(EgressMeter::default()))?;
     // s3s-fs walks and sorts the whole bucket for every ListObjectsV2 page, so a listing
     // costs pages x one walk. Time a few pages; `--list-floor` times a whole listing.
     let t = Instant::now();
@@ -481,7 +481,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let t = Instant::now();
         let mut listed = 0;
         for prefix in ["drives/", "runs/"] {
-            listed += milepost_cacher::list_all(&*client, BUCKET, prefix)
+            listed += milepost_store::list_all(&*client, BUCKET, prefix)
                 .await?
                 .len();
         }

@@ -24,10 +24,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use chrono::{TimeZone as _, Utc};
 use mcap::Compression;
-use milepost_cacher::loopback::LoopbackS3;
 use milepost_cacher::trim::{self, Window};
-use milepost_cacher::{EgressMeter, ObjectStore, UploadOptions};
 use milepost_schema::enums::Role;
+use milepost_store::loopback::LoopbackS3;
+use milepost_store::{EgressMeter, ObjectStore, UploadOptions};
 use milepost_testkit::trimlogs::{drive_sidecar, write_log, LogSpec, ScenarioSpec, TOPICS};
 use milepost_testkit::TestApp;
 use serde_json::{json, Value};
@@ -184,7 +184,7 @@ async fn main() -> anyhow::Result<()> {
         "bench-secret",
     )
     .await?;
-    let store = milepost_cacher::build_store(&s3.settings(), Arc::new(EgressMeter::default()))?;
+    let store = milepost_store::build_store(&s3.settings(), Arc::new(EgressMeter::default()))?;
     store.ensure_bucket(BUCKET).await?;
     let sidecar = drive_sidecar(
         DRIVE,
@@ -200,7 +200,7 @@ async fn main() -> anyhow::Result<()> {
         )
         .await?;
     let key = format!("{PREFIX}logs/log.mcap");
-    milepost_cacher::upload_file(
+    milepost_store::upload_file(
         store.as_ref(),
         BUCKET,
         &key,

@@ -3,9 +3,9 @@
 //! pagination, bad input, and the sidecars registration writes through the office.
 
 use chrono::{Duration, TimeZone, Utc};
-use milepost_cacher::ByteRange;
 use milepost_schema::entity::object;
 use milepost_schema::enums::Role;
+use milepost_store::ByteRange;
 use milepost_testkit::{error_codes, first_error, LoopbackUpstream, TestApp};
 use reqwest::StatusCode;
 use sea_orm::{EntityTrait, Set};
@@ -937,7 +937,7 @@ async fn concurrent_tags_on_one_drive_all_reach_its_sidecar() {
 }
 
 /// The scenario labels of the drive sidecar `key` (bucket `fleet`) in `store`, sorted.
-async fn sidecar_labels(store: &dyn milepost_cacher::ObjectStore, key: &str) -> Vec<String> {
+async fn sidecar_labels(store: &dyn milepost_store::ObjectStore, key: &str) -> Vec<String> {
     let bytes = store
         .get("fleet", key, ByteRange::All, None)
         .await

@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use milepost_api::config::{ByteSize, Config, DurationSetting};
-use milepost_cacher::{ByteRange, ObjectStore};
 use milepost_schema::enums::Role;
+use milepost_store::{ByteRange, ObjectStore};
 use milepost_testkit::{error_codes, first_error, LoopbackUpstream, TestApp};
 use milepost_testkit::{Fault, FaultProxy};
 use rand::RngCore as _;
@@ -1084,9 +1084,9 @@ impl WriteBackWorld {
             .expect("proxy");
         let mut settings = upstream.settings();
         settings.endpoint = Some(proxy.endpoint());
-        let proxied: Arc<dyn ObjectStore> = Arc::new(milepost_cacher::RetryingStore::new(
-            milepost_cacher::S3Store::new(&settings).expect("s3 client"),
-            milepost_cacher::RetryPolicy {
+        let proxied: Arc<dyn ObjectStore> = Arc::new(milepost_store::RetryingStore::new(
+            milepost_store::S3Store::new(&settings).expect("s3 client"),
+            milepost_store::RetryPolicy {
                 max_attempts: 1,
                 ..Default::default()
             },
@@ -1172,7 +1172,7 @@ impl WriteBackWorld {
     async fn in_s3(&self, key: &str) -> Option<String> {
         match self.direct.get(BUCKET, key, ByteRange::All, None).await {
             Ok(response) => Some(sha(&response.collect(16 * MIB).await.expect("body"))),
-            Err(err) if err.kind() == milepost_cacher::StoreErrorKind::NotFound => None,
+            Err(err) if err.kind() == milepost_store::StoreErrorKind::NotFound => None,
             Err(err) => panic!("reading s3://{BUCKET}/{key}: {err}"),
         }
     }

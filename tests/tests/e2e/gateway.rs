@@ -6,11 +6,11 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use milepost_cacher::{
-    list_all, put_stream, ByteRange, ObjectStore, StaticCredentials, StoreErrorKind, UploadOptions,
-};
 use milepost_schema::entity::transfer;
 use milepost_schema::enums::{Role, TransferState};
+use milepost_store::{
+    list_all, put_stream, ByteRange, ObjectStore, StaticCredentials, StoreErrorKind, UploadOptions,
+};
 use milepost_testkit::{LoopbackUpstream, TestApp};
 use sea_orm::{EntityTrait as _, PaginatorTrait as _};
 use sha2::{Digest, Sha256};

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use milepost_api::demo::seed_fleet;
-use milepost_cacher::{list_all, ByteRange, ObjectStore};
 use milepost_indexer::fleet::{self, FleetSpec};
 use milepost_schema::enums::Role;
+use milepost_store::{list_all, ByteRange, ObjectStore};
 use milepost_testkit::{LoopbackUpstream, TestApp};
 use serde_json::{json, Value};
 

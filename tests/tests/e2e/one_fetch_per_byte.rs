@@ -18,14 +18,15 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::StreamExt as _;
 use milepost_api::config::Config;
-use milepost_cacher::cache::{CacheSettings, FetchContext, ObjectKey, OfficeCache};
-use milepost_cacher::{
-    build_store, ByteRange, DelimitedPage, EgressMeter, GetResponse, ListPage, ObjectMeta,
-    ObjectMetadata, ObjectStore, StoreError,
-};
+use milepost_cacher::cache::{CacheSettings, FetchContext, OfficeCache};
 use milepost_indexer::fleet::{self, FleetSpec, GeneratedDrive};
 use milepost_schema::entity::{egress_ledger, object};
 use milepost_schema::enums::Role;
+use milepost_store::ObjectKey;
+use milepost_store::{
+    build_store, ByteRange, DelimitedPage, EgressMeter, GetResponse, ListPage, ObjectMeta,
+    ObjectMetadata, ObjectStore, StoreError,
+};
 use milepost_testkit::{LoopbackUpstream, TestApp, TestDatabase};
 use sea_orm::entity::prelude::async_trait::async_trait;
 use sea_orm::{ColumnTrait as _, DatabaseConnection, EntityTrait as _, QueryFilter as _};

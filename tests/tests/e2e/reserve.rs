@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use milepost_cacher::datasets::read_manifest;
-use milepost_cacher::{ByteRange, ObjectStore};
 use milepost_indexer::fleet::{Fleet, FleetSpec};
 use milepost_schema::enums::Role;
+use milepost_store::{ByteRange, ObjectStore};
 use milepost_testkit::{error_codes, first_error, TestApp};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -379,7 +379,7 @@ async fn data_endpoint_ranges_conditional_requests_and_bad_keys() {
     let size = warmed.bytes().await.expect("body").len() as u64;
     // The client can have every byte before the download is installed (renamed into the
     // content store): the reads below are hits only once it is.
-    let warmed_object = milepost_cacher::ObjectKey::new(BUCKET, warm, etag.trim_matches('"'), size);
+    let warmed_object = milepost_store::ObjectKey::new(BUCKET, warm, etag.trim_matches('"'), size);
     for _ in 0..400 {
         if w.app.state().cache.is_cached(&warmed_object) {
             break;

@@ -11,8 +11,8 @@ use std::time::Duration;
 use chrono::{DateTime, TimeZone as _, Utc};
 use mcap::Compression;
 use milepost_cacher::trim::{self, Window};
-use milepost_cacher::{ObjectStore, UploadOptions};
 use milepost_schema::enums::Role;
+use milepost_store::{ObjectStore, UploadOptions};
 use milepost_testkit::trimlogs::{
     drive_sidecar, message_time, python_check, write_log, LogSpec, ScenarioSpec, TopicSpec, TOPICS,
 };
@@ -82,7 +82,7 @@ async fn world(duration_s: u64, logs: &[(&str, LogSpec)], scenarios: &[ScenarioS
             .await
             .expect("log written");
         let key = format!("{PREFIX}logs/{name}");
-        milepost_cacher::upload_file(
+        milepost_store::upload_file(
             store.as_ref(),
             BUCKET,
             &key,

@@ -6,10 +6,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use milepost_cacher::ObjectStore;
 use milepost_indexer::fleet::{Fleet, FleetSpec};
 use milepost_schema::entity::{drive, run, scenario};
 use milepost_schema::enums::Role;
+use milepost_store::ObjectStore;
 use milepost_testkit::{error_codes, first_error, TestApp};
 use sea_orm::EntityTrait;
 use serde_json::{json, Value};

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::StreamExt;
-use milepost_cacher::upstream::{
+use milepost_store::{
     build_store, list_all, put_stream, upload_file, ByteRange, EgressMeter, ObjectStore,
     StaticCredentials, StoreErrorKind, UploadOptions, UpstreamSettings,
 };

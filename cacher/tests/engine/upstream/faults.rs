@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 use futures::StreamExt;
-use milepost_cacher::upstream::{ByteRange, StoreErrorKind};
+use milepost_store::{ByteRange, StoreErrorKind};
 use milepost_testkit::Fault;
 
 use super::{md5_hex, random_bytes, read_all, TestS3, BUCKET, MIB};

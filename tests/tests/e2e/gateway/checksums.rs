@@ -11,9 +11,9 @@ use std::time::{Duration, SystemTime};
 
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart};
-use milepost_cacher::{ObjectStore, StaticCredentials, StoreErrorKind};
 use milepost_schema::entity::transfer;
 use milepost_schema::enums::Role;
+use milepost_store::{ObjectStore, StaticCredentials, StoreErrorKind};
 use milepost_testkit::{LoopbackUpstream, TestApp};
 use sea_orm::{ColumnTrait as _, EntityTrait as _, PaginatorTrait as _, QueryFilter as _};
 

@@ -12,8 +12,8 @@ use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use bytes::Bytes;
 use milepost_api::config::{ByteSize, Config, DurationSetting, Interval, ListenAddr};
 use milepost_api::server::{self, AppState, RunningServer};
-use milepost_cacher::{S3Store, StaticCredentials, UpstreamSettings};
 use milepost_schema::enums::Role;
+use milepost_store::{S3Store, StaticCredentials, UpstreamSettings};
 use milepost_testkit::{LoopbackUpstream, TestApp, TestDatabase};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 

@@ -50,7 +50,7 @@ async fn metadata_is_kept_answered_and_written_back() {
     let gw = w.app.s3_client(keys);
     let client = gw.client();
     let upstream_store =
-        milepost_cacher::S3Store::new(&w.upstream.settings()).expect("upstream client");
+        milepost_store::S3Store::new(&w.upstream.settings()).expect("upstream client");
     let upstream = upstream_store.client();
 
     client

@@ -3,8 +3,8 @@
 //! refused when it is not.
 
 use chrono::Utc;
-use milepost_cacher::StaticCredentials;
 use milepost_schema::enums::Role;
+use milepost_store::StaticCredentials;
 use sha2::{Digest, Sha256};
 
 use super::{pattern, world, BUCKET};

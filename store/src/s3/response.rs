@@ -7,7 +7,7 @@ use futures::stream::BoxStream;
 use futures::StreamExt;
 
 use super::errors::{chain, Ctx};
-use crate::upstream::{bare_etag, StoreError, Target};
+use crate::{bare_etag, StoreError, Target};
 
 /// The body of a GET as a stream of exactly `expected` bytes, or an error.
 pub(super) fn body_stream(

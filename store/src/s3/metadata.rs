@@ -5,7 +5,7 @@ use aws_sdk_s3::config::http::HttpRequest;
 use aws_sdk_s3::primitives::{DateTime, DateTimeFormat};
 
 use super::errors::Ctx;
-use crate::upstream::{ObjectMetadata, StoreError};
+use crate::{ObjectMetadata, StoreError};
 
 /// How an object's `Expires` goes out.
 #[derive(Clone, Debug, PartialEq)]
@@ -20,7 +20,7 @@ pub(super) enum Expires {
 }
 
 impl Expires {
-    /// The `Expires` of `metadata`; [`Invalid`](crate::upstream::StoreErrorKind::Invalid) for
+    /// The `Expires` of `metadata`; [`Invalid`](crate::StoreErrorKind::Invalid) for
     /// a value no HTTP header can carry.
     pub(super) fn of(ctx: &Ctx<'_>, metadata: &ObjectMetadata) -> Result<Self, StoreError> {
         let Some(value) = metadata.expires.as_deref() else {
@@ -151,6 +151,6 @@ mod tests {
             assert!(raw.date().is_none() && raw.raw().is_some());
         }
         let err = Expires::of(&ctx, &with("soon\r\nx-amz-acl: public-read")).expect_err("bad");
-        assert_eq!(err.kind(), crate::upstream::StoreErrorKind::Invalid);
+        assert_eq!(err.kind(), crate::StoreErrorKind::Invalid);
     }
 }

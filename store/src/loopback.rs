@@ -8,15 +8,15 @@
 //! s3s-fs is not a faithful S3 in every corner, and code must not be built around its gaps
 //! (all observed with s3s-fs 0.14.1):
 //! - `If-Match` (and the other conditional headers) on GET are ignored.
-//!   [`S3Store`](crate::upstream::S3Store) checks the answered ETag itself, so a stale
+//!   [`S3Store`](crate::S3Store) checks the answered ETag itself, so a stale
 //!   `If-Match` still fails, but the server-side precondition (a `412` before any byte is
 //!   sent) is only exercised against a real server (Garage).
 //! - ListObjectsV2 entries carry no ETag: listings have empty
-//!   [`etag`](crate::upstream::ObjectMeta::etag)s; `head` gives them.
+//!   [`etag`](crate::ObjectMeta::etag)s; `head` gives them.
 //! - `PutObject` into a bucket that does not exist creates it (S3 answers `NoSuchBucket`):
-//!   call [`ensure_bucket`](crate::upstream::ObjectStore::ensure_bucket) anyway.
+//!   call [`ensure_bucket`](crate::ObjectStore::ensure_bucket) anyway.
 //! - GET on a missing bucket answers `NoSuchKey` rather than `NoSuchBucket` (both are
-//!   [`NotFound`](crate::upstream::StoreErrorKind::NotFound)).
+//!   [`NotFound`](crate::StoreErrorKind::NotFound)).
 //! - A suffix range longer than the object fails with `500 InternalError` instead of
 //!   returning the whole object.
 //! - Requests naming an unknown multipart upload id answer `403 AccessDenied`, not
@@ -44,7 +44,7 @@ use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
-use crate::upstream::{StaticCredentials, UpstreamSettings};
+use crate::{StaticCredentials, UpstreamSettings};
 
 /// How long [`LoopbackS3::shutdown`] lets in-flight requests finish.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -122,7 +122,7 @@ impl LoopbackS3 {
         &self.root
     }
 
-    /// Settings for an [`S3Store`](crate::upstream::S3Store) talking to this server: the
+    /// Settings for an [`S3Store`](crate::S3Store) talking to this server: the
     /// endpoint, path-style, the static key pair, region [`LOOPBACK_REGION`].
     pub fn settings(&self) -> UpstreamSettings {
         UpstreamSettings {

@@ -10,8 +10,11 @@
 //! write methods and helpers, read back by `head` and `get`.
 
 mod error;
+#[cfg(feature = "loopback")]
+pub mod loopback;
 mod metadata;
 mod metered;
+mod object_key;
 mod retry;
 mod s3;
 mod types;
@@ -25,6 +28,7 @@ use bytes::Bytes;
 pub use error::{BoxError, StoreError, StoreErrorKind, Target};
 pub use metadata::{ObjectMetadata, USER_METADATA_PREFIX};
 pub use metered::{EgressMeter, EgressSnapshot, MeteredStore};
+pub use object_key::{LocalCopies, ObjectKey};
 pub use retry::{Backoff, Jitter, RetryPolicy, RetryingStore};
 pub use s3::{S3Store, StaticCredentials, UpstreamSettings};
 pub use types::{ByteRange, DelimitedPage, GetResponse, ListPage, ObjectMeta};

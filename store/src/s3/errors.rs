@@ -5,7 +5,7 @@ use std::error::Error;
 use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 
-use crate::upstream::{ByteRange, StoreError, StoreErrorKind, Target};
+use crate::{ByteRange, StoreError, StoreErrorKind, Target};
 
 /// The call being made, for error messages.
 #[derive(Clone, Copy, Debug)]
