@@ -17,6 +17,34 @@ pub fn postgres_server_url() -> Option<String> {
         .filter(|url| !url.is_empty())
 }
 
+/// A catalog backend, for tests that run each scenario on both ([`on_both_backends!`]).
+///
+/// [`on_both_backends!`]: crate::on_both_backends
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Runs each named scenario, an `async fn(Backend)`, twice: as the tests
+/// `<scenario>::sqlite` and `<scenario>::postgres` (the latter skipped, saying why, when
+/// `MILEPOST_TEST_DATABASE_URL` names no server).
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($scenario:ident),* $(,)?) => {$(
+        mod $scenario {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn sqlite() {
+                super::$scenario($crate::Backend::Sqlite).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn postgres() {
+                super::$scenario($crate::Backend::Postgres).await;
+            }
+        }
+    )*};
+}
+
 /// The catalog database of one test. A PostgreSQL database is created for the test and
 /// dropped (with `FORCE`) when the guard goes out of scope, even after a failed assertion; a
 /// SQLite file lives in the test's directory.
@@ -37,6 +65,29 @@ impl TestDatabase {
                 url: format!("sqlite://{}", dir.join("catalog.db").display()),
                 postgres: None,
             }),
+        }
+    }
+
+    /// A database on `backend`: a SQLite file in `dir`, or a database of its own on the
+    /// PostgreSQL server `MILEPOST_TEST_DATABASE_URL` names; `None` (after printing why) for
+    /// PostgreSQL when no server is named.
+    pub async fn on_backend(backend: Backend, dir: &Path) -> Option<TestDatabase> {
+        match backend {
+            Backend::Sqlite => Some(TestDatabase {
+                url: format!("sqlite://{}", dir.join("catalog.db").display()),
+                postgres: None,
+            }),
+            Backend::Postgres => {
+                let Some(server_url) = postgres_server_url() else {
+                    eprintln!("skipped: set {DATABASE_URL_VARIABLE} (e.g. postgres://postgres@127.0.0.1:5432/test) to run against PostgreSQL");
+                    return None;
+                };
+                Some(
+                    TestDatabase::on_postgres(&server_url)
+                        .await
+                        .expect("test database on PostgreSQL"),
+                )
+            }
         }
     }
 

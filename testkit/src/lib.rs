@@ -9,6 +9,8 @@ mod loopback;
 pub mod trimlogs;
 
 pub use app::{error_codes, first_error, graphql_data, TestApp, TestAppBuilder};
-pub use database::{postgres_server_url, replace_database, TestDatabase, DATABASE_URL_VARIABLE};
+pub use database::{
+    postgres_server_url, replace_database, Backend, TestDatabase, DATABASE_URL_VARIABLE,
+};
 pub use fault_proxy::{Fault, FaultProxy, SeenRequest};
 pub use loopback::{LoopbackUpstream, LOOPBACK_ACCESS_KEY, LOOPBACK_SECRET_KEY};

@@ -3,6 +3,8 @@
 //! a temporary directory. Every scenario also runs on PostgreSQL when
 //! `MILEPOST_TEST_DATABASE_URL` names a server (a fresh database per test, dropped after);
 //! otherwise its `postgres` variant is skipped with a message.
+//!
+//! (Over 600 lines: scenarios of datasets and reservations sharing one environment, each run on both backends.)
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -25,7 +27,7 @@ use milepost_schema::enums::ReservationState;
 use milepost_schema::{connect, migrate};
 use milepost_store::ObjectKey;
 use milepost_store::{build_store, ByteRange, EgressMeter, ObjectStore};
-use milepost_testkit::{FaultProxy, LoopbackUpstream, TestDatabase};
+use milepost_testkit::{Backend, FaultProxy, LoopbackUpstream, TestDatabase};
 use rand::RngCore as _;
 use sea_orm::{ActiveModelTrait as _, DatabaseConnection, Set};
 use sha2::{Digest as _, Sha256};
@@ -36,29 +38,7 @@ const KIB: usize = 1024;
 const MIB: usize = 1024 * 1024;
 const WAIT: Duration = Duration::from_secs(60);
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Backend {
-    Sqlite,
-    Postgres,
-}
-
-/// Runs each scenario twice: `<scenario>::sqlite` and `<scenario>::postgres`.
-macro_rules! on_both_backends {
-    ($($scenario:ident),* $(,)?) => {$(
-        mod $scenario {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn sqlite() {
-                super::$scenario(super::Backend::Sqlite).await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn postgres() {
-                super::$scenario(super::Backend::Postgres).await;
-            }
-        }
-    )*};
-}
-
-on_both_backends!(
+milepost_testkit::on_both_backends!(
     manifest_round_trips_through_s3,
     datasets_get_versions_and_refuse_bad_input,
     concurrent_creations_of_one_name_get_distinct_versions,
@@ -107,7 +87,7 @@ struct Env {
     meter: Arc<EgressMeter>,
     store: Arc<dyn ObjectStore>,
     db: DatabaseConnection,
-    _pg: Option<TestDatabase>,
+    _pg: TestDatabase,
     cache: Arc<OfficeCache>,
     service: Arc<Reservations>,
     /// What was written upstream, by key.
@@ -118,25 +98,8 @@ impl Env {
     /// `None` (after printing why) for PostgreSQL without `MILEPOST_TEST_DATABASE_URL`.
     async fn start(backend: Backend, options: Options) -> Option<Self> {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (db, pg) = match backend {
-            Backend::Sqlite => {
-                let url = format!("sqlite://{}/catalog.db", dir.path().display());
-                (connect(&url).await.expect("sqlite"), None)
-            }
-            Backend::Postgres => {
-                let Some(admin_url) = milepost_testkit::postgres_server_url() else {
-                    eprintln!("skipped: set MILEPOST_TEST_DATABASE_URL (e.g. postgres://postgres@127.0.0.1:5432/test) to run against PostgreSQL");
-                    return None;
-                };
-                let database = TestDatabase::on_postgres(&admin_url)
-                    .await
-                    .expect("test database");
-                (
-                    connect(database.url()).await.expect("postgres"),
-                    Some(database),
-                )
-            }
-        };
+        let pg = TestDatabase::on_backend(backend, dir.path()).await?;
+        let db = connect(pg.url()).await.expect("test database");
         migrate(&db).await.expect("migrate");
         let server = LoopbackUpstream::start(BUCKET).await;
         let proxy = server.fault_proxy().await;

@@ -26,7 +26,7 @@ use milepost_store::{
     put_stream_with, ByteRange, ObjectMetadata, ObjectStore, S3Store, StoreErrorKind,
     UploadOptions, MIN_PART_SIZE,
 };
-use milepost_testkit::{LoopbackUpstream, TestDatabase};
+use milepost_testkit::{Backend, LoopbackUpstream, TestDatabase};
 use rand::RngCore as _;
 use sea_orm::{DatabaseConnection, EntityTrait as _};
 
@@ -34,29 +34,7 @@ const BUCKET: &str = "fleet";
 const KIB: usize = 1024;
 const WAIT: Duration = Duration::from_secs(60);
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Backend {
-    Sqlite,
-    Postgres,
-}
-
-/// Runs each scenario twice: `<scenario>::sqlite` and `<scenario>::postgres`.
-macro_rules! on_both_backends {
-    ($($scenario:ident),* $(,)?) => {$(
-        mod $scenario {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn sqlite() {
-                super::$scenario(super::Backend::Sqlite).await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn postgres() {
-                super::$scenario(super::Backend::Postgres).await;
-            }
-        }
-    )*};
-}
-
-on_both_backends!(
+milepost_testkit::on_both_backends!(
     single_put_keeps_metadata_in_the_office_across_a_restart_and_in_s3,
     multipart_keeps_metadata_in_the_office_across_a_restart_and_in_s3,
 );
@@ -88,7 +66,7 @@ struct Env {
     /// Plain aws-sdk-s3, for what any S3 client would see.
     s3: aws_sdk_s3::Client,
     db: DatabaseConnection,
-    _pg: Option<TestDatabase>,
+    _pg: TestDatabase,
 }
 
 /// One run of the office: its cache, the write-back journal (uploader not started until
@@ -103,25 +81,8 @@ impl Env {
     /// `None` (after printing why) for PostgreSQL without `MILEPOST_TEST_DATABASE_URL`.
     async fn start(backend: Backend) -> Option<Self> {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (db, pg) = match backend {
-            Backend::Sqlite => {
-                let url = format!("sqlite://{}/catalog.db", dir.path().display());
-                (connect(&url).await.expect("sqlite"), None)
-            }
-            Backend::Postgres => {
-                let Some(admin_url) = milepost_testkit::postgres_server_url() else {
-                    eprintln!("skipped: set MILEPOST_TEST_DATABASE_URL (e.g. postgres://postgres@127.0.0.1:5432/test) to run against PostgreSQL");
-                    return None;
-                };
-                let database = TestDatabase::on_postgres(&admin_url)
-                    .await
-                    .expect("test database");
-                (
-                    connect(database.url()).await.expect("postgres"),
-                    Some(database),
-                )
-            }
-        };
+        let pg = TestDatabase::on_backend(backend, dir.path()).await?;
+        let db = connect(pg.url()).await.expect("test database");
         migrate(&db).await.expect("migrate");
         let server = LoopbackUpstream::start(BUCKET).await;
         let upstream = server.store.clone();
