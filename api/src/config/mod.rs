@@ -2,6 +2,8 @@
 //! (top-level keys: `MILEPOST_<KEY>`). Every key has a documented default, so no file at all runs
 //! on SQLite under `./milepost-data`. Loading is a pure function of the file text and an
 //! environment map, so it is tested without touching the process environment.
+//!
+//! (Over 600 lines: every typed config section with its documented default and its validation, and the tests of the environment overrides.)
 
 mod units;
 

@@ -9,6 +9,8 @@
 //! ([`checksums`]) and URL-encoded listings ([`url_encoding`]).
 //!
 //! [`ObjectError`]: milepost_cacher::objects::ObjectError
+//!
+//! (Over 600 lines: one `impl S3 for Gateway` (s3s): every S3 operation's adapter must live in that one impl block.)
 
 mod access;
 mod checksums;

@@ -1,5 +1,7 @@
 //! Datasets, reservations and cache statistics: the contract's `Dataset`, `Reservation`,
 //! `CacheStats`, their queries and mutations, and the `reservationProgress` subscription.
+//!
+//! (Over 600 lines: the contract's Dataset and Reservation types with their resolvers, queries, mutations and the progress subscription; each type's resolvers are one `#[Object]` impl.)
 
 use async_graphql::{Context, Enum, InputObject, Object, SimpleObject, Subscription, ID};
 use chrono::{DateTime, Utc};

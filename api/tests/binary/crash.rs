@@ -7,6 +7,8 @@
 //! SQLite only: the two processes share the database through the config file, and the
 //! PostgreSQL lane of the same scenario in-process is `tests/tests/faults.rs` (the restart
 //! path itself is the same code on both backends).
+//!
+//! (Over 600 lines: three crash scenarios of the real binary sharing its process and trace helpers.)
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::{BufRead, BufReader};

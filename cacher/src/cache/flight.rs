@@ -8,6 +8,8 @@
 //! An entry that is a byte range of an object the office holds whole (cached, or being
 //! downloaded whole) is not fetched: its bytes are copied from the whole object's file as they
 //! are there ([`Local`]), so that no byte is fetched from upstream twice.
+//!
+//! (Over 600 lines: one download as one state machine (parts, progress, verification, install); its steps share the flight's state.)
 
 use std::fs::File;
 use std::os::unix::fs::FileExt as _;

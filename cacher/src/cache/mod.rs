@@ -28,6 +28,8 @@
 //! object would fit next to the pinned bytes), admission waits for a download to end (it is
 //! then evictable, or gone) and plans again; it fails with `Full` at once only when the object
 //! cannot fit even once every download has ended.
+//!
+//! (Over 600 lines: `OfficeCache`, the cache's public API as one type; the book, flights, views, entries, recorder and durability are its submodules.)
 
 mod book;
 mod buffers;

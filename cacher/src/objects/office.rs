@@ -15,6 +15,8 @@
 //!    install, journal, and only then acknowledge (see [`WriteBack`]).
 //!
 //! [`NoSuchBucket`]: super::ObjectErrorKind::NoSuchBucket
+//!
+//! (Over 600 lines: `OfficeObjects`, the office's one object API: one type with a method per operation; conditions, listing, keys, errors and completion are its submodules.)
 
 use std::sync::Arc;
 

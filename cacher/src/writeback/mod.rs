@@ -31,6 +31,8 @@
 //! start-up, transfers left `uploading` (or `failed`) are queued again, and dirty entries that
 //! no active transfer needs (a crash between the install and the journal row: never
 //! acknowledged) become ordinary entries.
+//!
+//! (Over 600 lines: `WriteBack`, the write path's public API (stage, install, journal, acknowledge) as one type; staging, journal, multipart and the uploader are its submodules.)
 
 mod error;
 mod journal;

@@ -24,6 +24,8 @@
 //! the store opens and then by [`expire_until`](Multipart::expire_until); opening also
 //! removes the debris of a crash (an upload directory without `upload.json`, half-written
 //! part files) and holds the room of the parts it keeps.
+//!
+//! (Over 600 lines: the five multipart operations share one on-disk upload state and its crash-recovery rules; split, the invariants would be spread over files.)
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;

@@ -2,6 +2,8 @@
 //! through the full store stack of `build_store` behind a `FaultProxy`, with a SQLite
 //! catalog: downloads, single-flight, read-through ranges, faults, verification, eviction
 //! and pins, reconciliation after a crash, views and the egress ledger.
+//!
+//! (Over 600 lines: scenarios of the office cache sharing one environment; each test is independent.)
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1,5 +1,7 @@
 //! The catalog's write and read operations, independent of GraphQL: registration of drives,
 //! runs and scenarios (validated, idempotent on id), and the reads their pages need.
+//!
+//! (Over 600 lines: registration of drives, runs and scenarios and the reads of their pages over one set of tables; issue "Catalog at fleet scale" reworks writes into batches here.)
 
 mod service;
 pub mod validate;

@@ -20,6 +20,8 @@
 //!
 //! Field names and values are case-insensitive. Errors carry the 0-based character offset of
 //! the culprit ([`SearchError::position`]).
+//!
+//! (Over 600 lines: a hand-written parser of the contract's query language: one grammar kept in one place, with its tests.)
 
 use std::fmt;
 use std::str::FromStr;

@@ -1,6 +1,8 @@
 //! The search index against an oracle: a few hundred generated documents, every query also
 //! evaluated by a plain Rust filter over the same documents, results compared as sets (and as
 //! sequences where the order is specified).
+//!
+//! (Over 600 lines: the search index against an oracle: the generator, the oracle and the query cases belong together.)
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Instant;

@@ -36,6 +36,8 @@
 //! (rclone and the AWS CLI as reaped children, `milepost serve` as its own process) and those
 //! Garage used in the same window: on two shared cores the sides compete with the server for
 //! CPU, and CPU seconds move far less from run to run than wall time does.
+//!
+//! (Over 600 lines: a benchmark program: setup of the peers, the measured runs and the report in one command.)
 
 use std::fmt::Write as _;
 use std::io::Write as _;

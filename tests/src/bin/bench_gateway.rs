@@ -44,6 +44,8 @@
 //!
 //! Figures go to stdout as Markdown tables (median of the rounds, and each round); progress
 //! and per-round figures to stderr.
+//!
+//! (Over 600 lines: a benchmark program: setup of the peers, the measured runs and the report in one command.)
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};

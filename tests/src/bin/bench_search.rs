@@ -20,6 +20,8 @@
 //!    end to end (HTTP, GraphQL, hits resolved from the database).
 //!
 //! Peak RSS is the process's `VmHWM`, reset before each phase where the kernel allows it.
+//!
+//! (Over 600 lines: a benchmark program: the catalog generator, the measured runs and the report in one command.)
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

@@ -1,6 +1,8 @@
 //! The GraphQL catalog API against the real server, on SQLite or PostgreSQL
 //! (`MILEPOST_TEST_DATABASE_URL`): registration, idempotency, validation, auth, limits,
 //! pagination, bad input, and the sidecars registration writes through the office.
+//!
+//! (Over 600 lines: GraphQL catalog scenarios; each test is independent.)
 
 use chrono::{Duration, TimeZone, Utc};
 use milepost_schema::entity::object;

@@ -12,6 +12,8 @@
 //!
 //! Objects are a few MiB with 256 KiB parts, so each download is many ranged GETs. Every test
 //! runs on SQLite, or on PostgreSQL when `MILEPOST_TEST_DATABASE_URL` is set.
+//!
+//! (Over 600 lines: fault scenarios share one world (loopback S3, fault proxy, cache audit); each test is independent.)
 
 use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::MetadataExt as _;

@@ -2,6 +2,8 @@
 //! and raw SDK calls) and the AWS CLI. Objects written through the gateway are readable in the
 //! office at once, reach the upstream S3 server (s3s-fs on loopback) in the background with
 //! the same bytes, and bad requests get S3 errors and change nothing.
+//!
+//! (Over 600 lines: the gateway's end-to-end scenarios with real clients; the shared world and helpers are here, narrower groups in gateway/.)
 
 use std::time::Duration;
 

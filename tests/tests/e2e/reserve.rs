@@ -1,6 +1,8 @@
 //! Datasets, reservations and `/data` against a real S3 server on loopback: materialization
 //! into the office cache with byte-exact files, one upstream fetch per object however many
 //! readers, range requests, cache statistics and the progress subscription.
+//!
+//! (Over 600 lines: reservation scenarios through GraphQL and /data sharing one world.)
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -2,6 +2,8 @@
 //! scenarios materialize trimmed MCAP logs, checked by the official `mcap` Python reader
 //! against their sources; only the overlapping chunks (and the summary) come from upstream,
 //! once per office; edge windows, bad topics, changed logs and logs without chunk index.
+//!
+//! (Over 600 lines: trimming scenarios sharing one world and the official reader's checks.)
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

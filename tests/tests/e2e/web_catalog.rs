@@ -2,6 +2,8 @@
 //! with a synthetic fleet in a loopback S3: sign in, search, facets, a drive, a dataset from a
 //! search, reserving it and watching it become READY, the cache dashboard; form errors next to
 //! their fields; roles and CSRF. Screenshots go to `target/screenshots/`.
+//!
+//! (Over 600 lines: browser scenarios sharing one world and the browser helpers.)
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -1,5 +1,7 @@
 //! Datasets: the list, a dataset's page (versions, objects, manifest, reservations, Reserve),
 //! and "create dataset from this search" with a size preview before creating.
+//!
+//! (Over 600 lines: three pages of one entity (list, dataset, create-from-search) sharing their fragments.)
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};

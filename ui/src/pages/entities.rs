@@ -1,4 +1,6 @@
 //! Drive, scenario and run pages, and "tag a scenario".
+//!
+//! (Over 600 lines: drive, scenario and run pages share their layout fragments and the tag form.)
 
 use std::collections::BTreeMap;
 
