@@ -8,7 +8,9 @@
 //!
 //! Objects downloaded in one GET (every small object) are hashed faster still, eight at a
 //! time on AVX2 ([`x8`], scheduled by [`lanes`]); [`Md5`] hashes the rest: objects read back
-//! from their staging file after a download in parts, and every object on CPUs without AVX2.
+//! from their staging file after a download in parts, every object on CPUs without AVX2, and
+//! the write path (office uploads staged, parts and bodies sent upstream, multipart ETags).
+//! It is the cacher's one MD5.
 
 use std::fmt;
 
@@ -60,6 +62,13 @@ impl Md5 {
                 Ok(())
             }
         }
+    }
+
+    /// The MD5 of `data`, in one call.
+    pub fn digest(data: &[u8]) -> std::io::Result<[u8; 16]> {
+        let mut md5 = Md5::new();
+        md5.update(data)?;
+        md5.finish()
     }
 
     /// The digest of everything added.

@@ -11,7 +11,7 @@
 //! because cache entries and `If-Match` need it.
 //!
 //! Objects the office cache holds whole (the office's own writes, whether still on their way
-//! to S3 or uploaded, and downloads) are read from it ([`OfficeCache::read_cached`]): no
+//! to S3 or uploaded, and downloads) are read from it (its [`LocalCopies`](milepost_store::LocalCopies)): no
 //! upstream request, and no egress in the ledger. Only bytes read from upstream are egress.
 //!
 //! (Over 600 lines: one sync pass (list, diff, read, upsert, index) with its reader; issue "Catalog at fleet scale" replaces it with a staged pipeline, split by stage.)

@@ -578,7 +578,8 @@ impl Multipart {
             md5s.push(md5);
             files.push(dir.join(format!("{number:05}.{}", part.etag)));
         }
-        let etag = multipart_etag(&md5s);
+        let etag = multipart_etag(&md5s)
+            .map_err(|err| WriteBackError::io(format!("assembling upload {upload_id}"), err))?;
         let target = staging.clone();
         let size = blocking(format!("assembling upload {upload_id}"), move || {
             let mut out = std::fs::OpenOptions::new()

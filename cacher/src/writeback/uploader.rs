@@ -9,9 +9,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use crate::digest::Md5;
 use bytes::Bytes;
 use futures::{StreamExt as _, TryStreamExt as _};
-use md5::{Digest as _, Md5};
 use milepost_schema::entity::transfer;
 use milepost_schema::enums::{TransferOp, TransferState};
 use tokio::task::JoinSet;
@@ -267,6 +267,11 @@ enum UploadError {
     Mismatch(String),
 }
 
+/// Hashing what was sent failed (OpenSSL's context broke): the upload cannot be verified.
+fn hashing(err: std::io::Error) -> UploadError {
+    UploadError::Local(WriteBackError::io("hashing an upload".to_owned(), err))
+}
+
 /// MD5s of the whole body and of each part, computed as the body streams out.
 struct Digests {
     whole: Md5,
@@ -277,20 +282,21 @@ struct Digests {
 }
 
 impl Digests {
-    fn update(&mut self, mut bytes: &[u8]) {
-        self.whole.update(bytes);
+    fn update(&mut self, mut bytes: &[u8]) -> std::io::Result<()> {
+        self.whole.update(bytes)?;
         while !bytes.is_empty() {
             let room = usize::try_from(self.part_size - self.part_len).unwrap_or(usize::MAX);
             let take = room.min(bytes.len());
-            self.part.update(&bytes[..take]);
+            self.part.update(&bytes[..take])?;
             self.part_len += take as u64;
             bytes = &bytes[take..];
             if self.part_len == self.part_size {
                 let done = std::mem::take(&mut self.part);
-                self.parts.push(done.finalize().into());
+                self.parts.push(done.finish()?);
                 self.part_len = 0;
             }
         }
+        Ok(())
     }
 }
 
@@ -344,10 +350,10 @@ async fn upload(
                     digests
                         .lock()
                         .unwrap_or_else(PoisonError::into_inner)
-                        .update(&hashed);
+                        .update(&hashed)
                 })
                 .await
-                .map_err(std::io::Error::other)?;
+                .map_err(std::io::Error::other)??;
                 sent.fetch_add(len, Ordering::Relaxed);
                 Ok(chunk)
             }
@@ -387,12 +393,16 @@ async fn upload(
         if meta.etag.contains('-') {
             if digests.part_len > 0 || digests.parts.is_empty() {
                 let last = std::mem::take(&mut digests.part);
-                digests.parts.push(last.finalize().into());
+                digests.parts.push(last.finish().map_err(hashing)?);
                 digests.part_len = 0;
             }
-            multipart_etag(&digests.parts)
+            multipart_etag(&digests.parts).map_err(hashing)?
         } else {
-            hex::encode(std::mem::take(&mut digests.whole).finalize())
+            hex::encode(
+                std::mem::take(&mut digests.whole)
+                    .finish()
+                    .map_err(hashing)?,
+            )
         }
     };
     if !meta.etag.is_empty() && meta.etag != expected {
@@ -487,7 +497,7 @@ async fn upload_parts(
             return Err(err);
         }
     };
-    let expected = multipart_etag(&md5s);
+    let expected = multipart_etag(&md5s).map_err(hashing)?;
     if !meta.etag.is_empty() && meta.etag != expected {
         return Err(UploadError::Mismatch(format!(
             "S3 stored {object} with ETag {}, but the parts sent give {expected}",
@@ -538,8 +548,9 @@ async fn read_part(
     }
     let part = part.freeze();
     let hashed = part.clone();
-    let md5: [u8; 16] = tokio::task::spawn_blocking(move || Md5::digest(&hashed).into())
+    let md5 = tokio::task::spawn_blocking(move || Md5::digest(&hashed))
         .await
-        .map_err(|err| local(std::io::Error::other(err)))?;
+        .map_err(|err| local(std::io::Error::other(err)))?
+        .map_err(local)?;
     Ok((part, md5))
 }
