@@ -42,8 +42,6 @@ pub struct AppState {
     /// uploaded laid over it ([`OfficeStore`]); writes through it go to the write-back path.
     /// Every reader uses this one.
     pub store: Arc<dyn ObjectStore>,
-    /// The same, typed: the S3 gateway needs its write-back handle.
-    pub office_store: Arc<OfficeStore>,
     /// The upstream S3 store itself, with retries and egress metering: the cache downloads
     /// and the uploader uploads through it.
     pub upstream: Arc<dyn ObjectStore>,
@@ -159,7 +157,7 @@ impl AppState {
         let reservations = Reservations::new(db.clone(), cache.clone(), reservation_settings);
         let served = config.served_buckets();
         let objects = Arc::new(milepost_cacher::objects::OfficeObjects::new(
-            office_store.clone(),
+            office_store,
             served.clone(),
             Some(db.clone()),
         ));
@@ -172,7 +170,6 @@ impl AppState {
             layout,
             catalog,
             store,
-            office_store,
             upstream,
             write_back,
             sync_soon: tokio::sync::Notify::new(),
