@@ -8,6 +8,7 @@
 //!    source: where its summary section starts (0: the writer left none).
 //! 2. [`parse_summary`] reads the summary section (schemas, channels, statistics, chunk
 //!    indexes), checking every record length against the bytes there and the summary CRC.
+//!    Both are [`milepost_formats::mcap`]'s parsers, the indexer's too, with the trim's limits.
 //! 3. [`plan`] picks the chunks whose message time range overlaps the window and that hold a
 //!    message of a chosen channel (from the chunk index's message index offsets), and says
 //!    whether the log can be trimmed at all ([`TrimError::NotIndexed`] otherwise: no summary or
@@ -24,21 +25,18 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Seek, Write};
 
-use ::mcap::records::{op, Channel, ChunkIndex, Footer, MessageHeader, Record, Statistics};
+use ::mcap::records::{op, Channel, ChunkIndex, Footer, MessageHeader, Record};
 use ::mcap::{Compression, WriteOptions, Writer};
+use milepost_formats::mcap::{self as mcap_format, McapError};
 
 #[cfg(test)]
 mod tests;
 
 /// Bytes at the end of an MCAP file holding the footer record (opcode, length, 20-byte body)
 /// and the closing magic.
-pub const FOOTER_READ: u64 = 1 + 8 + 20 + MAGIC_LEN;
+pub const FOOTER_READ: u64 = mcap_format::FOOTER_READ;
 
-const MAGIC_LEN: u64 = 8;
-const RECORD_HEADER_LEN: usize = 1 + 8;
-const FOOTER_BODY_LEN: u64 = 20;
-/// Leading magic, footer record, trailing magic.
-const MIN_MCAP_LEN: u64 = MAGIC_LEN + FOOTER_READ;
+const RECORD_HEADER_LEN: usize = mcap_format::RECORD_HEADER_LEN as usize;
 
 /// Largest summary section accepted (64 MiB): it is held in memory.
 pub const MAX_SUMMARY_BYTES: u64 = 64 * 1024 * 1024;
@@ -98,180 +96,59 @@ fn read_u64(bytes: &[u8]) -> u64 {
     u64::from_le_bytes(le)
 }
 
+/// The shared parser's error as a trim error: a log without summary section is
+/// [`TrimError::NotIndexed`], anything else [`TrimError::Malformed`].
+fn summary_error(err: McapError) -> TrimError {
+    if err.is_no_summary() {
+        TrimError::NotIndexed("the log has no summary section".to_owned())
+    } else {
+        malformed(err.to_string())
+    }
+}
+
 /// Parses the footer from the last [`FOOTER_READ`] bytes (`tail`) of an MCAP file of `size`
-/// bytes. A footer with `summary_start == 0` is [`TrimError::NotIndexed`].
+/// bytes (with [`milepost_formats::mcap::parse_footer`]). A footer with `summary_start == 0` is
+/// [`TrimError::NotIndexed`]; a summary section over [`MAX_SUMMARY_BYTES`] is malformed.
 pub fn parse_footer(tail: &[u8], size: u64) -> Result<Footer, TrimError> {
-    if size < MIN_MCAP_LEN {
+    let footer = mcap_format::parse_footer(tail, size).map_err(summary_error)?;
+    // parse_footer puts the summary between the leading magic and the footer.
+    let summary_len = size - FOOTER_READ - footer.summary_start;
+    if summary_len > MAX_SUMMARY_BYTES {
         return Err(malformed(format!(
-            "the object is {size} bytes, shorter than the smallest mcap file ({MIN_MCAP_LEN} bytes)"
-        )));
-    }
-    if tail.len() as u64 != FOOTER_READ {
-        return Err(malformed(format!(
-            "expected the last {FOOTER_READ} bytes, got {}",
-            tail.len()
-        )));
-    }
-    let (record, magic) = tail.split_at(tail.len() - MAGIC_LEN as usize);
-    if magic != ::mcap::MAGIC {
-        return Err(malformed(
-            "bad magic at the end of the file (not an mcap file?)",
-        ));
-    }
-    if record[0] != op::FOOTER || read_u64(&record[1..RECORD_HEADER_LEN]) != FOOTER_BODY_LEN {
-        return Err(malformed(format!(
-            "no footer record at offset {}",
-            size - FOOTER_READ
-        )));
-    }
-    let footer = match ::mcap::parse_record(op::FOOTER, &record[RECORD_HEADER_LEN..]) {
-        Ok(Record::Footer(footer)) => footer,
-        _ => return Err(malformed("unreadable footer record")),
-    };
-    if footer.summary_start == 0 {
-        return Err(TrimError::NotIndexed(
-            "the log has no summary section".to_owned(),
-        ));
-    }
-    let footer_at = size - FOOTER_READ;
-    if footer.summary_start < MAGIC_LEN || footer.summary_start > footer_at {
-        return Err(malformed(format!(
-            "the footer puts the summary at offset {}, outside the file ({MAGIC_LEN}..{footer_at})",
-            footer.summary_start
-        )));
-    }
-    if footer_at - footer.summary_start > MAX_SUMMARY_BYTES {
-        return Err(malformed(format!(
-            "the summary section is {} bytes, more than the {MAX_SUMMARY_BYTES} accepted",
-            footer_at - footer.summary_start
+            "the summary section is {summary_len} bytes, more than the {MAX_SUMMARY_BYTES} \
+             accepted"
         )));
     }
     Ok(footer)
 }
 
 /// A schema of the source, as found in its summary or chunks.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SchemaRecord {
-    /// The schema name.
-    pub name: String,
-    /// The schema encoding.
-    pub encoding: String,
-    /// The schema bytes.
-    pub data: Vec<u8>,
-}
+pub use milepost_formats::mcap::Schema as SchemaRecord;
 
-/// What the summary section of a source says.
-#[derive(Clone, Debug, Default)]
-pub struct SourceSummary {
-    /// Schemas by id.
-    pub schemas: BTreeMap<u16, SchemaRecord>,
-    /// Channels by id.
-    pub channels: BTreeMap<u16, Channel>,
-    /// The statistics record, if the writer emitted one.
-    pub statistics: Option<Statistics>,
-    /// Chunk indexes, in file order.
-    pub chunk_indexes: Vec<ChunkIndex>,
-    /// Where the summary section starts (the data section ends there).
-    pub summary_start: u64,
-}
+/// What the summary section of a source says: schemas and channels by id, the statistics
+/// record if the writer emitted one, chunk indexes in file order, where the summary starts.
+pub type SourceSummary = mcap_format::Summary;
 
-/// Parses the summary section: `region` is the bytes from `footer.summary_start` to the end
-/// of the file (summary, summary offsets, footer, magic), as located by [`parse_footer`].
+/// Parses the summary section (with [`milepost_formats::mcap::parse_summary`]): `region` is the
+/// bytes from `footer.summary_start` to the end of the file (summary, summary offsets, footer,
+/// magic), as located by [`parse_footer`]. A chunk over [`MAX_CHUNK_BYTES`] is malformed.
 pub fn parse_summary(
     region: &[u8],
     footer: &Footer,
     size: u64,
 ) -> Result<SourceSummary, TrimError> {
-    let summary_start = footer.summary_start;
-    if region.len() as u64 != size - summary_start {
+    let summary = mcap_format::parse_summary(region, footer, size).map_err(summary_error)?;
+    if let Some(index) = summary
+        .chunk_indexes
+        .iter()
+        .find(|c| c.chunk_length > MAX_CHUNK_BYTES || c.uncompressed_size > MAX_CHUNK_BYTES)
+    {
         return Err(malformed(format!(
-            "expected the {} bytes from offset {summary_start} to the end, got {}",
-            size - summary_start,
-            region.len()
+            "chunk at offset {} is larger than the {MAX_CHUNK_BYTES} bytes accepted",
+            index.chunk_start_offset
         )));
     }
-    if footer.summary_crc != 0 {
-        // The CRC covers the summary up to and including the footer's summary_offset_start.
-        let covered = region.len() - 4 - MAGIC_LEN as usize;
-        let computed = crc32fast::hash(&region[..covered]);
-        if computed != footer.summary_crc {
-            return Err(malformed(format!(
-                "summary crc mismatch: the footer says {:08x}, the summary hashes to {computed:08x}",
-                footer.summary_crc
-            )));
-        }
-    }
-    let summary = &region[..region.len() - FOOTER_READ as usize];
-    let mut out = SourceSummary {
-        summary_start,
-        ..SourceSummary::default()
-    };
-    let mut pos = 0usize;
-    while pos < summary.len() {
-        let offset = summary_start + pos as u64;
-        if summary.len() - pos < RECORD_HEADER_LEN {
-            return Err(malformed(format!(
-                "truncated record header at offset {offset}"
-            )));
-        }
-        let opcode = summary[pos];
-        let len = read_u64(&summary[pos + 1..pos + RECORD_HEADER_LEN]);
-        let body_start = pos + RECORD_HEADER_LEN;
-        let available = (summary.len() - body_start) as u64;
-        if len > available {
-            return Err(malformed(format!(
-                "record {opcode:#04x} at offset {offset} claims {len} bytes, only {available} remain"
-            )));
-        }
-        let body = &summary[body_start..body_start + len as usize];
-        pos = body_start + len as usize;
-        if !matches!(
-            opcode,
-            op::SCHEMA | op::CHANNEL | op::STATISTICS | op::CHUNK_INDEX
-        ) {
-            continue;
-        }
-        let record = ::mcap::parse_record(opcode, body).map_err(|err| {
-            malformed(format!(
-                "unreadable record {opcode:#04x} at offset {offset}: {}",
-                err.to_string().to_lowercase()
-            ))
-        })?;
-        match record {
-            Record::Schema { header, data } => {
-                out.schemas.entry(header.id).or_insert(SchemaRecord {
-                    name: header.name,
-                    encoding: header.encoding,
-                    data: data.into_owned(),
-                });
-            }
-            Record::Channel(channel) => {
-                out.channels.entry(channel.id).or_insert(channel);
-            }
-            Record::Statistics(stats) => out.statistics = Some(stats),
-            Record::ChunkIndex(index) => {
-                let end = index.chunk_start_offset.checked_add(index.chunk_length);
-                if index.chunk_start_offset < MAGIC_LEN || end.is_none_or(|end| end > summary_start)
-                {
-                    return Err(malformed(format!(
-                        "chunk index at offset {offset} points at {} bytes from offset {}, \
-                         outside the data section",
-                        index.chunk_length, index.chunk_start_offset
-                    )));
-                }
-                if index.chunk_length > MAX_CHUNK_BYTES || index.uncompressed_size > MAX_CHUNK_BYTES
-                {
-                    return Err(malformed(format!(
-                        "chunk at offset {} is larger than the {MAX_CHUNK_BYTES} bytes accepted",
-                        index.chunk_start_offset
-                    )));
-                }
-                out.chunk_indexes.push(index);
-            }
-            _ => {}
-        }
-    }
-    Ok(out)
+    Ok(summary)
 }
 
 /// A window of log times, in nanoseconds since the epoch, both ends included.
