@@ -24,7 +24,7 @@ use tracing::Level;
 
 use crate::config::Config;
 use crate::error::{graphql_error_body, ErrorCode};
-use crate::graphql::{self, MilepostSchema};
+use crate::graphql::{self, IntrospectionSchema, MilepostSchema};
 
 // The application state lives in the composition root; these paths stay for other crates.
 pub use crate::app::{redact_url, upstream_settings, AppState};
@@ -34,6 +34,8 @@ pub use crate::app::{redact_url, upstream_settings, AppState};
 pub struct HttpState {
     pub app: Arc<AppState>,
     pub schema: MilepostSchema,
+    /// The same schema for introspection-only operations (their own depth bound).
+    pub introspection_schema: IntrospectionSchema,
 }
 
 // Handlers extract only the part they need (`State<Arc<AppState>>`, `State<MilepostSchema>`),
@@ -47,6 +49,12 @@ impl FromRef<HttpState> for Arc<AppState> {
 impl FromRef<HttpState> for MilepostSchema {
     fn from_ref(http: &HttpState) -> Self {
         http.schema.clone()
+    }
+}
+
+impl FromRef<HttpState> for IntrospectionSchema {
+    fn from_ref(http: &HttpState) -> Self {
+        http.introspection_schema.clone()
     }
 }
 
@@ -64,6 +72,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     let http = HttpState {
         app: state.clone(),
         schema,
+        introspection_schema: graphql::build_introspection_schema(state.clone()),
     };
     let endpoint = state.config.upstream.endpoint.trim();
     let catalog = milepost_ui::router(
@@ -81,6 +90,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(graphql::graphiql).post(graphql::graphql_post),
         )
         .route("/graphql/ws", get(graphql::graphql_ws))
+        .route("/graphql/schema.graphql", get(graphql::graphql_sdl))
         .route(
             "/data/{bucket}/{*key}",
             get(crate::data::serve_object).head(crate::data::serve_object),

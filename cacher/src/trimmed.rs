@@ -118,6 +118,7 @@ pub(crate) async fn build(
         cache.pin(holder, std::slice::from_ref(&found));
         // Pinned now; still there unless evicted between the lookup and the pin.
         if cache.is_cached(&found) {
+            unpin_stand_in(cache, holder, source, spec, &found);
             let path = cache.content_path(&found);
             let empty = match path {
                 Some(path) => tokio::task::spawn_blocking(move || local_is_empty(&path))
@@ -139,6 +140,22 @@ pub(crate) async fn build(
         holder: format!("{holder}/trim/{}", spec.view_key),
     };
     build_pinned(cache, source, spec, ctx, holder, &scratch.holder).await
+}
+
+/// Once `holder` pins what stands in its view (`pinned`: the built file, or the whole log),
+/// it stops pinning the planned stand-in admission counted, so that the cache's committed
+/// bytes count the trimmed member once, at its real size.
+fn unpin_stand_in(
+    cache: &OfficeCache,
+    holder: &str,
+    source: &ObjectKey,
+    spec: &TrimSpec,
+    pinned: &ObjectKey,
+) {
+    let stand_in = planned_key(source, spec);
+    if stand_in != *pinned {
+        cache.unpin(holder, &stand_in);
+    }
 }
 
 /// Unpins a build's byte ranges when dropped.
@@ -196,6 +213,7 @@ async fn build_pinned(
         Err(err) if err.kind() == TrimErrorKind::NotIndexed => {
             let whole = cache.fetch(source, ctx, None).await?;
             cache.pin(holder, std::slice::from_ref(source));
+            unpin_stand_in(cache, holder, source, spec, source);
             return Ok(Built {
                 view: source.clone(),
                 bytes_from_upstream: upstream + whole.bytes_from_upstream,
@@ -253,6 +271,7 @@ async fn build_pinned(
         size,
     );
     cache.pin(holder, std::slice::from_ref(&output));
+    unpin_stand_in(cache, holder, source, spec, &output);
     // From here the cache owns the staging file (and removes it on failure).
     leftover.0 = None;
     cache.insert_file(&output, staging).await?;

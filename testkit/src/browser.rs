@@ -69,6 +69,8 @@ impl Browser {
         }
         let capabilities = json!({ "capabilities": { "alwaysMatch": {
             "browserName": "chrome",
+            // Keeps the page's console messages for `console_errors`.
+            "goog:loggingPrefs": { "browser": "ALL" },
             "goog:chromeOptions": {
                 "binary": chromium_path(),
                 "args": ["--headless", "--no-sandbox", "--disable-gpu",
@@ -234,6 +236,32 @@ impl Browser {
             json!({ "script": script, "args": args }),
         )
         .await
+    }
+
+    /// The console's errors (level SEVERE: script errors, failed loads such as a 404) logged
+    /// since the last call, as `source: message` lines.
+    pub async fn console_errors(&self) -> anyhow::Result<Vec<String>> {
+        let entries = self
+            .call(
+                reqwest::Method::POST,
+                "/se/log",
+                json!({ "type": "browser" }),
+            )
+            .await?;
+        Ok(entries
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .filter(|entry| entry["level"] == "SEVERE")
+            .map(|entry| {
+                format!(
+                    "{}: {}",
+                    entry["source"].as_str().unwrap_or("?"),
+                    entry["message"].as_str().unwrap_or_default()
+                )
+            })
+            .collect())
     }
 
     pub async fn set_size(&self, width: u32, height: u32) -> anyhow::Result<()> {

@@ -1,5 +1,6 @@
 //! [`LoopbackUpstream`]: the upstream S3 of a test, a real S3 server on loopback.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use milepost_indexer::fleet::{self, Fleet, FleetSpec};
@@ -22,30 +23,40 @@ pub struct LoopbackUpstream {
     pub store: Arc<dyn ObjectStore>,
     /// The bucket created at start.
     pub bucket: String,
-    _dir: tempfile::TempDir,
+    /// The temporary directory it serves, removed on drop; `None` for [`start_in`]
+    /// (Self::start_in), whose directory belongs to the caller.
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl LoopbackUpstream {
-    /// Starts the server and creates `bucket`.
+    /// Starts the server over a temporary directory and creates `bucket`.
     pub async fn start(bucket: &str) -> LoopbackUpstream {
         let dir = tempfile::tempdir().expect("temporary directory");
+        let mut upstream = Self::start_in(dir.path(), bucket)
+            .await
+            .expect("loopback s3");
+        upstream._dir = Some(dir);
+        upstream
+    }
+
+    /// Starts the server over `dir` (kept after it stops: benchmarks reuse a seeded world
+    /// across runs) and creates `bucket` unless it exists.
+    pub async fn start_in(dir: &Path, bucket: &str) -> anyhow::Result<LoopbackUpstream> {
         let s3 = LoopbackS3::start(
-            dir.path(),
+            dir,
             ([127, 0, 0, 1], 0).into(),
             LOOPBACK_ACCESS_KEY,
             LOOPBACK_SECRET_KEY,
         )
-        .await
-        .expect("loopback s3");
-        let store = milepost_store::build_store(&s3.settings(), Arc::new(EgressMeter::default()))
-            .expect("store");
-        store.ensure_bucket(bucket).await.expect("bucket");
-        LoopbackUpstream {
+        .await?;
+        let store = milepost_store::build_store(&s3.settings(), Arc::new(EgressMeter::default()))?;
+        store.ensure_bucket(bucket).await?;
+        Ok(LoopbackUpstream {
             s3,
             store,
             bucket: bucket.to_owned(),
-            _dir: dir,
-        }
+            _dir: None,
+        })
     }
 
     /// Settings for a server (or client) of this upstream.

@@ -54,7 +54,7 @@ pub fn frame_with_head(
     let mut out = String::with_capacity(body.len() + 2048);
     w!(
         &mut out,
-        r##"<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1"><meta name="color-scheme" content="light dark"><title>{} · Milepost</title><link rel="stylesheet" href="/assets/app.css"><script src="/assets/app.js" defer></script>{head}</head><body><a class="skip" href="#main">Skip to content</a><header class="top"><a class="brand" href="/">Milepost</a><nav aria-label="Main"><ul>"##,
+        r##"<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1"><meta name="color-scheme" content="light dark"><title>{} · Milepost</title><link rel="icon" href="/assets/favicon.svg" type="image/svg+xml"><link rel="stylesheet" href="/assets/app.css"><script src="/assets/app.js" defer></script>{head}</head><body><a class="skip" href="#main">Skip to content</a><header class="top"><a class="brand" href="/">Milepost</a><nav aria-label="Main"><ul>"##,
         esc(title),
         head = head
     );

@@ -140,6 +140,8 @@ pub fn router(exec: Arc<dyn GraphqlExecutor>, settings: UiSettings) -> Router {
         .route("/transfers/policy", post(transfers::set_policy))
         .route("/assets/app.css", get(assets::css))
         .route("/assets/app.js", get(assets::js))
+        .route("/assets/favicon.svg", get(assets::icon))
+        .route("/favicon.ico", get(assets::icon))
         .with_state(state)
 }
 

@@ -4,6 +4,7 @@
 pub mod datasets;
 mod inputs;
 mod insights;
+pub mod introspection;
 mod mutation;
 mod query;
 pub mod scalars;
@@ -50,14 +51,37 @@ pub type MilepostSchema = Schema<QueryRoot, MutationRoot, datasets::Subscription
 /// Most items one page of a connection may ask for.
 pub const MAX_PAGE_SIZE: i32 = 500;
 
+/// The same schema with the depth bound of introspection-only operations
+/// ([`introspection`]); every other limit is the ordinary one.
+#[derive(Clone)]
+pub struct IntrospectionSchema(pub MilepostSchema);
+
+impl std::fmt::Debug for IntrospectionSchema {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("IntrospectionSchema")
+    }
+}
+
+/// The schema every query runs on, with the ordinary limits.
 pub fn build_schema(state: Arc<AppState>) -> MilepostSchema {
+    let depth = state.config.server.max_query_depth;
+    build_schema_with_depth(state, depth)
+}
+
+/// The schema introspection-only operations run on ([`introspection::limits_for`]).
+pub fn build_introspection_schema(state: Arc<AppState>) -> IntrospectionSchema {
+    let depth = introspection::MAX_INTROSPECTION_DEPTH.max(state.config.server.max_query_depth);
+    IntrospectionSchema(build_schema_with_depth(state, depth))
+}
+
+fn build_schema_with_depth(state: Arc<AppState>, max_depth: usize) -> MilepostSchema {
     let server = &state.config.server;
     Schema::build(
         QueryRoot::default(),
         MutationRoot::default(),
         datasets::Subscription,
     )
-    .limit_depth(server.max_query_depth)
+    .limit_depth(max_depth)
     .limit_complexity(server.max_query_complexity)
     .limit_recursive_depth(64)
     .limit_directives(16)
@@ -102,6 +126,7 @@ fn error_response(
 pub async fn graphql_post(
     State(app): State<Arc<AppState>>,
     State(schema): State<MilepostSchema>,
+    State(introspection_schema): State<IntrospectionSchema>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
@@ -145,6 +170,19 @@ pub async fn graphql_post(
             );
         }
     };
+    let schema = match introspection::limits_for(&request.query) {
+        Ok(introspection::Limits::Ordinary) => &schema,
+        Ok(introspection::Limits::Introspection) => &introspection_schema.0,
+        Err(message) => {
+            let mut response =
+                async_graphql::Response::from_errors(vec![ServerError::new(message, None)]);
+            for error in &mut response.errors {
+                let code = ensure_code(error);
+                state.metrics.record_graphql_error(code);
+            }
+            return Json(response).into_response();
+        }
+    };
     let mut response = schema.execute(request.data(principal)).await;
     for error in &mut response.errors {
         let code = ensure_code(error);
@@ -186,6 +224,31 @@ pub(crate) fn ensure_code(error: &mut ServerError) -> &'static str {
             ErrorCode::BadInput.as_str()
         }
     }
+}
+
+/// `GET /graphql/schema.graphql`: the schema in SDL, for code generators and clients that
+/// read a schema file. Callers authenticate as for queries.
+pub async fn graphql_sdl(
+    State(app): State<Arc<AppState>>,
+    State(schema): State<MilepostSchema>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(err) = app.authenticate(&headers).await {
+        return error_response(
+            &app,
+            err.code().http_status(),
+            err.code(),
+            &err.client_message(),
+        );
+    }
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; charset=utf-8",
+        )],
+        schema.sdl(),
+    )
+        .into_response()
 }
 
 pub async fn graphiql() -> Html<String> {

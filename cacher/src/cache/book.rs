@@ -85,6 +85,11 @@ struct Entry {
 ///    entries. It is kept up to date by every operation, so that admission (which runs under
 ///    the cache's lock for every missing object) costs no scan of a cache of millions of
 ///    entries while it stays under the high watermark.
+/// 9. [`committed`](Self::committed) is the sum of the sizes (as their keys give them) of every
+///    object at least one holder pins, cached or not: what the pins will occupy once all
+///    of them are cached. [`admit_pins`](Self::admit_pins) pins a holder's objects only if
+///    `committed` stays at or below the capacity, and changes nothing otherwise; it is the
+///    one place reservations are admitted, so pins are counted once, here.
 #[derive(Clone, Debug)]
 pub struct CacheBook {
     capacity: u64,
@@ -101,6 +106,20 @@ pub struct CacheBook {
     pinned: u64,
     /// Bytes of the unpinned ready entries (invariant 8).
     evictable: u64,
+    /// Bytes of every pinned object, cached or not (invariant 9).
+    committed: u64,
+}
+
+/// Why [`CacheBook::admit_pins`] refused a holder's objects: pinning them would commit more
+/// bytes than the cache holds. The numbers are bytes at the time of the refusal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Overcommitted {
+    /// Bytes of the holder's objects that nobody pins yet.
+    pub additional: u64,
+    /// Bytes every holder pins already, cached or not.
+    pub committed: u64,
+    /// The capacity of the cache.
+    pub capacity: u64,
 }
 
 impl CacheBook {
@@ -122,6 +141,7 @@ impl CacheBook {
             used: 0,
             pinned: 0,
             evictable: 0,
+            committed: 0,
         }
     }
 
@@ -138,6 +158,37 @@ impl CacheBook {
     /// Bytes held by pinned entries, ready and pending.
     pub fn pinned(&self) -> u64 {
         self.pinned
+    }
+
+    /// Bytes of every object at least one holder pins, cached or not (invariant 9).
+    pub fn committed(&self) -> u64 {
+        self.committed
+    }
+
+    /// Bytes of `keys` (each counted once) that no holder pins yet: what
+    /// [`admit_pins`](Self::admit_pins) would add to [`committed`](Self::committed).
+    pub fn additional(&self, keys: &[ObjectKey]) -> u64 {
+        let mut seen = BTreeSet::new();
+        keys.iter()
+            .filter(|k| !self.pin_counts.contains_key(*k) && seen.insert(*k))
+            .map(|k| k.size)
+            .sum()
+    }
+
+    /// `holder` pins `keys` if every pinned object, cached or not, still fits in the cache
+    /// with them (invariant 9); otherwise nothing changes and the refusal says by how much.
+    /// Objects pinned already (by anyone) need no more room.
+    pub fn admit_pins(&mut self, holder: &str, keys: &[ObjectKey]) -> Result<(), Overcommitted> {
+        let additional = self.additional(keys);
+        if self.committed.saturating_add(additional) > self.capacity {
+            return Err(Overcommitted {
+                additional,
+                committed: self.committed,
+                capacity: self.capacity,
+            });
+        }
+        self.pin(holder, keys);
+        Ok(())
     }
 
     /// Bytes of the unpinned ready entries: what eviction could free now.
@@ -255,6 +306,7 @@ impl CacheBook {
             let count = self.pin_counts.entry(key.clone()).or_insert(0);
             *count += 1;
             if *count == 1 {
+                self.committed += key.size;
                 if let Some(entry) = self.entries.get(key) {
                     self.pinned += entry.size;
                     if entry.state == EntryState::Ready {
@@ -289,10 +341,11 @@ impl CacheBook {
         true
     }
 
-    /// `holder` releases every object it pins. Returns how many it pinned.
-    pub fn unpin_all(&mut self, holder: &str) -> usize {
+    /// `holder` releases every object it pins. Returns them (to pin them again if what they
+    /// were released for does not happen).
+    pub fn unpin_all(&mut self, holder: &str) -> Vec<ObjectKey> {
         let Some(held) = self.holders.remove(holder) else {
-            return 0;
+            return Vec::new();
         };
         for key in &held {
             let Some(count) = self.pin_counts.get_mut(key) else {
@@ -304,11 +357,12 @@ impl CacheBook {
                 self.unpinned(key);
             }
         }
-        held.len()
+        held.into_iter().collect()
     }
 
     /// Accounts for the last pin on `key` being released.
     fn unpinned(&mut self, key: &ObjectKey) {
+        self.committed -= key.size;
         if let Some(entry) = self.entries.get(key) {
             self.pinned -= entry.size;
             if entry.state == EntryState::Ready {

@@ -62,7 +62,7 @@ use milepost_schema::enums::CacheEntryState;
 pub(crate) use milepost_store::ObjectKey;
 use milepost_store::{ByteRange, ObjectStore};
 
-pub use book::{CacheBook, EntryState, Full};
+pub use book::{CacheBook, EntryState, Full, Overcommitted};
 pub use durability::Durability;
 pub use error::{CacheError, CacheErrorKind};
 pub use held::{Held, HELD_HOLDER};
@@ -704,10 +704,25 @@ impl OfficeCache {
         self.inner.lock().book.pin(holder, objects);
     }
 
-    /// `holder` releases every object it pins.
-    pub fn unpin_all(&self, holder: &str) {
+    /// `holder` pins `objects` if every pinned object (by any holder, cached or not) still
+    /// fits in the cache with them; otherwise nothing changes. Check and pin happen under
+    /// the cache's lock, so two admissions cannot both take the last room. This is how
+    /// reservations are admitted: the cache's book is the one count of pins.
+    pub fn admit_pins(&self, holder: &str, objects: &[ObjectKey]) -> Result<(), Overcommitted> {
+        self.inner.lock().book.admit_pins(holder, objects)
+    }
+
+    /// `holder` releases `object` alone (another holder's pin on it stays).
+    pub fn unpin(&self, holder: &str, object: &ObjectKey) {
+        self.inner.lock().book.unpin(holder, object);
+    }
+
+    /// `holder` releases every object it pins. Returns them, to pin them again if what they
+    /// were released for does not happen.
+    pub fn unpin_all(&self, holder: &str) -> Vec<ObjectKey> {
         let released = self.inner.lock().book.unpin_all(holder);
-        tracing::debug!(holder, released, "unpinned");
+        tracing::debug!(holder, released = released.len(), "unpinned");
+        released
     }
 
     /// Makes the view `name`: `root/views/<name>/<bucket>/<key>` hard links to the content

@@ -1,14 +1,14 @@
 //! Admission: who may reserve, extend and release (authorization), for how long (the TTL and
-//! `expires_at`), and whether the cache has room: the pin accounting that refuses a
-//! reservation whose objects would not fit next to those pinned by live reservations.
+//! `expires_at`), and whether the cache has room.
 //!
-//! The pins are counted here ([`PinLedger`]) and not asked of the cache's `CacheBook`, which
-//! also pins them: the book's pinned bytes count only objects already cached, include holders
-//! other than reservations (write-back, held and trim scratch pins), and a reservation's pins
-//! there grow during materialization (a trimmed log's built file and, for logs without a chunk
-//! index, the whole source are pinned next to the planned stand-in admission counted).
+//! Room is asked of the cache's book, the one count of pins
+//! ([`OfficeCache::admit_pins`](crate::OfficeCache::admit_pins)): a reservation is admitted
+//! when every pinned object, cached or not, still fits in the cache with its objects. So
+//! what other holders pin counts too: office writes not yet in S3 and multipart parts are
+//! on the cache's disk and cannot be evicted either, and a reservation admitted beside them
+//! would only fail later, half-materialized. A trimmed log is counted at its planned size
+//! until it is built, then at its built size (see [`trimmed`](crate::trimmed)).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,7 +22,7 @@ use sea_orm::{ActiveValue::Set, EntityTrait as _};
 use super::lifecycle::{is_final, now, ACTIVE};
 use super::materialize::Member;
 use super::{Actor, Inner, ReservationError, Reservations};
-use crate::cache::ObjectKey;
+use crate::cache::{ObjectKey, Overcommitted};
 use crate::trimmed;
 
 /// The longest `purpose`, in characters.
@@ -41,55 +41,6 @@ pub fn ttl_from_seconds(seconds: i64) -> Result<Duration, ReservationError> {
                 format!("{seconds} is not a positive number of seconds"),
             )
         })
-}
-
-/// The objects pinned by the live reservations of this service, each counted once, for
-/// admission ([module docs](super)).
-#[derive(Debug, Default)]
-pub(super) struct PinLedger {
-    counts: HashMap<ObjectKey, u32>,
-    pub(super) bytes: u64,
-    holders: HashMap<String, Arc<[ObjectKey]>>,
-}
-
-impl PinLedger {
-    /// Bytes of `objects` not pinned yet by a live reservation.
-    fn additional(&self, objects: &[ObjectKey]) -> u64 {
-        objects
-            .iter()
-            .filter(|o| !self.counts.contains_key(*o))
-            .map(|o| o.size)
-            .sum()
-    }
-
-    fn hold(&mut self, holder: &str, objects: Arc<[ObjectKey]>) {
-        if self.holders.contains_key(holder) {
-            return;
-        }
-        for object in objects.iter() {
-            let count = self.counts.entry(object.clone()).or_insert(0);
-            if *count == 0 {
-                self.bytes += object.size;
-            }
-            *count += 1;
-        }
-        self.holders.insert(holder.to_owned(), objects);
-    }
-
-    fn release(&mut self, holder: &str) {
-        let Some(objects) = self.holders.remove(holder) else {
-            return;
-        };
-        for object in objects.iter() {
-            if let Some(count) = self.counts.get_mut(object) {
-                *count -= 1;
-                if *count == 0 {
-                    self.counts.remove(object);
-                    self.bytes -= object.size;
-                }
-            }
-        }
-    }
 }
 
 impl Reservations {
@@ -138,25 +89,24 @@ impl Reservations {
             ));
         }
         let id = new_id("res");
-        {
-            let mut state = self.inner.lock();
-            let more = state.pins.additional(&objects);
-            let held = state.pins.bytes;
-            if held + more > capacity {
-                let free = capacity.saturating_sub(held);
-                return Err(ReservationError::NoRoom(format!(
-                    "no room in the office cache for {label}: it needs {more} more bytes ({}) \
-                     pinned, but of the cache's {capacity} bytes ({}) live reservations pin \
-                     {held} ({}), leaving {free} ({}); release or wait for other reservations",
-                    human(more),
-                    human(capacity),
-                    human(held),
-                    human(free)
-                )));
-            }
-            state.pins.hold(&id, Arc::clone(&objects));
+        if let Err(refused) = self.inner.cache.admit_pins(&id, &objects) {
+            let Overcommitted {
+                additional: more,
+                committed: held,
+                capacity,
+            } = refused;
+            let free = capacity.saturating_sub(held);
+            return Err(ReservationError::NoRoom(format!(
+                "no room in the office cache for {label}: it needs {more} more bytes ({}) \
+                 pinned, but of the cache's {capacity} bytes ({}) {held} ({}) are pinned \
+                 already by live reservations and office writes not yet in S3, leaving {free} \
+                 ({}); release or wait for other reservations",
+                human(more),
+                human(capacity),
+                human(held),
+                human(free)
+            )));
         }
-        self.inner.cache.pin(&id, &objects);
 
         let created = now();
         let row = reservation::ActiveModel {
@@ -298,29 +248,16 @@ impl Inner {
             .collect()
     }
 
-    /// Unpins `id`'s objects in the cache and in the admission ledger. Returns what it held
-    /// in the ledger, for [`restore_pins`](Self::restore_pins).
-    pub(super) fn unpin(&self, id: &str) -> Option<Arc<[ObjectKey]>> {
-        self.cache.unpin_all(id);
-        let mut state = self.lock();
-        let held = state.pins.holders.get(id).cloned();
-        state.pins.release(id);
-        held
+    /// Unpins `id`'s objects. Returns what it held, for [`restore_pins`](Self::restore_pins).
+    pub(super) fn unpin(&self, id: &str) -> Vec<ObjectKey> {
+        self.cache.unpin_all(id)
     }
 
     /// Gives `id` back the pins [`unpin`](Self::unpin) took, when the final state they were
-    /// released for was not written and the reservation may still be live.
-    pub(super) fn restore_pins(&self, id: &str, held: Option<&Arc<[ObjectKey]>>) {
-        if let Some(objects) = held {
-            self.repin(id, objects);
-        }
-    }
-
-    /// Pins `objects` for `id` in the cache and the ledger (no admission check: it was
-    /// admitted before).
-    pub(super) fn repin(&self, id: &str, objects: &Arc<[ObjectKey]>) {
-        self.lock().pins.hold(id, Arc::clone(objects));
-        self.cache.pin(id, objects);
+    /// released for was not written and the reservation may still be live (no admission
+    /// check: it was admitted before).
+    pub(super) fn restore_pins(&self, id: &str, held: &[ObjectKey]) {
+        self.cache.pin(id, held);
     }
 }
 
@@ -359,30 +296,6 @@ fn human(bytes: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn key(name: &str, size: u64) -> ObjectKey {
-        ObjectKey::new("b", name, "e", size)
-    }
-
-    #[test]
-    fn pin_ledger_counts_shared_objects_once() {
-        let mut ledger = PinLedger::default();
-        let a: Arc<[ObjectKey]> = vec![key("1", 10), key("2", 20)].into();
-        let b: Arc<[ObjectKey]> = vec![key("2", 20), key("3", 30)].into();
-        assert_eq!(ledger.additional(&a), 30);
-        ledger.hold("r1", Arc::clone(&a));
-        ledger.hold("r1", Arc::clone(&a)); // idempotent
-        assert_eq!(ledger.bytes, 30);
-        assert_eq!(ledger.additional(&b), 30);
-        ledger.hold("r2", Arc::clone(&b));
-        assert_eq!(ledger.bytes, 60);
-        ledger.release("r1");
-        assert_eq!(ledger.bytes, 50);
-        ledger.release("r1");
-        ledger.release("r2");
-        assert_eq!(ledger.bytes, 0);
-        assert!(ledger.counts.is_empty());
-    }
 
     #[test]
     fn ttl_seconds_must_be_positive() {

@@ -84,7 +84,6 @@ mod lifecycle;
 mod materialize;
 mod persistence;
 
-use admission::PinLedger;
 pub use admission::{ttl_from_seconds, MAX_PURPOSE_LEN};
 pub use error::{ReservationError, ReservationErrorKind};
 use lifecycle::decode_cursor;
@@ -142,12 +141,11 @@ impl<'a> Actor<'a> {
 }
 
 /// What the service keeps in memory, under one lock: subscription channels, running
-/// materializations and the admission ledger.
+/// materializations. (Pins are the cache's: [`OfficeCache::admit_pins`].)
 #[derive(Debug, Default)]
 struct State {
     channels: HashMap<String, watch::Sender<reservation::Model>>,
     running: HashMap<String, Running>,
-    pins: PinLedger,
     generation: u64,
 }
 
@@ -174,7 +172,6 @@ impl fmt::Debug for Reservations {
             .field("settings", &self.inner.settings)
             .field("running", &state.running.len())
             .field("subscribed", &state.channels.len())
-            .field("pinned_bytes", &state.pins.bytes)
             .finish_non_exhaustive()
     }
 }

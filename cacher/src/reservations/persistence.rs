@@ -111,12 +111,12 @@ impl Inner {
                 let current = match reservation::Entity::find_by_id(id).one(&self.db).await {
                     Ok(current) => current,
                     Err(err) => {
-                        self.restore_pins(id, held.as_ref());
+                        self.restore_pins(id, &held);
                         return Err(err.into());
                     }
                 };
                 if let Some(current) = current.filter(|c| !is_final(c.state)) {
-                    self.restore_pins(id, held.as_ref());
+                    self.restore_pins(id, &held);
                     self.adopt(&current).await?;
                 }
                 Ok(None)
@@ -124,7 +124,7 @@ impl Inner {
             Err(err) => {
                 match reservation::Entity::find_by_id(id).one(&self.db).await {
                     Ok(Some(current)) if !is_final(current.state) => {
-                        self.restore_pins(id, held.as_ref());
+                        self.restore_pins(id, &held);
                         let _ = self.adopt(&current).await;
                     }
                     Ok(_) => {}

@@ -48,6 +48,7 @@ milepost_testkit::on_both_backends!(
     object_changed_upstream_fails_naming_it,
     final_rows_are_only_read_once_pins_are_released,
     release_unpins_and_admission_counts_pins,
+    admission_counts_what_other_holders_pin,
     release_during_materialization_stops_it,
     extend_checks_owner_ttl_and_state,
     expired_reservations_unpin,
@@ -806,6 +807,50 @@ async fn release_unpins_and_admission_counts_pins(backend: Backend) {
         .filter(|k| !env.cache.is_cached(k))
         .count();
     assert!(evicted > 0, "some of a's objects were evicted");
+    env.finish().await;
+}
+
+/// Pins are counted once, in the cache's book: bytes other holders pin (here multipart parts
+/// held on the cache's disk) leave no room for a reservation, which is refused at once
+/// instead of being admitted and then failing half-materialized.
+async fn admission_counts_what_other_holders_pin(backend: Backend) {
+    let options = Options {
+        capacity: (3 * MIB / 2) as u64,
+        ..Options::default()
+    };
+    let Some(mut env) = Env::start(backend, options).await else {
+        return;
+    };
+    let entries = env.put_random("a", &[256 * KIB; 4]).await;
+    let a = env.dataset("a", entries.clone()).await;
+    let ttl = Duration::from_secs(600);
+
+    let parts = env
+        .cache
+        .hold("multipart parts", MIB as u64)
+        .await
+        .expect("hold");
+    let err = env
+        .service
+        .reserve(&a, "alice", None, ttl)
+        .await
+        .expect_err("the held parts leave no room");
+    assert_eq!(err.kind(), ReservationErrorKind::Conflict);
+    let message = err.to_string();
+    assert!(
+        message.contains("1048576 more bytes") && message.contains("1048576 (1.0 MiB) are pinned"),
+        "{message}"
+    );
+
+    drop(parts);
+    let ra = env
+        .service
+        .reserve(&a, "alice", None, ttl)
+        .await
+        .expect("room once the parts are gone");
+    let ra = settle(&env.service, &ra.id).await;
+    assert_eq!(ra.state, ReservationState::Ready, "{:?}", ra.error);
+    assert_view_matches(&env, &ra, &entries);
     env.finish().await;
 }
 

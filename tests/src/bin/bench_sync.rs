@@ -7,7 +7,7 @@
 //!                           [--drive-mib N] [--seed S] [--dir PATH] [--no-aws]
 //! ```
 //!
-//! - Seeds a [`LoopbackS3`] (s3s-fs in a temp dir, or `--dir`) through the S3 API: the
+//! - Seeds a [`LoopbackUpstream`] (s3s-fs in a temp dir, or `--dir`) through the S3 API: the
 //!   synthetic fleet's drives (as many as it takes to have `--logs` MCAP logs; sidecars as
 //!   generated), `--runs` runs (run.json, metrics.parquet, outputs, rendered), and small
 //!   camera/lidar blobs under the drives up to `--objects` objects. MCAP logs are real
@@ -37,14 +37,13 @@ use milepost_api::server::AppState;
 use milepost_indexer::fleet::{self, FileKind, FleetSpec, GeneratedFile};
 use milepost_indexer::sync::SyncReport;
 use milepost_schema::entity::egress_ledger;
-use milepost_store::loopback::LoopbackS3;
 use milepost_store::{EgressMeter, ObjectStore, UpstreamSettings};
-use milepost_testkit::{FaultProxy, SeenRequest};
+use milepost_testkit::{
+    FaultProxy, LoopbackUpstream, SeenRequest, LOOPBACK_ACCESS_KEY, LOOPBACK_SECRET_KEY,
+};
 use sea_orm::EntityTrait;
 
 const BUCKET: &str = "fleet";
-const ACCESS_KEY: &str = "bench-key";
-const SECRET_KEY: &str = "bench-secret";
 
 struct Args {
     objects: usize,
@@ -356,8 +355,8 @@ fn print_report(label: &str, report: &SyncReport, took: Duration) {
 fn aws_listing(endpoint: &str) -> Option<(f64, usize, f64)> {
     let command = || {
         let mut c = std::process::Command::new("aws");
-        c.env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-            .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+        c.env("AWS_ACCESS_KEY_ID", LOOPBACK_ACCESS_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", LOOPBACK_SECRET_KEY)
             .env(
                 "AWS_DEFAULT_REGION",
                 milepost_store::loopback::LOOPBACK_REGION,
@@ -432,7 +431,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
 
-    let s3 = LoopbackS3::start(&s3_dir, ([127, 0, 0, 1], 0).into(), ACCESS_KEY, SECRET_KEY).await?;
+    let s3 = LoopbackUpstream::start_in(&s3_dir, BUCKET).await?;
 
     // Seeding (not measured as part of any figure).
     let t = Instant::now();
@@ -445,7 +444,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .take(2000)
         .map(|(key, _)| key.clone())
         .collect();
-    let seeder = milepost_store::build_store(&s3.settings(), Arc::new(EgressMeter::default()))?;
+    let seeder = Arc::clone(&s3.store);
     let (count, bytes) = seed(&seeder, plan, args.concurrency).await?;
     println!(
         "seeded {count} objects ({drives} drives, {logs} MCAP logs, {runs} runs), {:.0} MiB, in {:.1} s",
@@ -723,6 +722,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
 
     proxy.shutdown().await;
-    s3.shutdown().await;
+    s3.s3.shutdown().await;
     Ok(())
 }

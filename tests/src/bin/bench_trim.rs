@@ -8,7 +8,7 @@
 //! ```
 //!
 //! Writes one synthetic log (camera 10 Hz × 3000 B, lidar 10 Hz × 2000 B, pose 50 Hz × 120 B,
-//! streamed to disk), uploads it with its drive sidecar to a [`LoopbackS3`], serves the real
+//! streamed to disk), uploads it with its drive sidecar to a [`LoopbackUpstream`], serves the real
 //! application (SQLite, office cache in a temp dir) over it, syncs, then:
 //! 1. a dataset of the scenario (default padding 2 s) → reserve → READY: wall time,
 //!    `bytesFromUpstream`, and the bytes that had to be read (the overlapping chunks, the
@@ -26,10 +26,9 @@ use chrono::{TimeZone as _, Utc};
 use mcap::Compression;
 use milepost_cacher::trim::{self, Window};
 use milepost_schema::enums::Role;
-use milepost_store::loopback::LoopbackS3;
-use milepost_store::{EgressMeter, ObjectStore, UploadOptions};
+use milepost_store::{ObjectStore, UploadOptions};
 use milepost_testkit::trimlogs::{drive_sidecar, write_log, LogSpec, ScenarioSpec, TOPICS};
-use milepost_testkit::TestApp;
+use milepost_testkit::{LoopbackUpstream, TestApp};
 use serde_json::{json, Value};
 
 const BUCKET: &str = "fleet";
@@ -121,7 +120,7 @@ async fn create(app: &TestApp, token: &str, input: Value) -> anyhow::Result<()> 
     Ok(())
 }
 
-async fn app(s3: &LoopbackS3) -> anyhow::Result<(TestApp, String)> {
+async fn app(s3: &LoopbackUpstream) -> anyhow::Result<(TestApp, String)> {
     let app = TestApp::builder()
         .upstream(s3.settings(), BUCKET)
         .start()
@@ -177,15 +176,8 @@ async fn main() -> anyhow::Result<()> {
     };
     let s3_dir = dir.path().join("s3");
     std::fs::create_dir_all(&s3_dir)?;
-    let s3 = LoopbackS3::start(
-        &s3_dir,
-        ([127, 0, 0, 1], 0).into(),
-        "bench-key",
-        "bench-secret",
-    )
-    .await?;
-    let store = milepost_store::build_store(&s3.settings(), Arc::new(EgressMeter::default()))?;
-    store.ensure_bucket(BUCKET).await?;
+    let s3 = LoopbackUpstream::start_in(&s3_dir, BUCKET).await?;
+    let store = Arc::clone(&s3.store);
     let sidecar = drive_sidecar(
         DRIVE,
         t0,

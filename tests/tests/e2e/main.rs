@@ -11,5 +11,6 @@ mod one_fetch_per_byte;
 mod reserve;
 mod scenario_trim;
 mod sync_search;
+mod tooling;
 mod transfer_policy;
 mod web_catalog;

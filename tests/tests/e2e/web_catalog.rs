@@ -418,6 +418,46 @@ async fn catalog_end_to_end_in_chromium() {
     );
     screenshots(&browser, "transfers").await;
 
+    // The kinds of page not visited yet: a run, a scenario, the dataset list. Then no page visited
+    // logged a console error (every page used to log the 404 of /favicon.ico).
+    browser
+        .goto(&format!("{base}/?q=kind%3Arun"))
+        .await
+        .expect("test step");
+    let run = browser
+        .attribute("a.hit-title[href^='/runs/']", "href")
+        .await
+        .expect("test step")
+        .expect("a run hit");
+    browser
+        .goto(&format!("{base}{run}"))
+        .await
+        .expect("test step");
+    browser.find("h1").await.expect("test step");
+    // Scenario hits link into their drive's page (`/drives/<drive>#scenario-<id>`), where
+    // `/scenarios/<id>` redirects too.
+    browser
+        .goto(&format!("{base}/?q=kind%3Ascenario"))
+        .await
+        .expect("test step");
+    let scenario = browser
+        .attribute("a.hit-title[href*='#scenario-']", "href")
+        .await
+        .expect("test step")
+        .expect("a scenario hit");
+    let scenario_id = scenario.split("#scenario-").nth(1).expect("scenario id");
+    browser
+        .goto(&format!("{base}/scenarios/{scenario_id}"))
+        .await
+        .expect("test step");
+    wait_url(&browser, "/drives/").await;
+    browser
+        .goto(&format!("{base}/datasets"))
+        .await
+        .expect("test step");
+    let errors = browser.console_errors().await.expect("console log");
+    assert!(errors.is_empty(), "console errors: {errors:#?}");
+
     browser.quit().await;
     w.app.shutdown().await;
 }

@@ -5,6 +5,7 @@ use axum::response::{IntoResponse, Response};
 
 const CSS: &str = include_str!("../../assets/app.css");
 const JS: &str = include_str!("../../assets/app.js");
+const ICON: &str = include_str!("../../assets/favicon.svg");
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {
     let mut response = body.into_response();
@@ -28,4 +29,10 @@ pub async fn css() -> Response {
 
 pub async fn js() -> Response {
     asset("text/javascript; charset=utf-8", JS)
+}
+
+/// The icon, at `/assets/favicon.svg` (which every page links) and at `/favicon.ico`, which
+/// browsers and tools ask for whatever the page says: without it every page logs a 404.
+pub async fn icon() -> Response {
+    asset("image/svg+xml", ICON)
 }

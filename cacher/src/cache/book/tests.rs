@@ -30,6 +30,8 @@ enum Op {
     Touch(usize),
     Remove(usize),
     Pin(usize, Vec<usize>),
+    /// Pins the keys for the holder only if every pin, cached or not, still fits.
+    AdmitPins(usize, Vec<usize>),
     UnpinAll(usize),
     /// One holder releases one key.
     Unpin(usize, usize),
@@ -47,6 +49,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => k.clone().prop_map(Op::Touch),
         1 => k.clone().prop_map(Op::Remove),
         1 => (h.clone(), prop::collection::vec(k.clone(), 0..4)).prop_map(|(h, ks)| Op::Pin(h, ks)),
+        1 => (h.clone(), prop::collection::vec(k.clone(), 0..5)).prop_map(|(h, ks)| Op::AdmitPins(h, ks)),
         1 => h.clone().prop_map(Op::UnpinAll),
         1 => (h, k).prop_map(|(h, k)| Op::Unpin(h, k)),
         1 => Just(Op::Evict),
@@ -77,6 +80,12 @@ impl Model {
 
     fn pinned_key(&self, k: usize) -> bool {
         self.pins.iter().any(|(_, i)| *i == k)
+    }
+
+    /// Bytes of every pinned key, cached or not, each once.
+    fn committed(&self) -> u64 {
+        let keys: BTreeSet<usize> = self.pins.iter().map(|(_, k)| *k).collect();
+        keys.iter().map(|k| SIZES[*k]).sum()
     }
 
     fn used(&self) -> u64 {
@@ -205,9 +214,36 @@ fn apply(book: &mut CacheBook, model: &mut Model, op: &Op) -> Result<(), TestCas
             book.pin(HOLDERS[*h], &keys);
             model.pins.extend(ks.iter().map(|k| (*h, *k)));
         }
+        Op::AdmitPins(h, ks) => {
+            let keys: Vec<_> = ks.iter().map(|k| key(*k)).collect();
+            let new: BTreeSet<usize> = ks
+                .iter()
+                .copied()
+                .filter(|k| !model.pinned_key(*k))
+                .collect();
+            let additional: u64 = new.iter().map(|k| SIZES[*k]).sum();
+            let committed = model.committed();
+            match book.admit_pins(HOLDERS[*h], &keys) {
+                Ok(()) => {
+                    prop_assert!(committed + additional <= model.capacity);
+                    model.pins.extend(ks.iter().map(|k| (*h, *k)));
+                }
+                Err(refused) => {
+                    prop_assert!(committed + additional > model.capacity);
+                    prop_assert_eq!(refused.additional, additional);
+                    prop_assert_eq!(refused.committed, committed);
+                }
+            }
+        }
         Op::UnpinAll(h) => {
-            let expected = model.pins.iter().filter(|(i, _)| i == h).count();
-            prop_assert_eq!(book.unpin_all(HOLDERS[*h]), expected);
+            let expected: BTreeSet<ObjectKey> = model
+                .pins
+                .iter()
+                .filter(|(i, _)| i == h)
+                .map(|(_, k)| key(*k))
+                .collect();
+            let released: BTreeSet<ObjectKey> = book.unpin_all(HOLDERS[*h]).into_iter().collect();
+            prop_assert_eq!(released, expected);
             model.pins.retain(|(i, _)| i != h);
         }
         Op::Unpin(h, k) => {
@@ -238,6 +274,8 @@ fn check(book: &CacheBook, model: &Model, probe: u64) -> Result<(), TestCaseErro
     prop_assert_eq!(book.used(), model.used());
     prop_assert_eq!(book.pinned(), model.pinned());
     prop_assert!(book.pinned() <= book.used());
+    // 9: committed bytes, cached or not.
+    prop_assert_eq!(book.committed(), model.committed());
     // 3: pins per key.
     for k in 0..SIZES.len() {
         prop_assert_eq!(book.is_pinned(&key(k)), model.pinned_key(k));
@@ -386,7 +424,7 @@ fn eviction_goes_from_the_high_to_the_low_watermark_in_lru_order() {
             unevictable: 80,
         })
     );
-    assert_eq!(book.unpin_all("r-2"), 3);
+    assert_eq!(book.unpin_all("r-2").len(), 3);
     assert_eq!(book.pinned(), 20);
     assert!(book.plan_eviction(101).is_err(), "larger than the capacity");
 }

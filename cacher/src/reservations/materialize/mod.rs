@@ -118,7 +118,7 @@ impl Inner {
         }
         let members = self.members(row.dataset_id).await?;
         let objects = self.pin_keys(&members);
-        self.repin(&row.id, &objects);
+        self.restore_pins(&row.id, &objects);
         match row.state {
             ReservationState::Pending | ReservationState::Materializing => {
                 Inner::spawn(self, row.id.clone(), false);
@@ -222,7 +222,7 @@ impl Inner {
             Ok(None) => {}
             Err(err) => {
                 // Still live in the database: keep it protected, as it was.
-                self.restore_pins(id, held.as_ref());
+                self.restore_pins(id, &held);
                 tracing::error!(reservation = %id, error = %err, "cannot record a failed reservation");
             }
         }
