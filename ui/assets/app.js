@@ -56,6 +56,7 @@
       setText("objects-done", String(r.objectsDone));
       setText("objects-total", String(r.objectsTotal));
       setText("bytes-upstream", formatBytes(r.bytesFromUpstream));
+      setText("bytes-local", formatBytes(Math.max(0, r.bytesDone - r.bytesFromUpstream)));
       setText("rate", formatBytes(rate) + "/s");
       const left = r.bytesTotal - r.bytesDone;
       setText("eta", left <= 0 ? "done" : rate > 0 ? formatDuration(left / rate) : "unknown");

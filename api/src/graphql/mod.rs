@@ -1,6 +1,7 @@
 //! The GraphQL endpoint: schema with depth and complexity limits, the POST handler (auth, body
 //! parsing, error codes) and GraphiQL on GET.
 
+mod dataset_diff;
 pub mod datasets;
 mod inputs;
 mod insights;
@@ -34,6 +35,7 @@ pub use query::Query;
 pub struct QueryRoot(
     Query,
     datasets::DatasetQuery,
+    dataset_diff::DatasetDiffQuery,
     insights::InsightsQuery,
     transfers::TransferQuery,
     workers::WorkersQuery,

@@ -32,11 +32,13 @@
 //! - `manifest.rs`: the Parquet manifest format, and loading one from a store;
 //! - `creation.rs`: names, entries, versions and the creating transaction;
 //! - `queries.rs`: reading datasets and their members back;
+//! - `diff.rs`: what changed between two versions ([`diff`]);
 //! - `error.rs`: [`DatasetError`].
 
 use milepost_schema::entity::dataset_member;
 
 mod creation;
+mod diff;
 mod error;
 mod manifest;
 mod queries;
@@ -45,6 +47,7 @@ pub use creation::{
     create_dataset, normalize_entries, validate_name, NewDataset, INSERT_BATCH,
     MAX_DESCRIPTION_LEN, MAX_NAME_LEN,
 };
+pub use diff::{diff, ChangedMember, DatasetDiff};
 pub use error::{DatasetError, DatasetErrorKind};
 pub use manifest::{
     load_manifest, manifest_key, read_manifest, write_manifest, MANIFEST_PREFIX, MAX_MANIFEST_BYTES,

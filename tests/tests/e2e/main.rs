@@ -4,6 +4,7 @@
 //! capability; the fixtures come from `milepost-testkit`.
 
 mod catalog_api;
+mod dataset_diff;
 mod faults;
 mod gateway;
 mod offices;

@@ -126,7 +126,48 @@ pub struct DatasetData {
     pub me: Me,
     pub dataset: Option<Dataset>,
     pub reservations: Reservations,
+    /// What changed from the version before (none for a first version).
+    #[serde(skip)]
+    pub diff: Option<DiffData>,
 }
+
+/// `datasetDiff` against the previous version, as the page shows it.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DiffData {
+    pub from: i32,
+    pub added_count: i64,
+    pub removed_count: i64,
+    pub changed_count: i64,
+    pub unchanged_count: i64,
+    pub added_bytes: i64,
+    pub removed_bytes: i64,
+    pub changed_bytes: i64,
+    pub added: Vec<DiffMember>,
+    pub removed: Vec<DiffMember>,
+    pub changed: Vec<DiffChange>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DiffMember {
+    pub view_key: String,
+    pub bytes: i64,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct DiffChange {
+    pub to: DiffMember,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct DiffEnvelope {
+    dataset_diff: DiffData,
+}
+
+/// Rows of each kind of change the page lists.
+const DIFF_ROWS: i32 = 20;
 
 #[derive(Debug, Default, Deserialize)]
 pub struct VersionParam {
@@ -150,13 +191,68 @@ pub async fn load(
     objects(first: 200) {{ totalCount edges {{ node {{ bucket key size cached }} }} }} }}
   reservations(first: 100) {{ edges {{ node {{ {RESERVATION_FIELDS} }} }} }} }}"#
     );
-    fetch(
+    let mut data: DatasetData = fetch(
         ui,
         session,
         &query,
         json!({ "name": name, "version": version }),
     )
-    .await
+    .await?;
+    if let Some(d) = data.dataset.as_ref().filter(|d| d.version > 1) {
+        let diff: DiffEnvelope = fetch(
+            ui,
+            session,
+            "query($name: String!, $to: Int, $first: Int) { datasetDiff(name: $name, to: $to, first: $first) {
+               from addedCount removedCount changedCount unchangedCount addedBytes removedBytes changedBytes
+               added { viewKey bytes } removed { viewKey bytes } changed { to { viewKey bytes } } } }",
+            json!({ "name": d.name, "to": d.version, "first": DIFF_ROWS }),
+        )
+        .await?;
+        data.diff = Some(diff.dataset_diff);
+    }
+    Ok(data)
+}
+
+/// The "Changes from v<N>" section: counts and bytes, then the first changes of each kind.
+fn changes_section(b: &mut String, diff: &DiffData) {
+    w!(
+        b,
+        r#"<section id="changes" aria-labelledby="changes-title"><h2 id="changes-title">Changes from v{}</h2><p><span id="diff-added">+{} files ({})</span> · <span id="diff-removed">−{} files ({})</span> · <span id="diff-changed">{} changed ({})</span> · <span id="diff-unchanged">{} unchanged</span></p>"#,
+        diff.from,
+        diff.added_count,
+        html::bytes(diff.added_bytes),
+        diff.removed_count,
+        html::bytes(diff.removed_bytes),
+        diff.changed_count,
+        html::bytes(diff.changed_bytes),
+        diff.unchanged_count
+    );
+    let rows = diff
+        .added
+        .iter()
+        .map(|m| ("added", m))
+        .chain(diff.removed.iter().map(|m| ("removed", m)))
+        .chain(diff.changed.iter().map(|c| ("changed", &c.to)));
+    let mut any = false;
+    for (change, member) in rows {
+        if !any {
+            w!(
+                b,
+                r#"<div class="table-wrap"><table id="diff-rows"><caption>The first {DIFF_ROWS} changes of each kind</caption><thead><tr><th scope="col">Change</th><th scope="col">File</th><th scope="col" class="num">Size</th></tr></thead><tbody>"#
+            );
+            any = true;
+        }
+        w!(
+            b,
+            r#"<tr class="diff-{change}"><td>{change}</td><td class="mono">{}</td><td class="num">{}</td></tr>"#,
+            esc(&member.view_key),
+            html::bytes(member.bytes)
+        );
+    }
+    if any {
+        b.push_str("</tbody></table></div>");
+    }
+    b.push_str("</section>");
 }
 
 pub async fn page_handler(
@@ -329,6 +425,9 @@ pub fn render_dataset(
         esc(&d.manifest_bucket),
         esc(&d.manifest_key)
     );
+    if let Some(diff) = &data.diff {
+        changes_section(&mut b, diff);
+    }
     if me.can_write() {
         reserve_panel(&mut b, session, &d.name, d.version, form, error);
     }

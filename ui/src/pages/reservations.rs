@@ -166,7 +166,7 @@ fn render(
     let (rate, eta) = rate_and_eta(r);
     w!(
         &mut b,
-        r#"<section class="progress-panel" id="progress" data-id="{}" data-state="{}" aria-labelledby="progress-title"><h2 id="progress-title">Progress</h2><progress id="progress-bar" max="{}" value="{}" aria-describedby="progress-text">{}</progress><p id="progress-text" aria-live="polite"><span id="bytes-done">{}</span> of <span id="bytes-total">{}</span> · <span id="objects-done">{}</span>/<span id="objects-total">{}</span> files · <span id="rate">{}</span> · ETA <span id="eta">{}</span></p><p class="muted">Fetched from upstream so far: <span id="bytes-upstream">{}</span>; everything else came from the office cache.</p></section>"#,
+        r#"<section class="progress-panel" id="progress" data-id="{}" data-state="{}" aria-labelledby="progress-title"><h2 id="progress-title">Progress</h2><progress id="progress-bar" max="{}" value="{}" aria-describedby="progress-text">{}</progress><p id="progress-text" aria-live="polite"><span id="bytes-done">{}</span> of <span id="bytes-total">{}</span> · <span id="objects-done">{}</span>/<span id="objects-total">{}</span> files · <span id="rate">{}</span> · ETA <span id="eta">{}</span></p><p class="muted">Already in the office: <span id="bytes-local">{}</span> · fetched from upstream so far: <span id="bytes-upstream">{}</span>.</p></section>"#,
         esc(&r.id),
         esc(&r.state),
         r.bytes_total.max(1),
@@ -182,6 +182,7 @@ fn render(
         r.objects_total,
         rate,
         eta,
+        html::bytes((r.bytes_done - r.bytes_from_upstream).max(0)),
         html::bytes(r.bytes_from_upstream)
     );
     if let Some(message) = &r.error {
