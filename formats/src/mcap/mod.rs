@@ -277,6 +277,69 @@ pub fn parse_summary(region: &[u8], footer: &Footer, size: u64) -> Result<Summar
     Ok(out)
 }
 
+/// Counts the messages per channel that one chunk's message index records list: `region` is
+/// the chunk index's `message_index_length` bytes after its chunk, starting at file offset
+/// `offset`. Each record is checked (opcode, lengths, whole 16-byte entries); nothing is
+/// decoded beyond the lengths. Messages of a channel split over several records add up.
+pub fn count_message_indexes(region: &[u8], offset: u64) -> Result<BTreeMap<u16, u64>, McapError> {
+    const ENTRY_LEN: u64 = 16;
+    let header_len = RECORD_HEADER_LEN as usize;
+    let mut counts = BTreeMap::new();
+    let mut pos = 0usize;
+    while pos < region.len() {
+        let at = offset + pos as u64;
+        let left = region.len() - pos;
+        if left < header_len {
+            return Err(McapError::TruncatedHeader {
+                offset: at,
+                left: left as u64,
+            });
+        }
+        let record = Opcode(region[pos]);
+        let length = u64::from_le_bytes(
+            region[pos + 1..pos + header_len]
+                .try_into()
+                .unwrap_or_default(),
+        );
+        let available = (left - header_len) as u64;
+        if length > available {
+            return Err(McapError::Overlong {
+                record,
+                offset: at,
+                claims: length,
+                available,
+            });
+        }
+        let bad = |problem: String| McapError::BadRecord {
+            record,
+            offset: at,
+            problem,
+        };
+        if record.0 != op::MESSAGE_INDEX {
+            return Err(bad(
+                "expected only message index records after a chunk".to_owned()
+            ));
+        }
+        let body = &region[pos + header_len..pos + header_len + length as usize];
+        if body.len() < 6 {
+            return Err(bad(format!("body of {} bytes, shorter than 6", body.len())));
+        }
+        let channel = u16::from_le_bytes([body[0], body[1]]);
+        let entries = u64::from(u32::from_le_bytes([body[2], body[3], body[4], body[5]]));
+        // Fields a later version appends after the entries are skipped, as the spec asks.
+        if entries > body.len() as u64 - 6 || entries % ENTRY_LEN != 0 {
+            return Err(bad(format!(
+                "its entries claim {entries} bytes of a {}-byte body, not whole 16-byte entries \
+                 inside it",
+                body.len()
+            )));
+        }
+        *counts.entry(channel).or_insert(0) += entries / ENTRY_LEN;
+        pos += header_len + length as usize;
+    }
+    Ok(counts)
+}
+
 /// Adds a decoded schema, channel, statistics or chunk index record to `out`.
 fn collect(out: &mut Summary, record: Record<'_>) -> Result<(), String> {
     match record {

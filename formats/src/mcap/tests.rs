@@ -404,3 +404,47 @@ fn truncations_and_corruptions_never_panic() {
         }
     }
 }
+
+#[test]
+fn message_indexes_count_each_chunks_messages_per_channel() {
+    let bytes = good();
+    let summary = summary_of(&bytes).expect("summary");
+    let mut totals: BTreeMap<u16, u64> = BTreeMap::new();
+    for chunk in &summary.chunk_indexes {
+        let start = chunk.chunk_start_offset + chunk.chunk_length;
+        let end = start + chunk.message_index_length;
+        let counts =
+            count_message_indexes(&bytes[start as usize..end as usize], start).expect("counts");
+        assert_eq!(counts.values().sum::<u64>(), 10, "ten messages a chunk");
+        for (channel, n) in counts {
+            *totals.entry(channel).or_insert(0) += n;
+        }
+    }
+    assert_eq!(
+        totals.values().copied().collect::<Vec<_>>(),
+        vec![30, 30, 30]
+    );
+
+    // Truncated anywhere or with any byte changed: an error or other counts, never a panic.
+    let chunk = &summary.chunk_indexes[0];
+    let start = (chunk.chunk_start_offset + chunk.chunk_length) as usize;
+    let region = &bytes[start..start + chunk.message_index_length as usize];
+    for cut in 0..region.len() {
+        let _ = count_message_indexes(&region[..cut], start as u64);
+    }
+    for at in 0..region.len() {
+        for value in [0u8, 1, 0x7f, 0xff] {
+            let mut bad = region.to_vec();
+            bad[at] = value;
+            let _ = count_message_indexes(&bad, start as u64);
+        }
+    }
+    let err = count_message_indexes(&record(0x05, b"xx"), 100).expect_err("a message record");
+    assert!(
+        err.to_string().contains("only message index records"),
+        "{err}"
+    );
+    let err = count_message_indexes(&record(0x07, &[1, 0, 20, 0, 0, 0]), 100)
+        .expect_err("entries beyond the record");
+    assert!(err.to_string().contains("16-byte entries"), "{err}");
+}
