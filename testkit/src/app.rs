@@ -356,6 +356,19 @@ pub fn error_codes(body: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Asserts that a GraphQL response failed with exactly one error of `code` whose message
+/// contains `needle` (case-insensitive) and carries no data.
+pub fn assert_refused(body: &Value, code: &str, needle: &str) {
+    assert_eq!(error_codes(body), vec![code], "{body}");
+    assert!(
+        first_error(body)
+            .to_lowercase()
+            .contains(&needle.to_lowercase()),
+        "{needle:?} in {body}"
+    );
+    assert!(body["data"].is_null(), "{body}");
+}
+
 /// The first error message of a GraphQL response, or "" when there is none.
 pub fn first_error(body: &Value) -> String {
     body["errors"][0]["message"]

@@ -8,7 +8,7 @@ pub mod garage;
 mod loopback;
 pub mod trimlogs;
 
-pub use app::{error_codes, first_error, graphql_data, TestApp, TestAppBuilder};
+pub use app::{assert_refused, error_codes, first_error, graphql_data, TestApp, TestAppBuilder};
 pub use database::{
     postgres_server_url, replace_database, Backend, TestDatabase, DATABASE_URL_VARIABLE,
 };
