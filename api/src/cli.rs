@@ -81,6 +81,18 @@ pub enum Command {
         #[command(flatten)]
         remote: RemoteArgs,
     },
+    /// Copy a dataset version to DIR (as DIR/<bucket>/<key>) through a running server's
+    /// /data: parallel, verified, resumable; a re-run fetches only what is missing or changed.
+    Pull {
+        /// NAME or NAME@VERSION (latest version without one).
+        dataset: String,
+        dir: PathBuf,
+        /// Files fetched at once.
+        #[arg(long, default_value_t = 8)]
+        jobs: usize,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
     /// The write-back queue of a running server: rate, limit, ETA and the transfers in
     /// upload order.
     Transfers {
@@ -233,6 +245,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Demo => crate::demo::run(config).await,
         Command::Sync { remote } => sync(config, remote).await,
+        Command::Pull {
+            dataset,
+            dir,
+            jobs,
+            remote,
+        } => pull(config, remote, dataset, dir, jobs).await,
         Command::Search {
             query,
             kinds,
@@ -332,6 +350,42 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+async fn pull(
+    config: Config,
+    remote: RemoteArgs,
+    dataset: String,
+    dir: PathBuf,
+    jobs: usize,
+) -> anyhow::Result<()> {
+    let (name, version) =
+        match dataset.rsplit_once('@') {
+            Some((name, v)) => (
+                name.to_owned(),
+                Some(v.parse::<i32>().with_context(|| {
+                    format!("{dataset:?}: the version after @ must be a number")
+                })?),
+            ),
+            None => (dataset, None),
+        };
+    let server = remote
+        .server
+        .clone()
+        .unwrap_or_else(|| format!("http://{}", config.server.listen));
+    let token = remote.token.clone();
+    let client = client(&config, remote)?;
+    let started = std::time::Instant::now();
+    let request = crate::pull::PullRequest {
+        dataset: name,
+        version,
+        dir,
+        jobs,
+        progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    };
+    let report = crate::pull::pull(&client, &server, token.as_deref(), &request).await?;
+    println!("{}", crate::pull::summary_line(&report, started.elapsed()));
+    Ok(())
 }
 
 fn client(config: &Config, remote: RemoteArgs) -> anyhow::Result<crate::client::Client> {

@@ -12,6 +12,7 @@ pub mod gateway;
 pub mod graphql;
 pub mod metrics;
 pub mod progress;
+pub mod pull;
 pub mod records;
 pub mod selection;
 pub mod server;

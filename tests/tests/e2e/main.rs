@@ -9,6 +9,7 @@ mod faults;
 mod gateway;
 mod offices;
 mod one_fetch_per_byte;
+mod pull;
 mod reserve;
 mod scenario_trim;
 mod sync_search;
