@@ -197,6 +197,26 @@ impl AppState {
         .await
     }
 
+    /// The caller of a `/data` read: a presigned URL's proof, or the request's headers.
+    pub async fn authenticate_data_read(
+        &self,
+        headers: &HeaderMap,
+        query: Option<&str>,
+        bucket: &str,
+        key: &str,
+    ) -> ApiResult<Principal> {
+        crate::auth::authenticate_data_read(
+            &self.tokens,
+            &self.db,
+            self.config.server.allow_anonymous_read,
+            headers,
+            query,
+            bucket,
+            key,
+        )
+        .await
+    }
+
     /// Revokes a token; through this process it stops working on the next request.
     pub async fn revoke_token(&self, name: &str) -> crate::error::ApiResult<()> {
         crate::auth::revoke_token(&self.db, name).await?;

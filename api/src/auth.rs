@@ -241,6 +241,23 @@ pub async fn authenticate_headers(
     }
 }
 
+/// Resolves the caller of a `/data` read of `bucket/key`: a presigned URL's proof when the
+/// query carries one ([`presign`]), else the `Authorization` header as for every request.
+pub async fn authenticate_data_read(
+    tokens: &TokenCache,
+    db: &DatabaseConnection,
+    allow_anonymous_read: bool,
+    headers: &http::HeaderMap,
+    query: Option<&str>,
+    bucket: &str,
+    key: &str,
+) -> ApiResult<Principal> {
+    match presign::params(query) {
+        Some(params) => presign::authenticate(db, params?, bucket, key).await,
+        None => authenticate_headers(tokens, db, allow_anonymous_read, headers).await,
+    }
+}
+
 /// Resolves a bearer secret to its principal; unknown or revoked secrets are `Unauthenticated`.
 pub async fn authenticate(db: &DatabaseConnection, secret: &str) -> ApiResult<Principal> {
     let row = token::Entity::find()
@@ -370,5 +387,173 @@ impl TokenCache {
 
     pub fn clear(&self) {
         self.lock().clear();
+    }
+}
+
+/// Presigned `/data` URLs: a browser viewer cannot send a bearer token, so a token holder asks
+/// for a URL that carries its own short-lived proof (`presignData`).
+///
+/// The proof is an HMAC-SHA256, keyed by the token's stored secret hash, over the method
+/// (`GET`; a `HEAD` is checked as the `GET` it precedes), the decoded path
+/// `/data/<bucket>/<key>`, the expiry (Unix seconds) and the token id. So it names one object,
+/// ends at its expiry, and stops working when the token is revoked (its row is looked up on
+/// every use), on every node that shares the database.
+pub mod presign {
+    use chrono::{DateTime, TimeZone as _, Utc};
+    use hmac::{Hmac, Mac};
+    use milepost_schema::entity::token;
+    use milepost_schema::DbError;
+    use sea_orm::{ColumnTrait as _, DatabaseConnection, EntityTrait as _, QueryFilter as _};
+    use sha2::Sha256;
+
+    use super::Principal;
+    use crate::error::{ApiError, ApiResult};
+
+    /// The query parameters of a presigned URL.
+    pub const TOKEN_PARAM: &str = "mp-token";
+    pub const EXPIRES_PARAM: &str = "mp-expires";
+    pub const SIGNATURE_PARAM: &str = "mp-signature";
+    /// The longest a presigned URL may live (as for S3's).
+    pub const MAX_TTL_SECONDS: i64 = 7 * 86_400;
+
+    type HmacSha256 = Hmac<Sha256>;
+
+    fn mac(secret_hash: &str, bucket: &str, key: &str, expires: i64, token_id: i64) -> HmacSha256 {
+        // Any key length is accepted by HMAC.
+        let mut mac = HmacSha256::new_from_slice(secret_hash.as_bytes())
+            .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+        mac.update(format!("GET\n/data/{bucket}/{key}\n{expires}\n{token_id}").as_bytes());
+        mac
+    }
+
+    /// A presigned URL's path and query, and when it expires.
+    #[derive(Debug, Clone)]
+    pub struct Presigned {
+        pub path_and_query: String,
+        pub expires_at: DateTime<Utc>,
+    }
+
+    /// Presigns a read of `bucket/key` for `principal`'s token, valid `ttl_seconds`
+    /// (1 to [`MAX_TTL_SECONDS`]). An anonymous caller has no token to sign with.
+    pub async fn presign(
+        db: &DatabaseConnection,
+        principal: &Principal,
+        bucket: &str,
+        key: &str,
+        ttl_seconds: i64,
+    ) -> ApiResult<Presigned> {
+        if principal.anonymous {
+            return Err(ApiError::Unauthenticated(
+                "presigning needs a token: send Authorization: Bearer <token>",
+            ));
+        }
+        if !(1..=MAX_TTL_SECONDS).contains(&ttl_seconds) {
+            return Err(ApiError::bad_input(
+                "ttlSeconds",
+                format!("expected 1 to {MAX_TTL_SECONDS} seconds, got {ttl_seconds}"),
+            ));
+        }
+        if bucket.is_empty() || key.is_empty() {
+            return Err(ApiError::bad_input(
+                "key",
+                "bucket and key must not be empty",
+            ));
+        }
+        let row = token::Entity::find()
+            .filter(token::Column::Name.eq(&principal.name))
+            .one(db)
+            .await
+            .map_err(DbError::from)?
+            .filter(|row| row.revoked_at.is_none())
+            .ok_or(ApiError::Unauthenticated("unknown or revoked token"))?;
+        let expires_at = Utc::now() + chrono::Duration::seconds(ttl_seconds);
+        let expires = expires_at.timestamp();
+        let signature = hex::encode(
+            mac(&row.secret_hash, bucket, key, expires, row.id)
+                .finalize()
+                .into_bytes(),
+        );
+        let path = format!(
+            "/data/{}/{}",
+            crate::data::encode_segment(bucket),
+            key.split('/')
+                .map(crate::data::encode_segment)
+                .collect::<Vec<_>>()
+                .join("/")
+        );
+        Ok(Presigned {
+            path_and_query: format!(
+                "{path}?{TOKEN_PARAM}={}&{EXPIRES_PARAM}={expires}&{SIGNATURE_PARAM}={signature}",
+                row.id
+            ),
+            expires_at: Utc.timestamp_opt(expires, 0).single().unwrap_or(expires_at),
+        })
+    }
+
+    /// The proof a request's query carries; `None` when it carries none (then the request
+    /// authenticates with its headers).
+    pub fn params(query: Option<&str>) -> Option<ApiResult<(i64, i64, String)>> {
+        let query = query?;
+        let mut token = None;
+        let mut expires = None;
+        let mut signature = None;
+        for pair in query.split('&') {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            match name {
+                TOKEN_PARAM => token = Some(value),
+                EXPIRES_PARAM => expires = Some(value),
+                SIGNATURE_PARAM => signature = Some(value),
+                _ => {}
+            }
+        }
+        if token.is_none() && expires.is_none() && signature.is_none() {
+            return None;
+        }
+        let parsed = (|| {
+            let token = token?.parse().ok()?;
+            let expires = expires?.parse().ok()?;
+            let signature = signature.filter(|s| !s.is_empty())?.to_owned();
+            Some((token, expires, signature))
+        })();
+        Some(parsed.ok_or_else(|| {
+            ApiError::Denied(format!(
+                "a presigned URL needs {TOKEN_PARAM}, {EXPIRES_PARAM} and {SIGNATURE_PARAM}"
+            ))
+        }))
+    }
+
+    /// The principal a presigned read of `bucket/key` acts as, or why it is refused
+    /// (Forbidden): expired, not signed for this object, or its token revoked.
+    pub async fn authenticate(
+        db: &DatabaseConnection,
+        (token_id, expires, signature): (i64, i64, String),
+        bucket: &str,
+        key: &str,
+    ) -> ApiResult<Principal> {
+        let now = Utc::now().timestamp();
+        if now > expires {
+            return Err(ApiError::Denied(format!(
+                "this presigned URL expired {} seconds ago; ask for a new one (presignData)",
+                now - expires
+            )));
+        }
+        let denied = || {
+            ApiError::Denied("the presigned URL's signature does not match this object, or its token was revoked".to_owned())
+        };
+        let row = token::Entity::find_by_id(token_id)
+            .one(db)
+            .await
+            .map_err(DbError::from)?
+            .filter(|row| row.revoked_at.is_none())
+            .ok_or_else(denied)?;
+        let signature = hex::decode(&signature).map_err(|_| denied())?;
+        mac(&row.secret_hash, bucket, key, expires, row.id)
+            .verify_slice(&signature)
+            .map_err(|_| denied())?;
+        Ok(Principal {
+            name: row.name,
+            role: row.role,
+            anonymous: false,
+        })
     }
 }

@@ -1,13 +1,14 @@
 //! `GET /data/{bucket}/{*key}` and `HEAD`: a transport adapter over the office's one object
 //! API ([`OfficeObjects`](milepost_cacher::objects::OfficeObjects)), which authorizes the
 //! bucket and key, resolves the object, evaluates conditions and ranges and reads through
-//! the cache. Here: the bearer token, HTTP headers in and out, and errors as the GraphQL
-//! contract's JSON body.
+//! the cache. Here: the bearer token (or a presigned URL's proof, see
+//! [`crate::auth::presign`]), HTTP headers in and out, CORS for browser-based viewers
+//! (`server.cors_origins`), and errors as the GraphQL contract's JSON body.
 
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -90,17 +91,92 @@ fn object_error(err: &ObjectError) -> Response {
     (status, headers, Json(body)).into_response()
 }
 
+/// Percent-encodes one segment of a URL path (RFC 3986 unreserved characters stay).
+pub fn encode_segment(segment: &str) -> String {
+    let mut out = String::with_capacity(segment.len());
+    for byte in segment.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+/// Request headers a cross-origin page may send to `/data`.
+const CORS_ALLOW_HEADERS: &str =
+    "Authorization, Range, If-Match, If-None-Match, If-Modified-Since, If-Unmodified-Since";
+/// Response headers a cross-origin page may read: what a ranged reader needs.
+const CORS_EXPOSE_HEADERS: &str =
+    "Content-Range, Accept-Ranges, ETag, Content-Length, Content-Type, Last-Modified";
+
+/// The CORS headers for a request from `origin`, when `server.cors_origins` allows it.
+fn cors_headers(app: &AppState, request: &HeaderMap, headers: &mut HeaderMap) {
+    headers.insert(header::VARY, HeaderValue::from_static("Origin"));
+    let Some(origin) = header_text(request, &header::ORIGIN) else {
+        return;
+    };
+    if app.config.server.cors_allows(origin) {
+        insert(headers, header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        headers.insert(
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static(CORS_EXPOSE_HEADERS),
+        );
+    }
+}
+
+/// `OPTIONS /data/...`: the CORS preflight of a viewer's ranged reads. An origin that
+/// `server.cors_origins` does not allow gets no `Access-Control-Allow-Origin`, so the
+/// browser refuses the read.
+pub async fn preflight(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    let mut out = HeaderMap::new();
+    cors_headers(&app, &headers, &mut out);
+    if out.contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN) {
+        out.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("GET, HEAD, OPTIONS"),
+        );
+        out.insert(
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            HeaderValue::from_static(CORS_ALLOW_HEADERS),
+        );
+        out.insert(
+            header::ACCESS_CONTROL_MAX_AGE,
+            HeaderValue::from_static("600"),
+        );
+    }
+    (StatusCode::NO_CONTENT, out).into_response()
+}
+
 pub async fn serve_object(
     State(app): State<Arc<AppState>>,
     method: Method,
     headers: HeaderMap,
+    RawQuery(query): RawQuery,
     Path((bucket, key)): Path<(String, String)>,
 ) -> Response {
-    let principal = match app.authenticate(&headers).await {
+    let mut response = read_object(&app, method, &headers, query.as_deref(), bucket, key).await;
+    cors_headers(&app, &headers, response.headers_mut());
+    response
+}
+
+async fn read_object(
+    app: &AppState,
+    method: Method,
+    headers: &HeaderMap,
+    query: Option<&str>,
+    bucket: String,
+    key: String,
+) -> Response {
+    let principal = match app
+        .authenticate_data_read(headers, query, &bucket, &key)
+        .await
+    {
         Ok(principal) => principal,
         Err(err) => return error(err.code().http_status(), err.code(), &err.client_message()),
     };
-    let request = read_request(&headers);
+    let request = read_request(headers);
     let reader = FetchContext {
         dataset: None,
         owner: Some(principal.name.clone()),

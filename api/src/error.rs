@@ -77,6 +77,10 @@ pub enum ApiError {
         needed: &'static str,
         held: &'static str,
     },
+    /// Refused for the reason given (a presigned URL that is expired, tampered with or
+    /// whose token was revoked).
+    #[error("{0}")]
+    Denied(String),
     #[error("{what} not found")]
     NotFound { what: String },
     #[error("{0}")]
@@ -143,7 +147,7 @@ impl ApiError {
         match self {
             ApiError::BadInput { .. } => ErrorCode::BadInput,
             ApiError::Unauthenticated(_) => ErrorCode::Unauthenticated,
-            ApiError::Forbidden { .. } => ErrorCode::Forbidden,
+            ApiError::Forbidden { .. } | ApiError::Denied(_) => ErrorCode::Forbidden,
             ApiError::NotFound { .. } => ErrorCode::NotFound,
             ApiError::Conflict(_) => ErrorCode::Conflict,
             ApiError::Unavailable(_) => ErrorCode::Unavailable,

@@ -29,6 +29,7 @@ use serde_json::json;
 use tokio::io::AsyncWriteExt as _;
 
 use crate::client::Client;
+use crate::data::encode_segment;
 use crate::progress::{human_bytes, render_line};
 
 /// The directory under `DIR` that holds the pull's own files.
@@ -349,11 +350,11 @@ async fn fetch_one(
     if have < member.size {
         let url = format!(
             "{base}/data/{}/{}",
-            urlencoding(&member.bucket),
+            encode_segment(&member.bucket),
             member
                 .key
                 .split('/')
-                .map(urlencoding)
+                .map(encode_segment)
                 .collect::<Vec<_>>()
                 .join("/")
         );
@@ -428,19 +429,6 @@ async fn fetch_one(
     Ok(())
 }
 
-/// Percent-encodes one path segment.
-fn urlencoding(segment: &str) -> String {
-    let mut out = String::with_capacity(segment.len());
-    for byte in segment.bytes() {
-        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
-            out.push(byte as char);
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
-}
-
 /// The last line of a pull: what was fetched and what was already there.
 pub fn summary_line(report: &PullReport, took: Duration) -> String {
     format!(
@@ -491,7 +479,7 @@ mod tests {
 
     #[test]
     fn path_segments_are_percent_encoded() {
-        assert_eq!(urlencoding("a b+c%"), "a%20b%2Bc%25");
-        assert_eq!(urlencoding("plain-name_1.mcap"), "plain-name_1.mcap");
+        assert_eq!(encode_segment("a b+c%"), "a%20b%2Bc%25");
+        assert_eq!(encode_segment("plain-name_1.mcap"), "plain-name_1.mcap");
     }
 }

@@ -93,7 +93,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/graphql/schema.graphql", get(graphql::graphql_sdl))
         .route(
             "/data/{bucket}/{*key}",
-            get(crate::data::serve_object).head(crate::data::serve_object),
+            get(crate::data::serve_object)
+                .head(crate::data::serve_object)
+                .options(crate::data::preflight),
         )
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))

@@ -93,6 +93,7 @@ impl GraphqlExecutor for InProcess {
             State(self.app.clone()),
             Method::GET,
             bearer(token),
+            axum::extract::RawQuery(None),
             Path((bucket.to_owned(), key.to_owned())),
         )
         .await

@@ -88,6 +88,49 @@ pub struct ServerConfig {
     /// started; older ones are removed, as AbortMultipartUpload would, at start-up and then
     /// periodically.
     pub s3_multipart_expiry: DurationSetting,
+    /// Web origins whose pages may read `/data` (CORS), such as browser-based viewers; an
+    /// entry ending in `:*` allows any port. Default: the Foxglove and Lichtblick web apps
+    /// and pages served from this machine.
+    pub cors_origins: Vec<String>,
+    /// The base URL clients reach this server at, for links the server hands out (presigned
+    /// `/data` URLs); empty: `http://` + `listen`.
+    pub public_url: String,
+}
+
+/// The default of `server.cors_origins`.
+pub const DEFAULT_CORS_ORIGINS: [&str; 4] = [
+    "https://app.foxglove.dev",
+    "https://lichtblick-suite.github.io",
+    "http://localhost:*",
+    "http://127.0.0.1:*",
+];
+
+impl ServerConfig {
+    /// Whether a page from `origin` may read `/data`.
+    pub fn cors_allows(&self, origin: &str) -> bool {
+        self.cors_origins
+            .iter()
+            .any(|allowed| match allowed.strip_suffix(":*") {
+                Some(host) => {
+                    origin == host
+                        || origin.strip_prefix(host).is_some_and(|rest| {
+                            rest.strip_prefix(':').is_some_and(|port| {
+                                !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit())
+                            })
+                        })
+                }
+                None => origin == allowed,
+            })
+    }
+
+    /// The base URL of links this server hands out.
+    pub fn public_base(&self) -> String {
+        if self.public_url.trim().is_empty() {
+            format!("http://{}", self.listen)
+        } else {
+            self.public_url.trim().trim_end_matches('/').to_owned()
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -105,6 +148,8 @@ impl Default for ServerConfig {
             shutdown_grace: DurationSetting(std::time::Duration::from_secs(20)),
             s3_header_read_timeout: DurationSetting(std::time::Duration::from_secs(30)),
             s3_multipart_expiry: DurationSetting(std::time::Duration::from_secs(7 * 86_400)),
+            cors_origins: DEFAULT_CORS_ORIGINS.map(str::to_owned).to_vec(),
+            public_url: String::new(),
         }
     }
 }
@@ -531,6 +576,42 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn cors_origins_match_exactly_or_by_any_port() {
+        let server = ServerConfig::default();
+        for allowed in [
+            "https://app.foxglove.dev",
+            "https://lichtblick-suite.github.io",
+            "http://localhost:5173",
+            "http://127.0.0.1:8080",
+            "http://localhost",
+        ] {
+            assert!(server.cors_allows(allowed), "{allowed}");
+        }
+        for refused in [
+            "https://app.foxglove.dev.evil.example",
+            "http://localhost.evil.example",
+            "http://localhost:",
+            "http://localhost:80x",
+            "https://localhost:5173",
+            "null",
+        ] {
+            assert!(!server.cors_allows(refused), "{refused}");
+        }
+        let config = Config::from_parts(
+            "[server]\ncors_origins = [\"https://viewer.office.example\"]\npublic_url = \"https://milepost.office.example/\"",
+            None,
+            &env(&[]),
+        )
+        .expect("valid");
+        assert!(config.server.cors_allows("https://viewer.office.example"));
+        assert!(!config.server.cors_allows("https://app.foxglove.dev"));
+        assert_eq!(
+            config.server.public_base(),
+            "https://milepost.office.example"
+        );
     }
 
     #[test]

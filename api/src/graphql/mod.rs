@@ -7,6 +7,7 @@ mod inputs;
 mod insights;
 pub mod introspection;
 mod mutation;
+mod presign;
 mod query;
 pub mod scalars;
 mod search;
@@ -36,6 +37,7 @@ pub struct QueryRoot(
     Query,
     datasets::DatasetQuery,
     dataset_diff::DatasetDiffQuery,
+    presign::PresignQuery,
     insights::InsightsQuery,
     transfers::TransferQuery,
     workers::WorkersQuery,

@@ -15,4 +15,5 @@ mod scenario_trim;
 mod sync_search;
 mod tooling;
 mod transfer_policy;
+mod viewer_access;
 mod web_catalog;
