@@ -82,6 +82,16 @@ pub fn router(state: Arc<AppState>) -> Router {
         }),
         milepost_ui::UiSettings {
             s3_endpoint: (!endpoint.is_empty()).then(|| endpoint.to_owned()),
+            viewers: state
+                .config
+                .ui
+                .viewer_urls
+                .iter()
+                .map(|(name, template)| (name.clone(), template.clone()))
+                .collect(),
+            public_url: Some(state.config.server.public_url.trim())
+                .filter(|url| !url.is_empty())
+                .map(str::to_owned),
         },
     );
     Router::new()

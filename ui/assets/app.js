@@ -92,6 +92,32 @@
     });
   }
 
+  // "Copy URL" of an MCAP log: a presigned /data URL, asked for on click (never rendered
+  // into the page), copied, or shown to copy by hand where the clipboard is not allowed.
+  function presignButtons() {
+    document.querySelectorAll("button.copy-url[data-presign]").forEach(function (button) {
+      button.addEventListener("click", async function () {
+        let url;
+        try {
+          const response = await fetch(button.dataset.presign, { credentials: "same-origin" });
+          if (!response.ok) throw new Error(String(response.status));
+          url = await response.text();
+        } catch (e) {
+          button.textContent = "Failed";
+          setTimeout(function () { button.textContent = "Copy URL"; }, 2000);
+          return;
+        }
+        try {
+          await navigator.clipboard.writeText(url);
+          button.textContent = "Copied";
+        } catch (e) {
+          window.prompt("Presigned URL (valid 12 hours)", url);
+        }
+        setTimeout(function () { button.textContent = "Copy URL"; }, 2000);
+      });
+    });
+  }
+
   // Autocomplete of field names and, after `field:`, of the values the facets know.
   function autocomplete() {
     const input = document.getElementById("q");
@@ -181,6 +207,7 @@
   document.addEventListener("DOMContentLoaded", function () {
     watchProgress();
     copyButtons();
+    presignButtons();
     autocomplete();
   });
 })();

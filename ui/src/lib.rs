@@ -95,6 +95,18 @@ pub trait GraphqlExecutor: Send + Sync + 'static {
 pub struct UiSettings {
     /// The upstream S3 endpoint, for copyable `aws s3` commands (none: AWS's default).
     pub s3_endpoint: Option<String>,
+    /// Viewers MCAP logs link to: (name, URL template with `{url}`), from `ui.viewer_urls`.
+    pub viewers: Vec<(String, String)>,
+    /// The base URL browsers reach the server at (`server.public_url`); none: the `Host`
+    /// header of the request.
+    pub public_url: Option<String>,
+}
+
+impl UiSettings {
+    /// The viewers' names, in the order their links are shown.
+    pub fn viewer_names(&self) -> Vec<String> {
+        self.viewers.iter().map(|(name, _)| name.clone()).collect()
+    }
 }
 
 pub(crate) struct Ui {
@@ -125,6 +137,8 @@ pub fn router(exec: Arc<dyn GraphqlExecutor>, settings: UiSettings) -> Router {
         .route("/datasets", get(datasets::list))
         .route("/datasets/{name}", get(datasets::page))
         .route("/files/{bucket}/{*key}", get(datasets::file))
+        .route("/open/{viewer}/{bucket}/{*key}", get(viewers::open))
+        .route("/presign/{bucket}/{*key}", get(viewers::presigned))
         .route(
             "/new-dataset",
             get(datasets::new_form).post(datasets::new_submit),

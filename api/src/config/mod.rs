@@ -38,6 +38,7 @@ pub struct Config {
     pub catalog: CatalogConfig,
     pub cache: CacheConfig,
     pub transfer: TransferConfig,
+    pub ui: UiConfig,
 }
 
 impl Default for Config {
@@ -51,6 +52,7 @@ impl Default for Config {
             catalog: CatalogConfig::default(),
             cache: CacheConfig::default(),
             transfer: TransferConfig::default(),
+            ui: UiConfig::default(),
         }
     }
 }
@@ -271,6 +273,34 @@ impl Default for TransferConfig {
     }
 }
 
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UiConfig {
+    /// Viewers the web catalog links MCAP logs to, by the name shown on the link: a URL
+    /// template where `{url}` becomes the (percent-encoded) presigned `/data` URL of the log.
+    pub viewer_urls: BTreeMap<String, String>,
+}
+
+impl Default for UiConfig {
+    fn default() -> Self {
+        UiConfig {
+            viewer_urls: [
+                (
+                    "Foxglove",
+                    "https://app.foxglove.dev/?ds=remote-file&ds.url={url}",
+                ),
+                (
+                    "Lichtblick",
+                    "https://lichtblick-suite.github.io/lichtblick/?ds=remote-file&ds.url={url}",
+                ),
+            ]
+            .into_iter()
+            .map(|(name, url)| (name.to_owned(), url.to_owned()))
+            .collect(),
+        }
+    }
+}
+
 /// A configuration that cannot be used; the message names the key, the value and what was
 /// expected, and the program refuses to start.
 #[derive(Debug, thiserror::Error)]
@@ -385,6 +415,18 @@ impl Config {
                 format!("a URL with scheme {scheme:?}"),
                 "a sqlite:// or postgres:// URL",
             ));
+        }
+        for (name, template) in &self.ui.viewer_urls {
+            let usable = !name.trim().is_empty()
+                && template.contains("{url}")
+                && (template.starts_with("https://") || template.starts_with("http://"));
+            if !usable {
+                return Err(invalid(
+                    "ui.viewer_urls",
+                    format!("{name:?} = {template:?}"),
+                    "a name and an http(s) URL template containing {url}",
+                ));
+            }
         }
         if self.office.trim().is_empty() {
             return Err(invalid(

@@ -198,6 +198,101 @@ async fn presigned_urls_and_cors_serve_browser_viewers() {
         );
     }
 
+    // The web catalog links MCAP logs to the viewers; the URL is presigned on the click.
+    let no_redirects = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let cookie = "milepost_session=".to_owned() + &viewer;
+    let drive = app
+        .fleet()
+        .drives
+        .iter()
+        .find(|d| d.files.iter().any(|f| f.key == log))
+        .expect("the log's drive");
+    let page = no_redirects
+        .get(format!("{}/drives/{}", app.base_url, drive.id))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .expect("drive page")
+        .text()
+        .await
+        .expect("html");
+    let open = format!("/open/Foxglove/fleet/{log}");
+    for expected in [
+        format!(r#"href="{open}""#),
+        format!(r#"href="/open/Lichtblick/fleet/{log}""#),
+        format!(r#"data-presign="/presign/fleet/{log}""#),
+    ] {
+        assert!(page.contains(&expected), "{expected} on the drive page");
+    }
+    assert!(
+        !page.contains("mp-signature"),
+        "nothing is signed while rendering"
+    );
+    let response = no_redirects
+        .get(format!("{}{open}", app.base_url))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .expect("open");
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    let location = reqwest::Url::parse(response.headers()["location"].to_str().expect("location"))
+        .expect("a URL");
+    assert_eq!(location.host_str(), Some("app.foxglove.dev"));
+    let signed = location
+        .query_pairs()
+        .find(|(name, _)| name == "ds.url")
+        .map(|(_, value)| value.into_owned())
+        .expect("ds.url");
+    assert!(
+        http.get(&signed)
+            .send()
+            .await
+            .expect("get")
+            .bytes()
+            .await
+            .expect("body")
+            == whole
+    );
+    let copied = no_redirects
+        .get(format!("{}/presign/fleet/{log}", app.base_url))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .expect("presign")
+        .text()
+        .await
+        .expect("url");
+    assert!(copied.contains("mp-signature="), "{copied}");
+    assert_eq!(
+        http.get(&copied).send().await.expect("get").status(),
+        StatusCode::OK
+    );
+    let unknown = no_redirects
+        .get(format!("{}/open/Nope/fleet/{log}", app.base_url))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .expect("open");
+    assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
+    let signed_out = no_redirects
+        .get(format!("{}{open}", app.base_url))
+        .send()
+        .await
+        .expect("open");
+    let to = signed_out
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    assert!(
+        !to.contains("foxglove"),
+        "without a session there is nothing to sign with: {} {to}",
+        signed_out.status()
+    );
+
     // Revoking the token revokes its URLs.
     app.state()
         .revoke_token("viewer-in-browser")

@@ -261,6 +261,18 @@ async fn catalog_end_to_end_in_chromium() {
         "a files table: {captions}"
     );
     screenshots(&browser, "drive").await;
+    // MCAP logs link to the browser viewers.
+    browser
+        .script(
+            "document.querySelector('a.open-viewer').scrollIntoView({block: 'center'})",
+            json!([]),
+        )
+        .await
+        .expect("an Open in viewer link on the drive page");
+    browser
+        .screenshot(&screenshot_path("viewer-links-1280"))
+        .await
+        .expect("screenshot");
 
     // A dataset from a search, with the size preview first.
     browser

@@ -268,7 +268,14 @@ pub async fn page_handler(
     match &data.dataset {
         Some(dataset) => html_response(
             StatusCode::OK,
-            render_dataset(session, &data, dataset, &ReserveForm::default(), None),
+            render_dataset(
+                session,
+                &data,
+                dataset,
+                &ReserveForm::default(),
+                None,
+                &ui.settings.viewer_names(),
+            ),
         ),
         None => not_found(&format!("Dataset {name}")),
     }
@@ -366,6 +373,7 @@ pub fn render_dataset(
     d: &Dataset,
     form: &ReserveForm,
     error: Option<&GraphqlError>,
+    viewers: &[String],
 ) -> String {
     let me = &data.me;
     let mut b = String::with_capacity(24 * 1024);
@@ -445,7 +453,7 @@ pub fn render_dataset(
         reservation_rows(&mut b, &mine, false);
     }
     b.push_str("</section><section><h2>Objects</h2>");
-    files_table(&mut b, &d.objects, "");
+    files_table(&mut b, &d.objects, "", viewers);
     b.push_str("</section>");
     frame(&d.name, Nav::Datasets, Some((me, session)), &b)
 }
@@ -799,6 +807,7 @@ pub async fn new_submit(
                             purpose: form.purpose.clone(),
                         },
                         Some(&e),
+                        &ui.settings.viewer_names(),
                     ),
                 ),
                 None => not_found(&format!("Dataset {}", created.name)),

@@ -124,7 +124,14 @@ pub async fn drive(
     };
     html_response(
         StatusCode::OK,
-        render_drive(&session, &data.me, &drive, &TagForm::default(), None),
+        render_drive(
+            &session,
+            &data.me,
+            &drive,
+            &TagForm::default(),
+            None,
+            &ui.settings.viewer_names(),
+        ),
     )
 }
 
@@ -236,15 +243,27 @@ fn topic_counts(drive: &Drive) -> BTreeMap<String, u64> {
     counts
 }
 
-pub fn files_table(b: &mut String, objects: &Objects, prefix: &str) {
+/// The files of a drive, run or dataset; MCAP logs get links to open them in `viewers`
+/// ([`super::viewers`]).
+pub fn files_table(b: &mut String, objects: &Objects, prefix: &str, viewers: &[String]) {
+    let any_log = objects
+        .edges
+        .iter()
+        .any(|e| super::viewers::is_mcap(&e.node.key));
+    let open_column = any_log && !viewers.is_empty();
     w!(
         b,
-        r#"<div class="table-wrap"><table><caption>{} files{}</caption><thead><tr><th scope="col">File</th><th scope="col" class="num">Size</th><th scope="col">Cached</th></tr></thead><tbody>"#,
+        r#"<div class="table-wrap"><table><caption>{} files{}</caption><thead><tr><th scope="col">File</th><th scope="col" class="num">Size</th><th scope="col">Cached</th>{}</tr></thead><tbody>"#,
         objects.total_count,
         if objects.total_count > objects.edges.len() as i64 {
             format!(" (first {} shown)", objects.edges.len())
         } else {
             String::new()
+        },
+        if open_column {
+            r#"<th scope="col">Open</th>"#
+        } else {
+            ""
         }
     );
     for edge in &objects.edges {
@@ -252,7 +271,7 @@ pub fn files_table(b: &mut String, objects: &Objects, prefix: &str) {
         let shown = o.key.strip_prefix(prefix).unwrap_or(&o.key);
         w!(
             b,
-            r#"<tr><td><a href="/files/{}/{}" class="mono">{}</a></td><td class="num">{}</td><td>{}</td></tr>"#,
+            r#"<tr><td><a href="/files/{}/{}" class="mono">{}</a></td><td class="num">{}</td><td>{}</td>"#,
             url(&o.bucket),
             url_path(&o.key),
             esc(shown),
@@ -263,6 +282,12 @@ pub fn files_table(b: &mut String, objects: &Objects, prefix: &str) {
                 r#"<span class="no">not cached</span>"#
             }
         );
+        if open_column {
+            b.push_str("<td>");
+            super::viewers::links(b, viewers, &o.bucket, &o.key);
+            b.push_str("</td>");
+        }
+        b.push_str("</tr>");
     }
     b.push_str("</tbody></table></div>");
 }
@@ -277,6 +302,7 @@ pub fn render_drive(
     drive: &Drive,
     form: &TagForm,
     error: Option<&GraphqlError>,
+    viewers: &[String],
 ) -> String {
     let mut b = String::with_capacity(32 * 1024);
     w!(
@@ -396,7 +422,7 @@ pub fn render_drive(
         b.push_str("</tbody></table></div></section>");
     }
     b.push_str("<section><h2>Files</h2>");
-    files_table(&mut b, &drive.objects, &drive.prefix);
+    files_table(&mut b, &drive.objects, &drive.prefix, viewers);
     b.push_str("</section>");
     frame(&drive.id, Nav::Search, Some((me, session)), &b)
 }
@@ -532,7 +558,14 @@ pub async fn tag_scenario(
     let refused = |error: GraphqlError| {
         html_response(
             StatusCode::BAD_REQUEST,
-            render_drive(&session, &data.me, &drive, &tag, Some(&error)),
+            render_drive(
+                &session,
+                &data.me,
+                &drive,
+                &tag,
+                Some(&error),
+                &ui.settings.viewer_names(),
+            ),
         )
     };
     let (start, end) = match checked {
@@ -742,7 +775,12 @@ pub async fn run(State(ui): State<UiState>, session: Session, Path(id): Path<Str
         b.push_str("</ul>");
     }
     b.push_str("</section><section><h2>Outputs</h2>");
-    files_table(&mut b, &run.objects, &run.prefix);
+    files_table(
+        &mut b,
+        &run.objects,
+        &run.prefix,
+        &ui.settings.viewer_names(),
+    );
     b.push_str("</section>");
     html_response(
         StatusCode::OK,

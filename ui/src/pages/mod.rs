@@ -9,6 +9,7 @@ pub mod reservations;
 pub mod search;
 pub mod signin;
 pub mod transfers;
+pub mod viewers;
 
 use axum::response::Response;
 use serde::de::DeserializeOwned;

@@ -380,6 +380,7 @@ pub async fn reserve(
                     purpose: form.get("purpose").to_owned(),
                 },
                 Some(&error),
+                &ui.settings.viewer_names(),
             ),
         ),
         None => not_found(&format!("Dataset {name}")),
