@@ -431,13 +431,20 @@ async fn fetch_one(
 
 /// The last line of a pull: what was fetched and what was already there.
 pub fn summary_line(report: &PullReport, took: Duration) -> String {
+    let files = |n: u64| {
+        if n == 1 {
+            "1 file".to_owned()
+        } else {
+            format!("{n} files")
+        }
+    };
     format!(
-        "{}@{}: {} files ({}); fetched {} files ({}), {} already up to date, in {:.1} s",
+        "{}@{}: {} ({}); fetched {} ({}), {} already up to date, in {:.1} s",
         report.name,
         report.version,
-        report.files,
+        files(report.files),
         human_bytes(report.bytes),
-        report.fetched_files,
+        files(report.fetched_files),
         human_bytes(report.fetched_bytes),
         report.up_to_date,
         took.as_secs_f64()
