@@ -1,4 +1,7 @@
 //! The command line: one binary, one verb per job, every verb taking `--config PATH`.
+//!
+//! (Over 600 lines: the verbs' arguments and their dispatch in one place, so `--help` and the
+//! code read alike; what a verb does at length lives in its own module.)
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -2,7 +2,7 @@
 //! downloads. [`Backoff`] is the one exponential-backoff formula of the cacher: the retrying
 //! store and the write-back uploader both draw their delays from it.
 //!
-//! (Just over 600 lines: the backoff lives here on purpose, next to the retries that use it.)
+//! (Over 600 lines: the backoff lives here on purpose, next to the retries that use it.)
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -1,13 +1,15 @@
 //! The office's background work, wired over [`AppState`] and run by the one runner
-//! ([`crate::workers`]): the periodic catalog sync, the sync office uploads ask for, and the
-//! reservations' resume and expiry. The write-back uploader is started here too, but runs on
-//! the write-back's own tasks (see [`start_workers`]).
+//! ([`crate::workers`]): the write-back uploader, the periodic catalog sync, the sync office
+//! uploads ask for, and the reservations' resume and expiry. (The expiry of unfinished
+//! multipart uploads stays a task of the write-back itself.)
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use milepost_cacher::reservations::Reservations;
+use milepost_cacher::transfer_policy::UploadLimiter;
+use milepost_cacher::writeback::{Uploader, UploaderStep};
 use milepost_indexer::sync::SyncReport;
 use tokio::time::{Interval, MissedTickBehavior};
 
@@ -18,11 +20,14 @@ use crate::workers::{Step, Worker};
 /// together; one pass catalogs them all).
 pub const SYNC_DEBOUNCE: Duration = Duration::from_millis(300);
 
-/// Starts the write-back uploader and every background worker on `state.workers`.
+/// Starts every background worker on `state.workers`.
 pub fn start_workers(state: &Arc<AppState>) {
-    // The uploader and multipart expiry are tasks of the write-back itself (cacher), stopped
-    // by `write_back.shutdown()`; they report through the `transfers` journal, not here.
-    state.write_back.start();
+    state.write_back.start_expiry();
+    state.workers.spawn(Uploads {
+        uploader: state.write_back.uploader(),
+        limiter: state.upload_limiter.clone(),
+        uploading: false,
+    });
     if let Some(every) = state.config.catalog.sync_interval.0 {
         state.workers.spawn(PeriodicSync {
             state: state.clone(),
@@ -58,6 +63,47 @@ async fn sync_pass(state: &AppState, step: &Step, why: &str) -> anyhow::Result<(
         tracing::warn!(errors = ?report.errors, "catalog sync {why} reported problems");
     }
     Ok(())
+}
+
+/// The write-back uploader. One step is one stretch of uploading: busy (throttled while a
+/// bandwidth limit is in force) from the first transfer started until none runs. Stopping
+/// the runner aborts the uploads in flight; the journal runs them again at the next start.
+struct Uploads {
+    uploader: Uploader,
+    limiter: Arc<UploadLimiter>,
+    uploading: bool,
+}
+
+#[async_trait]
+impl Worker for Uploads {
+    fn name(&self) -> &str {
+        "uploader"
+    }
+
+    async fn step(&mut self, step: &Step) -> anyhow::Result<()> {
+        loop {
+            match self.uploader.step(step.stop()).await {
+                UploaderStep::Uploading(_) => {
+                    self.uploading = true;
+                    step.busy();
+                    if self.limiter.limit().is_some() {
+                        step.throttled();
+                    }
+                }
+                UploaderStep::Idle if self.uploading => {
+                    self.uploading = false;
+                    return Ok(());
+                }
+                UploaderStep::Idle => {}
+                UploaderStep::Stopped => {
+                    // The write-back was shut down on its own (tests do): nothing to do
+                    // until the runner stops too.
+                    step.stop().cancelled().await;
+                    return Ok(());
+                }
+            }
+        }
+    }
 }
 
 /// Syncs the catalog every `catalog.sync_interval`; a failed pass is retried by the runner.

@@ -297,7 +297,7 @@ fn status_verb_prints_the_background_workers_of_a_running_server() {
         lines[0].starts_with("WORKER") && lines[0].contains("LAST ERROR"),
         "{stdout}"
     );
-    for worker in ["sync_when_asked", "reservations"] {
+    for worker in ["uploader", "sync_when_asked", "reservations"] {
         let row = lines
             .iter()
             .find(|l| l.starts_with(worker))

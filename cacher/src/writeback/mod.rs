@@ -41,6 +41,8 @@ mod office_store;
 mod staging;
 mod uploader;
 
+pub use uploader::{Uploader, UploaderStep};
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::ops::Bound;
@@ -446,15 +448,28 @@ impl WriteBack {
         }))
     }
 
-    /// Starts the uploader and the expiry of unfinished multipart uploads. They run until
-    /// [`shutdown`](Self::shutdown).
+    /// Starts the uploader and the expiry of unfinished multipart uploads on tasks of their
+    /// own. They run until [`shutdown`](Self::shutdown).
     pub fn start(&self) {
         let inner = Arc::clone(&self.inner);
         self.inner.tasks.spawn(uploader::run(inner));
+        self.start_expiry();
+    }
+
+    /// Starts only the expiry of unfinished multipart uploads, for a host that runs the
+    /// uploader on its own worker runner ([`uploader`](Self::uploader)).
+    pub fn start_expiry(&self) {
         let inner = Arc::clone(&self.inner);
         self.inner.tasks.spawn(async move {
             inner.multipart.expire_until(inner.stop.clone()).await;
         });
+    }
+
+    /// The uploader, to be stepped by a host's worker runner instead of
+    /// [`start`](Self::start) (use one or the other: two uploaders of one journal would only
+    /// compete for its rows). It stops at [`shutdown`](Self::shutdown) too.
+    pub fn uploader(&self) -> Uploader {
+        Uploader::new(Arc::clone(&self.inner))
     }
 
     /// The multipart uploads the gateway receives.

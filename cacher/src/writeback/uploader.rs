@@ -3,6 +3,10 @@
 //! bandwidth schedule), verifying what S3 stored. Retryable failures go back to the queue
 //! with exponential backoff and jitter; permanent ones (the bucket is gone, access denied)
 //! leave the transfer `failed`, its bytes still dirty in the office, retried at the next start.
+//!
+//! (Over 600 lines: one transfer from queue to verified upload and its bookkeeping; the
+//! ordering rules it keeps, never two of one key and never an older write after a newer
+//! one, are easier to check in one file.)
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,69 +44,147 @@ enum Attempt {
     Failed(String),
 }
 
-/// The uploader loop; returns when the write-back stops.
+/// The uploader loop as its own task ([`WriteBack::start`](super::WriteBack::start)); returns
+/// when the write-back stops.
 pub(super) async fn run(inner: Arc<Inner>) {
-    let concurrency = inner.settings.concurrency.max(1);
-    let mut running: JoinSet<(transfer::Model, Attempt)> = JoinSet::new();
-    let mut busy: HashSet<(String, String)> = HashSet::new();
-    let mut not_before: HashMap<i64, (Instant, u32)> = HashMap::new();
-    loop {
-        if running.len() < concurrency {
-            let want = (concurrency * 4 + busy.len()) as u64;
-            match journal::next_queued(&inner.db, want).await {
-                Ok(rows) => {
-                    let now = Instant::now();
-                    for row in rows {
-                        if running.len() >= concurrency {
-                            break;
-                        }
-                        let id = (row.bucket.clone(), row.key.clone());
-                        if busy.contains(&id)
-                            || not_before.get(&row.id).is_some_and(|(at, _)| *at > now)
-                        {
-                            continue;
-                        }
-                        match journal::start(&inner.db, &row).await {
-                            Ok(true) => {}
-                            Ok(false) => {
-                                // Superseded meanwhile, or a newer write of its key exists:
-                                // this one must never land after it.
-                                retire_if_stale(&inner, &row).await;
-                                continue;
-                            }
-                            Err(err) => {
-                                tracing::warn!(error = %err, "cannot start a transfer");
-                                break;
-                            }
-                        }
-                        busy.insert(id);
-                        let inner = Arc::clone(&inner);
-                        running.spawn(async move {
-                            let attempt = attempt(&inner, &row).await;
-                            (row, attempt)
-                        });
-                    }
-                }
-                Err(err) => tracing::warn!(error = %err, "cannot read the upload queue"),
-            }
+    let stop = inner.stop.clone();
+    let mut uploader = Uploader::new(inner);
+    while uploader.step(&stop).await != UploaderStep::Stopped {}
+    uploader.finish().await;
+}
+
+/// What one [`Uploader::step`] saw.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UploaderStep {
+    /// Transfers are running (this many).
+    Uploading(usize),
+    /// Nothing is running: the queue is empty, or what is queued waits for its backoff.
+    Idle,
+    /// The write-back or the caller's stop token stopped it.
+    Stopped,
+}
+
+/// The uploader, driven one step at a time by whoever runs it: its own task
+/// ([`WriteBack::start`](super::WriteBack::start)) or a host's worker runner
+/// ([`WriteBack::uploader`](super::WriteBack::uploader)). Dropping it aborts the uploads in
+/// flight: their rows stay `uploading`, and start-up queues them again.
+pub struct Uploader {
+    inner: Arc<Inner>,
+    running: JoinSet<(transfer::Model, Attempt)>,
+    /// (bucket, key) of the running transfers: never two of one key at once.
+    busy: HashSet<(String, String)>,
+    /// Transfers backing off: when they may run again, and how many failures so far.
+    not_before: HashMap<i64, (Instant, u32)>,
+}
+
+impl std::fmt::Debug for Uploader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Uploader")
+            .field("running", &self.running.len())
+            .field("backing_off", &self.not_before.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Uploader {
+    pub(super) fn new(inner: Arc<Inner>) -> Uploader {
+        Uploader {
+            inner,
+            running: JoinSet::new(),
+            busy: HashSet::new(),
+            not_before: HashMap::new(),
         }
+    }
+
+    /// Starts what the queue allows, then waits for one event: a transfer ended, a write was
+    /// journaled, a backoff ran out, the idle poll, or a stop (the write-back's or `stop`).
+    /// Returns what it saw once that event is handled.
+    pub async fn step(&mut self, stop: &tokio_util::sync::CancellationToken) -> UploaderStep {
+        let inner = Arc::clone(&self.inner);
+        if inner.stop.is_cancelled() || stop.is_cancelled() {
+            return UploaderStep::Stopped;
+        }
+        self.fill().await;
+        let running = self.running.len();
         tokio::select! {
-            () = inner.stop.cancelled() => break,
+            () = inner.stop.cancelled() => return UploaderStep::Stopped,
+            () = stop.cancelled() => return UploaderStep::Stopped,
             () = inner.wake.notified() => {}
-            Some(joined) = running.join_next(), if !running.is_empty() => {
+            Some(joined) = self.running.join_next(), if !self.running.is_empty() => {
                 if let Ok((row, outcome)) = joined {
-                    busy.remove(&(row.bucket.clone(), row.key.clone()));
-                    end(&inner, &row, outcome, &mut not_before).await;
+                    self.busy.remove(&(row.bucket.clone(), row.key.clone()));
+                    end(&inner, &row, outcome, &mut self.not_before).await;
                 }
             }
             // A transfer backing off becomes due; otherwise a slow poll, in case a row was
             // queued by another process sharing the database.
-            () = tokio::time::sleep_until(next_due(&not_before)) => {}
+            () = tokio::time::sleep_until(next_due(&self.not_before)) => {}
+        }
+        if running == 0 {
+            UploaderStep::Idle
+        } else {
+            UploaderStep::Uploading(running)
         }
     }
-    // Cut short: the rows stay `uploading` and start-up queues them again.
-    running.abort_all();
-    while running.join_next().await.is_some() {}
+
+    /// Starts queued transfers up to the concurrency, skipping keys in flight and transfers
+    /// backing off.
+    async fn fill(&mut self) {
+        let inner = &self.inner;
+        let concurrency = inner.settings.concurrency.max(1);
+        if self.running.len() >= concurrency {
+            return;
+        }
+        let want = (concurrency * 4 + self.busy.len()) as u64;
+        let rows = match journal::next_queued(&inner.db, want).await {
+            Ok(rows) => rows,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot read the upload queue");
+                return;
+            }
+        };
+        let now = Instant::now();
+        for row in rows {
+            if self.running.len() >= concurrency {
+                break;
+            }
+            let id = (row.bucket.clone(), row.key.clone());
+            if self.busy.contains(&id)
+                || self
+                    .not_before
+                    .get(&row.id)
+                    .is_some_and(|(at, _)| *at > now)
+            {
+                continue;
+            }
+            match journal::start(&inner.db, &row).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    // Superseded meanwhile, or a newer write of its key exists: this one
+                    // must never land after it.
+                    retire_if_stale(inner, &row).await;
+                    continue;
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot start a transfer");
+                    break;
+                }
+            }
+            self.busy.insert(id);
+            let inner = Arc::clone(inner);
+            self.running.spawn(async move {
+                let attempt = attempt(&inner, &row).await;
+                (row, attempt)
+            });
+        }
+    }
+
+    /// Stops: the uploads in flight are aborted (their rows stay `uploading`; start-up
+    /// queues them again) and awaited.
+    pub async fn finish(mut self) {
+        self.running.abort_all();
+        while self.running.join_next().await.is_some() {}
+    }
 }
 
 /// When the uploader must look at the queue again without being woken: when the first
