@@ -152,6 +152,9 @@ impl AppState {
             // while it is created, hashed and fsynced, so with small objects the extra ones
             // keep every permit busy; large objects still share the one global limit.
             concurrency_objects: config.cache.concurrency.saturating_mul(4),
+            download_schedule: config
+                .download_schedule()
+                .context("invalid [transfer] download_schedule")?,
             ..ReservationSettings::default()
         };
         let reservations = Reservations::new(db.clone(), cache.clone(), reservation_settings);

@@ -473,14 +473,7 @@ pub mod presign {
                 .finalize()
                 .into_bytes(),
         );
-        let path = format!(
-            "/data/{}/{}",
-            crate::data::encode_segment(bucket),
-            key.split('/')
-                .map(crate::data::encode_segment)
-                .collect::<Vec<_>>()
-                .join("/")
-        );
+        let path = crate::data::data_path(bucket, key);
         Ok(Presigned {
             path_and_query: format!(
                 "{path}?{TOKEN_PARAM}={}&{EXPIRES_PARAM}={expires}&{SIGNATURE_PARAM}={signature}",

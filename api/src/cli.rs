@@ -78,6 +78,10 @@ pub enum Command {
         ttl: crate::config::DurationSetting,
         #[arg(long)]
         purpose: Option<String>,
+        /// Needed READY by this time (RFC 3339, e.g. 2026-12-08T02:00:00Z): materialized
+        /// within the office's download windows, refused if they cannot make it.
+        #[arg(long)]
+        ready_by: Option<chrono::DateTime<chrono::Utc>>,
         /// Wait until READY (or FAILED), with a progress bar.
         #[arg(long)]
         wait: bool,
@@ -327,6 +331,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             version,
             ttl,
             purpose,
+            ready_by,
             wait,
             remote,
         } => {
@@ -336,6 +341,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 version,
                 ttl.0,
                 purpose,
+                ready_by,
                 wait,
             )
             .await

@@ -91,17 +91,14 @@ fn object_error(err: &ObjectError) -> Response {
     (status, headers, Json(body)).into_response()
 }
 
-/// Percent-encodes one segment of a URL path (RFC 3986 unreserved characters stay).
-pub fn encode_segment(segment: &str) -> String {
-    let mut out = String::with_capacity(segment.len());
-    for byte in segment.bytes() {
-        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
-            out.push(byte as char);
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
+/// The `/data` path of an object, each segment percent-encoded (RFC 3986 unreserved
+/// characters stay): what `pull` requests and presigned URLs sign.
+pub fn data_path(bucket: &str, key: &str) -> String {
+    format!(
+        "/data/{}/{}",
+        milepost_ui::html::url(bucket),
+        milepost_ui::html::url_path(key)
+    )
 }
 
 /// Request headers a cross-origin page may send to `/data`.

@@ -72,23 +72,29 @@ pub async fn reserve(
     version: Option<i32>,
     ttl: Duration,
     purpose: Option<String>,
+    ready_by: Option<chrono::DateTime<chrono::Utc>>,
     wait: bool,
 ) -> anyhow::Result<()> {
     let ttl_seconds = i32::try_from(ttl.as_secs()).unwrap_or(i32::MAX);
     let data = client
         .query(
-            "mutation($input: ReserveDatasetInput!) { reserveDataset(input: $input) { id state expiresAt } }",
-            json!({ "input": { "dataset": dataset, "version": version, "ttlSeconds": ttl_seconds, "purpose": purpose } }),
+            "mutation($input: ReserveDatasetInput!) { reserveDataset(input: $input) { id state expiresAt scheduledStart estimatedReadyAt } }",
+            json!({ "input": { "dataset": dataset, "version": version, "ttlSeconds": ttl_seconds,
+                "purpose": purpose, "readyBy": ready_by.map(|at| at.to_rfc3339()) } }),
         )
         .await?;
-    let id = data["reserveDataset"]["id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let reserved = &data["reserveDataset"];
+    let id = reserved["id"].as_str().unwrap_or_default().to_owned();
     eprintln!(
         "reservation {id} of {dataset}, expires {}",
-        data["reserveDataset"]["expiresAt"].as_str().unwrap_or("?")
+        reserved["expiresAt"].as_str().unwrap_or("?")
     );
+    if let Some(start) = reserved["scheduledStart"].as_str() {
+        eprintln!(
+            "scheduled: downloads from {start}, estimated READY at {}",
+            reserved["estimatedReadyAt"].as_str().unwrap_or("?")
+        );
+    }
     if !wait {
         println!("{id}");
         return Ok(());

@@ -26,10 +26,10 @@ use futures::{StreamExt as _, TryStreamExt as _};
 use milepost_cacher::digest::Md5;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use tokio::io::AsyncWriteExt as _;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::client::Client;
-use crate::data::encode_segment;
+use crate::data::data_path;
 use crate::progress::{human_bytes, render_line};
 
 /// The directory under `DIR` that holds the pull's own files.
@@ -325,6 +325,27 @@ pub fn part_file(dir: &Path, bucket: &str, key: &str, etag: &str) -> PathBuf {
     dir.join(STATE_DIR).join("parts").join(format!("{id}.part"))
 }
 
+/// Feeds what an earlier run left in `part` to `hasher`, a block at a time (a part may be
+/// gigabytes); returns its length.
+async fn hash_part(part: &Path, hasher: &mut Md5) -> anyhow::Result<u64> {
+    let mut file = tokio::fs::File::open(part)
+        .await
+        .with_context(|| format!("cannot read {}", part.display()))?;
+    let mut block = vec![0u8; 1 << 20];
+    let mut have = 0u64;
+    loop {
+        let n = file
+            .read(&mut block)
+            .await
+            .with_context(|| format!("cannot read {}", part.display()))?;
+        if n == 0 {
+            return Ok(have);
+        }
+        hasher.update(&block[..n])?;
+        have += n as u64;
+    }
+}
+
 async fn fetch_one(
     http: &reqwest::Client,
     base: &str,
@@ -338,26 +359,16 @@ async fn fetch_one(
     // What an earlier run left: hashed again, then continued.
     let mut hasher = Md5::new();
     let mut have = 0u64;
-    if let Ok(bytes) = tokio::fs::read(&part).await {
-        if bytes.len() as u64 <= member.size {
-            hasher.update(&bytes)?;
-            have = bytes.len() as u64;
+    if let Ok(meta) = tokio::fs::metadata(&part).await {
+        if meta.len() <= member.size {
+            have = hash_part(&part, &mut hasher).await?;
         } else {
             tokio::fs::remove_file(&part).await?;
         }
     }
     progress.bytes.fetch_add(have, Ordering::Relaxed);
     if have < member.size {
-        let url = format!(
-            "{base}/data/{}/{}",
-            encode_segment(&member.bucket),
-            member
-                .key
-                .split('/')
-                .map(encode_segment)
-                .collect::<Vec<_>>()
-                .join("/")
-        );
+        let url = format!("{base}{}", data_path(&member.bucket, &member.key));
         let mut request = http
             .get(&url)
             .header("if-match", format!("\"{}\"", member.etag));
@@ -486,7 +497,10 @@ mod tests {
 
     #[test]
     fn path_segments_are_percent_encoded() {
-        assert_eq!(encode_segment("a b+c%"), "a%20b%2Bc%25");
-        assert_eq!(encode_segment("plain-name_1.mcap"), "plain-name_1.mcap");
+        assert_eq!(data_path("b k", "a b+c%/x"), "/data/b%20k/a%20b%2Bc%25/x");
+        assert_eq!(
+            data_path("fleet", "drives/plain-name_1.mcap"),
+            "/data/fleet/drives/plain-name_1.mcap"
+        );
     }
 }

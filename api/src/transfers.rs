@@ -1,5 +1,6 @@
 //! `milepost transfers`: the write-back queue of a running server, as a header line (rate,
-//! limit, what is left, ETA) and a table of transfers in queue order.
+//! limit, what is left, ETA) and a table of transfers in queue order, then the planned
+//! downloads (reservations with a deadline) under the download windows.
 
 use serde_json::{json, Value};
 
@@ -7,7 +8,12 @@ use crate::client::Client;
 use crate::progress::human_bytes;
 
 const QUERY: &str = r#"query($state: TransferState, $first: Int) {
-  transferPolicy { uploadSchedule priorities limitBytesPerSecond nextChangeAt }
+  transferPolicy { uploadSchedule priorities limitBytesPerSecond nextChangeAt
+                   downloadSchedule downloadWindow }
+  plannedDownloads(first: $first) {
+    id state bytesTotal bytesDone readyBy scheduledStart estimatedReadyAt deadlineWarning
+    dataset { name version }
+  }
   transfers(state: $state, first: $first) {
     totalCount
     summary { queuedCount queuedBytes uploadingCount uploadingBytes doneCount failedCount
@@ -136,7 +142,56 @@ pub fn render(data: &Value) -> String {
     } else {
         out.push_str(&format!("{total} transfers\n"));
     }
+    if let Some(planned) = data["plannedDownloads"].as_array() {
+        out.push_str(&render_planned(policy, planned));
+    }
     out
+}
+
+/// The planned downloads section: the download windows, then one row per reservation with a
+/// deadline not READY yet.
+fn render_planned(policy: &Value, planned: &[Value]) -> String {
+    let mut out = format!(
+        "planned downloads: schedule \"{}\", window now {}\n",
+        policy["downloadSchedule"].as_str().unwrap_or("* off"),
+        policy["downloadWindow"].as_str().unwrap_or("-"),
+    );
+    if planned.is_empty() {
+        out.push_str("no planned downloads\n");
+        return out;
+    }
+    out.push_str(&format!(
+        "{:<16} {:<13} {:>10} {:>10} {:<20} {:<20} {:<20}  DATASET\n",
+        "RESERVATION", "STATE", "SIZE", "DONE", "START", "READY BY", "ESTIMATE"
+    ));
+    let time = |value: &Value| value.as_str().map_or("-".to_owned(), short_time);
+    for r in planned {
+        out.push_str(&format!(
+            "{:<16} {:<13} {:>10} {:>10} {:<20} {:<20} {:<20}  {}@{}\n",
+            r["id"].as_str().unwrap_or("-"),
+            r["state"].as_str().unwrap_or("-").to_lowercase(),
+            bytes_of(&r["bytesTotal"]),
+            bytes_of(&r["bytesDone"]),
+            time(&r["scheduledStart"]),
+            time(&r["readyBy"]),
+            time(&r["estimatedReadyAt"]),
+            r["dataset"]["name"].as_str().unwrap_or("-"),
+            r["dataset"]["version"],
+        ));
+        if let Some(warning) = r["deadlineWarning"].as_str() {
+            out.push_str(&format!("{:>16} at risk: {warning}\n", ""));
+        }
+    }
+    out
+}
+
+/// `2026-12-07T02:00:00Z` → `2026-12-07 02:00:00Z`: the table's times, in UTC as served.
+fn short_time(at: &str) -> String {
+    let at = at.replacen('T', " ", 1);
+    match at.strip_suffix("+00:00") {
+        Some(utc) => format!("{utc}Z"),
+        None => at,
+    }
 }
 
 #[cfg(test)]
@@ -184,6 +239,43 @@ mod tests {
         assert!(lines[4].contains("failed") && lines[4].ends_with("delete s3://fleet/x.mcap"));
         assert!(lines[5].contains("error: access denied"));
         assert_eq!(lines[6], "2 of 3 transfers shown (--first N for more)");
+    }
+
+    #[test]
+    fn planned_downloads_table() {
+        let data = json!({
+            "transferPolicy": { "uploadSchedule": "* off", "priorities": [], "limitBytesPerSecond": null,
+                "nextChangeAt": null, "downloadSchedule": "Mon-Fri 20:00-06:00 50MiB", "downloadWindow": "closed" },
+            "transfers": { "totalCount": 0, "edges": [], "summary": {
+                "queuedCount": 0, "queuedBytes": 0, "uploadingCount": 0, "uploadingBytes": 0,
+                "doneCount": 0, "failedCount": 0, "rateBytesPerSecond": 0.0,
+                "limitBytesPerSecond": null, "etaSeconds": 0.0 } },
+            "plannedDownloads": [
+                { "id": "res_a", "state": "PENDING", "bytesTotal": 2147483648u64, "bytesDone": 0,
+                  "readyBy": "2026-12-08T02:00:00+00:00", "scheduledStart": "2026-12-07T20:00:00+00:00",
+                  "estimatedReadyAt": "2026-12-07T20:00:41+00:00", "deadlineWarning": null,
+                  "dataset": { "name": "nightly", "version": 3 } },
+                { "id": "res_b", "state": "MATERIALIZING", "bytesTotal": 1024, "bytesDone": 512,
+                  "readyBy": "2026-12-07T21:00:00Z", "scheduledStart": "2026-12-07T20:00:00Z",
+                  "estimatedReadyAt": "2026-12-07T22:00:00Z", "deadlineWarning": "estimated READY at 22:00",
+                  "dataset": { "name": "late", "version": 1 } }
+            ]
+        });
+        let text = render(&data);
+        let lines: Vec<&str> = text.lines().collect();
+        let at = lines
+            .iter()
+            .position(|l| l.starts_with("planned downloads:"))
+            .expect(&text);
+        assert!(lines[at].contains("\"Mon-Fri 20:00-06:00 50MiB\", window now closed"));
+        assert!(lines[at + 1].starts_with("RESERVATION") && lines[at + 1].ends_with("DATASET"));
+        assert!(lines[at + 2].starts_with("res_a") && lines[at + 2].contains("pending"));
+        assert!(
+            lines[at + 2].contains("2.0 GiB") && lines[at + 2].contains("2026-12-07 20:00:00Z")
+        );
+        assert!(lines[at + 2].ends_with("nightly@3"), "{}", lines[at + 2]);
+        assert!(lines[at + 3].ends_with("late@1"));
+        assert!(lines[at + 4].contains("at risk: estimated READY at 22:00"));
     }
 
     #[test]

@@ -329,6 +329,8 @@ async fn dataset_and_reservation(db: &DatabaseConnection) -> Result<(), DbError>
         local_path: Set(None),
         error: Set(None),
         notes: Set(None),
+        ready_by: Set(None),
+        scheduled_start: Set(None),
     }
     .insert(db)
     .await?;

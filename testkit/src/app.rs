@@ -14,11 +14,20 @@ use serde_json::{json, Value};
 
 use crate::{FaultProxy, LoopbackUpstream, TestDatabase};
 
+/// A change to the server's configuration before it starts.
+struct Configure(Box<dyn FnOnce(&mut Config) + Send>);
+
+impl std::fmt::Debug for Configure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Configure(..)")
+    }
+}
+
 /// Options for [`TestApp`].
 #[derive(Debug, Default)]
 pub struct TestAppBuilder {
     allow_anonymous_read: bool,
-    configure: Option<fn(&mut Config)>,
+    configure: Option<Configure>,
     upstream: Option<UpstreamSettings>,
     bucket: Option<String>,
     loopback: Option<String>,
@@ -78,8 +87,9 @@ impl TestAppBuilder {
         self
     }
 
-    pub fn configure(mut self, change: fn(&mut Config)) -> Self {
-        self.configure = Some(change);
+    /// Changes the configuration before the server starts (after the builder's own settings).
+    pub fn configure(mut self, change: impl FnOnce(&mut Config) + Send + 'static) -> Self {
+        self.configure = Some(Configure(Box::new(change)));
         self
     }
 
@@ -130,7 +140,7 @@ impl TestAppBuilder {
             config.upstream.force_path_style = true;
         }
         if let Some(change) = self.configure {
-            change(&mut config);
+            (change.0)(&mut config);
         }
         let upstream = self
             .upstream

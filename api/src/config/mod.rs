@@ -10,7 +10,9 @@ mod units;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use milepost_cacher::transfer_policy::{PolicyError, PolicyErrorKind, TransferPolicy};
+use milepost_cacher::transfer_policy::{
+    DownloadSchedule, PolicyError, PolicyErrorKind, TransferPolicy,
+};
 use serde::{Deserialize, Serialize};
 
 pub use units::{ByteSize, DurationSetting, Interval, ListenAddr};
@@ -262,6 +264,10 @@ pub struct TransferConfig {
     pub upload_schedule: String,
     /// Key globs in priority order: the first matching pattern uploads first.
     pub priorities: Vec<String>,
+    /// Download windows for reservations with a deadline (`readyBy`), in the upload
+    /// schedule's grammar: a time some rule matches is open at its rate (off = full speed),
+    /// any other time is closed, e.g. `Mon-Fri 20:00-06:00 50MiB; Sat,Sun off`.
+    pub download_schedule: String,
 }
 
 impl Default for TransferConfig {
@@ -269,6 +275,7 @@ impl Default for TransferConfig {
         TransferConfig {
             upload_schedule: "* off".to_owned(),
             priorities: vec!["*.json".to_owned(), "*.mcap".to_owned(), "*".to_owned()],
+            download_schedule: "* off".to_owned(),
         }
     }
 }
@@ -382,6 +389,11 @@ impl Config {
         TransferPolicy::parse(&self.transfer.upload_schedule, &self.transfer.priorities)
     }
 
+    /// The `[transfer] download_schedule`, parsed.
+    pub fn download_schedule(&self) -> Result<DownloadSchedule, PolicyError> {
+        DownloadSchedule::parse(&self.transfer.download_schedule)
+    }
+
     /// The buckets the office serves, through every door (`/data`, the S3 gateway, datasets,
     /// the web catalog): the catalog bucket, then `server.s3_buckets`.
     pub fn served_buckets(&self) -> milepost_cacher::objects::ServedBuckets {
@@ -468,6 +480,15 @@ impl Config {
                 "cache.expiry_check",
                 self.cache.expiry_check.to_string(),
                 "a duration above zero, e.g. 30s",
+            ));
+        }
+        if let Err(err) = self.download_schedule() {
+            return Err(invalid(
+                "transfer.download_schedule",
+                format!("{:?}", self.transfer.download_schedule),
+                &format!(
+                    "download windows such as \"Mon-Fri 20:00-06:00 50MiB; Sat,Sun off\" ({err})"
+                ),
             ));
         }
         if let Err(err) = self.transfer_policy() {

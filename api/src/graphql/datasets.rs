@@ -89,6 +89,10 @@ pub struct ReserveDatasetInput {
     #[graphql(default = 86400)]
     pub ttl_seconds: i32,
     pub purpose: Option<String>,
+    /// When it must be READY: its materialization waits for the office's download windows
+    /// (`[transfer] download_schedule`) and keeps to their rates; a deadline they cannot meet
+    /// is refused (BAD_INPUT naming the earliest time they can).
+    pub ready_by: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug)]
@@ -239,6 +243,21 @@ impl Dataset {
 #[derive(Debug)]
 pub struct Reservation(pub reservation::Model);
 
+impl Reservation {
+    /// The live estimate (with a deadline only; each field that shows it asks for it).
+    async fn estimate(&self, ctx: &Context<'_>) -> GqlResult<Option<reservations::Estimate>> {
+        if self.0.ready_by.is_none() {
+            return Ok(None);
+        }
+        state(ctx)
+            .reservations
+            .estimate(&self.0)
+            .await
+            .map_err(ApiError::from)
+            .gql()
+    }
+}
+
 #[Object]
 impl Reservation {
     async fn id(&self) -> ID {
@@ -291,6 +310,35 @@ impl Reservation {
     }
     async fn error(&self) -> Option<&str> {
         self.0.error.as_deref()
+    }
+    /// When it must be READY; null when it was asked for now.
+    async fn ready_by(&self) -> Option<DateTime<Utc>> {
+        self.0.ready_by
+    }
+    /// With a deadline: the first minute of the download windows at which its
+    /// materialization could start, as planned when it was admitted.
+    async fn scheduled_start(&self) -> Option<DateTime<Utc>> {
+        self.0.scheduled_start
+    }
+    /// With a deadline and not READY yet: when it is expected to be READY, from what it
+    /// still needs and the download windows from now.
+    async fn estimated_ready_at(&self, ctx: &Context<'_>) -> GqlResult<Option<DateTime<Utc>>> {
+        Ok(self.estimate(ctx).await?.map(|e| e.ready_at))
+    }
+    /// Set while the estimate is after `readyBy`: the deadline is at risk, with the numbers.
+    async fn deadline_warning(&self, ctx: &Context<'_>) -> GqlResult<Option<String>> {
+        let Some(ready_by) = self.0.ready_by else {
+            return Ok(None);
+        };
+        Ok(self.estimate(ctx).await?.filter(|e| !e.on_time).map(|e| {
+            format!(
+                "estimated READY at {}, after readyBy {}, under the download schedule `{}`",
+                e.ready_at
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                ready_by.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                state(ctx).reservations.download_schedule()
+            )
+        }))
     }
     /// How it was materialized where that differs from what was asked: a log materialized
     /// whole for want of a chunk index, a scenario window without messages (empty file).
@@ -465,6 +513,18 @@ impl DatasetQuery {
         })
     }
 
+    /// Reservations with a deadline not READY yet, everyone's (the office's planned
+    /// downloads), soonest scheduled start first.
+    async fn planned_downloads(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(default = 50)] first: Option<i32>,
+    ) -> GqlResult<Vec<Reservation>> {
+        let limit = page_limit(first).gql()?;
+        let rows = state(ctx).reservations.planned(limit).await.gql()?;
+        Ok(rows.into_iter().map(Reservation).collect())
+    }
+
     async fn cache_stats(&self, ctx: &Context<'_>) -> GqlResult<CacheStats> {
         cache_stats(state(ctx)).await.gql()
     }
@@ -577,7 +637,7 @@ impl DatasetMutation {
             .gql()?;
         let row = app
             .reservations
-            .reserve(&dataset, &me.name, input.purpose, ttl)
+            .reserve_by(&dataset, &me.name, input.purpose, ttl, input.ready_by)
             .await
             .gql()?;
         Ok(Reservation(row))

@@ -12,7 +12,9 @@ use async_graphql::{ComplexObject, Context, InputObject, Object, SimpleObject, I
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use chrono::{DateTime, NaiveDateTime, TimeZone as _, Utc};
-use milepost_cacher::transfer_policy::{PolicyError, PolicyErrorKind, TransferPolicy};
+use milepost_cacher::transfer_policy::{
+    DownloadSchedule, PolicyError, PolicyErrorKind, TransferPolicy,
+};
 use milepost_schema::entity::transfer;
 use milepost_schema::enums::{self, Role};
 use sea_orm::sea_query::{Condition, Expr};
@@ -126,6 +128,8 @@ pub struct TransferPolicyView {
     policy: std::sync::Arc<TransferPolicy>,
     /// The office's local time when the view was made.
     local_now: NaiveDateTime,
+    /// The download windows of reservations with a deadline (`[transfer] download_schedule`).
+    downloads: DownloadSchedule,
 }
 
 #[Object(name = "TransferPolicy")]
@@ -145,6 +149,15 @@ impl TransferPolicyView {
             .schedule
             .rate_at(self.local_now)
             .map(|rate| Long(i64::try_from(rate).unwrap_or(i64::MAX)))
+    }
+    /// The download windows of reservations with a deadline (`readyBy`), canonical form:
+    /// a time some rule matches is open at its rate (off = full speed), other times closed.
+    async fn download_schedule(&self) -> String {
+        self.downloads.to_string()
+    }
+    /// The download window now: "closed", "unlimited" or a rate such as "50MiB/s".
+    async fn download_window(&self) -> String {
+        self.downloads.describe_at(self.local_now)
     }
     /// When the schedule next gives another limit; null when it never does.
     async fn next_change_at(&self) -> Option<DateTime<Utc>> {
@@ -175,6 +188,7 @@ fn policy_view(app: &AppState) -> TransferPolicyView {
     TransferPolicyView {
         policy: app.transfer_policy.current(),
         local_now: app.transfer_policy.local_now(),
+        downloads: app.reservations.download_schedule().clone(),
     }
 }
 

@@ -21,6 +21,7 @@ use sea_orm::{ActiveValue::Set, EntityTrait as _};
 
 use super::lifecycle::{is_final, now, ACTIVE};
 use super::materialize::Member;
+use super::schedule::plan_deadline;
 use super::{Actor, Inner, ReservationError, Reservations};
 use crate::cache::{ObjectKey, Overcommitted};
 use crate::trimmed;
@@ -59,6 +60,22 @@ impl Reservations {
         purpose: Option<String>,
         ttl: Duration,
     ) -> Result<reservation::Model, ReservationError> {
+        self.reserve_by(dataset, owner, purpose, ttl, None).await
+    }
+
+    /// [`reserve`](Self::reserve), ready by `ready_by` when given: the reservation is
+    /// admitted and pinned now, and materialized within the download windows at their rates
+    /// (see "Deadlines" in the [module docs](crate::reservations)). A deadline that is past,
+    /// after the expiry, or that the windows cannot meet for the bytes the office does not
+    /// hold yet is refused (field `readyBy`), with the earliest time it could be met.
+    pub async fn reserve_by(
+        &self,
+        dataset: &dataset::Model,
+        owner: &str,
+        purpose: Option<String>,
+        ttl: Duration,
+        ready_by: Option<DateTime<Utc>>,
+    ) -> Result<reservation::Model, ReservationError> {
         if self.inner.stop.is_cancelled() {
             return Err(ReservationError::ShuttingDown);
         }
@@ -88,6 +105,16 @@ impl Reservations {
                 ),
             ));
         }
+        let scheduled_start = match ready_by {
+            Some(ready_by) => Some(plan_deadline(
+                &self.inner.settings.download_schedule,
+                &label,
+                self.inner.missing_bytes(&objects),
+                ready_by,
+                expires_at,
+            )?),
+            None => None,
+        };
         let id = new_id("res");
         if let Err(refused) = self.inner.cache.admit_pins(&id, &objects) {
             let Overcommitted {
@@ -126,6 +153,8 @@ impl Reservations {
             local_path: Set(None),
             error: Set(None),
             notes: Set(None),
+            ready_by: Set(ready_by),
+            scheduled_start: Set(scheduled_start),
         };
         let inserted = match reservation::Entity::insert(row)
             .exec_with_returning(&self.inner.db)
@@ -144,6 +173,8 @@ impl Reservations {
             owner,
             objects = objects.len(),
             bytes = total_bytes,
+            ready_by = ?ready_by,
+            scheduled_start = ?scheduled_start,
             "reserved"
         );
         Inner::spawn(&self.inner, id, false);
@@ -278,7 +309,7 @@ fn authorize(
 }
 
 /// `bytes` in binary units, for messages: `1.5 GiB`.
-fn human(bytes: u64) -> String {
+pub(super) fn human(bytes: u64) -> String {
     const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
     let mut value = bytes as f64;
     let mut unit = 0;

@@ -164,6 +164,8 @@ mod tests {
             local_path: None,
             error: None,
             notes: None,
+            ready_by: None,
+            scheduled_start: None,
         };
         let cursor = reservation_cursor(&row);
         assert_eq!(decode_cursor(&cursor), Some((at, "res_abc".to_owned())));
@@ -199,6 +201,8 @@ mod tests {
             local_path: None,
             error: None,
             notes: None,
+            ready_by: None,
+            scheduled_start: None,
         };
         let later = reservation::Model {
             updated_at: at + chrono::Duration::milliseconds(1),

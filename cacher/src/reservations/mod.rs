@@ -33,6 +33,17 @@
 //! materialized again: cached objects are hits; ready ones are pinned again, their view
 //! rebuilt if missing) and runs the expiry loop.
 //!
+//! # Deadlines
+//!
+//! A reservation may say when it must be ready ([`reserve_by`](Reservations::reserve_by),
+//! GraphQL `readyBy`). It is admitted (pinned) at once, but its materialization waits for
+//! the office's download windows
+//! ([`download_schedule`](ReservationSettings::download_schedule)) and is paced at their
+//! rates ([`DownloadGate`]). Admission plans it: the bytes not yet in the office, from the
+//! first open minute (`scheduled_start`) at the windows' rates; a deadline the plan cannot
+//! meet is refused with the earliest time it could. [`estimate`] gives the live estimate
+//! of a reservation in progress.
+//!
 //! # Admission
 //!
 //! A reservation is refused when its dataset is larger than the cache's capacity
@@ -76,6 +87,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::cache::OfficeCache;
+use crate::transfer_policy::{DownloadGate, DownloadSchedule};
 
 mod admission;
 mod error;
@@ -83,6 +95,7 @@ mod expiry;
 mod lifecycle;
 mod materialize;
 mod persistence;
+mod schedule;
 
 pub use admission::{ttl_from_seconds, MAX_PURPOSE_LEN};
 pub use error::{ReservationError, ReservationErrorKind};
@@ -90,6 +103,7 @@ use lifecycle::decode_cursor;
 pub use lifecycle::{reservation_cursor, ReservationStream};
 use materialize::Running;
 pub use materialize::MAX_NAMED_FAILURES;
+pub use schedule::{estimate, Estimate};
 
 /// The most rows [`Reservations::list`] returns at once.
 pub const MAX_PAGE: u64 = 1000;
@@ -106,6 +120,9 @@ pub struct ReservationSettings {
     /// Objects materialized at once per reservation (8); the cache limits the ranged GETs
     /// over all downloads.
     pub concurrency_objects: usize,
+    /// When reservations with a deadline (`readyBy`) may fetch, and how fast (`* off`:
+    /// always, at full speed). Reservations asked for now are not held by it.
+    pub download_schedule: DownloadSchedule,
 }
 
 impl Default for ReservationSettings {
@@ -115,6 +132,7 @@ impl Default for ReservationSettings {
             progress_interval: Duration::from_millis(250),
             expiry_check: Duration::from_secs(30),
             concurrency_objects: 8,
+            download_schedule: DownloadSchedule::default(),
         }
     }
 }
@@ -154,6 +172,8 @@ struct Inner {
     db: DatabaseConnection,
     cache: Arc<OfficeCache>,
     settings: ReservationSettings,
+    /// Holds the fetches of reservations with a deadline to the download schedule.
+    gate: Arc<DownloadGate>,
     state: Mutex<State>,
     tasks: TaskTracker,
     stop: CancellationToken,
@@ -188,11 +208,13 @@ impl Reservations {
         settings.concurrency_objects = settings.concurrency_objects.max(1);
         settings.progress_interval = settings.progress_interval.max(Duration::from_millis(1));
         settings.expiry_check = settings.expiry_check.max(Duration::from_millis(1));
+        let gate = DownloadGate::new(settings.download_schedule.clone());
         Arc::new(Self {
             inner: Arc::new(Inner {
                 db,
                 cache,
                 settings,
+                gate,
                 state: Mutex::new(State::default()),
                 tasks: TaskTracker::new(),
                 stop: CancellationToken::new(),

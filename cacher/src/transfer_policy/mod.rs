@@ -9,6 +9,8 @@
 //!   (`setTransferPolicy`); every throttled stream feels a change at once.
 //! - [`UploadLimiter`] and [`Throttled`]: a token bucket over upload bytes, shared by all
 //!   uploads of the office, and the stream wrapper the uploader puts around each upload body.
+//! - [`DownloadSchedule`] and [`DownloadGate`]: the download windows that hold materializations
+//!   scheduled with a deadline (`readyBy`), and their plans ([`downloads`]).
 //! - [`PolicyShaper`]: all of it as the write-back path's
 //!   [`UploadShaper`](crate::writeback::UploadShaper).
 //!
@@ -36,6 +38,7 @@
 //! # Ok::<(), milepost_cacher::transfer_policy::PolicyError>(())
 //! ```
 
+pub mod downloads;
 pub mod schedule;
 mod shaper;
 pub mod throttle;
@@ -47,6 +50,7 @@ use std::sync::Arc;
 use chrono::NaiveDateTime;
 use tokio::sync::watch;
 
+pub use downloads::{DownloadGate, DownloadPlan, DownloadSchedule, DownloadWindow};
 pub use schedule::{format_rate, Schedule};
 pub use shaper::PolicyShaper;
 pub use throttle::{Throttled, UploadLimiter};
@@ -60,7 +64,7 @@ pub const MAX_PATTERN_LEN: usize = 1024;
 /// input: the rule (1-based) and its token, or the pattern (0-based index, as in the list).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PolicyError {
-    #[error("upload schedule rule {rule} `{text}`: {}", describe_token(.token.as_deref(), .expected))]
+    #[error("schedule rule {rule} `{text}`: {}", describe_token(.token.as_deref(), .expected))]
     Schedule {
         /// 1-based position of the rule among the `;`-separated rules.
         rule: usize,

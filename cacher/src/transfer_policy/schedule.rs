@@ -395,30 +395,53 @@ impl Schedule {
     /// The limit in bytes per second at local time `local`; `None` = unlimited. The first
     /// matching rule decides; no matching rule means unlimited.
     pub fn rate_at(&self, local: NaiveDateTime) -> Option<u64> {
+        self.rule_at(local).and_then(|rule| rule.rate)
+    }
+
+    /// The rule in force at local time `local`: the first that matches, or `None` when no
+    /// rule does.
+    pub fn rule_at(&self, local: NaiveDateTime) -> Option<&Rule> {
         let day = local.weekday().num_days_from_monday();
         let minute = local.hour() * 60 + local.minute();
-        self.rules
-            .iter()
-            .find(|rule| rule.matches(day, minute))
-            .and_then(|rule| rule.rate)
+        self.rules.iter().find(|rule| rule.matches(day, minute))
     }
 
     /// The first time after `local` at which [`rate_at`](Self::rate_at) gives another rate,
     /// or `None` when the rate never changes. Changes fall on whole minutes.
     pub fn next_change_after(&self, local: NaiveDateTime) -> Option<NaiveDateTime> {
         let current = self.rate_at(local);
+        self.boundaries_after(local)
+            .into_iter()
+            .find(|at| self.rate_at(*at) != current)
+    }
+
+    /// The first time after `local` at which [`rule_at`](Self::rule_at) gives another rule
+    /// (or starts or stops giving one), or `None` when it never does.
+    pub fn next_rule_change_after(&self, local: NaiveDateTime) -> Option<NaiveDateTime> {
+        let current = self.rule_at(local);
+        self.boundaries_after(local)
+            .into_iter()
+            .find(|at| self.rule_at(*at) != current)
+    }
+
+    /// Every time within the week after `local` at which some rule starts or stops
+    /// matching, in order.
+    fn boundaries_after(&self, local: NaiveDateTime) -> Vec<NaiveDateTime> {
         let mut minutes = Vec::new();
         for rule in &self.rules {
             rule.boundaries(&mut minutes);
         }
         minutes.sort_unstable();
         minutes.dedup();
-        let week_start = local
+        let Some(week_start) = local
             .date()
             .checked_sub_signed(Duration::days(i64::from(
                 local.weekday().num_days_from_monday(),
-            )))?
-            .and_hms_opt(0, 0, 0)?;
+            )))
+            .and_then(|monday| monday.and_hms_opt(0, 0, 0))
+        else {
+            return Vec::new();
+        };
         let mut candidates: Vec<NaiveDateTime> = minutes
             .into_iter()
             .filter_map(|m| {
@@ -432,8 +455,6 @@ impl Schedule {
             .collect();
         candidates.sort_unstable();
         candidates
-            .into_iter()
-            .find(|at| self.rate_at(*at) != current)
     }
 }
 

@@ -1094,6 +1094,8 @@ async fn restart_resumes_pending_and_rebuilds_views(backend: Backend) {
             local_path: Set(path),
             error: Set(None),
             notes: Set(None),
+            ready_by: Set(None),
+            scheduled_start: Set(None),
         }
         .insert(&env.db)
         .await
@@ -1119,6 +1121,8 @@ async fn restart_resumes_pending_and_rebuilds_views(backend: Backend) {
         local_path: Set(None),
         error: Set(None),
         notes: Set(None),
+        ready_by: Set(None),
+        scheduled_start: Set(None),
     }
     .insert(&env.db)
     .await

@@ -34,6 +34,11 @@ pub struct Model {
     /// (a log materialized whole for want of a chunk index, a window without messages).
     #[sea_orm(column_type = "JsonBinary", nullable)]
     pub notes: Option<Json>,
+    /// When the client needs it ready (`readyBy`); null when asked for now.
+    pub ready_by: Option<DateTimeUtc>,
+    /// The first minute of the download schedule at which its materialization may start, as
+    /// planned at admission; null when asked for now.
+    pub scheduled_start: Option<DateTimeUtc>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -10,6 +10,7 @@ mod gateway;
 mod offices;
 mod one_fetch_per_byte;
 mod pull;
+mod ready_by;
 mod reserve;
 mod scenario_trim;
 mod sync_search;

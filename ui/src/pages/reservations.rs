@@ -32,6 +32,14 @@ pub struct Reservation {
     pub bytes_from_upstream: i64,
     pub local_path: Option<String>,
     pub error: Option<String>,
+    #[serde(default)]
+    pub ready_by: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub scheduled_start: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub estimated_ready_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub deadline_warning: Option<String>,
     pub dataset: ReservedDataset,
 }
 
@@ -51,7 +59,7 @@ pub struct ReservationData {
     pub reservation: Option<Reservation>,
 }
 
-const FIELDS: &str = "id state owner purpose createdAt expiresAt objectsTotal objectsDone bytesTotal bytesDone bytesFromUpstream localPath error";
+const FIELDS: &str = "id state owner purpose createdAt expiresAt objectsTotal objectsDone bytesTotal bytesDone bytesFromUpstream localPath error readyBy scheduledStart estimatedReadyAt deadlineWarning";
 
 fn is_final(state: &str) -> bool {
     matches!(state, "READY" | "FAILED" | "RELEASED" | "EXPIRED")
@@ -119,6 +127,32 @@ fn rate_and_eta(r: &Reservation) -> (String, String) {
     (format!("{}/s", html::bytes(rate as i64)), eta)
 }
 
+/// A reservation with a deadline: when it must be ready, when its download starts and the
+/// live estimate; a warning when the estimate slips past the deadline.
+fn schedule_line(b: &mut String, r: &Reservation, ready_by: &DateTime<Utc>) {
+    w!(
+        b,
+        r#"<p class="meta" id="res-schedule">Ready by <strong>{}</strong>{}{}</p>"#,
+        html::time(ready_by),
+        r.scheduled_start
+            .map(|at| format!(" · download window from {}", html::time(&at)))
+            .unwrap_or_default(),
+        r.estimated_ready_at
+            .map(|at| format!(
+                r#" · estimated <span id="res-estimate">{}</span>"#,
+                html::time(&at)
+            ))
+            .unwrap_or_default()
+    );
+    if let Some(warning) = &r.deadline_warning {
+        w!(
+            b,
+            r#"<p class="error-box" role="alert" id="res-deadline-warning">Deadline at risk: {}</p>"#,
+            esc(warning)
+        );
+    }
+}
+
 fn command(b: &mut String, id: &str, label: &str, text: &str) {
     w!(
         b,
@@ -163,6 +197,9 @@ fn render(
             .map(|p| format!(" · {}", esc(p)))
             .unwrap_or_default()
     );
+    if let Some(ready_by) = &r.ready_by {
+        schedule_line(&mut b, r, ready_by);
+    }
     let (rate, eta) = rate_and_eta(r);
     w!(
         &mut b,

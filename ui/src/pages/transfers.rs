@@ -1,5 +1,6 @@
-//! The transfers page: the write-back queue (rate, limit, ETA, the transfers in upload order)
-//! and the transfer policy, which an ADMIN can replace here (`setTransferPolicy`).
+//! The transfers page: the write-back queue (rate, limit, ETA, the transfers in upload order),
+//! the transfer policy, which an ADMIN can replace here (`setTransferPolicy`), and the
+//! planned downloads (reservations with a deadline) under the download windows.
 
 use axum::body::Bytes;
 use axum::extract::{Query, State};
@@ -34,6 +35,29 @@ pub struct Policy {
     pub priorities: Vec<String>,
     pub limit_bytes_per_second: Option<i64>,
     pub next_change_at: Option<DateTime<Utc>>,
+    pub download_schedule: String,
+    pub download_window: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct PlannedDataset {
+    pub name: String,
+    pub version: i32,
+}
+
+/// A reservation with a deadline, not READY yet.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Planned {
+    pub id: String,
+    pub state: String,
+    pub bytes_total: i64,
+    pub bytes_done: i64,
+    pub ready_by: Option<DateTime<Utc>>,
+    pub scheduled_start: Option<DateTime<Utc>>,
+    pub estimated_ready_at: Option<DateTime<Utc>>,
+    pub deadline_warning: Option<String>,
+    pub dataset: PlannedDataset,
 }
 
 #[derive(Debug, Deserialize)]
@@ -94,6 +118,7 @@ pub struct PageData {
     pub me: Me,
     pub transfer_policy: Policy,
     pub transfers: Connection,
+    pub planned_downloads: Vec<Planned>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -171,7 +196,8 @@ async fn render_page(
         .unwrap_or(STATES[0]);
     let query = format!(
         r#"query($state: TransferState, $first: Int, $after: String) {{ {ME}
-  transferPolicy {{ uploadSchedule priorities limitBytesPerSecond nextChangeAt }}
+  transferPolicy {{ uploadSchedule priorities limitBytesPerSecond nextChangeAt downloadSchedule downloadWindow }}
+  plannedDownloads(first: $first) {{ id state bytesTotal bytesDone readyBy scheduledStart estimatedReadyAt deadlineWarning dataset {{ name version }} }}
   transfers(state: $state, first: $first, after: $after) {{
     totalCount pageInfo {{ hasNextPage endCursor }}
     summary {{ queuedCount queuedBytes uploadingCount uploadingBytes doneCount failedCount rateBytesPerSecond limitBytesPerSecond etaSeconds }}
@@ -196,6 +222,7 @@ async fn render_page(
     summary_tiles(&mut b, &data.transfers.summary);
     policy_panel(&mut b, &data, session, submitted.as_ref());
     transfer_table(&mut b, &data.transfers, state_key, params);
+    planned_downloads(&mut b, &data);
     html_response(
         status,
         frame("Transfers", Nav::Transfers, Some((&data.me, session)), &b),
@@ -301,6 +328,47 @@ fn policy_panel(b: &mut String, data: &PageData, session: &Session, submitted: O
         b.push_str(r#"<button type="submit">Save policy</button></form></details>"#);
     }
     b.push_str("</section>");
+}
+
+fn planned_downloads(b: &mut String, data: &PageData) {
+    let p = &data.transfer_policy;
+    w!(
+        b,
+        r#"<section aria-labelledby="planned-title"><h2 id="planned-title">Planned downloads</h2><p>Reservations with a deadline download within the windows <code id="download-schedule">{}</code> (office time; other times are closed) · now <strong id="download-window">{}</strong></p>"#,
+        esc(&p.download_schedule),
+        esc(&p.download_window)
+    );
+    if data.planned_downloads.is_empty() {
+        b.push_str(r#"<p class="empty" id="planned-empty">No planned downloads. Reserve a dataset with a deadline (<code>readyBy</code>) to schedule one.</p></section>"#);
+        return;
+    }
+    b.push_str(r#"<div class="table-wrap"><table id="planned-downloads"><thead><tr><th scope="col">Reservation</th><th scope="col">Dataset</th><th scope="col">State</th><th scope="col" class="num">Size</th><th scope="col" class="num">Done</th><th scope="col">Starts</th><th scope="col">Ready by</th><th scope="col">Estimate</th></tr></thead><tbody>"#);
+    let time = |at: &Option<DateTime<Utc>>| at.as_ref().map_or_else(|| "-".to_owned(), html::time);
+    for r in &data.planned_downloads {
+        let name = format!("{}@{}", r.dataset.name, r.dataset.version);
+        w!(
+            b,
+            r#"<tr data-id="{id}"><td><a href="/reservations/{href}">{id}</a></td><td>{name}</td><td>{state}</td><td class="num">{size}</td><td class="num">{done}</td><td>{start}</td><td>{by}</td><td>{estimate}{warning}</td></tr>"#,
+            id = esc(&r.id),
+            href = html::url(&r.id),
+            name = esc(&name),
+            state = esc(&r.state.to_lowercase()),
+            size = html::bytes(r.bytes_total),
+            done = html::bytes(r.bytes_done),
+            start = time(&r.scheduled_start),
+            by = time(&r.ready_by),
+            estimate = time(&r.estimated_ready_at),
+            warning = r
+                .deadline_warning
+                .as_deref()
+                .map(|w| format!(
+                    r#"<p class="error-box" role="status">At risk: {}</p>"#,
+                    esc(w)
+                ))
+                .unwrap_or_default(),
+        );
+    }
+    b.push_str("</tbody></table></div></section>");
 }
 
 fn transfer_table(b: &mut String, list: &Connection, state_key: &str, params: &Params) {

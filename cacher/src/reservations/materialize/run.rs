@@ -18,7 +18,9 @@ use super::failures::{failure_message, is_interrupted, is_object_specific};
 use super::{Ended, Member};
 use crate::cache::{CacheError, CacheErrorKind, FetchContext, ObjectKey, OfficeCache};
 use crate::datasets::{DatasetError, TrimSpec};
+use crate::reservations::schedule::estimate;
 use crate::reservations::{Inner, ReservationError};
+use crate::transfer_policy::DownloadGate;
 use crate::trimmed;
 
 /// A member materialized.
@@ -102,6 +104,10 @@ impl Inner {
         let Some(plan) = self.plan(id).await? else {
             return Ok(Ended::Stopped);
         };
+        // A reservation with a deadline stays pending until a download window opens.
+        if !repair && plan.row.ready_by.is_some() && !self.gate.wait_open(cancel).await {
+            return Ok(Ended::Stopped);
+        }
         if !repair && !self.start_materializing(id).await? {
             return Ok(Ended::Stopped);
         }
@@ -199,18 +205,39 @@ impl Inner {
             owner: Some(plan.row.owner.clone()),
         };
         let halt = Arc::new(AtomicBool::new(false));
-        let fetches = futures::stream::iter(plan.members.iter().cloned())
-            .map(|member| {
-                let (cache, ctx) = (Arc::clone(&self.cache), ctx.clone());
-                let (progress, halt) = (Arc::clone(progress), Arc::clone(&halt));
-                fetch_member(cache, member, ctx, id.to_owned(), progress, halt)
-            })
-            .buffer_unordered(self.settings.concurrency_objects);
+        // Held to the download windows when it has a deadline (never when repairing a view).
+        let gate = plan.row.ready_by.filter(|_| !repair).map(|_| Gate {
+            gate: Arc::clone(&self.gate),
+            cancel: cancel.clone(),
+        });
+        let fetches = futures::stream::iter(
+            plan.members
+                .iter()
+                .cloned()
+                .zip(plan.objects.iter().cloned()),
+        )
+        .map(|(member, counted)| {
+            let (cache, ctx) = (Arc::clone(&self.cache), ctx.clone());
+            let (progress, halt) = (Arc::clone(progress), Arc::clone(&halt));
+            let gate = gate.clone();
+            async move {
+                if let Some(gate) = gate {
+                    if !cache.is_cached(&counted)
+                        && !gate.gate.admit(counted.size, &gate.cancel).await
+                    {
+                        return (member, None);
+                    }
+                }
+                fetch_member(cache, member, ctx, id.to_owned(), progress, halt).await
+            }
+        })
+        .buffer_unordered(self.settings.concurrency_objects);
         let mut fetches = pin!(fetches);
         let mut ticks = tokio::time::interval(self.settings.progress_interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticks.tick().await;
         let mut written = (0, 0, 0);
+        let mut slipped = false;
         let mut gathered = Gathered {
             views: Vec::with_capacity(plan.members.len()),
             ..Gathered::default()
@@ -241,6 +268,9 @@ impl Inner {
                 },
                 _ = ticks.tick(), if !repair => {
                     let now = progress.snapshot(plan.total_bytes);
+                    if !slipped {
+                        slipped = self.warn_if_late(id, plan, now.1);
+                    }
                     if now != written {
                         match self.write_progress(id, now, plan.base_upstream, None).await {
                             Ok(true) => written = now,
@@ -252,6 +282,31 @@ impl Inner {
             }
         }
         Some(gathered)
+    }
+
+    /// Warns, once, when a reservation with a deadline is estimated to miss it with
+    /// `bytes_done` of its bytes done. `true` when it is late (or has no deadline).
+    fn warn_if_late(&self, id: &str, plan: &Plan, bytes_done: u64) -> bool {
+        let Some(ready_by) = plan.row.ready_by else {
+            return true;
+        };
+        let mut row = plan.row.clone();
+        row.state = ReservationState::Materializing;
+        let left = plan.total_bytes.saturating_sub(bytes_done);
+        match estimate(&row, &self.settings.download_schedule, left) {
+            Some(estimate) if !estimate.on_time => {
+                tracing::warn!(
+                    reservation = %id,
+                    dataset = %plan.dataset.name,
+                    %ready_by,
+                    estimated_ready_at = %estimate.ready_at,
+                    bytes_left = left,
+                    "reservation is estimated to miss its readyBy deadline"
+                );
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Records `id` failed, naming the objects that could not be materialized (after writing
@@ -339,6 +394,13 @@ impl Inner {
         );
         Ok(Ended::Ready)
     }
+}
+
+/// The download gate a scheduled run's fetches wait on, with the run's cancellation.
+#[derive(Clone)]
+struct Gate {
+    gate: Arc<DownloadGate>,
+    cancel: CancellationToken,
 }
 
 /// Fetches one member for `holder` (the reservation), counting it in `progress`; skipped

@@ -111,9 +111,7 @@ fn whole_day_windows_and_trailing_semicolons_are_normalised() {
 fn errors_name_the_rule_the_token_and_the_expectation() {
     let err = error("Mon-Fri 09:00-18:00 20MiB; Sat,Sun 10XB; * off");
     assert!(
-        err.starts_with(
-            "upload schedule rule 2 `Sat,Sun 10XB`: unexpected `10XB`, expected a rate"
-        ),
+        err.starts_with("schedule rule 2 `Sat,Sun 10XB`: unexpected `10XB`, expected a rate"),
         "{err}"
     );
     let err = error("Mon-Fry 20MiB");
