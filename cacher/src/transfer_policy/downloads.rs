@@ -277,14 +277,15 @@ mod tests {
     fn at(day: u32, hour: u32, minute: u32) -> NaiveDateTime {
         // 2026-12-07 is a Monday.
         NaiveDate::from_ymd_opt(2026, 12, 7 + day)
-            .unwrap()
+            .expect("test value")
             .and_hms_opt(hour, minute, 0)
-            .unwrap()
+            .expect("test value")
     }
 
     #[test]
     fn unmatched_times_are_closed() {
-        let s = DownloadSchedule::parse("Mon-Fri 20:00-06:00 1MiB; Sat,Sun off").unwrap();
+        let s =
+            DownloadSchedule::parse("Mon-Fri 20:00-06:00 1MiB; Sat,Sun off").expect("test value");
         assert_eq!(s.window_at(at(0, 12, 0)), DownloadWindow::Closed);
         assert_eq!(
             s.window_at(at(0, 21, 0)),
@@ -310,7 +311,7 @@ mod tests {
     #[test]
     fn default_is_always_open_and_instant() {
         let s = DownloadSchedule::default();
-        let plan = s.plan(at(2, 10, 30), 1 << 40).unwrap();
+        let plan = s.plan(at(2, 10, 30), 1 << 40).expect("test value");
         assert_eq!(plan.start, at(2, 10, 30));
         assert_eq!(plan.finish, at(2, 10, 30));
     }
@@ -318,37 +319,38 @@ mod tests {
     #[test]
     fn plan_starts_at_the_window_and_spans_windows() {
         // 1 MiB/s from 20:00 to 22:00 on weekdays: 7200 MiB a night.
-        let s = DownloadSchedule::parse("Mon-Fri 20:00-22:00 1MiB").unwrap();
-        let plan = s.plan(at(0, 12, 0), 3600 << 20).unwrap();
+        let s = DownloadSchedule::parse("Mon-Fri 20:00-22:00 1MiB").expect("test value");
+        let plan = s.plan(at(0, 12, 0), 3600 << 20).expect("test value");
         assert_eq!(plan.start, at(0, 20, 0));
         assert_eq!(plan.finish, at(0, 21, 0));
         // 10,800 MiB: the first night's 7200, then 3600 the next night.
-        let plan = s.plan(at(0, 12, 0), 10_800 << 20).unwrap();
+        let plan = s.plan(at(0, 12, 0), 10_800 << 20).expect("test value");
         assert_eq!(plan.finish, at(1, 21, 0));
         // Friday's window, then Monday's.
-        let plan = s.plan(at(4, 21, 0), 7200 << 20).unwrap();
+        let plan = s.plan(at(4, 21, 0), 7200 << 20).expect("test value");
         assert_eq!(plan.start, at(4, 21, 0));
         assert_eq!(plan.finish, at(7, 21, 0));
     }
 
     #[test]
     fn plan_of_nothing_finishes_at_the_start() {
-        let s = DownloadSchedule::parse("* 02:00-03:00 1KiB").unwrap();
-        let plan = s.plan(at(0, 1, 0), 0).unwrap();
+        let s = DownloadSchedule::parse("* 02:00-03:00 1KiB").expect("test value");
+        let plan = s.plan(at(0, 1, 0), 0).expect("test value");
         assert_eq!((plan.start, plan.finish), (at(0, 2, 0), at(0, 2, 0)));
     }
 
     #[test]
     fn a_window_with_a_later_unlimited_rule_finishes_there() {
-        let s = DownloadSchedule::parse("* 01:00-02:00 1KiB; * 03:00-04:00 off").unwrap();
-        let plan = s.plan(at(0, 0, 0), 100 << 20).unwrap();
+        let s =
+            DownloadSchedule::parse("* 01:00-02:00 1KiB; * 03:00-04:00 off").expect("test value");
+        let plan = s.plan(at(0, 0, 0), 100 << 20).expect("test value");
         assert_eq!(plan.start, at(0, 1, 0));
         assert_eq!(plan.finish, at(0, 3, 0));
     }
 
     #[test]
     fn unplannable_schedules_say_why() {
-        let s = DownloadSchedule::parse("* 01:00-01:01 1B").unwrap();
+        let s = DownloadSchedule::parse("* 01:00-01:01 1B").expect("test value");
         assert_eq!(
             s.plan(at(0, 0, 0), 1 << 40),
             Err(Unplannable::BeyondHorizon)
@@ -365,7 +367,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_open_limited_gate_paces_objects() {
-        let gate = DownloadGate::new(DownloadSchedule::parse("* 1MiB").unwrap());
+        let gate = DownloadGate::new(DownloadSchedule::parse("* 1MiB").expect("test value"));
         let cancel = CancellationToken::new();
         let started = Instant::now();
         assert!(gate.admit(2 << 20, &cancel).await);
@@ -385,7 +387,7 @@ mod tests {
             opens.format("%H:%M"),
             closes.format("%H:%M")
         );
-        let gate = DownloadGate::new(DownloadSchedule::parse(&text).unwrap());
+        let gate = DownloadGate::new(DownloadSchedule::parse(&text).expect("test value"));
         let cancel = CancellationToken::new();
         cancel.cancel();
         assert!(!gate.admit(1, &cancel).await);

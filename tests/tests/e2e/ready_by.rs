@@ -68,6 +68,45 @@ async fn dataset_of(app: &TestApp, token: &str, name: &str, prefix: &str, count:
     assert_eq!(body["data"]["createDataset"]["version"], 1, "{body}");
 }
 
+/// A GET, or a form POST, as the signed-in browser of `token` sends it: status and body.
+async fn web(
+    app: &TestApp,
+    token: &str,
+    path: &str,
+    form: Option<&[(&str, &str)]>,
+) -> (u16, String) {
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let url = format!("{}{path}", app.base_url);
+    let request = match form {
+        Some(pairs) => {
+            let mut body = reqwest::Url::parse("http://x/").expect("url");
+            body.query_pairs_mut().extend_pairs(pairs);
+            client
+                .post(&url)
+                .header("content-type", "application/x-www-form-urlencoded")
+                .header("origin", app.base_url.as_str())
+                .body(body.query().unwrap_or_default().to_owned())
+        }
+        None => client.get(&url),
+    };
+    let response = request
+        .header("cookie", format!("milepost_session={token}"))
+        .send()
+        .await
+        .expect("request");
+    let status = response.status().as_u16();
+    (status, response.text().await.expect("body"))
+}
+
+fn csrf_of(page: &str) -> String {
+    let marker = r#"name="csrf" value=""#;
+    let start = page.find(marker).expect("a form with a CSRF token") + marker.len();
+    page[start..start + 32].to_owned()
+}
+
 #[tokio::test]
 async fn a_deadline_keeps_to_the_download_window_and_is_met_or_refused() {
     let opens = window_opening();
@@ -123,6 +162,38 @@ async fn a_deadline_keeps_to_the_download_window_and_is_met_or_refused() {
         &format!("the earliest it can be ready is {earliest}"),
     );
 
+    // The web catalog's Reserve form takes the deadline in office time and shows the
+    // refusal beside its field.
+    let (status, page) = web(&app, &engineer, "/datasets/too-late?version=1", None).await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains(r#"id="ready-by""#), "no ready-by field");
+    let csrf = csrf_of(&page);
+    let deadline = opens.format("%Y-%m-%dT%H:%M").to_string();
+    let (status, page) = web(
+        &app,
+        &engineer,
+        "/reserve",
+        Some(&[
+            ("csrf", csrf.as_str()),
+            ("dataset", "too-late"),
+            ("version", "1"),
+            ("ttl_hours", "24"),
+            ("purpose", ""),
+            ("ready_by", deadline.as_str()),
+        ]),
+    )
+    .await;
+    assert_eq!(status, 400, "{page}");
+    assert!(
+        page.contains(r#"id="ready-by-error""#),
+        "no error beside the field: {page}"
+    );
+    let at_opening = rfc3339(opens_utc + chrono::Duration::seconds(4));
+    assert!(
+        page.contains(&format!("the earliest it can be ready is {at_opening}")),
+        "{page}"
+    );
+
     // Ten minutes ahead: admitted now, scheduled at the window's opening.
     let ready_by = Utc::now() + chrono::Duration::minutes(10);
     let (_, body) = app
@@ -158,6 +229,14 @@ async fn a_deadline_keeps_to_the_download_window_and_is_met_or_refused() {
         body["data"]["transferPolicy"]["downloadWindow"], "closed",
         "{body}"
     );
+    let (status, page) = web(&app, &engineer, "/transfers", None).await;
+    assert_eq!(status, 200, "{page}");
+    assert!(
+        page.contains(r#"id="planned-downloads""#) && page.contains(&id),
+        "the transfers page lists no planned download: {page}"
+    );
+    let (_, page) = web(&app, &engineer, &format!("/reservations/{id}"), None).await;
+    assert!(page.contains(r#"id="res-schedule""#), "{page}");
 
     // Nothing moves before the window opens.
     while Utc::now() < opens_utc - chrono::Duration::seconds(2) {

@@ -295,6 +295,8 @@ pub async fn page(
 pub struct ReserveForm {
     pub ttl_hours: String,
     pub purpose: String,
+    /// `datetime-local` text in office time (`2026-12-08T02:00`), empty for "now".
+    pub ready_by: String,
 }
 
 impl Default for ReserveForm {
@@ -302,6 +304,7 @@ impl Default for ReserveForm {
         ReserveForm {
             ttl_hours: "24".to_owned(),
             purpose: String::new(),
+            ready_by: String::new(),
         }
     }
 }
@@ -325,6 +328,37 @@ pub fn ttl_seconds(hours: &str) -> Result<i64, GraphqlError> {
             hours.trim()
         ))),
     }
+}
+
+/// The form's "ready by" (`datetime-local` text, office time, i.e. the server's time zone) as
+/// the RFC 3339 instant `readyBy` wants; `None` when empty.
+pub fn ready_by(text: &str) -> Result<Option<String>, GraphqlError> {
+    use chrono::TimeZone as _;
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    let fail = |message: String| GraphqlError {
+        message,
+        code: "BAD_INPUT".to_owned(),
+        field: Some("readyBy".to_owned()),
+    };
+    let local = chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M")
+        .or_else(|_| chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S"))
+        .map_err(|_| {
+            fail(format!(
+                "expected a date and time such as 2026-12-08T02:00, got {text:?}"
+            ))
+        })?;
+    let at = chrono::Local
+        .from_local_datetime(&local)
+        .earliest()
+        .ok_or_else(|| {
+            fail(format!(
+                "{text} does not exist in office time (a clock change)"
+            ))
+        })?;
+    Ok(Some(at.with_timezone(&chrono::Utc).to_rfc3339()))
 }
 
 pub fn reservation_rows(b: &mut String, rows: &[&ReservationRow], with_dataset: bool) {
@@ -468,6 +502,7 @@ fn reserve_panel(
 ) {
     let ttl_error = error_for(error, &["ttlSeconds", "ttl"]);
     let purpose_error = error_for(error, &["purpose"]);
+    let ready_by_error = error_for(error, &["readyBy"]);
     w!(
         b,
         r#"<section class="panel" aria-labelledby="reserve-title"><h2 id="reserve-title">Reserve</h2><p class="muted">Copies the dataset into this office's cache and keeps it there until the reservation expires.</p><form method="post" action="/reserve" class="stack inline-form" id="reserve-form" novalidate><input type="hidden" name="csrf" value="{}"><input type="hidden" name="dataset" value="{}"><input type="hidden" name="version" value="{}">"#,
@@ -475,7 +510,9 @@ fn reserve_panel(
         esc(name),
         version
     );
-    if let Some(e) = error.filter(|_| ttl_error.is_none() && purpose_error.is_none()) {
+    if let Some(e) =
+        error.filter(|_| ttl_error.is_none() && purpose_error.is_none() && ready_by_error.is_none())
+    {
         w!(
             b,
             r#"<p class="error-box" role="alert">{}</p>"#,
@@ -496,8 +533,15 @@ fn reserve_panel(
         invalid_attrs("purpose", purpose_error)
     );
     field_error(b, "purpose", purpose_error);
+    w!(
+        b,
+        r#"</div><div><label for="ready-by">Ready by (office time, optional)</label><input id="ready-by" name="ready_by" type="datetime-local" value="{}"{}>"#,
+        esc(&form.ready_by),
+        invalid_attrs("ready-by", ready_by_error)
+    );
+    field_error(b, "ready-by", ready_by_error);
     b.push_str(
-        r#"</div><button type="submit" id="reserve-button">Reserve</button></form></section>"#,
+        r#"</div><button type="submit" id="reserve-button">Reserve</button></form><p class="hint">With a deadline it downloads within the office's download windows, and is refused if they cannot make it.</p></section>"#,
     );
 }
 
@@ -791,7 +835,17 @@ pub async fn new_submit(
         ));
     };
     let purpose = Some(form.purpose.trim()).filter(|p| !p.is_empty());
-    match reserve(&ui, &session, &created.name, created.version, ttl, purpose).await {
+    match reserve(
+        &ui,
+        &session,
+        &created.name,
+        created.version,
+        ttl,
+        purpose,
+        None,
+    )
+    .await
+    {
         Ok(Ok(id)) => see_other(&format!("/reservations/{}", url(&id))),
         // The dataset exists now; its page shows the reservation error next to the form.
         Ok(Err(e)) => match load(&ui, &session, &created.name, Some(created.version)).await {
@@ -805,6 +859,7 @@ pub async fn new_submit(
                         &ReserveForm {
                             ttl_hours: form.ttl_hours.clone(),
                             purpose: form.purpose.clone(),
+                            ready_by: String::new(),
                         },
                         Some(&e),
                         &ui.settings.viewer_names(),
@@ -826,12 +881,14 @@ pub async fn reserve(
     version: i32,
     ttl_seconds: i64,
     purpose: Option<&str>,
+    ready_by: Option<String>,
 ) -> Result<Result<String, GraphqlError>, Response> {
     let input = json!({
         "dataset": name,
         "version": version,
         "ttlSeconds": ttl_seconds.min(i64::from(i32::MAX)),
         "purpose": purpose,
+        "readyBy": ready_by,
     });
     Ok(mutate::<Reserved>(
         ui,
@@ -851,4 +908,30 @@ pub async fn file(
     Path((bucket, key)): Path<(String, String)>,
 ) -> Response {
     ui.exec.object(&session.token, &bucket, &key).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_by_is_office_time_or_nothing() {
+        assert_eq!(ready_by("  ").expect("test value"), None);
+        let at = ready_by("2026-12-08T02:00")
+            .expect("test value")
+            .expect("test value");
+        let parsed = chrono::DateTime::parse_from_rfc3339(&at).expect("test value");
+        let local = parsed.with_timezone(&chrono::Local).naive_local();
+        assert_eq!(local.to_string(), "2026-12-08 02:00:00");
+        assert!(ready_by("2026-12-08T02:00:30")
+            .expect("test value")
+            .is_some());
+        let refused = ready_by("tomorrow 2am").expect_err("refused");
+        assert_eq!(refused.field.as_deref(), Some("readyBy"));
+        assert!(
+            refused.message.contains("\"tomorrow 2am\""),
+            "{}",
+            refused.message
+        );
+    }
 }

@@ -9,7 +9,9 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::datasets::{load, render_dataset, reserve as reserve_dataset, ttl_seconds, ReserveForm};
+use super::datasets::{
+    load, ready_by, render_dataset, reserve as reserve_dataset, ttl_seconds, ReserveForm,
+};
 use super::{error_for, fetch, mutate};
 use crate::html::{self, esc, field_error, invalid_attrs, url, url_path};
 use crate::layout::{frame, frame_with_head, not_found, status_of, Me, Nav, ME};
@@ -385,9 +387,11 @@ pub async fn reserve(
     let name = form.get("dataset");
     let version = form.get("version").parse::<i32>().ok();
     let purpose = Some(form.get("purpose").trim()).filter(|p| !p.is_empty());
-    let result = match ttl_seconds(form.get("ttl_hours")) {
-        Ok(ttl) => match version {
-            Some(v) => reserve_dataset(&ui, &session, name, v, ttl, purpose).await,
+    let checked = ttl_seconds(form.get("ttl_hours"))
+        .and_then(|ttl| Ok((ttl, ready_by(form.get("ready_by"))?)));
+    let result = match checked {
+        Ok((ttl, ready_by)) => match version {
+            Some(v) => reserve_dataset(&ui, &session, name, v, ttl, purpose, ready_by).await,
             None => Ok(Err(GraphqlError {
                 message: "the form names no dataset version; reload the page".into(),
                 code: "BAD_INPUT".into(),
@@ -415,6 +419,7 @@ pub async fn reserve(
                 &ReserveForm {
                     ttl_hours: form.get("ttl_hours").to_owned(),
                     purpose: form.get("purpose").to_owned(),
+                    ready_by: form.get("ready_by").to_owned(),
                 },
                 Some(&error),
                 &ui.settings.viewer_names(),
