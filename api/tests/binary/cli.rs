@@ -245,7 +245,13 @@ fn transfers_verb_prints_the_queue_and_policy_of_a_running_server() {
         lines[2].contains("STATE") && lines[2].contains("ATTEMPTS"),
         "{stdout}"
     );
-    assert_eq!(lines.last(), Some(&"0 transfers"), "{stdout}");
+    assert!(lines.contains(&"0 transfers"), "{stdout}");
+    // Then the planned downloads, under the default download windows (always open).
+    assert!(
+        lines.contains(&"planned downloads: schedule \"* off\", window now unlimited"),
+        "{stdout}"
+    );
+    assert_eq!(lines.last(), Some(&"no planned downloads"), "{stdout}");
 
     let output = milepost(dir.path())
         .args(["transfers", "--server", &server, "--token", "mp_wrong"])
