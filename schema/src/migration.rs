@@ -7,6 +7,7 @@ use sea_orm_migration::prelude::*;
 mod m20261125_000001_catalog;
 mod m20261125_000002_scenario_trims;
 mod m20261125_000003_object_metadata;
+mod m20261206_000002_run_input_windows;
 
 /// All migrations of the catalog, oldest first.
 #[derive(Debug)]
@@ -19,6 +20,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261125_000001_catalog::Migration),
             Box::new(m20261125_000002_scenario_trims::Migration),
             Box::new(m20261125_000003_object_metadata::Migration),
+            Box::new(m20261206_000002_run_input_windows::Migration),
         ]
     }
 }
