@@ -153,9 +153,10 @@ fn clip(text: &str, max: usize) -> String {
     out
 }
 
-const BOX_W: i32 = 190;
+const BOX_W: i32 = 210;
 const BOX_H: i32 = 52;
-const COL_GAP: i32 = 64;
+/// Wide enough for a window (`14:02:00–14:05:00`) written on the arrow before its target.
+const COL_GAP: i32 = 120;
 const ROW_GAP: i32 = 14;
 const PAD: i32 = 12;
 
@@ -215,11 +216,12 @@ pub fn render(b: &mut String, g: &Graph) {
             x2 - bend,
         );
         if let Some(window) = &window {
+            // On the arrow's last stretch, which is level, just before the target.
             w!(
                 b,
-                r#"<text class="edge-label" x="{}" y="{}" text-anchor="middle">{}</text>"#,
-                (x1 + x2) / 2,
-                (y1 + y2) / 2 - 4,
+                r#"<text class="edge-label" x="{}" y="{}" text-anchor="end">{}</text>"#,
+                x2 - 8,
+                y2 - 5,
                 esc(window)
             );
         }
