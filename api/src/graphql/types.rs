@@ -356,7 +356,9 @@ impl Run {
         &self,
         ctx: &Context<'_>,
     ) -> GqlResult<Vec<super::lineage::DriveWindow>> {
-        let rows = catalog::run_windows(&state(ctx).db, &self.0.id).await.gql()?;
+        let rows = catalog::run_windows(&state(ctx).db, &self.0.id)
+            .await
+            .gql()?;
         Ok(rows
             .into_iter()
             .map(|w| super::lineage::DriveWindow {

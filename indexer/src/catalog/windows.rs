@@ -165,11 +165,13 @@ mod tests {
     use super::*;
 
     fn at(h: u32, m: u32) -> DateTime<Utc> {
-        Utc.with_ymd_and_hms(2026, 11, 2, h, m, 0).unwrap()
+        Utc.with_ymd_and_hms(2026, 11, 2, h, m, 0)
+            .single()
+            .expect("a UTC time")
     }
 
     fn w(a: (u32, u32), b: (u32, u32)) -> Window {
-        Window::new("w", at(a.0, a.1), at(b.0, b.1)).unwrap()
+        Window::new("w", at(a.0, a.1), at(b.0, b.1)).expect("a window")
     }
 
     #[test]
@@ -194,7 +196,7 @@ mod tests {
     #[test]
     fn empty_and_reversed_windows_are_refused_naming_the_end() {
         for (start, end) in [(at(14, 5), at(14, 5)), (at(14, 5), at(14, 2))] {
-            let err = Window::new("input.inputWindows[1]", start, end).unwrap_err();
+            let err = Window::new("input.inputWindows[1]", start, end).expect_err("refused");
             assert_eq!(err.field(), Some("input.inputWindows[1].end"));
             assert!(err.to_string().contains("must not be empty"), "{err}");
         }

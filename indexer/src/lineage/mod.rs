@@ -128,10 +128,7 @@ pub async fn resolve(
     window: Option<Window>,
 ) -> CatalogResult<Subject> {
     let subject = if let Some(d) = db(drive::Entity::find_by_id(id).one(conn).await)? {
-        Subject::Drive {
-            id: d.id,
-            window,
-        }
+        Subject::Drive { id: d.id, window }
     } else if let Some(s) = db(scenario::Entity::find_by_id(id).one(conn).await)? {
         Subject::Scenario(s)
     } else if let Some(r) = db(run::Entity::find_by_id(id).one(conn).await)? {
@@ -343,7 +340,12 @@ async fn uses(
         b.cut_if_full(rows.len());
         for row in rows {
             let depth = b.depth_of(&row.drive_id) + 1;
-            if b.node(&row.scenario_id, NodeKind::Scenario, Side::Downstream, depth) {
+            if b.node(
+                &row.scenario_id,
+                NodeKind::Scenario,
+                Side::Downstream,
+                depth,
+            ) {
                 b.edge(&row.drive_id, &row.scenario_id, Relation::PartOf, None);
                 if b.downstream_run(&row.run_id, &row.scenario_id) {
                     b.edge(&row.scenario_id, &row.run_id, Relation::InputOf, None);
@@ -380,7 +382,10 @@ async fn downstream(
         held_by(conn, b, OwnerColumn::Drive, &level.drives).await?;
         held_by(conn, b, OwnerColumn::Run, &level.runs).await?;
         level = Level {
-            runs: runs.into_iter().filter(|r| seen.insert(r.clone())).collect(),
+            runs: runs
+                .into_iter()
+                .filter(|r| seen.insert(r.clone()))
+                .collect(),
             ..Level::default()
         };
     }
@@ -704,10 +709,7 @@ impl Builder {
             labels.insert(s.id.clone(), s.label.clone());
         }
         for ds in self.dataset_rows.values() {
-            labels.insert(
-                dataset_node_id(ds),
-                format!("{} v{}", ds.name, ds.version),
-            );
+            labels.insert(dataset_node_id(ds), format!("{} v{}", ds.name, ds.version));
         }
         for node in &mut self.nodes {
             match labels.remove(&node.id) {

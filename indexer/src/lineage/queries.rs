@@ -89,7 +89,10 @@ pub(super) async fn scenario_uses(
     }
     let mut condition = Condition::all()
         .add(Expr::col((scenario::Entity, scenario::Column::DriveId)).is_in(ids.iter().cloned()))
-        .add(Expr::col((run_input::Entity, run_input::Column::InputKind)).eq(InputKind::Scenario.as_str()));
+        .add(
+            Expr::col((run_input::Entity, run_input::Column::InputKind))
+                .eq(InputKind::Scenario.as_str()),
+        );
     if let Some(w) = window {
         condition = condition
             .add(Expr::col((scenario::Entity, scenario::Column::StartTime)).lt(w.end))

@@ -201,44 +201,56 @@ async fn a_window_input_is_found_from_the_drive_an_overlapping_window_and_a_data
     let g = lineage(&w, DRIVE, None, 100).await;
     assert_eq!(g["focus"], DRIVE);
     assert_eq!(g["truncated"], false);
-    for id in ["lin-run", "lin-whole", "lin-late", "lin-scenario", "lin-set@1"] {
+    for id in [
+        "lin-run",
+        "lin-whole",
+        "lin-late",
+        "lin-scenario",
+        "lin-set@1",
+    ] {
         assert!(ids(&g).contains(&id.to_owned()), "{id} in {g}");
     }
     assert!(has_edge(&g, DRIVE, "lin-run", "INPUT_OF"));
     let edge = g["edges"]
         .as_array()
-        .unwrap()
+        .expect("present")
         .iter()
         .find(|e| e["to"] == "lin-run")
-        .unwrap();
+        .expect("present");
     assert_eq!(edge["window"]["start"], "2026-11-02T14:02:00+00:00");
     assert!(has_edge(&g, DRIVE, "lin-set@1", "HELD_BY"));
     assert!(has_edge(&g, &w.scenario, "lin-scenario", "INPUT_OF"));
     let reservation = g["nodes"]
         .as_array()
-        .unwrap()
+        .expect("present")
         .iter()
         .find(|n| n["kind"] == "RESERVATION")
         .unwrap_or_else(|| panic!("a reservation node in {g}"));
     assert!(has_edge(
         &g,
         "lin-set@1",
-        reservation["id"].as_str().unwrap(),
+        reservation["id"].as_str().expect("present"),
         "RESERVED_AS"
     ));
     assert_eq!(node(&g, "lin-run")["side"], "DOWNSTREAM");
-    assert!(node(&g, "lin-run")["depth"].as_i64().unwrap() > 0);
+    assert!(node(&g, "lin-run")["depth"].as_i64().expect("present") > 0);
 
     // From an overlapping window (14:04–14:06): the window run, the whole-drive run, the
     // scenario's run; not the later window.
     let g = lineage(&w, DRIVE, Some(window(4, 6)), 100).await;
-    assert_eq!(node(&g, DRIVE)["window"]["start"], "2026-11-02T14:04:00+00:00");
+    assert_eq!(
+        node(&g, DRIVE)["window"]["start"],
+        "2026-11-02T14:04:00+00:00"
+    );
     let found = ids(&g);
     for id in ["lin-run", "lin-whole"] {
         assert!(found.contains(&id.to_owned()), "{id} in {g}");
     }
     assert!(!found.contains(&"lin-late".to_owned()), "{g}");
-    assert!(!found.contains(&"lin-scenario".to_owned()), "14:03–14:04 ends before 14:04: {g}");
+    assert!(
+        !found.contains(&"lin-scenario".to_owned()),
+        "14:03–14:04 ends before 14:04: {g}"
+    );
     let g = lineage(&w, DRIVE, Some(window(3, 6)), 100).await;
     assert!(ids(&g).contains(&"lin-scenario".to_owned()), "{g}");
 
@@ -252,7 +264,7 @@ async fn a_window_input_is_found_from_the_drive_an_overlapping_window_and_a_data
     // From the run: the drive upstream, through its window.
     let g = lineage(&w, "lin-run", None, 100).await;
     assert_eq!(node(&g, DRIVE)["side"], "UPSTREAM");
-    assert!(node(&g, DRIVE)["depth"].as_i64().unwrap() < 0);
+    assert!(node(&g, DRIVE)["depth"].as_i64().expect("present") < 0);
     assert!(has_edge(&g, DRIVE, "lin-run", "INPUT_OF"));
 
     // From a dataset holding the drive (by name, and name@version).
@@ -269,11 +281,14 @@ async fn a_window_input_is_found_from_the_drive_an_overlapping_window_and_a_data
     let g = lineage(&w, &w.scenario, None, 100).await;
     assert!(has_edge(&g, DRIVE, &w.scenario, "PART_OF"));
     assert!(ids(&g).contains(&"lin-scenario".to_owned()));
-    assert!(ids(&g).contains(&"lin-run".to_owned()), "overlaps the scenario: {g}");
+    assert!(
+        ids(&g).contains(&"lin-run".to_owned()),
+        "overlaps the scenario: {g}"
+    );
 
     // Bounded: a small `first` cuts the graph and says so.
     let g = lineage(&w, DRIVE, None, 2).await;
-    assert_eq!(g["nodes"].as_array().unwrap().len(), 2);
+    assert_eq!(g["nodes"].as_array().expect("present").len(), 2);
     assert_eq!(g["truncated"], true);
 
     w.app.shutdown().await;
@@ -308,13 +323,19 @@ async fn window_inputs_and_lineage_arguments_are_validated() {
             "outside drive",
         ),
         (
-            register("bad-4", json!([{ "driveId": "", "start": at(1), "end": at(2) }])),
+            register(
+                "bad-4",
+                json!([{ "driveId": "", "start": at(1), "end": at(2) }]),
+            ),
             "input.inputWindows[0].driveId",
             "",
         ),
     ];
     for (variables, field, needle) in cases {
-        let (_, body) = w.app.graphql(Some(&w.pipeline), REGISTER_RUN, variables).await;
+        let (_, body) = w
+            .app
+            .graphql(Some(&w.pipeline), REGISTER_RUN, variables)
+            .await;
         assert_refused(&body, "BAD_INPUT", needle);
         assert_eq!(body["errors"][0]["extensions"]["field"], field, "{body}");
     }
@@ -334,7 +355,10 @@ async fn window_inputs_and_lineage_arguments_are_validated() {
         )
         .await;
         assert_eq!(
-            data["registerRun"]["inputWindows"].as_array().unwrap().len(),
+            data["registerRun"]["inputWindows"]
+                .as_array()
+                .expect("present")
+                .len(),
             1,
             "repeats are dropped: {data}"
         );
@@ -344,14 +368,22 @@ async fn window_inputs_and_lineage_arguments_are_validated() {
     assert!(has_edge(&g, "not-yet", "early", "INPUT_OF"));
 
     for (variables, code, needle) in [
-        (json!({ "id": "lin-run", "window": window(1, 2) }), "BAD_INPUT", "not the drive"),
+        (
+            json!({ "id": "lin-run", "window": window(1, 2) }),
+            "BAD_INPUT",
+            "not the drive",
+        ),
         (
             json!({ "id": DRIVE, "window": window(2, 1) }),
             "BAD_INPUT",
             "not after start",
         ),
         (json!({ "id": DRIVE, "first": 0 }), "BAD_INPUT", "1 to 500"),
-        (json!({ "id": "no-such-thing" }), "NOT_FOUND", "drive, scenario, run or dataset"),
+        (
+            json!({ "id": "no-such-thing" }),
+            "NOT_FOUND",
+            "drive, scenario, run or dataset",
+        ),
     ] {
         let (_, body) = w.app.graphql(Some(&w.engineer), LINEAGE, variables).await;
         assert_refused(&body, code, needle);
@@ -407,7 +439,9 @@ async fn the_lineage_graph_renders_in_chromium() {
         panic!("no lineage graph on the run page: {page}");
     }
     browser
-        .find(&format!(r#"#lineage-graph a[href="/drives/{DRIVE}"] g.node[data-id="{DRIVE}"]"#))
+        .find(&format!(
+            r#"#lineage-graph a[href="/drives/{DRIVE}"] g.node[data-id="{DRIVE}"]"#
+        ))
         .await
         .expect("the drive, linked");
     browser
@@ -422,7 +456,13 @@ async fn the_lineage_graph_renders_in_chromium() {
         .goto(&format!("{base}/drives/{DRIVE}"))
         .await
         .expect("drive page");
-    for id in ["lin-run", "lin-whole", "lin-late", "lin-scenario", "lin-set@1"] {
+    for id in [
+        "lin-run",
+        "lin-whole",
+        "lin-late",
+        "lin-scenario",
+        "lin-set@1",
+    ] {
         browser
             .find(&format!(r#"#lineage-graph g.node[data-id="{id}"]"#))
             .await
@@ -436,7 +476,10 @@ async fn the_lineage_graph_renders_in_chromium() {
         .await
         .expect("graph text");
     let labels = labels.as_str().unwrap_or_default().to_owned();
-    assert!(labels.contains("cut-in <left>"), "labels are text, escaped: {labels}");
+    assert!(
+        labels.contains("cut-in <left>"),
+        "labels are text, escaped: {labels}"
+    );
     assert!(labels.contains("14:02:00–14:05:00"), "{labels}");
     browser
         .script(

@@ -298,7 +298,7 @@ mod tests {
     fn draws_every_node_with_a_link_and_escapes_text() {
         let at = |m: u32| {
             DateTime::parse_from_rfc3339(&format!("2026-11-02T14:{m:02}:00Z"))
-                .unwrap()
+                .expect("rfc3339")
                 .with_timezone(&Utc)
         };
         let g = Graph {
