@@ -242,7 +242,18 @@ async fn run_record(db: &DatabaseConnection, run: run::Model) -> ApiResult<Value
         .into_iter()
         .map(|i| i.input_id)
         .collect();
-    Ok(merged(
+    let input_windows: Vec<Value> = catalog::run_windows(db, &run.id)
+        .await?
+        .into_iter()
+        .map(|w| {
+            json!({
+                "drive_id": w.drive_id,
+                "start": rfc3339(w.start_time),
+                "end": rfc3339(w.end_time),
+            })
+        })
+        .collect();
+    let mut record = merged(
         &run.extra,
         json!({
             "run_id": run.id,
@@ -255,7 +266,12 @@ async fn run_record(db: &DatabaseConnection, run: run::Model) -> ApiResult<Value
             "inputs": inputs,
             "tags": run.tags,
         }),
-    ))
+    );
+    // Only when there are some: a run without windows keeps the sidecar it always had.
+    if let (false, Value::Object(fields)) = (input_windows.is_empty(), &mut record) {
+        fields.insert("input_windows".to_owned(), Value::Array(input_windows));
+    }
+    Ok(record)
 }
 
 #[cfg(test)]

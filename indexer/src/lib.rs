@@ -3,6 +3,7 @@ pub mod catalog;
 pub mod documents;
 pub mod error;
 pub mod fleet;
+pub mod lineage;
 pub mod metadata;
 pub mod search;
 pub mod sync;

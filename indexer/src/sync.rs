@@ -32,7 +32,9 @@ use sea_orm::sea_query::Expr;
 use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QuerySelect, Set};
 use serde::Deserialize;
 
-use crate::catalog::{self, Catalog, DriveRecord, EventRecord, RunRecord, SpanRecord};
+use crate::catalog::{
+    self, Catalog, DriveRecord, EventRecord, RunRecord, SpanRecord, WindowRecord,
+};
 use crate::documents::string_list;
 use crate::error::CatalogError;
 use crate::metadata::{self, MetadataError, RangeSource};
@@ -978,9 +980,19 @@ struct RunSidecar {
     #[serde(default)]
     inputs: Vec<String>,
     #[serde(default)]
+    input_windows: Vec<SidecarWindow>,
+    #[serde(default)]
     tags: Vec<String>,
     #[serde(flatten)]
     extra: serde_json::Map<String, serde_json::Value>,
+}
+
+/// One of `run.json`'s `input_windows[]`: a drive and a half-open window of its time.
+#[derive(Debug, Deserialize)]
+struct SidecarWindow {
+    drive_id: String,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
 }
 
 fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, String> {
@@ -1052,6 +1064,15 @@ async fn read_run_sidecar(reader: &Reader, meta: &ObjectMeta) -> Result<RunRecor
         started_at: sidecar.started_at,
         finished_at: sidecar.finished_at,
         inputs: sidecar.inputs,
+        input_windows: sidecar
+            .input_windows
+            .into_iter()
+            .map(|w| WindowRecord {
+                drive_id: w.drive_id,
+                start: w.start,
+                end: w.end,
+            })
+            .collect(),
         tags: sidecar.tags,
         metrics: None,
         bucket: Some(reader.bucket.clone()),

@@ -11,6 +11,7 @@ pub mod object;
 pub mod reservation;
 pub mod run;
 pub mod run_input;
+pub mod run_input_window;
 pub mod scenario;
 pub mod sync_run;
 pub mod token;
@@ -29,6 +30,7 @@ pub mod prelude {
     pub use super::reservation::Entity as Reservation;
     pub use super::run::Entity as Run;
     pub use super::run_input::Entity as RunInput;
+    pub use super::run_input_window::Entity as RunInputWindow;
     pub use super::scenario::Entity as Scenario;
     pub use super::sync_run::Entity as SyncRun;
     pub use super::token::Entity as Token;

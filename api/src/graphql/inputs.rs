@@ -93,6 +93,8 @@ pub struct RegisterRunInput {
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
     pub inputs: Option<Vec<ID>>,
+    /// Windows `[start, end)` of drives the run read, beside the whole entities of `inputs`.
+    pub input_windows: Option<Vec<super::lineage::DriveWindowInput>>,
     pub tags: Option<Vec<String>>,
     pub metrics: Option<Json<serde_json::Value>>,
     pub bucket: Option<String>,
@@ -115,6 +117,12 @@ impl From<RegisterRunInput> for RunRecord {
                 .unwrap_or_default()
                 .into_iter()
                 .map(|id| id.0)
+                .collect(),
+            input_windows: input
+                .input_windows
+                .unwrap_or_default()
+                .into_iter()
+                .map(Into::into)
                 .collect(),
             tags: input.tags.unwrap_or_default(),
             metrics: input.metrics.map(|m| m.0),

@@ -6,6 +6,7 @@ pub mod datasets;
 mod inputs;
 mod insights;
 pub mod introspection;
+mod lineage;
 mod mutation;
 mod presign;
 mod query;
@@ -41,6 +42,7 @@ pub struct QueryRoot(
     insights::InsightsQuery,
     transfers::TransferQuery,
     workers::WorkersQuery,
+    lineage::LineageQuery,
 );
 
 #[derive(MergedObject, Default, Debug)]

@@ -351,6 +351,23 @@ impl Run {
         }
         Ok(entities)
     }
+    /// The windows of drives the run read, in the order they were registered.
+    async fn input_windows(
+        &self,
+        ctx: &Context<'_>,
+    ) -> GqlResult<Vec<super::lineage::DriveWindow>> {
+        let rows = catalog::run_windows(&state(ctx).db, &self.0.id)
+            .await
+            .gql()?;
+        Ok(rows
+            .into_iter()
+            .map(|w| super::lineage::DriveWindow {
+                drive_id: ID(w.drive_id),
+                start: w.start_time,
+                end: w.end_time,
+            })
+            .collect())
+    }
     async fn metrics(&self) -> Option<Json<serde_json::Value>> {
         self.0.metrics.clone().map(Json)
     }

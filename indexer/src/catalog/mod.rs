@@ -5,8 +5,10 @@
 
 mod service;
 pub mod validate;
+mod windows;
 
 pub use service::Catalog;
+pub use windows::{check_windows, run_windows, Window, WindowRecord};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use milepost_schema::entity::{drive, drive_event, object, run, run_input, scenario};
@@ -93,6 +95,8 @@ pub struct RunRecord {
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
     pub inputs: Vec<String>,
+    /// Time windows of drives the run read, beside the whole entities of `inputs`.
+    pub input_windows: Vec<WindowRecord>,
     pub tags: Vec<String>,
     pub metrics: Option<serde_json::Value>,
     pub bucket: Option<String>,
@@ -365,7 +369,8 @@ async fn upsert_scenario(
     Ok(())
 }
 
-/// Creates or updates a run; every input must name a drive, scenario or run in the catalog.
+/// Creates or updates a run; every input must name a drive, scenario or run in the catalog,
+/// and every input window a non-empty window that meets its drive when the drive is cataloged.
 pub async fn register_run(
     conn: &DatabaseConnection,
     layout: &Layout,
@@ -417,6 +422,7 @@ pub async fn register_run(
             inputs.push((input_id.clone(), kind));
         }
     }
+    let windows = check_windows(conn, "input.inputWindows", &record.input_windows).await?;
 
     let now = Utc::now();
     let txn = db(conn.begin().await)?;
@@ -490,6 +496,7 @@ pub async fn register_run(
             .exec_without_returning(&txn)
             .await)?;
     }
+    windows::replace_windows(&txn, &record.id, windows).await?;
     db(txn.commit().await)?;
     get_run(conn, &record.id)
         .await?

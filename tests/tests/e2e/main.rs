@@ -7,6 +7,7 @@ mod catalog_api;
 mod dataset_diff;
 mod faults;
 mod gateway;
+mod lineage;
 mod offices;
 mod one_fetch_per_byte;
 mod pull;

@@ -129,6 +129,9 @@ pub struct DatasetData {
     /// What changed from the version before (none for a first version).
     #[serde(skip)]
     pub diff: Option<DiffData>,
+    /// The "Lineage" section (`lineage::section`).
+    #[serde(skip)]
+    pub lineage: Option<String>,
 }
 
 /// `datasetDiff` against the previous version, as the page shows it.
@@ -209,6 +212,10 @@ pub async fn load(
         )
         .await?;
         data.diff = Some(diff.dataset_diff);
+    }
+    if let Some(d) = &data.dataset {
+        let id = format!("{}@{}", d.name, d.version);
+        data.lineage = Some(super::lineage::section(ui, session, &id).await);
     }
     Ok(data)
 }
@@ -486,7 +493,9 @@ pub fn render_dataset(
     } else {
         reservation_rows(&mut b, &mine, false);
     }
-    b.push_str("</section><section><h2>Objects</h2>");
+    b.push_str("</section>");
+    b.push_str(data.lineage.as_deref().unwrap_or_default());
+    b.push_str("<section><h2>Objects</h2>");
     files_table(&mut b, &d.objects, "", viewers);
     b.push_str("</section>");
     frame(&d.name, Nav::Datasets, Some((me, session)), &b)

@@ -80,6 +80,9 @@ pub struct Drive {
     pub total_bytes: i64,
     pub cached_bytes: i64,
     pub objects: Objects,
+    /// The "Lineage" section, read after the drive (`lineage::section`).
+    #[serde(skip)]
+    pub lineage: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -119,9 +122,10 @@ pub async fn drive(
         Ok(data) => data,
         Err(response) => return response,
     };
-    let Some(drive) = data.drive else {
+    let Some(mut drive) = data.drive else {
         return not_found(&format!("Drive {id}"));
     };
+    drive.lineage = Some(super::lineage::section(&ui, &session, &drive.id).await);
     html_response(
         StatusCode::OK,
         render_drive(
@@ -421,6 +425,7 @@ pub fn render_drive(
         }
         b.push_str("</tbody></table></div></section>");
     }
+    b.push_str(drive.lineage.as_deref().unwrap_or_default());
     b.push_str("<section><h2>Files</h2>");
     files_table(&mut b, &drive.objects, &drive.prefix, viewers);
     b.push_str("</section>");
@@ -668,7 +673,17 @@ pub struct Run {
     pub prefix: String,
     pub total_bytes: i64,
     pub inputs: Vec<Input>,
+    #[serde(default)]
+    pub input_windows: Vec<InputWindow>,
     pub objects: Objects,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InputWindow {
+    pub drive_id: String,
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -699,6 +714,7 @@ pub async fn run(State(ui): State<UiState>, session: Session, Path(id): Path<Str
         r#"query($id: ID!) {{ {ME} run(id: $id) {{ id kind pipeline commit status startedAt finishedAt
     tags metrics prefix totalBytes
     inputs {{ __typename ... on Drive {{ id }} ... on Scenario {{ id label }} ... on Run {{ id }} }}
+    inputWindows {{ driveId start end }}
     objects(first: {FILES_SHOWN}) {{ totalCount edges {{ node {{ bucket key size cached }} }} }} }} }}"#
     );
     let data: RunData = match fetch(&ui, &session, &query, json!({ "id": id })).await {
@@ -744,10 +760,22 @@ pub async fn run(State(ui): State<UiState>, session: Session, Path(id): Path<Str
     b.push_str("<section><h2>Metrics</h2>");
     metrics_table(&mut b, run.metrics.as_ref());
     b.push_str("</section><section><h2>Inputs</h2>");
-    if run.inputs.is_empty() {
+    if run.inputs.is_empty() && run.input_windows.is_empty() {
         b.push_str(r#"<p class="muted">No inputs recorded.</p>"#);
     } else {
         b.push_str(r#"<ul class="inputs">"#);
+        for window in &run.input_windows {
+            w!(
+                &mut b,
+                r#"<li><span class="badge drive">Drive</span> <a href="/drives/{}">{}</a> <span class="mono">{}</span></li>"#,
+                url(&window.drive_id),
+                esc(&window.drive_id),
+                esc(&super::lineage::window_text(&super::lineage::Window {
+                    start: window.start,
+                    end: window.end,
+                }))
+            );
+        }
         for input in &run.inputs {
             match input {
                 Input::Drive { id } => w!(
@@ -774,7 +802,9 @@ pub async fn run(State(ui): State<UiState>, session: Session, Path(id): Path<Str
         }
         b.push_str("</ul>");
     }
-    b.push_str("</section><section><h2>Outputs</h2>");
+    b.push_str("</section>");
+    b.push_str(&super::lineage::section(&ui, &session, &run.id).await);
+    b.push_str("<section><h2>Outputs</h2>");
     files_table(
         &mut b,
         &run.objects,

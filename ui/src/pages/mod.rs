@@ -5,6 +5,7 @@ pub mod assets;
 pub mod dashboard;
 pub mod datasets;
 pub mod entities;
+pub mod lineage;
 pub mod reservations;
 pub mod search;
 pub mod signin;
