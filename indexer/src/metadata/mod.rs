@@ -20,6 +20,7 @@ use bytes::Bytes;
 
 mod mcap;
 mod parquet;
+mod parquet_footer;
 mod thrift;
 
 pub use self::mcap::{read_mcap_summary, ChunkIndexInfo, McapSummary, TopicInfo};

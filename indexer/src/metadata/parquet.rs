@@ -1,13 +1,15 @@
 //! Parquet footers (schema, row counts) by ranged reads, and run metrics from `metrics.parquet`.
 //!
-//! A Parquet file ends with `footer metadata (thrift) | u32 metadata length | "PAR1"`. The
-//! metadata is first decoded by [`super::thrift`], which refuses lengths beyond the bytes
-//! there, then by the `parquet` crate.
+//! A Parquet file ends with `footer metadata (thrift) | u32 metadata length | "PAR1"`. A
+//! footer is described by [`super::parquet_footer`], which reads what the catalog needs with
+//! the bounded Thrift reader ([`super::thrift`]) and skips what it does not know, so footers
+//! of newer writers stay readable. `metrics.parquet` (our own pipelines' files, whose rows are
+//! read) is decoded by the `parquet` crate after the same reader has vetted it.
 
 use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use ::parquet::basic::{ConvertedType, LogicalType, TimeUnit, Type as PhysicalType};
+use ::parquet::basic::Type as PhysicalType;
 use ::parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
 use ::parquet::file::reader::{FileReader, SerializedFileReader};
 use ::parquet::record::Field;
@@ -15,7 +17,8 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    index_region, lower, thrift, MetadataError, RangeSource, Reads, MAX_INDEX_BYTES, TAIL_READ,
+    index_region, lower, parquet_footer, thrift, MetadataError, RangeSource, Reads,
+    MAX_INDEX_BYTES, TAIL_READ,
 };
 
 const MAGIC: &[u8] = b"PAR1";
@@ -78,8 +81,27 @@ pub async fn read_parquet_footer<S: RangeSource + ?Sized>(
     let tail = reads.read(size - window, size).await?;
     let footer = locate_footer(&tail, size)?;
     let region = index_region(&mut reads, &tail, size, footer.start).await?;
-    let metadata = decode_footer(&region.slice(..footer.len as usize), footer.start)?;
-    summarize(&metadata, reads.bytes_read)
+    let metadata = region.slice(..footer.len as usize);
+    let decoded = parquet_footer::decode(&metadata).map_err(|problem| {
+        malformed(format!(
+            "undecodable footer metadata ({} bytes at offset {}): {problem}",
+            metadata.len(),
+            footer.start
+        ))
+    })?;
+    if decoded.num_rows < 0 {
+        return Err(malformed(format!(
+            "the footer gives a negative row count ({})",
+            decoded.num_rows
+        )));
+    }
+    Ok(ParquetSummary {
+        row_count: decoded.num_rows,
+        row_groups: decoded.row_groups,
+        columns: decoded.columns,
+        created_by: decoded.created_by,
+        bytes_read: reads.bytes_read,
+    })
 }
 
 /// Aggregates `metrics.parquet` (columns `scenario_id`, `metric`, `value`) per metric.
@@ -258,15 +280,17 @@ struct FooterSpan {
 /// Checks the magic and the footer length in `tail` (the last bytes of a `size`-byte object).
 fn locate_footer(tail: &[u8], size: u64) -> Result<FooterSpan, MetadataError> {
     let window_start = size - tail.len() as u64;
-    if window_start == 0 && &tail[..4] != MAGIC {
-        return Err(malformed("bad magic at offset 0".to_owned()));
-    }
     let footer_tail = &tail[tail.len() - FOOTER_TAIL_LEN as usize..];
     let magic_at = size - 4;
+    // Before the leading magic: an encrypted-footer file starts with PARE too.
     if &footer_tail[4..] == MAGIC_ENCRYPTED_FOOTER {
         return Err(malformed(format!(
-            "encrypted footer (magic PARE at offset {magic_at}); encrypted files are not supported"
+            "encrypted footer (Parquet modular encryption, magic PARE at offset {magic_at}): \
+             its schema cannot be read without the file's keys"
         )));
+    }
+    if window_start == 0 && &tail[..4] != MAGIC {
+        return Err(malformed("bad magic at offset 0".to_owned()));
     }
     if &footer_tail[4..] != MAGIC {
         return Err(malformed(format!("bad end magic at offset {magic_at}")));
@@ -377,78 +401,6 @@ fn guarded<T>(
             lower(&err.to_string())
         ))),
         Err(_) => Err(MetadataError::Malformed(format!("{what} failed"))),
-    }
-}
-
-fn summarize(metadata: &ParquetMetaData, bytes_read: u64) -> Result<ParquetSummary, MetadataError> {
-    let file = metadata.file_metadata();
-    if file.num_rows() < 0 {
-        return Err(malformed(format!(
-            "the footer gives a negative row count ({})",
-            file.num_rows()
-        )));
-    }
-    let columns =
-        file.schema_descr()
-            .columns()
-            .iter()
-            .map(|column| ColumnInfo {
-                name: column.path().string(),
-                physical_type: column.physical_type().to_string(),
-                logical_type: column.logical_type().map(|t| logical_name(&t)).or_else(|| {
-                    match column.converted_type() {
-                        ConvertedType::NONE => None,
-                        converted => Some(converted.to_string()),
-                    }
-                }),
-            })
-            .collect();
-    Ok(ParquetSummary {
-        row_count: file.num_rows(),
-        row_groups: metadata.num_row_groups(),
-        columns,
-        created_by: file.created_by().map(str::to_owned),
-        bytes_read,
-    })
-}
-
-fn logical_name(logical: &LogicalType) -> String {
-    let unit = |unit: &TimeUnit| match unit {
-        TimeUnit::MILLIS(_) => "MILLIS",
-        TimeUnit::MICROS(_) => "MICROS",
-        TimeUnit::NANOS(_) => "NANOS",
-    };
-    let zone = |utc: bool| if utc { "UTC" } else { "LOCAL" };
-    match logical {
-        LogicalType::String => "STRING".into(),
-        LogicalType::Map => "MAP".into(),
-        LogicalType::List => "LIST".into(),
-        LogicalType::Enum => "ENUM".into(),
-        LogicalType::Decimal { scale, precision } => format!("DECIMAL({precision},{scale})"),
-        LogicalType::Date => "DATE".into(),
-        LogicalType::Time {
-            is_adjusted_to_u_t_c,
-            unit: u,
-        } => format!("TIME({},{})", unit(u), zone(*is_adjusted_to_u_t_c)),
-        LogicalType::Timestamp {
-            is_adjusted_to_u_t_c,
-            unit: u,
-        } => format!("TIMESTAMP({},{})", unit(u), zone(*is_adjusted_to_u_t_c)),
-        LogicalType::Integer {
-            bit_width,
-            is_signed,
-        } => format!(
-            "INT({bit_width},{})",
-            if *is_signed { "SIGNED" } else { "UNSIGNED" }
-        ),
-        LogicalType::Unknown => "UNKNOWN".into(),
-        LogicalType::Json => "JSON".into(),
-        LogicalType::Bson => "BSON".into(),
-        LogicalType::Uuid => "UUID".into(),
-        LogicalType::Float16 => "FLOAT16".into(),
-        LogicalType::Variant => "VARIANT".into(),
-        LogicalType::Geometry => "GEOMETRY".into(),
-        LogicalType::Geography => "GEOGRAPHY".into(),
     }
 }
 

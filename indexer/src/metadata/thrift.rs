@@ -26,7 +26,7 @@ pub(crate) fn decode<T: TSerializable>(buf: &[u8]) -> Result<(T, usize), String>
     }
 }
 
-fn describe(err: &thrift::Error) -> String {
+pub(crate) fn describe(err: &thrift::Error) -> String {
     match err {
         thrift::Error::Transport(e) => e.message.clone(),
         thrift::Error::Protocol(e) => e.message.clone(),
@@ -35,9 +35,9 @@ fn describe(err: &thrift::Error) -> String {
     }
 }
 
-struct Bounded<'a> {
+pub(crate) struct Bounded<'a> {
     buf: &'a [u8],
-    pos: usize,
+    pub(crate) pos: usize,
     last_field_id: i16,
     field_id_stack: Vec<i16>,
     pending_bool: Option<bool>,
@@ -47,7 +47,7 @@ struct Bounded<'a> {
 const MAX_DEPTH: usize = 64;
 
 impl<'a> Bounded<'a> {
-    fn new(buf: &'a [u8]) -> Self {
+    pub(crate) fn new(buf: &'a [u8]) -> Self {
         Self {
             buf,
             pos: 0,
