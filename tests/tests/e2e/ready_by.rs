@@ -11,6 +11,8 @@ use milepost_schema::enums::Role;
 use milepost_testkit::{assert_refused, TestApp};
 use serde_json::{json, Value};
 
+use crate::web_catalog::{as_session, csrf_of};
+
 const BUCKET: &str = "fleet";
 const MIB: usize = 1 << 20;
 
@@ -68,43 +70,17 @@ async fn dataset_of(app: &TestApp, token: &str, name: &str, prefix: &str, count:
     assert_eq!(body["data"]["createDataset"]["version"], 1, "{body}");
 }
 
-/// A GET, or a form POST, as the signed-in browser of `token` sends it: status and body.
+/// A GET, or a form POST from the catalog's own origin, as the signed-in browser of `token`
+/// sends it: status and body.
 async fn web(
     app: &TestApp,
     token: &str,
     path: &str,
     form: Option<&[(&str, &str)]>,
 ) -> (u16, String) {
-    let client = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .expect("client");
-    let url = format!("{}{path}", app.base_url);
-    let request = match form {
-        Some(pairs) => {
-            let mut body = reqwest::Url::parse("http://x/").expect("url");
-            body.query_pairs_mut().extend_pairs(pairs);
-            client
-                .post(&url)
-                .header("content-type", "application/x-www-form-urlencoded")
-                .header("origin", app.base_url.as_str())
-                .body(body.query().unwrap_or_default().to_owned())
-        }
-        None => client.get(&url),
-    };
-    let response = request
-        .header("cookie", format!("milepost_session={token}"))
-        .send()
-        .await
-        .expect("request");
-    let status = response.status().as_u16();
-    (status, response.text().await.expect("body"))
-}
-
-fn csrf_of(page: &str) -> String {
-    let marker = r#"name="csrf" value=""#;
-    let start = page.find(marker).expect("a form with a CSRF token") + marker.len();
-    page[start..start + 32].to_owned()
+    let origin = form.map(|_| app.base_url.as_str());
+    let (status, body) = as_session(app, token, path, form, origin).await;
+    (status.as_u16(), body)
 }
 
 #[tokio::test]

@@ -530,7 +530,7 @@ async fn seed_transfers(app: &TestApp) {
 }
 
 /// A GET or POST as a signed-in browser would send it; returns status and body.
-async fn as_session(
+pub(crate) async fn as_session(
     app: &TestApp,
     token: &str,
     path: &str,
@@ -564,7 +564,7 @@ fn serde_urlencoded_pairs(pairs: &[(&str, &str)]) -> String {
     url.query().unwrap_or_default().to_owned()
 }
 
-fn csrf_of(page: &str) -> String {
+pub(crate) fn csrf_of(page: &str) -> String {
     let marker = r#"name="csrf" value=""#;
     let start = page.find(marker).expect("a form with a CSRF token") + marker.len();
     page[start..start + 32].to_owned()
