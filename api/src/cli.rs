@@ -100,6 +100,35 @@ pub enum Command {
         #[command(flatten)]
         remote: RemoteArgs,
     },
+    /// Mount your reservations (or one dataset version) read-only at MOUNTPOINT, as
+    /// <name@version>/<bucket>/<key>, read through a running server's /data with read-ahead
+    /// and a block cache on this machine; unmounts on SIGINT or SIGTERM.
+    Mount {
+        mountpoint: PathBuf,
+        /// Mount this dataset version (NAME or NAME@VERSION) instead of your reservations.
+        #[arg(long)]
+        dataset: Option<String>,
+        /// Where blocks are kept between reads and mounts (default: ~/.cache/milepost/blocks).
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
+        /// Most bytes the block cache keeps on disk.
+        #[arg(long, default_value = "10GiB")]
+        cache_size: crate::config::ByteSize,
+        /// Memory for recently read and read-ahead blocks.
+        #[arg(long, default_value = "128MiB")]
+        memory: crate::config::ByteSize,
+        /// How often your reservations are read again (new ones appear, expired ones go).
+        #[arg(long, default_value = "5s")]
+        refresh: crate::config::DurationSetting,
+        /// How long a server restart or network fault is waited out before a read fails.
+        #[arg(long, default_value = "10m")]
+        retry_for: crate::config::DurationSetting,
+        /// Let other users of this machine read the files.
+        #[arg(long)]
+        allow_other: bool,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
     /// The write-back queue of a running server: rate, limit, ETA and the transfers in
     /// upload order.
     Transfers {
@@ -258,6 +287,39 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             jobs,
             remote,
         } => pull(config, remote, dataset, dir, jobs).await,
+        Command::Mount {
+            mountpoint,
+            dataset,
+            cache_dir,
+            cache_size,
+            memory,
+            refresh,
+            retry_for,
+            allow_other,
+            remote,
+        } => {
+            let source = match dataset {
+                Some(text) => {
+                    let (name, version) = dataset_and_version(text)?;
+                    crate::mount::MountSource::Dataset { name, version }
+                }
+                None => crate::mount::MountSource::Reservations,
+            };
+            let server = remote
+                .server
+                .unwrap_or_else(|| format!("http://{}", config.server.listen));
+            let command = crate::mount::MountCommand {
+                mountpoint,
+                source,
+                cache_dir: cache_dir.or_else(crate::mount::default_cache_dir),
+                cache_size: cache_size.0,
+                memory: memory.0,
+                refresh: refresh.0,
+                retry_for: retry_for.0,
+                allow_other,
+            };
+            crate::mount::mount(&server, remote.token, command).await
+        }
         Command::Search {
             query,
             kinds,
@@ -368,16 +430,7 @@ async fn pull(
     dir: PathBuf,
     jobs: usize,
 ) -> anyhow::Result<()> {
-    let (name, version) =
-        match dataset.rsplit_once('@') {
-            Some((name, v)) => (
-                name.to_owned(),
-                Some(v.parse::<i32>().with_context(|| {
-                    format!("{dataset:?}: the version after @ must be a number")
-                })?),
-            ),
-            None => (dataset, None),
-        };
+    let (name, version) = dataset_and_version(dataset)?;
     let server = remote
         .server
         .clone()
@@ -395,6 +448,20 @@ async fn pull(
     let report = crate::pull::pull(&client, &server, token.as_deref(), &request).await?;
     println!("{}", crate::pull::summary_line(&report, started.elapsed()));
     Ok(())
+}
+
+/// `NAME` or `NAME@VERSION`.
+fn dataset_and_version(text: String) -> anyhow::Result<(String, Option<i32>)> {
+    Ok(match text.rsplit_once('@') {
+        Some((name, v)) => (
+            name.to_owned(),
+            Some(
+                v.parse::<i32>()
+                    .with_context(|| format!("{text:?}: the version after @ must be a number"))?,
+            ),
+        ),
+        None => (text, None),
+    })
 }
 
 fn client(config: &Config, remote: RemoteArgs) -> anyhow::Result<crate::client::Client> {

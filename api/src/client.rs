@@ -6,6 +6,7 @@ use serde_json::{json, Value};
 
 #[derive(Debug, Clone)]
 pub struct Client {
+    base: String,
     endpoint: String,
     token: Option<String>,
     http: reqwest::Client,
@@ -25,9 +26,15 @@ impl Client {
             .context("cannot build the HTTP client")?;
         Ok(Client {
             endpoint: format!("{server}/graphql"),
+            base: server,
             token,
             http,
         })
+    }
+
+    /// The server's URL (scheme and authority), without a trailing slash.
+    pub fn base_url(&self) -> &str {
+        &self.base
     }
 
     /// Runs one GraphQL operation; any error in the response fails with its code and message.

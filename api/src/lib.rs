@@ -11,6 +11,7 @@ pub mod error;
 pub mod gateway;
 pub mod graphql;
 pub mod metrics;
+pub mod mount;
 pub mod progress;
 pub mod pull;
 pub mod records;

@@ -65,11 +65,11 @@ pub struct PullReport {
 
 /// One file of the dataset.
 #[derive(Debug, Clone, Deserialize)]
-struct Member {
-    bucket: String,
-    key: String,
-    size: u64,
-    etag: String,
+pub(crate) struct Member {
+    pub bucket: String,
+    pub key: String,
+    pub size: u64,
+    pub etag: String,
 }
 
 /// What the state file says about one written file.
@@ -81,10 +81,12 @@ struct Written {
     mtime_ns: i128,
 }
 
-/// The dataset's members, page by page.
-async fn members(
+/// A dataset version's name, version and members (the latest version when `version` is
+/// `None`), read page by page.
+pub(crate) async fn members(
     client: &Client,
-    request: &PullRequest,
+    dataset: &str,
+    version: Option<i32>,
 ) -> anyhow::Result<(String, i32, Vec<Member>)> {
     let mut after: Option<String> = None;
     let mut out = Vec::new();
@@ -94,14 +96,14 @@ async fn members(
                 "query($name: String!, $version: Int, $after: String) { dataset(name: $name, version: $version) {
                    name version objects(first: 500, after: $after) {
                      edges { node { bucket key size etag } } pageInfo { hasNextPage endCursor } } } }",
-                json!({ "name": request.dataset, "version": request.version, "after": after }),
+                json!({ "name": dataset, "version": version, "after": after }),
             )
             .await?;
         let dataset = &data["dataset"];
         if dataset.is_null() {
-            match request.version {
-                Some(v) => bail!("no dataset {} version {v}", request.dataset),
-                None => bail!("no dataset {}", request.dataset),
+            match version {
+                Some(v) => bail!("no dataset {dataset} version {v}"),
+                None => bail!("no dataset {dataset}"),
             }
         }
         let objects = &dataset["objects"];
@@ -212,7 +214,7 @@ pub async fn pull(
     token: Option<&str>,
     request: &PullRequest,
 ) -> anyhow::Result<PullReport> {
-    let (name, version, members) = members(client, request).await?;
+    let (name, version, members) = members(client, &request.dataset, request.version).await?;
     let parts = request.dir.join(STATE_DIR).join("parts");
     tokio::fs::create_dir_all(&parts)
         .await

@@ -3,3 +3,5 @@
 
 mod cli;
 mod crash;
+mod mount;
+mod process;
