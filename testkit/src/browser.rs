@@ -238,6 +238,18 @@ impl Browser {
         .await
     }
 
+    /// Runs `script` as an asynchronous script (WebDriver's `execute/async`): the page calls
+    /// its last argument, a callback, with the value to return. Bounded by the session's
+    /// script timeout (30 s unless changed) and the client's own (60 s).
+    pub async fn script_async(&self, script: &str, args: Value) -> anyhow::Result<Value> {
+        self.call(
+            reqwest::Method::POST,
+            "/execute/async",
+            json!({ "script": script, "args": args }),
+        )
+        .await
+    }
+
     /// The console's errors (level SEVERE: script errors, failed loads such as a 404) logged
     /// since the last call, as `source: message` lines.
     pub async fn console_errors(&self) -> anyhow::Result<Vec<String>> {

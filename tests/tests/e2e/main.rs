@@ -18,4 +18,5 @@ mod sync_search;
 mod tooling;
 mod transfer_policy;
 mod viewer_access;
+mod viewer_mcap;
 mod web_catalog;
