@@ -4,13 +4,20 @@
 //! one fetch per block however many readers want it at once.
 //!
 //! A block is named by its object version's identity (bucket, key, ETag) and its index, so a
-//! new version of a key never meets an old block. On disk each block ends in a CRC-32C of
-//! its bytes, checked on every read from disk: a block torn by a crash or damaged on disk is
-//! dropped and fetched again, never served.
+//! new version of a key never meets an old block. A random reader costs one block (256 KiB)
+//! per miss; a sequential reader's read-ahead fetches runs of missing blocks in one ranged GET
+//! of up to [`SPAN_BLOCKS`] blocks.
+//!
+//! On disk each object version is one sparse file of its blocks at their offsets, beside a
+//! table of one 8-byte entry per block: present, and the block's CRC-32C. The entry is
+//! written after the block, and checked on every read from disk: a block torn by a crash or
+//! damaged on disk is dropped and fetched again, never served. Whole object versions are
+//! evicted, least recently used first.
 
 use std::collections::HashMap;
-use std::io::Write as _;
 use std::num::NonZeroUsize;
+use std::os::unix::fs::FileExt as _;
+use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -19,13 +26,18 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use lru::LruCache;
 use sha2::{Digest as _, Sha256};
-use tokio::sync::{OnceCell, Semaphore};
+use tokio::sync::{watch, Semaphore};
 
 use crate::remote::{with_retries, Remote, RemoteError, RemoteFile};
 
-/// Bytes per block: one ranged GET. Small enough that a random 4 KiB read costs little,
-/// large enough that a sequential reader's requests are few.
-pub const BLOCK_SIZE: u64 = 1 << 20;
+/// Bytes per block: what a random read costs, and the unit of the caches.
+pub const BLOCK_SIZE: u64 = 256 << 10;
+
+/// Most blocks one GET fetches for a sequential reader (4 MiB).
+pub const SPAN_BLOCKS: u64 = 16;
+
+/// Blocks written to the disk cache at once, in the background.
+const WRITES_IN_FLIGHT: usize = 32;
 
 /// An object version's identity as the blocks' name: hex of a digest of bucket, key and ETag.
 pub fn object_id(file: &RemoteFile) -> Arc<str> {
@@ -43,7 +55,7 @@ struct BlockId {
     index: u64,
 }
 
-/// Counters for `--stats` and the tests.
+/// Counters for the mount's report and the tests.
 #[derive(Debug, Default)]
 pub struct BlockStats {
     pub memory_hits: AtomicU64,
@@ -60,19 +72,25 @@ pub struct BlockSettings {
     pub memory_blocks: usize,
     /// Where blocks persist between reads and mounts; none keeps them in memory only.
     pub disk_dir: Option<PathBuf>,
-    /// Most bytes the disk cache holds; the least recently used blocks go first.
+    /// Most bytes the disk cache holds; the least recently used object versions go first.
     pub disk_bytes: u64,
-    /// Blocks fetched from the office at once.
+    /// Ranged GETs to the office at once.
     pub fetch_concurrency: usize,
     /// How long transient failures are retried before a read fails.
     pub retry_for: Duration,
 }
 
+/// A block being fetched: its bytes (or why not) once there.
+type Pending = watch::Receiver<Option<Result<Bytes, RemoteError>>>;
+type Promise = watch::Sender<Option<Result<Bytes, RemoteError>>>;
+
 pub struct BlockCache {
     remote: Arc<dyn Remote>,
     memory: Mutex<LruCache<BlockId, Bytes>>,
-    in_flight: Mutex<HashMap<BlockId, Arc<OnceCell<Bytes>>>>,
-    disk: Option<DiskBlocks>,
+    in_flight: Mutex<HashMap<BlockId, Pending>>,
+    disk: Option<Arc<DiskBlocks>>,
+    /// Blocks being written to disk in the background, at most [`WRITES_IN_FLIGHT`].
+    writes: Arc<Semaphore>,
     fetches: Semaphore,
     retry_for: Duration,
     pub stats: BlockStats,
@@ -92,10 +110,17 @@ fn block_len(size: u64, index: u64) -> u64 {
     size.saturating_sub(index * BLOCK_SIZE).min(BLOCK_SIZE)
 }
 
+/// Where a block comes from, decided while holding the in-flight table.
+enum Claim {
+    Memory(Bytes),
+    Wait(Pending),
+    Fetch(Promise),
+}
+
 impl BlockCache {
     pub fn open(remote: Arc<dyn Remote>, settings: &BlockSettings) -> std::io::Result<BlockCache> {
         let disk = match &settings.disk_dir {
-            Some(dir) => Some(DiskBlocks::open(dir, settings.disk_bytes)?),
+            Some(dir) => Some(Arc::new(DiskBlocks::open(dir, settings.disk_bytes)?)),
             None => None,
         };
         Ok(BlockCache {
@@ -105,6 +130,7 @@ impl BlockCache {
             )),
             in_flight: Mutex::new(HashMap::new()),
             disk,
+            writes: Arc::new(Semaphore::new(WRITES_IN_FLIGHT)),
             fetches: Semaphore::new(settings.fetch_concurrency.max(1)),
             retry_for: settings.retry_for,
             stats: BlockStats::default(),
@@ -115,17 +141,34 @@ impl BlockCache {
         self.memory.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Whether block `index` is in memory or being fetched (read-ahead skips those).
-    fn is_underway(&self, id: &BlockId) -> bool {
-        self.memory().contains(id)
-            || self
-                .in_flight
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .contains_key(id)
+    fn in_flight(&self) -> std::sync::MutexGuard<'_, HashMap<BlockId, Pending>> {
+        self.in_flight.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Block `index` of `file`: from memory, from disk, or fetched once for every caller.
+    /// In memory, being fetched, or ours to fetch. `peek` leaves the memory LRU's order
+    /// alone (read-ahead asking, not a reader reading).
+    fn claim(&self, id: &BlockId, peek: bool) -> Claim {
+        let mut in_flight = self.in_flight();
+        {
+            let mut memory = self.memory();
+            let hit = if peek {
+                memory.peek(id)
+            } else {
+                memory.get(id)
+            };
+            if let Some(bytes) = hit {
+                return Claim::Memory(bytes.clone());
+            }
+        }
+        if let Some(pending) = in_flight.get(id) {
+            return Claim::Wait(pending.clone());
+        }
+        let (promise, pending) = watch::channel(None);
+        in_flight.insert(id.clone(), pending);
+        Claim::Fetch(promise)
+    }
+
+    /// Block `index` of `file`: from memory, from a fetch underway, from disk, or fetched.
     async fn block(
         &self,
         file: &RemoteFile,
@@ -136,72 +179,152 @@ impl BlockCache {
             object: Arc::clone(object),
             index,
         };
-        if let Some(bytes) = self.memory().get(&id) {
-            self.stats.memory_hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(bytes.clone());
+        match self.claim(&id, false) {
+            Claim::Memory(bytes) => {
+                self.stats.memory_hits.fetch_add(1, Ordering::Relaxed);
+                Ok(bytes)
+            }
+            Claim::Wait(mut pending) => match pending.wait_for(Option::is_some).await {
+                Ok(done) => done.clone().expect("waited for a value"),
+                Err(_) => Err(RemoteError::Transient("a fetch was abandoned".into())),
+            },
+            Claim::Fetch(promise) => {
+                let outcome = promise.subscribe();
+                self.fetch(file, object, index, vec![promise]).await;
+                let done = outcome.borrow().clone();
+                done.unwrap_or_else(|| Err(RemoteError::Transient("a fetch was abandoned".into())))
+            }
         }
-        let cell = Arc::clone(
-            self.in_flight
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .entry(id.clone())
-                .or_default(),
-        );
-        let result = cell.get_or_try_init(|| self.load(file, &id)).await.cloned();
-        if let Ok(bytes) = &result {
-            self.memory().put(id.clone(), bytes.clone());
-        }
-        let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-        // Done with (a success is in memory now; after a failure the next caller starts
-        // afresh), unless a newer fetch of the same block has taken the slot.
-        if in_flight.get(&id).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
-            in_flight.remove(&id);
-        }
-        result
     }
 
-    /// Reads a block from disk or, failing that, from the office (then keeps it on disk).
-    async fn load(&self, file: &RemoteFile, id: &BlockId) -> Result<Bytes, RemoteError> {
-        let len = block_len(file.size, id.index);
-        if let Some(disk) = &self.disk {
-            match disk.get(id, len).await {
+    /// Fetches the blocks `first .. first + promises.len()` of `file` (claimed by the
+    /// caller): each from disk when it is there, the rest in one ranged GET per run; keeps
+    /// them in memory (and on disk) and keeps every promise.
+    async fn fetch(
+        &self,
+        file: &RemoteFile,
+        object: &Arc<str>,
+        first: u64,
+        promises: Vec<Promise>,
+    ) {
+        let mut missing = Vec::new();
+        for (index, promise) in (first..).zip(promises) {
+            let id = BlockId {
+                object: Arc::clone(object),
+                index,
+            };
+            let len = block_len(file.size, index);
+            let from_disk = match &self.disk {
+                Some(disk) => disk.get(&id, len).await,
+                None => DiskRead::Miss,
+            };
+            match from_disk {
                 DiskRead::Hit(bytes) => {
                     self.stats.disk_hits.fetch_add(1, Ordering::Relaxed);
-                    return Ok(bytes);
+                    self.deliver(id, Ok(bytes), promise, false);
                 }
                 DiskRead::Damaged => {
                     self.stats.damaged_on_disk.fetch_add(1, Ordering::Relaxed);
+                    missing.push((id, promise));
                 }
-                DiskRead::Miss => {}
+                DiskRead::Miss => missing.push((id, promise)),
             }
         }
-        let offset = id.index * BLOCK_SIZE;
-        let what = format!("s3://{}/{} bytes {offset}+{len}", file.bucket, file.key);
-        let bytes = with_retries(&what, self.retry_for, || async {
-            let _permit = self
-                .fetches
-                .acquire()
-                .await
-                .map_err(|_| RemoteError::Permanent("the mount is shutting down".into()))?;
-            let bytes = self.remote.read(file, offset, len).await?;
-            if bytes.len() as u64 != len {
-                // A body cut short by a server going away mid-response.
-                return Err(RemoteError::Transient(format!(
-                    "got {} of {len} bytes",
-                    bytes.len()
-                )));
+        // Runs of consecutive missing blocks, one GET each.
+        let mut runs: Vec<Vec<(BlockId, Promise)>> = Vec::new();
+        for (id, promise) in missing {
+            match runs.last_mut() {
+                Some(run)
+                    if run
+                        .last()
+                        .is_some_and(|(last, _)| last.index + 1 == id.index) =>
+                {
+                    run.push((id, promise))
+                }
+                _ => runs.push(vec![(id, promise)]),
             }
-            Ok(bytes)
-        })
-        .await?;
-        self.stats.fetched_blocks.fetch_add(1, Ordering::Relaxed);
-        self.stats
-            .fetched_bytes
-            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-        if let Some(disk) = &self.disk {
-            disk.put(id, bytes.clone()).await;
         }
-        Ok(bytes)
+        for run in runs {
+            let start = run[0].0.index * BLOCK_SIZE;
+            let end = (run[run.len() - 1].0.index * BLOCK_SIZE + BLOCK_SIZE).min(file.size);
+            let len = end - start;
+            let what = format!("s3://{}/{} bytes {start}+{len}", file.bucket, file.key);
+            let fetched = with_retries(&what, self.retry_for, || async {
+                let _permit = self
+                    .fetches
+                    .acquire()
+                    .await
+                    .map_err(|_| RemoteError::Permanent("the mount is shutting down".into()))?;
+                let bytes = self.remote.read(file, start, len).await?;
+                if bytes.len() as u64 != len {
+                    // A body cut short by a server going away mid-response.
+                    return Err(RemoteError::Transient(format!(
+                        "got {} of {len} bytes",
+                        bytes.len()
+                    )));
+                }
+                Ok(bytes)
+            })
+            .await;
+            match fetched {
+                Ok(bytes) => {
+                    self.stats
+                        .fetched_blocks
+                        .fetch_add(run.len() as u64, Ordering::Relaxed);
+                    self.stats.fetched_bytes.fetch_add(len, Ordering::Relaxed);
+                    for (id, promise) in run {
+                        let from = (id.index * BLOCK_SIZE - start) as usize;
+                        let to = ((id.index * BLOCK_SIZE + BLOCK_SIZE).min(end) - start) as usize;
+                        self.deliver(id, Ok(bytes.slice(from..to)), promise, true);
+                    }
+                }
+                Err(err) => {
+                    for (id, promise) in run {
+                        self.deliver(id, Err(err.clone()), promise, false);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Keeps a fetched block (in memory, and on disk when `keep` and a disk cache is set up),
+    /// tells whoever waits on it, and ends its fetch.
+    fn deliver(
+        &self,
+        id: BlockId,
+        result: Result<Bytes, RemoteError>,
+        promise: Promise,
+        keep: bool,
+    ) {
+        if let Ok(bytes) = &result {
+            self.memory().put(id.clone(), bytes.clone());
+            if keep {
+                self.keep_on_disk(&id, bytes);
+            }
+        }
+        self.in_flight().remove(&id);
+        // Nobody waiting is fine: the block is in memory for the next reader.
+        let _ = promise.send(Some(result));
+    }
+
+    /// Writes a block to disk off the reader's path: the block is in memory meanwhile. A disk
+    /// slower than the network holds fetches back here rather than piling blocks up.
+    fn keep_on_disk(&self, id: &BlockId, bytes: &Bytes) {
+        let Some(disk) = &self.disk else { return };
+        let Ok(permit) = Arc::clone(&self.writes).try_acquire_owned() else {
+            tracing::debug!("the disk cache is behind; a block is kept in memory only");
+            return;
+        };
+        let (disk, id, bytes) = (Arc::clone(disk), id.clone(), bytes.clone());
+        tokio::task::spawn_blocking(move || {
+            disk.put(&id, &bytes);
+            drop(permit);
+        });
+    }
+
+    /// Waits until every block fetched so far is on disk.
+    pub async fn settle(&self) {
+        let _all = self.writes.acquire_many(WRITES_IN_FLIGHT as u32).await;
     }
 
     /// Bytes `offset .. offset + size` of `file` (fewer at its end).
@@ -237,8 +360,8 @@ impl BlockCache {
         Ok(out.freeze())
     }
 
-    /// Starts fetching blocks `from .. from + count` of `file` that are neither in memory nor
-    /// underway, without waiting for them.
+    /// Starts fetching the blocks `from .. from + count` of `file` that are neither in memory
+    /// nor underway, in runs of up to [`SPAN_BLOCKS`], without waiting for them.
     pub fn read_ahead(
         self: &Arc<Self>,
         file: &Arc<RemoteFile>,
@@ -247,21 +370,43 @@ impl BlockCache {
         count: u64,
     ) {
         let blocks = file.size.div_ceil(BLOCK_SIZE);
+        let mut run: Vec<Promise> = Vec::new();
+        let mut run_start = from;
         for index in from..(from + count).min(blocks) {
             let id = BlockId {
                 object: Arc::clone(object),
                 index,
             };
-            if self.is_underway(&id) {
-                continue;
+            let claimed = match self.claim(&id, true) {
+                Claim::Fetch(promise) => Some(promise),
+                Claim::Memory(_) | Claim::Wait(_) => None,
+            };
+            let full = run.len() as u64 == SPAN_BLOCKS;
+            if claimed.is_none() || full {
+                self.spawn_fetch(file, object, run_start, std::mem::take(&mut run));
             }
-            let (cache, file, object) = (Arc::clone(self), Arc::clone(file), Arc::clone(object));
-            tokio::spawn(async move {
-                if let Err(err) = cache.block(&file, &object, index).await {
-                    tracing::debug!(key = %file.key, index, %err, "read-ahead failed; the reader will retry");
+            if let Some(promise) = claimed {
+                if run.is_empty() {
+                    run_start = index;
                 }
-            });
+                run.push(promise);
+            }
         }
+        self.spawn_fetch(file, object, run_start, run);
+    }
+
+    fn spawn_fetch(
+        self: &Arc<Self>,
+        file: &Arc<RemoteFile>,
+        object: &Arc<str>,
+        first: u64,
+        run: Vec<Promise>,
+    ) {
+        if run.is_empty() {
+            return;
+        }
+        let (cache, file, object) = (Arc::clone(self), Arc::clone(file), Arc::clone(object));
+        tokio::spawn(async move { cache.fetch(&file, &object, first, run).await });
     }
 }
 
@@ -271,8 +416,20 @@ enum DiskRead {
     Damaged,
 }
 
-/// Blocks on disk: `DIR/<first two hex digits>/<object id>/<index>`, each the block's bytes
-/// followed by their CRC-32C (little-endian).
+/// A block's entry in an object's table: present, and its CRC-32C.
+const PRESENT: u64 = 1 << 32;
+
+/// What the disk holds of one object version.
+#[derive(Debug, Default)]
+struct OnDisk {
+    /// The table's entries, read when the object is first touched in this mount.
+    entries: Option<Vec<u64>>,
+    /// Bytes its blocks take.
+    bytes: u64,
+}
+
+/// The disk cache: `DIR/<first two hex digits>/<object id>.blocks` (the blocks at their
+/// offsets, a sparse file) and `.table` (one little-endian u64 per block).
 #[derive(Debug)]
 struct DiskBlocks {
     dir: PathBuf,
@@ -283,53 +440,57 @@ struct DiskBlocks {
 #[derive(Debug)]
 struct DiskIndex {
     used: u64,
-    /// Relative path → bytes on disk, least recently used first out.
-    files: LruCache<PathBuf, u64>,
+    /// Object id → what is on disk, least recently used first out.
+    objects: LruCache<Arc<str>, OnDisk>,
 }
 
 impl DiskBlocks {
     fn open(dir: &Path, limit: u64) -> std::io::Result<DiskBlocks> {
         std::fs::create_dir_all(dir)?;
-        // What earlier mounts left, oldest first, so that they are evicted first.
+        // What earlier mounts left, least recently written first, so that it goes first.
         let mut found = Vec::new();
         for shard in std::fs::read_dir(dir)?.flatten() {
-            for object in std::fs::read_dir(shard.path())
+            for entry in std::fs::read_dir(shard.path())
                 .into_iter()
                 .flatten()
                 .flatten()
             {
-                for block in std::fs::read_dir(object.path())
-                    .into_iter()
-                    .flatten()
-                    .flatten()
-                {
-                    let Ok(meta) = block.metadata() else { continue };
-                    let path = block.path();
-                    if path.extension().is_some_and(|e| e == "tmp") {
-                        // Cut short by a crash before its rename.
-                        let _ = std::fs::remove_file(&path);
-                        continue;
-                    }
-                    let Ok(relative) = path.strip_prefix(dir) else {
-                        continue;
-                    };
-                    found.push((meta.modified().ok(), relative.to_owned(), meta.len()));
+                let path = entry.path();
+                if path.extension().is_none_or(|e| e != "blocks") {
+                    continue;
                 }
+                let (Some(id), Ok(meta)) =
+                    (path.file_stem().and_then(|s| s.to_str()), entry.metadata())
+                else {
+                    continue;
+                };
+                // Allocated bytes: the file is sparse.
+                found.push((
+                    meta.modified().ok(),
+                    Arc::<str>::from(id),
+                    meta.blocks() * 512,
+                ));
             }
         }
         found.sort();
-        let mut files = LruCache::unbounded();
+        let mut objects = LruCache::unbounded();
         let mut used = 0;
-        for (_, path, len) in found {
-            used += len;
-            files.put(path, len);
+        for (_, id, bytes) in found {
+            used += bytes;
+            objects.put(
+                id,
+                OnDisk {
+                    entries: None,
+                    bytes,
+                },
+            );
         }
         let blocks = DiskBlocks {
             dir: dir.to_owned(),
             limit,
-            index: Mutex::new(DiskIndex { used, files }),
+            index: Mutex::new(DiskIndex { used, objects }),
         };
-        blocks.evict(&mut blocks.index());
+        blocks.evict(&mut blocks.index(), None);
         Ok(blocks)
     }
 
@@ -337,82 +498,125 @@ impl DiskBlocks {
         self.index.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn relative(id: &BlockId) -> PathBuf {
-        let shard = id.object.get(..2).unwrap_or("00");
-        PathBuf::from(shard)
-            .join(&*id.object)
-            .join(id.index.to_string())
+    fn path(&self, object: &str, extension: &str) -> PathBuf {
+        let shard = object.get(..2).unwrap_or("00");
+        self.dir.join(shard).join(format!("{object}.{extension}"))
     }
 
-    fn evict(&self, index: &mut DiskIndex) {
+    /// Removes least recently used objects (never `keep`) until within the limit.
+    fn evict(&self, index: &mut DiskIndex, keep: Option<&str>) {
         while index.used > self.limit {
-            let Some((path, len)) = index.files.pop_lru() else {
-                break;
-            };
-            index.used = index.used.saturating_sub(len);
-            let _ = std::fs::remove_file(self.dir.join(path));
+            let victim = index
+                .objects
+                .iter()
+                .rev()
+                .map(|(id, _)| Arc::clone(id))
+                .find(|id| Some(&**id) != keep);
+            let Some(id) = victim else { break };
+            if let Some(gone) = index.objects.pop(&id) {
+                index.used = index.used.saturating_sub(gone.bytes);
+            }
+            let _ = std::fs::remove_file(self.path(&id, "blocks"));
+            let _ = std::fs::remove_file(self.path(&id, "table"));
         }
+    }
+
+    /// The table entry of block `index` of `object` (0 when absent), loading the table from
+    /// disk the first time.
+    fn entry(&self, object: &Arc<str>, index: u64) -> u64 {
+        let mut disk = self.index();
+        let Some(on_disk) = disk.objects.get_mut(object) else {
+            return 0;
+        };
+        let entries = on_disk.entries.get_or_insert_with(|| {
+            std::fs::read(self.path(object, "table"))
+                .map(|bytes| {
+                    bytes
+                        .chunks_exact(8)
+                        .map(|e| u64::from_le_bytes(e.try_into().expect("8 bytes")))
+                        .collect()
+                })
+                .unwrap_or_default()
+        });
+        entries.get(index as usize).copied().unwrap_or(0)
+    }
+
+    fn set_entry(&self, object: &Arc<str>, index: u64, entry: u64, bytes_delta: i64) {
+        let mut disk = self.index();
+        let on_disk = disk
+            .objects
+            .get_or_insert_mut(Arc::clone(object), OnDisk::default);
+        let entries = on_disk.entries.get_or_insert_with(Vec::new);
+        if entries.len() <= index as usize {
+            entries.resize(index as usize + 1, 0);
+        }
+        entries[index as usize] = entry;
+        on_disk.bytes = on_disk.bytes.saturating_add_signed(bytes_delta);
+        disk.used = disk.used.saturating_add_signed(bytes_delta);
     }
 
     async fn get(&self, id: &BlockId, len: u64) -> DiskRead {
-        let relative = Self::relative(id);
-        if self.index().files.get(&relative).is_none() {
+        let entry = self.entry(&id.object, id.index);
+        if entry & PRESENT == 0 {
             return DiskRead::Miss;
         }
-        let path = self.dir.join(&relative);
-        let read = tokio::task::spawn_blocking(move || std::fs::read(path)).await;
-        let Ok(Ok(mut data)) = read else {
-            self.forget(&relative);
-            return DiskRead::Miss;
-        };
-        let sound = data.len() as u64 == len + 4 && {
-            let (bytes, crc) = data.split_at(len as usize);
-            crc == crc32c::crc32c(bytes).to_le_bytes()
-        };
-        if !sound {
-            tracing::warn!(path = %relative.display(), "a cached block failed its checksum; fetching it again");
-            self.forget(&relative);
-            let _ = std::fs::remove_file(self.dir.join(&relative));
-            return DiskRead::Damaged;
-        }
-        data.truncate(len as usize);
-        DiskRead::Hit(Bytes::from(data))
-    }
-
-    fn forget(&self, relative: &Path) {
-        let mut index = self.index();
-        if let Some(len) = index.files.pop(relative) {
-            index.used = index.used.saturating_sub(len);
-        }
-    }
-
-    /// Keeps `bytes` on disk (written to a temporary name, then renamed, so that a reader
-    /// never sees half a block). A full or failing disk only costs the cache.
-    async fn put(&self, id: &BlockId, bytes: Bytes) {
-        let relative = Self::relative(id);
-        let path = self.dir.join(&relative);
-        let len = bytes.len() as u64 + 4;
-        let written = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            let parent = path.parent().expect("a block has a directory");
-            std::fs::create_dir_all(parent)?;
-            let tmp = path.with_extension("tmp");
-            let mut file = std::fs::File::create(&tmp)?;
-            file.write_all(&bytes)?;
-            file.write_all(&crc32c::crc32c(&bytes).to_le_bytes())?;
-            drop(file);
-            std::fs::rename(&tmp, &path)
+        let path = self.path(&id.object, "blocks");
+        let offset = id.index * BLOCK_SIZE;
+        let read = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
+            let file = std::fs::File::open(path)?;
+            let mut data = vec![0u8; len as usize];
+            file.read_exact_at(&mut data, offset)?;
+            Ok(data)
         })
         .await;
-        match written {
-            Ok(Ok(())) => {
-                let mut index = self.index();
-                if let Some(old) = index.files.put(relative, len) {
-                    index.used = index.used.saturating_sub(old);
-                }
-                index.used += len;
-                self.evict(&mut index);
+        match read {
+            Ok(Ok(data)) if crc32c::crc32c(&data) == entry as u32 => {
+                DiskRead::Hit(Bytes::from(data))
             }
-            Ok(Err(err)) => tracing::warn!(%err, "cannot keep a block on disk"),
+            _ => {
+                tracing::warn!(object = %id.object, index = id.index, "a cached block failed its check; fetching it again");
+                self.forget(id, len);
+                DiskRead::Damaged
+            }
+        }
+    }
+
+    fn forget(&self, id: &BlockId, len: u64) {
+        self.set_entry(&id.object, id.index, 0, -(len as i64));
+        if let Ok(table) = std::fs::OpenOptions::new()
+            .write(true)
+            .open(self.path(&id.object, "table"))
+        {
+            let _ = table.write_all_at(&0u64.to_le_bytes(), id.index * 8);
+        }
+    }
+
+    /// Keeps `bytes` as block `id` (blocking: run off the async threads). The table entry is
+    /// written after the block, so a crash between the two leaves it absent; a full or
+    /// failing disk only costs the cache.
+    fn put(&self, id: &BlockId, bytes: &Bytes) {
+        if self.entry(&id.object, id.index) & PRESENT != 0 {
+            return;
+        }
+        let written = (|| -> std::io::Result<()> {
+            let data = self.path(&id.object, "blocks");
+            std::fs::create_dir_all(data.parent().expect("a shard directory"))?;
+            let open = |path: &Path| {
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(path)
+            };
+            open(&data)?.write_all_at(bytes, id.index * BLOCK_SIZE)?;
+            let entry = PRESENT | u64::from(crc32c::crc32c(bytes));
+            open(&self.path(&id.object, "table"))?
+                .write_all_at(&entry.to_le_bytes(), id.index * 8)?;
+            self.set_entry(&id.object, id.index, entry, bytes.len() as i64);
+            Ok(())
+        })();
+        match written {
+            Ok(()) => self.evict(&mut self.index(), Some(&id.object)),
             Err(err) => tracing::warn!(%err, "cannot keep a block on disk"),
         }
     }
@@ -527,6 +731,7 @@ mod tests {
         let id = object_id(&file);
         cache.read(&file, &id, 0, size as u64).await.expect("read");
         assert_eq!(remote.reads.load(Ordering::SeqCst), 2);
+        cache.settle().await;
         drop(cache);
 
         // A new mount over the same directory: from disk, no fetch.
@@ -537,12 +742,9 @@ mod tests {
         drop(cache);
 
         // One byte of block 1 flipped on disk: caught by its checksum, fetched again.
-        let path = dir.path().join(DiskBlocks::relative(&BlockId {
-            object: id.clone(),
-            index: 1,
-        }));
-        let mut data = std::fs::read(&path).expect("block file");
-        data[10] ^= 1;
+        let path = dir.path().join(&id[..2]).join(format!("{id}.blocks"));
+        let mut data = std::fs::read(&path).expect("blocks file");
+        data[BLOCK_SIZE as usize + 10] ^= 1;
         std::fs::write(&path, data).expect("damage");
         let (remote, cache, _) = setup(size, Some(dir.path()), 0);
         let got = cache.read(&file, &id, 0, size as u64).await.expect("read");
@@ -552,14 +754,51 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_disk_cache_stays_within_its_size() {
-        let dir = tempfile::tempdir().expect("dir");
-        let size = 6 * BLOCK_SIZE as usize;
-        let (_, cache, file) = setup(size, Some(dir.path()), 0);
+    async fn read_ahead_fetches_a_run_of_blocks_in_one_request() {
+        let size = 20 * BLOCK_SIZE as usize + 7;
+        let (remote, cache, file) = setup(size, None, 0);
+        let cache = Arc::new(BlockCache {
+            memory: Mutex::new(LruCache::new(NonZeroUsize::new(64).expect("64"))),
+            ..cache
+        });
         let id = object_id(&file);
-        cache.read(&file, &id, 0, size as u64).await.expect("read");
-        let index = cache.disk.as_ref().expect("disk").index();
-        assert!(index.used <= 3 * (BLOCK_SIZE + 4), "{}", index.used);
-        assert_eq!(index.files.len(), 3);
+        let file = Arc::new(file);
+        cache.read_ahead(&file, &id, 1, 20);
+        let got = cache.read(&file, &id, 0, size as u64).await.expect("read");
+        assert_eq!(&got[..], &remote.bytes[..]);
+        // Block 0 by the reader; 1..=16 and 17..=20 by read-ahead (the reader waited on them).
+        assert_eq!(remote.reads.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn the_disk_cache_evicts_the_least_recently_used_objects() {
+        let dir = tempfile::tempdir().expect("dir");
+        let size = 2 * BLOCK_SIZE as usize;
+        let (_, cache, file) = setup(size, Some(dir.path()), 0);
+        let versions: Vec<RemoteFile> = (1..=3)
+            .map(|v| RemoteFile {
+                etag: format!("e{v}"),
+                ..file.clone()
+            })
+            .collect();
+        for version in &versions {
+            cache
+                .read(version, &object_id(version), 0, size as u64)
+                .await
+                .expect("read");
+            cache.settle().await;
+        }
+        // The limit is three blocks: only the newest object's two are left.
+        let disk = cache.disk.as_ref().expect("disk");
+        let index = disk.index();
+        assert_eq!(index.used, 2 * BLOCK_SIZE);
+        assert_eq!(index.objects.len(), 1);
+        assert!(index.objects.contains(&object_id(&versions[2])));
+        let first = object_id(&versions[0]);
+        assert!(!dir
+            .path()
+            .join(&first[..2])
+            .join(format!("{first}.blocks"))
+            .exists());
     }
 }

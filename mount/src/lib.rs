@@ -73,16 +73,34 @@ pub struct MountReport {
     pub memory_hits: u64,
 }
 
-/// Reads the versions to show and builds the ones not seen yet; returns what the root lost.
-async fn refresh(remote: &dyn Remote, tree: &RwLock<Tree>) -> Result<Vec<String>, RemoteError> {
+/// Shows the versions of `shown` that have not expired; returns what the root lost.
+fn show_unexpired(tree: &RwLock<Tree>, shown: &[Shown]) -> Vec<String> {
     let now = SystemTime::now();
-    let shown: Vec<Shown> = remote
+    let versions: Vec<VersionRef> = shown
+        .iter()
+        .filter(|s| s.expires_at.is_none_or(|at| at > now))
+        .map(|s| s.version.clone())
+        .collect();
+    tree.write()
+        .unwrap_or_else(|e| e.into_inner())
+        .show(&versions)
+}
+
+/// Reads the versions to show into `shown` and builds the ones not seen yet; returns what
+/// the root lost. When the server cannot be asked, `shown` stays as it was.
+async fn refresh(
+    remote: &dyn Remote,
+    tree: &RwLock<Tree>,
+    shown: &mut Vec<Shown>,
+) -> Result<Vec<String>, RemoteError> {
+    let now = SystemTime::now();
+    let fresh: Vec<Shown> = remote
         .shown()
         .await?
         .into_iter()
         .filter(|s| s.expires_at.is_none_or(|at| at > now))
         .collect();
-    for s in &shown {
+    for s in &fresh {
         let known = tree
             .read()
             .unwrap_or_else(|e| e.into_inner())
@@ -98,11 +116,8 @@ async fn refresh(remote: &dyn Remote, tree: &RwLock<Tree>) -> Result<Vec<String>
             }
         }
     }
-    let versions: Vec<VersionRef> = shown.iter().map(|s| s.version.clone()).collect();
-    Ok(tree
-        .write()
-        .unwrap_or_else(|e| e.into_inner())
-        .show(&versions))
+    *shown = fresh;
+    Ok(show_unexpired(tree, shown))
 }
 
 /// Mounts at `options.mountpoint`, tells `mounted`, serves until `shutdown` resolves, then
@@ -118,7 +133,8 @@ pub async fn run(
         .filter(|m| m.is_dir())
         .ok_or_else(|| MountError::NotADirectory(options.mountpoint.clone()))?;
     let tree = Arc::new(RwLock::new(Tree::new()));
-    refresh(remote.as_ref(), &tree).await?;
+    let mut shown = Vec::new();
+    refresh(remote.as_ref(), &tree, &mut shown).await?;
     let blocks = Arc::new(
         BlockCache::open(Arc::clone(&remote), &options.blocks).map_err(|source| {
             MountError::Cache {
@@ -178,19 +194,19 @@ pub async fn run(
             () = &mut shutdown => break,
             _ = tick.tick() => {}
         }
-        match refresh(remote.as_ref(), &tree).await {
-            Ok(removed) => {
-                for name in removed {
-                    tracing::info!(%name, "no longer reserved; removed from the mount");
-                    // The kernel forgets the entry now rather than after its TTL.
-                    if let Err(err) = notifier.inval_entry(ROOT, name.as_ref()) {
-                        tracing::debug!(%err, %name, "cannot invalidate the entry");
-                    }
-                }
-            }
-            // The mount keeps what it shows while the server cannot be asked.
-            Err(err) => {
-                tracing::warn!(%err, "cannot refresh the reservations; keeping the tree as it is")
+        // While the server cannot be asked, the mount keeps what it shows, except
+        // reservations whose expiry has passed.
+        let removed = refresh(remote.as_ref(), &tree, &mut shown)
+            .await
+            .unwrap_or_else(|err| {
+                tracing::warn!(%err, "cannot refresh the reservations; keeping what is shown");
+                show_unexpired(&tree, &shown)
+            });
+        for name in removed {
+            tracing::info!(%name, "no longer reserved; removed from the mount");
+            // The kernel forgets the entry now rather than after its TTL.
+            if let Err(err) = notifier.inval_entry(ROOT, name.as_ref()) {
+                tracing::debug!(%err, %name, "cannot invalidate the entry");
             }
         }
     }
@@ -201,6 +217,8 @@ pub async fn run(
             mountpoint: options.mountpoint.clone(),
             source: std::io::Error::other(e),
         })?;
+    // Blocks fetched last are kept for the next mount.
+    blocks.settle().await;
     let stats = &blocks.stats;
     let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
     Ok(MountReport {

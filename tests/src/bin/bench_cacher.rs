@@ -51,6 +51,7 @@ use bytes::Bytes;
 use futures::{SinkExt as _, StreamExt as _};
 use milepost_store::{upload_file, ObjectStore, S3Store, UploadOptions};
 use milepost_testkit::garage::{free_port, run, which, Garage};
+use milepost_tests::cpu::{cpu_seconds, reaped_children_cpu};
 use rand::RngCore as _;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
@@ -330,40 +331,6 @@ fn timed(garage: &Garage, op: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Re
         client_cpu: reaped_children_cpu()? - client,
         garage_cpu: cpu_seconds(garage.pid())? - server,
     })
-}
-
-/// `/proc` counts CPU time in USER_HZ ticks, which is 100 a second on every Linux ABI this
-/// runs on (x86_64, arm64), whatever the kernel's own tick rate.
-const USER_HZ: f64 = 100.0;
-
-/// The fields of `/proc/PID/stat` after the command name (which may hold spaces, so it is
-/// cut at its last `)`): index 0 is field 3 of proc(5).
-fn stat_fields(pid: &str) -> anyhow::Result<Vec<u64>> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .with_context(|| format!("reading /proc/{pid}/stat"))?;
-    let (_, rest) = stat
-        .rsplit_once(')')
-        .with_context(|| format!("/proc/{pid}/stat has no command name: {stat}"))?;
-    // Field 3 (the state) is a letter; the fields used here are all numbers.
-    Ok(rest
-        .split_whitespace()
-        .map(|field| field.parse().unwrap_or(0))
-        .collect())
-}
-
-/// User + system CPU seconds of process `pid` so far (fields 14 and 15).
-fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
-    let fields = stat_fields(&pid.to_string())?;
-    ensure!(fields.len() > 12, "/proc/{pid}/stat is short");
-    Ok((fields[11] + fields[12]) as f64 / USER_HZ)
-}
-
-/// User + system CPU seconds of this process's children that have been waited for (fields 16
-/// and 17): a peer tool's whole run once `run` has reaped it.
-fn reaped_children_cpu() -> anyhow::Result<f64> {
-    let fields = stat_fields("self")?;
-    ensure!(fields.len() > 14, "/proc/self/stat is short");
-    Ok((fields[13] + fields[14]) as f64 / USER_HZ)
 }
 
 async fn seed(store: &S3Store, work: &Path, big: u64, small: usize) -> anyhow::Result<()> {
