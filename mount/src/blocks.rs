@@ -327,6 +327,51 @@ impl BlockCache {
         let _all = self.writes.acquire_many(WRITES_IN_FLIGHT as u32).await;
     }
 
+    /// Bytes `offset .. offset + size` of `file` when every block they lie in is in memory:
+    /// what a sequential reader behind its read-ahead mostly asks for, answered without a
+    /// task or a wake-up.
+    pub fn read_now(
+        &self,
+        file: &RemoteFile,
+        object: &Arc<str>,
+        offset: u64,
+        size: u64,
+    ) -> Option<Bytes> {
+        let end = offset.saturating_add(size).min(file.size);
+        if offset >= end {
+            return Some(Bytes::new());
+        }
+        let (first, last) = (offset / BLOCK_SIZE, (end - 1) / BLOCK_SIZE);
+        let blocks: Vec<Bytes> = {
+            let mut memory = self.memory();
+            (first..=last)
+                .map(|index| {
+                    memory
+                        .get(&BlockId {
+                            object: Arc::clone(object),
+                            index,
+                        })
+                        .cloned()
+                })
+                .collect::<Option<_>>()?
+        };
+        self.stats
+            .memory_hits
+            .fetch_add(blocks.len() as u64, Ordering::Relaxed);
+        if let [block] = &blocks[..] {
+            let start = (offset - first * BLOCK_SIZE) as usize;
+            return Some(block.slice(start..start + (end - offset) as usize));
+        }
+        let mut out = BytesMut::with_capacity((end - offset) as usize);
+        for (index, block) in (first..=last).zip(&blocks) {
+            let block_start = index * BLOCK_SIZE;
+            let from = offset.max(block_start) - block_start;
+            let to = end.min(block_start + block.len() as u64) - block_start;
+            out.extend_from_slice(&block[from as usize..to as usize]);
+        }
+        Some(out.freeze())
+    }
+
     /// Bytes `offset .. offset + size` of `file` (fewer at its end).
     pub async fn read(
         &self,
@@ -361,7 +406,8 @@ impl BlockCache {
     }
 
     /// Starts fetching the blocks `from .. from + count` of `file` that are neither in memory
-    /// nor underway, in runs of up to [`SPAN_BLOCKS`], without waiting for them.
+    /// nor underway, in runs within aligned spans of [`SPAN_BLOCKS`], without waiting for
+    /// them.
     pub fn read_ahead(
         self: &Arc<Self>,
         file: &Arc<RemoteFile>,
@@ -381,8 +427,10 @@ impl BlockCache {
                 Claim::Fetch(promise) => Some(promise),
                 Claim::Memory(_) | Claim::Wait(_) => None,
             };
-            let full = run.len() as u64 == SPAN_BLOCKS;
-            if claimed.is_none() || full {
+            // Runs end at span boundaries: a reader moving on by one block then claims a
+            // whole span further ahead, never a run of one.
+            let boundary = index % SPAN_BLOCKS == 0;
+            if claimed.is_none() || boundary {
                 self.spawn_fetch(file, object, run_start, std::mem::take(&mut run));
             }
             if let Some(promise) = claimed {
@@ -766,7 +814,8 @@ mod tests {
         cache.read_ahead(&file, &id, 1, 20);
         let got = cache.read(&file, &id, 0, size as u64).await.expect("read");
         assert_eq!(&got[..], &remote.bytes[..]);
-        // Block 0 by the reader; 1..=16 and 17..=20 by read-ahead (the reader waited on them).
+        // Block 0 by the reader; 1..=15 and 16..=20 (spans are aligned) by read-ahead, which
+        // the reader waited on.
         assert_eq!(remote.reads.load(Ordering::SeqCst), 3);
     }
 

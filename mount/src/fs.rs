@@ -13,7 +13,7 @@ use fuser::{
     ReplyEntry, ReplyOpen, ReplyStatfs, Request,
 };
 
-use crate::blocks::{object_id, BlockCache, BLOCK_SIZE};
+use crate::blocks::{object_id, BlockCache, BLOCK_SIZE, SPAN_BLOCKS};
 use crate::remote::{RemoteError, RemoteFile};
 use crate::tree::{NodeKind, Tree, ROOT};
 
@@ -23,8 +23,10 @@ const ROOT_TTL: Duration = Duration::from_secs(1);
 /// Everything below a version directory is immutable.
 const VERSION_TTL: Duration = Duration::from_secs(3600);
 
-/// Blocks fetched ahead of a sequential reader.
-const READ_AHEAD_BLOCKS: u64 = 16;
+/// How far ahead of a sequential reader blocks are fetched: the rest of its span and the four
+/// spans after it (16 MiB), so that each GET fetches a whole span while the reader drains
+/// those before.
+const READ_AHEAD_SPANS: u64 = 4;
 
 /// An open file and where its reader is going.
 #[derive(Debug)]
@@ -218,10 +220,16 @@ impl Filesystem for MilepostFs {
             (Arc::clone(&open.file), Arc::clone(&open.object), ahead)
         };
         let blocks = Arc::clone(&self.blocks);
+        if let Some(next) = ahead {
+            // read_ahead spawns its fetches; it needs the runtime's context on this thread.
+            let _entered = self.runtime.enter();
+            let until = (next / SPAN_BLOCKS + 1 + READ_AHEAD_SPANS) * SPAN_BLOCKS;
+            blocks.read_ahead(&file, &object, next, until - next);
+        }
+        if let Some(bytes) = blocks.read_now(&file, &object, offset, u64::from(size)) {
+            return reply.data(&bytes);
+        }
         self.runtime.spawn(async move {
-            if let Some(next) = ahead {
-                blocks.read_ahead(&file, &object, next, READ_AHEAD_BLOCKS);
-            }
             match blocks.read(&file, &object, offset, u64::from(size)).await {
                 Ok(bytes) => reply.data(&bytes),
                 Err(err) => {
