@@ -318,6 +318,13 @@ pub async fn start_with_state(state: Arc<AppState>) -> anyhow::Result<RunningSer
     let cleanup = state.clone();
     crate::app::start_workers(&state);
     let task = tokio::spawn(async move {
+        // No Nagle delay: a small response (a 4 KiB range a viewer or a mount asks for) is
+        // sent at once, not after the client's delayed ACK (40 ms a request, measured).
+        let listener = axum::serve::ListenerExt::tap_io(listener, |socket| {
+            if let Err(err) = socket.set_nodelay(true) {
+                tracing::debug!(%err, "cannot set TCP_NODELAY");
+            }
+        });
         let serve =
             axum::serve(listener, app).with_graceful_shutdown(stop.clone().cancelled_owned());
         let serve = std::pin::pin!(serve.into_future());
