@@ -36,8 +36,8 @@ pub const BLOCK_SIZE: u64 = 256 << 10;
 /// Most blocks one GET fetches for a sequential reader (4 MiB).
 pub const SPAN_BLOCKS: u64 = 16;
 
-/// Blocks written to the disk cache at once, in the background.
-const WRITES_IN_FLIGHT: usize = 32;
+/// Blocks queued for the disk writer at most (16 MiB); beyond, a block stays in memory only.
+const WRITES_IN_FLIGHT: usize = 64;
 
 /// An object version's identity as the blocks' name: hex of a digest of bucket, key and ETag.
 pub fn object_id(file: &RemoteFile) -> Arc<str> {
@@ -80,6 +80,9 @@ pub struct BlockSettings {
     pub retry_for: Duration,
 }
 
+/// A block for the disk writer, with the permit that counts it as queued.
+type DiskWrite = (BlockId, Bytes, tokio::sync::OwnedSemaphorePermit);
+
 /// A block being fetched: its bytes (or why not) once there.
 type Pending = watch::Receiver<Option<Result<Bytes, RemoteError>>>;
 type Promise = watch::Sender<Option<Result<Bytes, RemoteError>>>;
@@ -89,6 +92,9 @@ pub struct BlockCache {
     memory: Mutex<LruCache<BlockId, Bytes>>,
     in_flight: Mutex<HashMap<BlockId, Pending>>,
     disk: Option<Arc<DiskBlocks>>,
+    /// The one thread that writes blocks to disk, in the order fetched: concurrent writes
+    /// into one file would contend for its inode lock (and spin on it, burning CPU).
+    disk_writer: Option<std::sync::mpsc::Sender<DiskWrite>>,
     /// Blocks being written to disk in the background, at most [`WRITES_IN_FLIGHT`].
     writes: Arc<Semaphore>,
     fetches: Semaphore,
@@ -123,6 +129,22 @@ impl BlockCache {
             Some(dir) => Some(Arc::new(DiskBlocks::open(dir, settings.disk_bytes)?)),
             None => None,
         };
+        let disk_writer = match &disk {
+            Some(disk) => {
+                let (tx, rx) = std::sync::mpsc::channel::<DiskWrite>();
+                let disk = Arc::clone(disk);
+                std::thread::Builder::new()
+                    .name("milepost-blocks".into())
+                    .spawn(move || {
+                        for (id, bytes, permit) in rx {
+                            disk.put(&id, &bytes);
+                            drop(permit);
+                        }
+                    })?;
+                Some(tx)
+            }
+            None => None,
+        };
         Ok(BlockCache {
             remote,
             memory: Mutex::new(LruCache::new(
@@ -130,6 +152,7 @@ impl BlockCache {
             )),
             in_flight: Mutex::new(HashMap::new()),
             disk,
+            disk_writer,
             writes: Arc::new(Semaphore::new(WRITES_IN_FLIGHT)),
             fetches: Semaphore::new(settings.fetch_concurrency.max(1)),
             retry_for: settings.retry_for,
@@ -310,16 +333,15 @@ impl BlockCache {
     /// Writes a block to disk off the reader's path: the block is in memory meanwhile. A disk
     /// slower than the network holds fetches back here rather than piling blocks up.
     fn keep_on_disk(&self, id: &BlockId, bytes: &Bytes) {
-        let Some(disk) = &self.disk else { return };
+        let Some(writer) = &self.disk_writer else {
+            return;
+        };
         let Ok(permit) = Arc::clone(&self.writes).try_acquire_owned() else {
             tracing::debug!("the disk cache is behind; a block is kept in memory only");
             return;
         };
-        let (disk, id, bytes) = (Arc::clone(disk), id.clone(), bytes.clone());
-        tokio::task::spawn_blocking(move || {
-            disk.put(&id, &bytes);
-            drop(permit);
-        });
+        // The writer ends only with this cache; a send cannot fail before.
+        let _ = writer.send((id.clone(), bytes.clone(), permit));
     }
 
     /// Waits until every block fetched so far is on disk.

@@ -3,7 +3,7 @@
 //!
 //! - [`tree`]: directories and sizes from the manifests, so `find` and `stat` never ask the
 //!   server; the root lists `name@version` for each dataset version shown.
-//! - [`blocks`]: bytes in 1 MiB blocks, fetched once through `/data` with ranges, kept in
+//! - [`blocks`]: bytes in 256 KiB blocks, fetched once through `/data` with ranges, kept in
 //!   memory and in a verified, bounded cache on the workstation's disk.
 //! - [`fs`]: the FUSE filesystem (fuser), with read-ahead for sequential readers.
 //! - [`remote`]: what all of that needs from the office, implemented by the `milepost`
