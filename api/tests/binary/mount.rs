@@ -24,7 +24,7 @@ use rand::RngCore as _;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use crate::process::{graphql, milepost, Server, DEADLINE};
+use crate::process::{graphql, milepost, sigterm_and_wait, Server, DEADLINE};
 
 const BUCKET: &str = "fleet";
 const MIB: usize = 1024 * 1024;
@@ -102,20 +102,11 @@ impl Mount {
 
     /// SIGTERM: the process unmounts and exits cleanly.
     fn sigterm(&mut self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("kill");
-        assert!(status.success());
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                assert!(status.success(), "{status}; log:\n{}", self.log_text());
-                break;
-            }
-            assert!(Instant::now() < deadline, "no exit after SIGTERM");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let pid = self.child.id().to_string();
+        let log = self.log.clone();
+        sigterm_and_wait(&mut self.child, &pid, || {
+            std::fs::read_to_string(&log).unwrap_or_default()
+        });
         assert!(!is_mounted(&self.point), "still mounted after SIGTERM");
     }
 }

@@ -150,20 +150,29 @@ impl Server {
 
     /// `kill -TERM pid`, then waits for a clean exit of the child.
     pub(crate) fn signal_and_wait(&mut self, pid: &str) {
-        let status = Command::new("kill")
-            .args(["-TERM", pid])
-            .status()
-            .expect("kill");
-        assert!(status.success());
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                assert!(status.success(), "{status}; log:\n{}", self.log_text());
-                return;
-            }
-            assert!(Instant::now() < deadline, "no exit after SIGTERM");
-            std::thread::sleep(Duration::from_millis(50));
+        let log = self.log.clone();
+        sigterm_and_wait(&mut self.child, pid, || {
+            std::fs::read_to_string(&log).unwrap_or_default()
+        });
+    }
+}
+
+/// `kill -TERM pid`, then waits for `child` (the process, or the wrapper running it) to exit
+/// cleanly; `log` says what it wrote if it does not.
+pub(crate) fn sigterm_and_wait(child: &mut Child, pid: &str, log: impl Fn() -> String) {
+    let status = Command::new("kill")
+        .args(["-TERM", pid])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            assert!(status.success(), "{status}; log:\n{}", log());
+            return;
         }
+        assert!(Instant::now() < deadline, "no exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

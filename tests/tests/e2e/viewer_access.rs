@@ -15,7 +15,8 @@ use serde_json::json;
 const PRESIGN: &str = "query($bucket: String!, $key: String!, $ttl: Int) {
     presignData(bucket: $bucket, key: $key, ttlSeconds: $ttl) { url path expiresAt } }";
 
-async fn presign(app: &TestApp, token: &str, key: &str, ttl: i64) -> String {
+/// A presigned `/data` URL (absolute) of `fleet/key`, valid `ttl` seconds.
+pub(crate) async fn presign(app: &TestApp, token: &str, key: &str, ttl: i64) -> String {
     let (_, body) = app
         .graphql(
             Some(token),

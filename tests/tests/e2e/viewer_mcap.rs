@@ -18,6 +18,8 @@ use milepost_schema::enums::Role;
 use milepost_store::ObjectKey;
 use milepost_testkit::browser::Browser;
 use milepost_testkit::TestApp;
+
+use crate::viewer_access::presign;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -237,24 +239,6 @@ async fn in_page(browser: &Browser, call: &str, args: Value) -> Result<Value, St
         Some(error) => Err(error.as_str().unwrap_or_default().to_owned()),
         None => Ok(answer["ok"].clone()),
     }
-}
-
-const PRESIGN: &str = "query($bucket: String!, $key: String!, $ttl: Int) {
-    presignData(bucket: $bucket, key: $key, ttlSeconds: $ttl) { url path expiresAt } }";
-
-/// A presigned `/data` URL of `key`, valid `ttl` seconds.
-async fn presign(app: &TestApp, token: &str, key: &str, ttl: i64) -> String {
-    let (_, body) = app
-        .graphql(
-            Some(token),
-            PRESIGN,
-            json!({ "bucket": BUCKET, "key": key, "ttl": ttl }),
-        )
-        .await;
-    let path = body["data"]["presignData"]["path"]
-        .as_str()
-        .unwrap_or_else(|| panic!("presignData: {body}"));
-    format!("{}{path}", app.base_url)
 }
 
 /// Reads `key` whole through `/data` (checking every byte against `bytes`) and waits until the
