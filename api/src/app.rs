@@ -122,7 +122,8 @@ impl AppState {
         cache_settings.concurrency = config.cache.concurrency;
         cache_settings.durability = config.cache.durability.into();
         cache_settings.office = config.office.clone();
-        let cache = OfficeCache::open(cache_settings, db.clone(), store.clone())
+        let tier = tier_settings(&config)?;
+        let cache = OfficeCache::open_with(cache_settings, db.clone(), store.clone(), tier)
             .await
             .context("cannot open the office cache")?;
         // Validated with the rest of the config; checked again for configs built in code.
@@ -254,6 +255,50 @@ pub fn upstream_settings(config: &Config) -> UpstreamSettings {
         force_path_style: config.upstream.force_path_style,
         ..UpstreamSettings::default()
     }
+}
+
+/// `[cache] tier = "s3"` as the cache wants it: a store of its own for the office tier
+/// (retried like the upstream's, metered apart so that tier traffic never counts as egress).
+/// `None` for the default disk tier.
+pub fn tier_settings(
+    config: &Config,
+) -> anyhow::Result<Option<milepost_cacher::cache::TierSettings>> {
+    use crate::config::CacheTier;
+    let cache = &config.cache;
+    if cache.tier == CacheTier::Disk {
+        return Ok(None);
+    }
+    if cache.tier_endpoint.trim().is_empty() || cache.tier_bucket.trim().is_empty() {
+        anyhow::bail!("cache.tier = \"s3\" needs cache.tier_endpoint and cache.tier_bucket");
+    }
+    let credentials = match (
+        cache.tier_access_key_id.is_empty(),
+        cache.tier_secret_access_key.is_empty(),
+    ) {
+        (true, true) => None,
+        (false, false) => Some(milepost_store::StaticCredentials::new(
+            cache.tier_access_key_id.clone(),
+            cache.tier_secret_access_key.clone(),
+        )),
+        _ => anyhow::bail!(
+            "cache.tier_access_key_id and cache.tier_secret_access_key go together: give both or neither"
+        ),
+    };
+    let settings = UpstreamSettings {
+        endpoint: Some(cache.tier_endpoint.trim().to_owned()),
+        region: cache.tier_region.clone(),
+        force_path_style: cache.tier_force_path_style,
+        credentials,
+        ..UpstreamSettings::default()
+    };
+    let store = milepost_store::build_store(&settings, Arc::new(EgressMeter::default()))
+        .context("cannot set up the office tier's S3 client ([cache] tier_*)")?;
+    Ok(Some(milepost_cacher::cache::TierSettings {
+        store,
+        bucket: cache.tier_bucket.clone(),
+        prefix: cache.tier_prefix.clone(),
+        part_size: milepost_store::DEFAULT_PART_SIZE,
+    }))
 }
 
 /// Opens the search index under the data directory. An index tantivy cannot read (another

@@ -15,7 +15,7 @@ use std::io::{BufWriter, Read as _, Seek as _, SeekFrom};
 use chrono::{DateTime, SecondsFormat};
 use sha2::{Digest as _, Sha256};
 
-use crate::cache::{CacheError, FetchContext, ObjectKey, OfficeCache};
+use crate::cache::{CacheError, FetchContext, LocalFile, ObjectKey, OfficeCache};
 use crate::datasets::TrimSpec;
 use crate::trim::{self, TrimError, TrimErrorKind, Trimmer, Window, FOOTER_READ};
 
@@ -119,12 +119,11 @@ pub(crate) async fn build(
         // Pinned now; still there unless evicted between the lookup and the pin.
         if cache.is_cached(&found) {
             unpin_stand_in(cache, holder, source, spec, &found);
-            let path = cache.content_path(&found);
-            let empty = match path {
-                Some(path) => tokio::task::spawn_blocking(move || local_is_empty(&path))
+            let empty = match cache.local_file(&found).await {
+                Ok(Some(local)) => tokio::task::spawn_blocking(move || local_is_empty(&local.path))
                     .await
                     .unwrap_or(false),
-                None => false,
+                _ => false,
             };
             return Ok(Built {
                 view: found,
@@ -185,17 +184,17 @@ async fn build_pinned(
     };
     let footer_at = source.size.saturating_sub(FOOTER_READ);
     let summary = async {
-        let (_, got) = fetch(footer_at, source.size - footer_at).await?;
+        let (entry, got) = fetch(footer_at, source.size - footer_at).await?;
         upstream += got.bytes_from_upstream;
-        let tail = read_file(&got.path).await?;
+        let tail = read_entry(cache, &entry).await?;
         let footer = match trim::parse_footer(&tail, source.size) {
             Ok(footer) => footer,
             Err(err) => return Ok(Err(err)),
         };
         let start = footer.summary_start;
-        let (_, got) = fetch(start, source.size - start).await?;
+        let (entry, got) = fetch(start, source.size - start).await?;
         upstream += got.bytes_from_upstream;
-        let region = read_file(&got.path).await?;
+        let region = read_entry(cache, &entry).await?;
         Ok::<_, CacheError>(trim::parse_summary(&region, &footer, source.size))
     }
     .await?;
@@ -235,9 +234,17 @@ async fn build_pinned(
             .iter()
             .map(|chunk| fetch(chunk.chunk_start_offset, chunk.chunk_length))
             .collect();
-        for (_, got) in futures::future::try_join_all(fetches).await? {
+        for (entry, got) in futures::future::try_join_all(fetches).await? {
             upstream += got.bytes_from_upstream;
-            chunk_files.push(got.path);
+            // Pinned by the scratch holder, so still cached; with the office tier, a local copy
+            // kept until the trim is written.
+            let local = cache
+                .local_file(&entry)
+                .await?
+                .ok_or_else(|| CacheError::NotCached {
+                    object: entry.to_string(),
+                })?;
+            chunk_files.push(local);
         }
     }
 
@@ -290,10 +297,14 @@ async fn build_pinned(
     })
 }
 
-async fn read_file(path: &std::path::Path) -> Result<Vec<u8>, CacheError> {
-    tokio::fs::read(path)
-        .await
-        .map_err(|err| CacheError::io("reading a cached range of an mcap log", err))
+/// The bytes of a cached range entry (pinned by the build's scratch holder).
+async fn read_entry(cache: &OfficeCache, entry: &ObjectKey) -> Result<Vec<u8>, CacheError> {
+    match cache.read_cached(entry, 0, entry.size).await? {
+        Some(bytes) => Ok(bytes.to_vec()),
+        None => Err(CacheError::NotCached {
+            object: entry.to_string(),
+        }),
+    }
 }
 
 /// Removes a staging file the trim wrote when the build fails or is dropped before the cache
@@ -336,7 +347,7 @@ fn write_trim(
     staging: &std::path::Path,
     summary: &trim::SourceSummary,
     plan: trim::TrimPlan,
-    chunk_files: &[std::path::PathBuf],
+    chunk_files: &[LocalFile],
 ) -> Result<(u64, u64), WriteError> {
     let file = std::fs::File::options()
         .write(true)
@@ -344,9 +355,9 @@ fn write_trim(
         .open(staging)?;
     let mut trimmer = Trimmer::new(BufWriter::new(file), summary, plan)?;
     let mut chunk = Vec::new();
-    for path in chunk_files {
+    for local in chunk_files {
         chunk.clear();
-        std::fs::File::open(path)?.read_to_end(&mut chunk)?;
+        std::fs::File::open(&local.path)?.read_to_end(&mut chunk)?;
         trimmer.add_chunk(&chunk)?;
     }
     let (out, stats) = trimmer.finish()?;

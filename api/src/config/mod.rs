@@ -222,6 +222,30 @@ pub struct CacheConfig {
     pub expiry_check: DurationSetting,
     /// When a downloaded object's bytes must be on disk before it counts as cached.
     pub durability: CacheDurability,
+    /// Where the cache keeps installed objects: `disk` (under the data directory) or `s3`
+    /// (the office tier, `tier_*` below: an S3-compatible cluster the office runs, which
+    /// replicates them; staging stays on local disk and reservations get no view directory).
+    pub tier: CacheTier,
+    /// The office tier's S3 endpoint (`http://garage.office:3900`).
+    pub tier_endpoint: String,
+    pub tier_region: String,
+    pub tier_bucket: String,
+    /// Prefix of the cache's keys in the tier bucket: empty, or ending in `/`.
+    pub tier_prefix: String,
+    pub tier_force_path_style: bool,
+    /// The tier's key pair (better given as `MILEPOST_CACHE_TIER_ACCESS_KEY_ID` and
+    /// `MILEPOST_CACHE_TIER_SECRET_ACCESS_KEY`); empty: the standard AWS chain.
+    pub tier_access_key_id: String,
+    pub tier_secret_access_key: String,
+}
+
+/// `cache.tier`: `disk` (the default) or `s3`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CacheTier {
+    #[default]
+    Disk,
+    S3,
 }
 
 /// `cache.durability`: `deferred` (installed at once, fsynced in the background; after an
@@ -253,6 +277,14 @@ impl Default for CacheConfig {
             egress_usd_per_gib: 0.09,
             expiry_check: DurationSetting(std::time::Duration::from_secs(30)),
             durability: CacheDurability::Deferred,
+            tier: CacheTier::Disk,
+            tier_endpoint: String::new(),
+            tier_region: "us-east-1".to_owned(),
+            tier_bucket: String::new(),
+            tier_prefix: String::new(),
+            tier_force_path_style: true,
+            tier_access_key_id: String::new(),
+            tier_secret_access_key: String::new(),
         }
     }
 }

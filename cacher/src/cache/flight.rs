@@ -21,8 +21,8 @@ use bytes::Bytes;
 use futures::{StreamExt as _, TryStreamExt as _};
 use tokio::sync::watch;
 
-use super::durability::Syncer;
-use super::{CacheError, FetchContext, Inner, Layout, ObjectKey, Victim};
+use super::content::{InstallKind, Opened};
+use super::{CacheError, CacheErrorKind, FetchContext, Inner, Layout, ObjectKey, Victim};
 use crate::digest::lanes::{self, LaneStream};
 use crate::digest::Md5;
 use milepost_store::{ByteRange, StoreError, Target};
@@ -55,8 +55,8 @@ impl RangeOrigin {
 /// it is a range of, as the office holds it at the lookup.
 #[derive(Debug)]
 pub(super) enum Local {
-    /// Cached: its content file. Evicted before the copy opens it, the range is downloaded.
-    Cached(PathBuf),
+    /// Cached (this whole object). Evicted before the copy opens it, the range is downloaded.
+    Cached(ObjectKey),
     /// Being downloaded: the bytes are copied from its staging file as they land (waiting
     /// for the ones needed); its failure is the range's.
     Flight(Arc<Flight>),
@@ -354,7 +354,7 @@ impl Inner {
         };
 
         // Only an install that fsyncs first waits for the disk (see `flush_behind`).
-        let sync_first = self.syncer.is_none();
+        let sync_first = self.content.flushes_behind();
         // A byte range says nothing about the MD5 of the object its ETag names.
         let single_part_md5 = flight
             .origin
@@ -430,16 +430,9 @@ impl Inner {
                 });
             }
         }
-        let content = self.layout.content_path(object);
-        install(
-            &file,
-            staging,
-            &content,
-            object,
-            self.syncer.as_deref(),
-            NameDurability::Lazy,
-        )
-        .await?;
+        self.content
+            .install(object, &file, staging, InstallKind::Download)
+            .await?;
         // Written behind, in a batch (see the recorder's docs): the bytes are verified and
         // in place, and a file whose row is lost is removed at the next start-up.
         self.recorder
@@ -469,20 +462,15 @@ impl Inner {
         let object = flight.object();
         let (_, base, _) = flight.source();
         let mut from = match local {
-            Local::Cached(path) => {
-                let path = path.clone();
-                let opened = blocking(
-                    format!("opening the cached object {object} is a byte range of"),
-                    move || match File::open(path) {
-                        Ok(file) => Ok(Some(file)),
-                        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
-                        Err(err) => Err(err),
-                    },
-                )
-                .await?;
-                match opened {
-                    Some(file) => From::File(Arc::new(file)),
-                    None => return Ok(false),
+            Local::Cached(whole) => {
+                match self.content.open(whole, base, base + object.size).await {
+                    Ok(Opened::File(file)) => From::File(file),
+                    Ok(Opened::Stream(stream)) => {
+                        self.copy_stream(flight, file, stream).await?;
+                        return Ok(true);
+                    }
+                    Err(err) if err.kind() == CacheErrorKind::NotFound => return Ok(false),
+                    Err(err) => return Err(err),
                 }
             }
             Local::Flight(whole) => From::Flight(whole, whole.subscribe()),
@@ -513,6 +501,49 @@ impl Inner {
             pos += len;
         }
         Ok(true)
+    }
+
+    /// Writes the bytes of `flight`'s entry, read from the office tier as `stream`, into
+    /// `file`, publishing each piece as landed.
+    async fn copy_stream(
+        &self,
+        flight: &Flight,
+        file: &Arc<File>,
+        mut stream: futures::stream::BoxStream<'static, Result<Bytes, CacheError>>,
+    ) -> Result<(), CacheError> {
+        let object = flight.object();
+        let mut pos = 0;
+        while let Some(chunk) = stream.next().await {
+            let mut chunk = chunk?;
+            while !chunk.is_empty() {
+                // Landed per part, as the read-through readers follow parts.
+                let part = pos / flight.part_size;
+                let part_end = ((part + 1) * flight.part_size).min(object.size);
+                let take = usize::try_from(part_end - pos)
+                    .unwrap_or(usize::MAX)
+                    .min(chunk.len());
+                let piece = chunk.split_to(take);
+                let target = Arc::clone(file);
+                let at = pos;
+                blocking(
+                    format!("copying {object} from the office tier"),
+                    move || target.write_all_at(&piece, at),
+                )
+                .await?;
+                flight.landed(part, take as u64);
+                pos += take as u64;
+            }
+        }
+        if pos != object.size {
+            return Err(CacheError::Corrupt {
+                object: object.to_string(),
+                reason: format!(
+                    "copied {pos} bytes from the office tier, expected {}",
+                    object.size
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// Downloads part `part` of `flight`'s object into `file`, feeding its bytes, in order, to
@@ -783,66 +814,6 @@ async fn flush_behind(flight: &Flight, sync_first: bool) -> Result<(), CacheErro
             return Ok(());
         }
     }
-}
-
-/// Moves the verified staging file into the content store, made durable first or, given a
-/// `syncer`, behind the install (see [`durability`](super::durability)).
-/// Whether an install's new name must be on disk before it returns.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum NameDurability {
-    /// A download: a rename lost to a power cut is a cache miss, never wrong bytes.
-    Lazy,
-    /// The only copy of an office upload, about to be acknowledged: the directory is fsynced
-    /// after the rename.
-    Durable,
-}
-
-pub(super) async fn install(
-    file: &Arc<File>,
-    staging: &Path,
-    content: &Path,
-    object: &ObjectKey,
-    syncer: Option<&Syncer>,
-    name: NameDurability,
-) -> Result<(), CacheError> {
-    let sync_first = match syncer {
-        Some(syncer) => !syncer.installing(object, Arc::clone(file)).await?,
-        None => true,
-    };
-    let file = Arc::clone(file);
-    let (staging, content) = (staging.to_owned(), content.to_owned());
-    blocking(
-        format!("installing {object} in the content store"),
-        move || {
-            if sync_first {
-                file.sync_all()?;
-            }
-            // Views are hard links to this file: read-only, so writing through a view cannot
-            // change the bytes every other reader of this version sees.
-            let mut permissions = file.metadata()?.permissions();
-            permissions.set_readonly(true);
-            std::fs::set_permissions(&staging, permissions)?;
-            // A download's rename is not made durable on its own (no directory fsync, which
-            // costs a journal commit per object): the bytes are, and a rename lost to a power
-            // cut leaves the file in staging, removed at start-up, while reconciliation drops
-            // the entry whose content file is missing. A miss, never wrong bytes. An office
-            // upload has no other copy: its name is made durable too.
-            let parent = content.parent().unwrap_or(Path::new("."));
-            match std::fs::rename(&staging, &content) {
-                // The fan-out directories are made at start-up; one removed since comes back.
-                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-                    std::fs::create_dir_all(parent)?;
-                    std::fs::rename(&staging, &content)?;
-                }
-                other => other?,
-            }
-            if name == NameDurability::Durable {
-                File::open(parent)?.sync_all()?;
-            }
-            Ok(())
-        },
-    )
-    .await
 }
 
 /// Runs blocking file I/O off the runtime; errors name `context`.

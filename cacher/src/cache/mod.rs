@@ -1,7 +1,8 @@
-//! The office cache: a content store on local disk keyed by (bucket, key, ETag), filled from
-//! the upstream store with parallel ranged GETs, one download per object however many callers
-//! need it (single-flight), read through while it downloads, evicted in LRU order among
-//! unpinned entries, with views of hard links for reservations and an egress ledger.
+//! The office cache: a content store (local disk, or the office S3 tier: `content/`) keyed
+//! by (bucket, key, ETag), filled from the upstream store with parallel ranged GETs, one
+//! download per object however many callers need it (single-flight), read through while it
+//! downloads, evicted in LRU order among unpinned entries, with views of hard links for
+//! reservations (on local disk) and an egress ledger.
 //!
 //! - [`OfficeCache`] is the service object; `mod.rs` holds its public calls.
 //! - [`CacheBook`] (`book.rs`) is the bookkeeping as a pure structure with its invariants.
@@ -33,6 +34,7 @@
 
 mod book;
 mod buffers;
+mod content;
 mod durability;
 mod entries;
 mod error;
@@ -51,6 +53,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use futures::stream::BoxStream;
 use sea_orm::DatabaseConnection;
 use tokio::sync::{watch, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -63,12 +66,14 @@ pub(crate) use milepost_store::ObjectKey;
 use milepost_store::{ByteRange, ObjectStore};
 
 pub use book::{CacheBook, EntryState, Full, Overcommitted};
+pub use content::TierSettings;
 pub use durability::Durability;
 pub use error::{CacheError, CacheErrorKind};
 pub use held::{Held, HELD_HOLDER};
 pub use types::{CacheRead, CacheSettings, CacheStatsSnapshot, FetchContext, FetchOutcome};
 
 use buffers::ChunkPool;
+use content::{ContentStore, DiskContent, InstallKind, Opened, TierContent};
 use durability::Syncer;
 use flight::{Flight, FlightEnd, Local, RangeOrigin};
 use layout::Layout;
@@ -98,9 +103,8 @@ struct Inner {
     state: Mutex<State>,
     counters: Counters,
     recorder: Recorder,
-    /// Fsyncs installed downloads behind them ([`Durability::Deferred`]); `None`: each is
-    /// fsynced before its install.
-    syncer: Option<Arc<Syncer>>,
+    /// Where installed entries' bytes are: local files or the office tier.
+    content: Arc<dyn ContentStore>,
     /// Downloads and deletions in progress.
     tasks: TaskTracker,
     /// Stops downloads at shutdown.
@@ -138,8 +142,8 @@ struct Victim {
 
 /// What a caller needing an object finds.
 enum Lookup {
-    /// Cached: its content file.
-    Hit(PathBuf),
+    /// Cached.
+    Hit,
     /// Downloading (`started`: by this caller).
     Flight { flight: Arc<Flight>, started: bool },
     /// Being deleted, or no room until an unpinned download in progress ends: wait for the
@@ -169,6 +173,19 @@ impl OfficeCache {
         db: DatabaseConnection,
         store: Arc<dyn ObjectStore>,
     ) -> Result<Arc<OfficeCache>, CacheError> {
+        Self::open_with(settings, db, store, None).await
+    }
+
+    /// [`open`](Self::open) with the content store in the office tier `tier` when given
+    /// (`[cache] tier = "s3"`) instead of `objects/` under the root; staging stays on the
+    /// local disk, and there are no views (see [`keeps_views`](Self::keeps_views)).
+    /// Reconciliation compares the tier's listing with the table.
+    pub async fn open_with(
+        settings: CacheSettings,
+        db: DatabaseConnection,
+        store: Arc<dyn ObjectStore>,
+        tier: Option<TierSettings>,
+    ) -> Result<Arc<OfficeCache>, CacheError> {
         settings.validate()?;
         let layout = Layout::new(&settings.root);
         let book = CacheBook::new(
@@ -176,19 +193,35 @@ impl OfficeCache {
             settings.high_watermark,
             settings.low_watermark,
         );
-        let boot_id = durability::boot_id();
-        let book = reconcile::reconcile(&layout, &db, book, boot_id.clone()).await?;
-        let recorder = Recorder::start(db.clone(), settings.office.clone());
-        let syncer = match (settings.durability, boot_id) {
-            (Durability::Deferred, Some(boot_id)) => {
-                Some(Syncer::start(layout.root.clone(), boot_id))
+        let (book, content): (_, Arc<dyn ContentStore>) = match tier {
+            None => {
+                let boot_id = durability::boot_id();
+                let book = reconcile::reconcile(&layout, &db, book, boot_id.clone()).await?;
+                let syncer = match (settings.durability, boot_id) {
+                    (Durability::Deferred, Some(boot_id)) => {
+                        Some(Syncer::start(layout.root.clone(), boot_id))
+                    }
+                    (Durability::Deferred, None) => {
+                        tracing::warn!("the kernel gives no boot id: every download is fsynced before it is installed (cache durability immediate)");
+                        None
+                    }
+                    (Durability::Immediate, _) => None,
+                };
+                (
+                    book,
+                    Arc::new(DiskContent::new(layout.root.clone(), syncer)),
+                )
             }
-            (Durability::Deferred, None) => {
-                tracing::warn!("the kernel gives no boot id: every download is fsynced before it is installed (cache durability immediate)");
-                None
+            Some(tier) => {
+                tier.validate()?;
+                let tier = TierContent::new(tier);
+                tier.check().await?;
+                let book = reconcile::reconcile_tier(&layout, &db, book, &tier).await?;
+                (book, Arc::new(tier))
             }
-            (Durability::Immediate, _) => None,
         };
+        tracing::info!(content = %content.describe(), "office cache content store");
+        let recorder = Recorder::start(db.clone(), settings.office.clone());
         let inner = Arc::new(Inner {
             permits: Semaphore::new(settings.concurrency),
             read_buffers: ChunkPool::new(
@@ -205,7 +238,7 @@ impl OfficeCache {
             }),
             counters: Counters::default(),
             recorder,
-            syncer,
+            content,
             tasks: TaskTracker::new(),
             stop: CancellationToken::new(),
             downloads_ended: watch::channel(()).0,
@@ -263,10 +296,10 @@ impl OfficeCache {
     ) -> Result<FetchOutcome, CacheError> {
         loop {
             match self.inner.lookup(object, origin, ctx)? {
-                Lookup::Hit(path) => {
+                Lookup::Hit => {
                     self.inner.counters.hits.fetch_add(1, Ordering::Relaxed);
                     return Ok(FetchOutcome {
-                        path,
+                        path: self.inner.content.local_path(object),
                         bytes_from_upstream: 0,
                         hit: true,
                     });
@@ -279,7 +312,7 @@ impl OfficeCache {
                     self.inner.counters.misses.fetch_add(1, Ordering::Relaxed);
                     let downloaded = flight.wait(progress).await?;
                     return Ok(FetchOutcome {
-                        path: self.inner.layout.content_path(object),
+                        path: self.inner.content.local_path(object),
                         bytes_from_upstream: if started { downloaded } else { 0 },
                         hit: false,
                     });
@@ -315,8 +348,9 @@ impl OfficeCache {
         let mut vanished = 0;
         loop {
             let (source, hit) = match self.inner.lookup(object, None, ctx)? {
-                Lookup::Hit(path) => match stream::open(&path, object).await {
-                    Ok(file) => (Source::File(file), true),
+                Lookup::Hit => match self.inner.content.open(object, start, end + 1).await {
+                    Ok(Opened::File(file)) => (Source::File(file), true),
+                    Ok(Opened::Stream(stream)) => (Source::Stream(stream), true),
                     // Evicted between the lookup and the open: look again.
                     Err(err) if err.kind() == CacheErrorKind::NotFound && vanished < 3 => {
                         vanished += 1;
@@ -351,7 +385,7 @@ impl OfficeCache {
                     object.clone(),
                     start,
                     end,
-                    record,
+                    Some(record),
                     Arc::clone(&self.inner.read_buffers),
                 ),
             });
@@ -437,12 +471,12 @@ impl OfficeCache {
     /// as `object` (its `size` must be the file's): admission and eviction as for a download,
     /// then fsync, read-only, rename from `staging` and the `cache_entries` row. If `object`
     /// is cached already (built by someone else meanwhile), the staging file is removed and
-    /// the cached one returned. Errors: [`Full`](CacheErrorKind::Full), [`Io`](CacheErrorKind::Io).
+    /// the cached one kept. Errors: [`Full`](CacheErrorKind::Full), [`Io`](CacheErrorKind::Io).
     pub async fn insert_file(
         &self,
         object: &ObjectKey,
         staging: PathBuf,
-    ) -> Result<PathBuf, CacheError> {
+    ) -> Result<(), CacheError> {
         self.install_built(object, staging, false).await
     }
 
@@ -456,7 +490,7 @@ impl OfficeCache {
         &self,
         object: &ObjectKey,
         staging: PathBuf,
-    ) -> Result<PathBuf, CacheError> {
+    ) -> Result<(), CacheError> {
         self.install_built(object, staging, true).await
     }
 
@@ -498,20 +532,7 @@ impl OfficeCache {
                 _ => return Ok(upstream),
             }
         }
-        let (from, to) = (
-            inner.layout.content_path(object),
-            inner.layout.content_path(&upstream),
-        );
-        let linked = flight::blocking(format!("linking the cache entry of {object}"), move || {
-            if let Some(dir) = to.parent() {
-                std::fs::create_dir_all(dir)?;
-            }
-            match std::fs::hard_link(from, to) {
-                Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-                other => other,
-            }
-        })
-        .await;
+        let linked = inner.content.alias(object, &upstream).await;
         let recorded = match linked {
             Ok(()) => {
                 entries::upsert_ready(&inner.db, &upstream, &Layout::content_relative(&upstream))
@@ -552,7 +573,7 @@ impl OfficeCache {
         object: &ObjectKey,
         staging: PathBuf,
         dirty: bool,
-    ) -> Result<PathBuf, CacheError> {
+    ) -> Result<(), CacheError> {
         enum Step {
             Cached,
             Wait(watch::Receiver<()>),
@@ -604,19 +625,13 @@ impl OfficeCache {
                         // The same bytes are cached already, perhaps as a download whose file
                         // and name are not on disk yet (deferred durability): they are the
                         // office's only copy from now on.
-                        let content = inner.layout.content_path(object);
-                        flight::blocking(format!("making {object} durable"), move || {
-                            std::fs::File::open(&content)?.sync_all()?;
-                            let parent = content.parent().unwrap_or(std::path::Path::new("."));
-                            std::fs::File::open(parent)?.sync_all()
-                        })
-                        .await?;
+                        inner.content.make_durable(object).await?;
                         let relative = Layout::content_relative(object);
                         inner.settle_entry_rows().await;
                         entries::upsert(&inner.db, object, &relative, CacheEntryState::Dirty)
                             .await?;
                     }
-                    return Ok(inner.layout.content_path(object));
+                    return Ok(());
                 }
                 Step::Wait(mut gate) => {
                     let _ = gate.changed().await;
@@ -637,7 +652,6 @@ impl OfficeCache {
             let (inner, object) = (Arc::clone(inner), object.clone());
             self.inner.tasks.spawn(async move {
                 inner.delete_victims(victims).await;
-                let content = inner.layout.content_path(&object);
                 let installed = async {
                     let file = flight::blocking(format!("opening the built file of {object}"), {
                         let staging = staging.clone();
@@ -645,12 +659,14 @@ impl OfficeCache {
                     })
                     .await?;
                     // The only copy until written back: durable before it is installed.
-                    let name = if dirty {
-                        flight::NameDurability::Durable
+                    let kind = if dirty {
+                        InstallKind::Upload
                     } else {
-                        flight::NameDurability::Lazy
+                        InstallKind::Built
                     };
-                    flight::install(&Arc::new(file), &staging, &content, &object, None, name)
+                    inner
+                        .content
+                        .install(&object, &Arc::new(file), &staging, kind)
                         .await?;
                     let relative = Layout::content_relative(&object);
                     inner.settle_entry_rows().await;
@@ -681,7 +697,7 @@ impl OfficeCache {
                 }
                 inner.downloads_ended.send_replace(());
                 match installed {
-                    Ok(()) => Ok(content),
+                    Ok(()) => Ok(()),
                     Err(err) => {
                         flight::remove_quietly(staging).await;
                         Err(err)
@@ -749,10 +765,121 @@ impl OfficeCache {
         self.inner.lock().book.is_ready(object)
     }
 
-    /// The content file of `object`, if it is cached.
+    /// The content file of `object`, if it is cached and the content store keeps local files
+    /// (not with the office tier: see [`read_content`](Self::read_content) and
+    /// [`local_file`](Self::local_file)).
     pub fn content_path(&self, object: &ObjectKey) -> Option<PathBuf> {
-        self.is_cached(object)
-            .then(|| self.inner.layout.content_path(object))
+        if !self.is_cached(object) {
+            return None;
+        }
+        self.inner.content.local_path(object)
+    }
+
+    /// The name of `object`'s content in the content store (`objects/<xx>/<sha256>`, under
+    /// the root or the tier's prefix), as `cache_entries` and the write-back journal record it.
+    pub fn content_name(object: &ObjectKey) -> String {
+        Layout::content_relative(object)
+    }
+
+    /// Whether reservations get views (directories of hard links): only when the content
+    /// store keeps local files.
+    pub fn keeps_views(&self) -> bool {
+        self.inner
+            .content
+            .local_path(&ObjectKey::new("", "", "", 0))
+            .is_some()
+    }
+
+    /// Whether `a` and `b` are cached as one content (an office write S3 named with another
+    /// ETag: [`mark_clean`](Self::mark_clean)).
+    pub async fn same_content(&self, a: &ObjectKey, b: &ObjectKey) -> bool {
+        self.is_cached(a) && self.is_cached(b) && self.inner.content.same_content(a, b).await
+    }
+
+    /// Bytes `start..=end` of `object` as a stream, if it is cached: from its content (a local
+    /// file or the office tier), without an upstream request, a ledger row or an access. For
+    /// the write-back's uploads and the gateway's reads of office writes. `None` when it is not
+    /// cached (evicted meanwhile).
+    pub async fn read_content(
+        &self,
+        object: &ObjectKey,
+        start: u64,
+        end: u64,
+    ) -> Result<Option<BoxStream<'static, Result<bytes::Bytes, CacheError>>>, CacheError> {
+        if start > end || end >= object.size {
+            return Err(CacheError::InvalidRange {
+                object: object.to_string(),
+                range: format!("bytes={start}-{end}"),
+                size: object.size,
+            });
+        }
+        if !self.is_cached(object) {
+            return Ok(None);
+        }
+        let source = match self.inner.content.open(object, start, end + 1).await {
+            Ok(Opened::File(file)) => Source::File(file),
+            Ok(Opened::Stream(stream)) => Source::Stream(stream),
+            Err(err) if err.kind() == CacheErrorKind::NotFound => return Ok(None),
+            Err(err) => return Err(err),
+        };
+        Ok(Some(stream::range_stream(
+            source,
+            object.clone(),
+            start,
+            end,
+            None,
+            Arc::clone(&self.inner.read_buffers),
+        )))
+    }
+
+    /// `object`'s content as a local file, if it is cached: its content file, or with the
+    /// office tier a copy in `staging/` removed when the returned value is dropped. For readers
+    /// that need a file (the trimmer's writer, multipart uploads). `None` when it is not cached.
+    pub async fn local_file(&self, object: &ObjectKey) -> Result<Option<LocalFile>, CacheError> {
+        if !self.is_cached(object) {
+            return Ok(None);
+        }
+        if let Some(path) = self.inner.content.local_path(object) {
+            return Ok(Some(LocalFile {
+                path,
+                scratch: false,
+            }));
+        }
+        let path = self.inner.layout.staging_path(object);
+        let mut scratch = LocalFile {
+            path: path.clone(),
+            scratch: true,
+        };
+        let stream = if object.size == 0 {
+            None
+        } else {
+            match self.read_content(object, 0, object.size - 1).await? {
+                Some(stream) => Some(stream),
+                None => {
+                    scratch.scratch = false;
+                    return Ok(None);
+                }
+            }
+        };
+        let mut file = tokio::fs::File::create(&path).await.map_err(|err| {
+            CacheError::io(format!("copying {object} to {}", path.display()), err)
+        })?;
+        if let Some(mut stream) = stream {
+            use futures::StreamExt as _;
+            use tokio::io::AsyncWriteExt as _;
+            while let Some(chunk) = stream.next().await {
+                file.write_all(&chunk?).await.map_err(|err| {
+                    CacheError::io(format!("copying {object} to {}", path.display()), err)
+                })?;
+            }
+        }
+        // tokio's file writes in the background: done only once flushed.
+        tokio::io::AsyncWriteExt::flush(&mut file)
+            .await
+            .map_err(|err| {
+                CacheError::io(format!("copying {object} to {}", path.display()), err)
+            })?;
+        Ok(Some(scratch))
     }
 
     /// Bytes `start..end_exclusive` of `object` if it is in the content store (an office
@@ -776,24 +903,13 @@ impl OfficeCache {
                 size: object.size,
             });
         }
-        let Some(path) = self.content_path(object) else {
+        if !self.is_cached(object) {
             return Ok(None);
-        };
+        }
         let len = usize::try_from(end_exclusive - start).map_err(|err| {
             CacheError::io(format!("reading {object}"), std::io::Error::other(err))
         })?;
-        flight::blocking(format!("reading the cached bytes of {object}"), move || {
-            use std::os::unix::fs::FileExt as _;
-            let file = match std::fs::File::open(path) {
-                Ok(file) => file,
-                Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-                Err(err) => return Err(err),
-            };
-            let mut buf = vec![0; len];
-            file.read_exact_at(&mut buf, start)?;
-            Ok(Some(bytes::Bytes::from(buf)))
-        })
-        .await
+        self.inner.content.read_at(object, start, len).await
     }
 
     /// Capacity, usage and the counters since start (the api adds the ledger's totals).
@@ -838,8 +954,24 @@ impl OfficeCache {
         self.inner.tasks.close();
         self.inner.tasks.wait().await;
         self.inner.recorder.shutdown().await;
-        if let Some(syncer) = &self.inner.syncer {
-            syncer.finish().await;
+        self.inner.content.shutdown().await;
+    }
+}
+
+/// A cached object's content as a local file ([`OfficeCache::local_file`]); a scratch copy
+/// is removed on drop.
+#[derive(Debug)]
+pub struct LocalFile {
+    pub path: PathBuf,
+    scratch: bool,
+}
+
+impl Drop for LocalFile {
+    fn drop(&mut self) {
+        if self.scratch {
+            if let Err(err) = std::fs::remove_file(&self.path) {
+                tracing::warn!(path = %self.path.display(), error = %err, "cannot remove a scratch copy of a cache entry");
+            }
         }
     }
 }
@@ -881,7 +1013,7 @@ impl Inner {
             state.book.touch(object);
             drop(state);
             self.recorder.touch(object);
-            return Ok(Lookup::Hit(self.layout.content_path(object)));
+            return Ok(Lookup::Hit);
         }
         if let Some(flight) = state.flights.get(object) {
             return Ok(Lookup::Flight {
@@ -900,7 +1032,7 @@ impl Inner {
         if let Some(whole) = &whole {
             if state.book.is_ready(whole) {
                 state.book.touch(whole);
-                local = Some(Local::Cached(self.layout.content_path(whole)));
+                local = Some(Local::Cached(whole.clone()));
             } else if let Some(flight) = state.flights.get(whole) {
                 local = Some(Local::Flight(Arc::clone(flight)));
             }
@@ -981,7 +1113,7 @@ impl Inner {
         }
         self.settle_entry_rows().await;
         for victim in victims {
-            flight::remove_quietly(self.layout.content_path(&victim.object)).await;
+            self.content.remove(&victim.object).await;
             if let Err(err) = entries::delete(&self.db, &victim.object).await {
                 tracing::warn!(object = %victim.object, error = %err, "cannot delete an evicted cache entry's row");
             }

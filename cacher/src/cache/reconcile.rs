@@ -12,6 +12,7 @@ use milepost_schema::entity::cache_entry;
 use milepost_schema::enums::CacheEntryState;
 use sea_orm::DatabaseConnection;
 
+use super::content::TierContent;
 use super::durability::{self, Recovery};
 use super::flight::blocking;
 use super::layout::{Layout, OBJECTS};
@@ -257,6 +258,84 @@ pub(super) async fn reconcile(
             "office cache opened, disk and table agree"
         );
     }
+    Ok(book)
+}
+
+/// [`reconcile`] with the content store in the office tier: the local staging and view
+/// temporaries are cleared as on disk; the tier's listing wins for bytes (a row whose tier
+/// object is missing or has the wrong size is dropped) and the table for existence (a tier
+/// object without a row is deleted). There is no unsynced marker: the tier acknowledges an
+/// install only once it holds the bytes.
+pub(super) async fn reconcile_tier(
+    layout: &Layout,
+    db: &DatabaseConnection,
+    mut book: CacheBook,
+    tier: &TierContent,
+) -> Result<CacheBook, CacheError> {
+    let mut fixed = Fixed::default();
+    let (staging, views) = (layout.staging.clone(), layout.views.clone());
+    let root = layout.root.display().to_string();
+    (fixed.staging_removed, fixed.view_temps_removed) =
+        blocking(format!("preparing the cache directory {root}"), move || {
+            for dir in [&staging, &views] {
+                std::fs::create_dir_all(dir)?;
+            }
+            Ok((clear_dir(&staging)?, remove_view_temps(&views)?))
+        })
+        .await?;
+    let listed = tier.list().await?;
+    let rows = entries::load_all(db).await?;
+    let mut drop_ids = Vec::new();
+    let mut known = HashSet::new();
+    let mut write_back = Vec::new();
+    for row in rows {
+        let object = object_of(&row);
+        let relative = Layout::content_relative(&object);
+        if row.state == CacheEntryState::Staging {
+            fixed.rows_staging += 1;
+            drop_ids.push(row.id);
+            continue;
+        }
+        match listed.get(&relative) {
+            None => {
+                tracing::warn!(object = %object, etag = %object.etag, "dropping a cache entry missing from the office tier");
+                fixed.rows_missing_file += 1;
+                drop_ids.push(row.id);
+            }
+            Some(&size) if size != object.size => {
+                tracing::warn!(object = %object, etag = %object.etag, expected = object.size, actual = size, "dropping a cache entry whose tier object has the wrong size");
+                fixed.rows_wrong_size += 1;
+                drop_ids.push(row.id);
+            }
+            Some(_) => {
+                known.insert(relative);
+                if row.state == CacheEntryState::Dirty {
+                    write_back.push(object.clone());
+                }
+                let size = object.size;
+                book.insert(object, size);
+            }
+        }
+    }
+    entries::delete_ids(db, &drop_ids).await?;
+    for relative in listed.keys().filter(|relative| !known.contains(*relative)) {
+        tracing::debug!(object = %relative, "removing an orphan from the office tier");
+        tier.remove_relative(relative).await?;
+        fixed.orphans_removed += 1;
+    }
+    book.pin(WRITE_BACK_HOLDER, &write_back);
+    tracing::info!(
+        root,
+        entries = book.ready_count(),
+        used = book.used(),
+        staging_removed = fixed.staging_removed,
+        view_temps_removed = fixed.view_temps_removed,
+        rows_staging = fixed.rows_staging,
+        rows_missing = fixed.rows_missing_file,
+        rows_wrong_size = fixed.rows_wrong_size,
+        orphans_removed = fixed.orphans_removed,
+        "office cache opened on the office tier"
+    );
     Ok(book)
 }
 

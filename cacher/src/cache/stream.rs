@@ -14,7 +14,6 @@
 
 use std::fs::File;
 use std::os::unix::fs::FileExt as _;
-use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -44,25 +43,8 @@ pub(super) enum Source {
         flight: Arc<Flight>,
         progress: watch::Receiver<Progress>,
     },
-}
-
-/// Opens a content file; a missing file is [`NotCached`](CacheError::NotCached).
-pub(super) async fn open(path: &Path, object: &ObjectKey) -> Result<Arc<File>, CacheError> {
-    let path = path.to_owned();
-    match tokio::task::spawn_blocking(move || File::open(path)).await {
-        Ok(Ok(file)) => Ok(Arc::new(file)),
-        Ok(Err(err)) if err.kind() == std::io::ErrorKind::NotFound => Err(CacheError::NotCached {
-            object: object.to_string(),
-        }),
-        Ok(Err(err)) => Err(CacheError::io(
-            format!("opening the content file of {object}"),
-            err,
-        )),
-        Err(join) => Err(CacheError::io(
-            format!("opening the content file of {object}"),
-            std::io::Error::other(join),
-        )),
-    }
+    /// Exactly the bytes asked for, as they arrive (content in the office tier).
+    Stream(BoxStream<'static, Result<Bytes, CacheError>>),
 }
 
 struct Reader {
@@ -72,7 +54,8 @@ struct Reader {
     pos: u64,
     /// One past the last byte to yield.
     end: u64,
-    record: ServeRecord,
+    /// Counts what a client is served (none for the cache's own reads).
+    record: Option<ServeRecord>,
     failed: bool,
     pool: Arc<ChunkPool>,
     /// The mapping of the window at `pos` of a content file, started when the one before it
@@ -86,7 +69,7 @@ pub(super) fn range_stream(
     object: ObjectKey,
     start: u64,
     end: u64,
-    record: ServeRecord,
+    record: Option<ServeRecord>,
     pool: Arc<ChunkPool>,
 ) -> BoxStream<'static, Result<Bytes, CacheError>> {
     let reader = Reader {
@@ -106,7 +89,9 @@ pub(super) fn range_stream(
         match reader.next_chunk().await {
             Ok(chunk) => {
                 reader.pos += chunk.len() as u64;
-                reader.record.served(chunk.len() as u64);
+                if let Some(record) = &mut reader.record {
+                    record.served(chunk.len() as u64);
+                }
                 Some((Ok(chunk), reader))
             }
             Err(err) => {
@@ -120,7 +105,29 @@ pub(super) fn range_stream(
 
 impl Reader {
     async fn next_chunk(&mut self) -> Result<Bytes, CacheError> {
+        if let Source::Stream(stream) = &mut self.source {
+            let chunk = stream.next().await.unwrap_or_else(|| {
+                Err(CacheError::Corrupt {
+                    object: self.object.to_string(),
+                    reason: format!("its content ended {} bytes short", self.end - self.pos),
+                })
+            })?;
+            if chunk.len() as u64 > self.end - self.pos {
+                return Err(CacheError::Corrupt {
+                    object: self.object.to_string(),
+                    reason: "its content is longer than the range asked".to_owned(),
+                });
+            }
+            return Ok(chunk);
+        }
         let read = match (self.ahead.take(), &mut self.source) {
+            // Read above: a stream has no windows to map or files to read.
+            (_, Source::Stream(_)) => {
+                return Err(CacheError::io(
+                    format!("reading the cached bytes of {}", self.object),
+                    std::io::Error::other("a stream source read as a file"),
+                ))
+            }
             (Some(mapping), _) => mapping,
             (None, Source::File(file)) => map(Arc::clone(file), self.pos, self.end - self.pos),
             (None, Source::Flight { flight, progress }) => {

@@ -95,8 +95,9 @@ pub struct FetchContext {
 /// The result of [`OfficeCache::fetch`](super::OfficeCache::fetch).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FetchOutcome {
-    /// The content file (read-only; never write to it).
-    pub path: PathBuf,
+    /// The content file (read-only; never write to it), when the content store keeps local
+    /// files (not with the office tier).
+    pub path: Option<PathBuf>,
     /// Bytes this call caused to come from upstream: 0 on a hit, or when it joined a fetch
     /// another caller started.
     pub bytes_from_upstream: u64,

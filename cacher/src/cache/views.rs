@@ -47,16 +47,20 @@ pub(super) async fn create(
                 object: format!("{first}{more}"),
             });
         }
-        by_path
-            .iter()
-            .map(|(relative, object)| {
-                (
-                    inner.layout.content_path(object),
-                    relative.clone(),
-                    object.to_string(),
-                )
-            })
-            .collect()
+        let mut links = Vec::with_capacity(by_path.len());
+        for (relative, object) in &by_path {
+            let Some(content) = inner.content.local_path(object) else {
+                return Err(CacheError::invalid(
+                    format!("view `{name}`"),
+                    format!(
+                        "the content store ({}) keeps no local files to link",
+                        inner.content.describe()
+                    ),
+                ));
+            };
+            links.push((content, relative.clone(), object.to_string()));
+        }
+        links
     };
     let temp = inner.layout.view_temp_path(name);
     let target = inner.layout.views.join(name);

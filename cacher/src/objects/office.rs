@@ -431,16 +431,8 @@ impl OfficeObjects {
     /// names as one file (a hard link). A client reading the object in several ranged GETs
     /// with `If-Match` (the AWS CLI does) must not fail because the name changed under it.
     async fn names_same_bytes(&self, current: &ObjectKey, etag: &str) -> bool {
-        use std::os::unix::fs::MetadataExt as _;
         let other = ObjectKey::new(&current.bucket, &current.key, bare_etag(etag), current.size);
-        let cache = self.write_back.cache();
-        let (Some(a), Some(b)) = (cache.content_path(current), cache.content_path(&other)) else {
-            return false;
-        };
-        match (tokio::fs::metadata(a).await, tokio::fs::metadata(b).await) {
-            (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
-            _ => false,
-        }
+        self.write_back.cache().same_content(current, &other).await
     }
 
     /// PUT: stages `body` with `checks`, and makes it the office's version of `bucket/key`,

@@ -138,14 +138,14 @@ impl Inner {
 
     /// Writes progress `(objects done, bytes done, bytes from upstream this run)` of a
     /// materializing reservation; with `ready_at` (view, notes), also moves it to `ready` with
-    /// that view, the bytes done as its total (trimmed files are only sized once built) and
+    /// that view (none when the content store keeps no local files), the bytes done as its total (trimmed files are only sized once built) and
     /// the notes. `false` when it is no longer materializing.
     pub(super) async fn write_progress(
         &self,
         id: &str,
         (objects, bytes, upstream): (u64, u64, u64),
         base_upstream: u64,
-        ready_at: Option<(String, Vec<String>)>,
+        ready_at: Option<(Option<String>, Vec<String>)>,
     ) -> Result<bool, DbError> {
         let as_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
         let upstream = as_i64(base_upstream.saturating_add(upstream));
@@ -167,7 +167,7 @@ impl Inner {
                             reservation::Column::State,
                             Expr::value(ReservationState::Ready),
                         )
-                        .col_expr(reservation::Column::LocalPath, Expr::value(Some(path)))
+                        .col_expr(reservation::Column::LocalPath, Expr::value(path))
                         .col_expr(reservation::Column::BytesTotal, Expr::value(as_i64(bytes)))
                         .col_expr(
                             reservation::Column::Notes,

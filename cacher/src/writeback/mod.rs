@@ -579,11 +579,8 @@ impl WriteBack {
             return Err(err);
         }
         let object = ObjectKey::new(bucket, key, etag, size);
-        let content = inner.cache.insert_dirty(&object, staged).await?;
-        let relative = content
-            .strip_prefix(&inner.cache.settings().root)
-            .map(|p| p.to_string_lossy().into_owned())
-            .ok();
+        inner.cache.insert_dirty(&object, staged).await?;
+        let relative = Some(OfficeCache::content_name(&object));
         let (row, superseded) = journal::enqueue(
             &inner.db,
             journal::NewTransfer {

@@ -11,8 +11,6 @@ use base64::Engine as _;
 use bytes::Bytes;
 use futures::StreamExt as _;
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
-use tokio_util::io::ReaderStream;
 
 use super::{OfficeVersion, WriteBack, WriteBackError, WriteBackErrorKind, WriteCondition};
 use milepost_store::{
@@ -315,26 +313,29 @@ impl ObjectStore for OfficeStore {
                     range: range.to_string(),
                 })?,
         };
-        let len = if object.size == 0 { 0 } else { end - start + 1 };
-        let path = self
-            .write_back
-            .cache()
-            .content_path(object)
-            .ok_or_else(|| {
-                StoreError::unavailable(target(), "the office copy is not in the cache")
-            })?;
-        let mut file = tokio::fs::File::open(&path)
-            .await
-            .map_err(|err| StoreError::unavailable(target(), err.to_string()))?;
-        file.seek(std::io::SeekFrom::Start(start))
-            .await
-            .map_err(|err| StoreError::unavailable(target(), err.to_string()))?;
-        let body_target = target();
-        let body = ReaderStream::with_capacity(file.take(len), 1024 * 1024)
-            .map(move |chunk| {
-                chunk.map_err(|err| StoreError::unavailable(body_target.clone(), err.to_string()))
-            })
-            .boxed();
+        let cache = self.write_back.cache();
+        let not_cached =
+            || StoreError::unavailable(target(), "the office copy is not in the cache");
+        let body = if object.size == 0 {
+            if !cache.is_cached(object) {
+                return Err(not_cached());
+            }
+            futures::stream::empty().boxed()
+        } else {
+            let content = cache
+                .read_content(object, start, end)
+                .await
+                .map_err(|err| StoreError::unavailable(target(), err.to_string()))?
+                .ok_or_else(not_cached)?;
+            let body_target = target();
+            content
+                .map(move |chunk| {
+                    chunk.map_err(|err| {
+                        StoreError::unavailable(body_target.clone(), err.to_string())
+                    })
+                })
+                .boxed()
+        };
         Ok(GetResponse {
             meta,
             range: (range != ByteRange::All).then_some((start, end)),

@@ -390,12 +390,19 @@ async fn upload(
     object: &ObjectKey,
     metadata: &ObjectMetadata,
 ) -> Result<String, UploadError> {
-    let Some(path) = inner.cache.content_path(object) else {
+    // With the office tier, a scratch copy on this node's disk, removed when the upload ends.
+    let local = inner
+        .cache
+        .local_file(object)
+        .await
+        .map_err(|err| UploadError::Local(WriteBackError::Cache(err)))?;
+    let Some(local) = local else {
         return Err(UploadError::Local(WriteBackError::io(
             format!("reading the office copy of {object}"),
             std::io::Error::new(std::io::ErrorKind::NotFound, "not in the office cache"),
         )));
     };
+    let path = local.path.clone();
     let file = tokio::fs::File::open(&path).await.map_err(|err| {
         UploadError::Local(WriteBackError::io(
             format!("opening the office copy of {object}"),

@@ -212,8 +212,15 @@ async fn fetch_downloads_once_then_hits() {
     assert!(!outcome.hit);
     assert_eq!(outcome.bytes_from_upstream, data.len() as u64);
     assert_eq!(reported.load(Ordering::Relaxed), data.len() as u64);
-    assert_eq!(file_sha256(&outcome.path), sha256(&data));
-    assert!(outcome.path.starts_with(t.root().join("objects")));
+    assert_eq!(
+        file_sha256(outcome.path.as_deref().expect("a content file")),
+        sha256(&data)
+    );
+    assert!(outcome
+        .path
+        .as_deref()
+        .expect("a content file")
+        .starts_with(t.root().join("objects")));
     assert_eq!(t.meter.bytes_from_upstream(), data.len() as u64);
     assert_eq!(t.meter.get_requests(), 4, "one ranged GET per 1 MiB part");
     let gets: Vec<_> = t
@@ -230,7 +237,7 @@ async fn fetch_downloads_once_then_hits() {
         assert!(get.header("range").is_some());
     }
     assert!(t.cache.is_cached(&object));
-    assert_eq!(t.cache.content_path(&object), Some(outcome.path.clone()));
+    assert_eq!(t.cache.content_path(&object), outcome.path.clone());
     assert!(t.staging_files().is_empty());
 
     let again = t
@@ -304,7 +311,10 @@ async fn concurrent_fetches_and_reads_share_one_download() {
     assert_eq!(credited, [20 * MIB], "exactly one caller is credited");
     assert!(fetched.iter().all(|o| !o.hit) && read.iter().all(|(_, _, hit)| !hit));
     let expected = sha256(&data);
-    assert_eq!(file_sha256(&fetched[0].path), expected);
+    assert_eq!(
+        file_sha256(fetched[0].path.as_deref().expect("a content file")),
+        expected
+    );
     for (bytes, range, _) in &read {
         assert_eq!(*range, (0, 20 * MIB - 1));
         assert_eq!(sha256(bytes), expected, "every reader gets the exact bytes");
@@ -449,7 +459,10 @@ async fn a_reader_dropping_its_stream_does_not_stop_the_download() {
         outcome.bytes_from_upstream, 0,
         "joined the read's download or hit"
     );
-    assert_eq!(file_sha256(&outcome.path), sha256(&data));
+    assert_eq!(
+        file_sha256(outcome.path.as_deref().expect("a content file")),
+        sha256(&data)
+    );
     assert_eq!(t.meter.bytes_from_upstream(), 12 * MIB);
     let ledger = t.ledger().await;
     let served: Vec<_> = ledger
@@ -511,7 +524,10 @@ async fn bodies_cut_mid_download_are_resumed_byte_exact() {
         .fetch(&object, &ctx(), None)
         .await
         .expect("fetch through faults");
-    assert_eq!(file_sha256(&outcome.path), sha256(&data));
+    assert_eq!(
+        file_sha256(outcome.path.as_deref().expect("a content file")),
+        sha256(&data)
+    );
     assert_eq!(outcome.bytes_from_upstream, data.len() as u64);
     assert_eq!(t.meter.bytes_from_upstream(), data.len() as u64);
     let faulted = t.proxy.seen().iter().filter(|r| r.fault.is_some()).count();
@@ -593,7 +609,12 @@ async fn eviction_is_lru_among_unpinned_entries() {
     // Evicted objects come back on demand.
     let again = t.cache.fetch(c, &ctx(), None).await.expect("fetch c again");
     assert!(!again.hit);
-    assert_eq!(std::fs::read(&again.path).expect("c").len() as u64, 2 * KIB);
+    assert_eq!(
+        std::fs::read(again.path.as_deref().expect("a content file"))
+            .expect("c")
+            .len() as u64,
+        2 * KIB
+    );
 
     // Pinning an object before it is cached protects it once it lands.
     t.cache.unpin_all("r-1");
@@ -707,7 +728,10 @@ async fn admission_waits_for_unpinned_downloads_in_progress_and_refuses_at_once_
         download.await.expect("join").expect("a and b downloaded");
     }
     t.proxy.set_latency(Duration::ZERO);
-    assert_eq!(file_sha256(&outcome.path), sha256(&c_data));
+    assert_eq!(
+        file_sha256(outcome.path.as_deref().expect("a content file")),
+        sha256(&c_data)
+    );
     let stats = t.cache.stats();
     assert!(t.cache.is_cached(&c));
     assert!(stats.used_bytes <= 4 * KIB, "{stats:?}");
@@ -955,7 +979,8 @@ async fn a_content_file_cut_short_behind_the_cache_fails_reads_instead_of_the_pr
         .fetch(&object, &ctx(), None)
         .await
         .expect("fetch")
-        .path;
+        .path
+        .expect("a content file");
     std::fs::remove_file(&path).expect("remove");
     std::fs::write(&path, &data[..3 * MIB as usize]).expect("short copy");
 
@@ -1102,7 +1127,12 @@ async fn empty_objects_are_cached_without_ranged_reads() {
     let outcome = t.cache.fetch(&object, &ctx(), None).await.expect("fetch");
     assert!(!outcome.hit);
     assert_eq!(outcome.bytes_from_upstream, 0);
-    assert_eq!(std::fs::metadata(&outcome.path).expect("file").len(), 0);
+    assert_eq!(
+        std::fs::metadata(outcome.path.as_deref().expect("a content file"))
+            .expect("file")
+            .len(),
+        0
+    );
     assert_eq!(t.meter.get_requests(), 0, "a HEAD checks the etag instead");
     assert!(
         t.cache
@@ -1135,7 +1165,7 @@ async fn byte_ranges_are_entries_of_their_own_fetched_with_if_match() {
     assert_eq!(entry.size, len);
     assert!(!outcome.hit);
     assert_eq!(outcome.bytes_from_upstream, len);
-    let on_disk = std::fs::read(&outcome.path).expect("content");
+    let on_disk = std::fs::read(outcome.path.as_deref().expect("a content file")).expect("content");
     assert_eq!(&on_disk[..], &data[start as usize..(start + len) as usize]);
     assert_eq!(
         t.meter.bytes_from_upstream(),

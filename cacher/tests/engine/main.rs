@@ -3,6 +3,7 @@
 //! real catalog database (fixtures from `milepost-testkit`).
 
 mod cache;
+mod content_contract;
 mod reservations;
 mod upstream;
 mod writeback_metadata;

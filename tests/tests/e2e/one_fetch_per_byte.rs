@@ -322,7 +322,8 @@ async fn ranged(
                 outcome.bytes_from_upstream, 0,
                 "bytes {start}+{len} of {object} came from upstream"
             );
-            let bytes = std::fs::read(&outcome.path).expect("range entry");
+            let bytes = std::fs::read(outcome.path.as_deref().expect("a content file"))
+                .expect("range entry");
             (bytes, outcome.hit)
         }
     }

@@ -129,7 +129,8 @@ impl Inner {
                         .await
                         .map(|m| m.is_dir())
                         .unwrap_or(false),
-                    None => false,
+                    // No view on the office tier.
+                    None => !self.cache.keeps_views(),
                 };
                 if !view_ok {
                     tracing::info!(reservation = %row.id, "view missing; rebuilding it");

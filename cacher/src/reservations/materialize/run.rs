@@ -329,14 +329,24 @@ impl Inner {
         self.fail(id, message, repair).await;
     }
 
-    /// Builds the view of `views` (every member cached) and returns its path; when it cannot
-    /// be built, records `id` failed and returns `None`.
-    async fn build_view(&self, id: &str, views: &[ObjectKey], repair: bool) -> Option<String> {
+    /// Builds the view of `views` (every member cached) and returns its path (`None`: the
+    /// content store keeps no local files, so there is no view); when it cannot be built, records `id` failed and returns `None`.
+    async fn build_view(
+        &self,
+        id: &str,
+        views: &[ObjectKey],
+        repair: bool,
+    ) -> Option<Option<String>> {
         // READY promises the objects stay cached: their rows, written behind, must be in the
         // database before it is said.
         self.cache.flush().await;
+        if !self.cache.keeps_views() {
+            // The office tier: the reservation is read through `/data`, the gateway and
+            // `milepost mount`, and has no directory on this node.
+            return Some(None);
+        }
         match self.cache.create_view(id, views).await {
-            Ok(path) => Some(path.to_string_lossy().into_owned()),
+            Ok(path) => Some(Some(path.to_string_lossy().into_owned())),
             Err(err) => {
                 tracing::error!(reservation = %id, error = %err, "cannot build a reservation's view");
                 let message = match err.kind() {
@@ -358,7 +368,7 @@ impl Inner {
         id: &str,
         plan: &Plan,
         gathered: Gathered,
-        path: String,
+        path: Option<String>,
         upstream: u64,
         repair: bool,
     ) -> Result<Ended, ReservationError> {
@@ -368,7 +378,7 @@ impl Inner {
             let upstream = i64::try_from(plan.base_upstream + upstream).unwrap_or(i64::MAX);
             let updated = self
                 .update(id, &[ReservationState::Ready], None, |q| {
-                    q.col_expr(reservation::Column::LocalPath, Expr::value(Some(path)))
+                    q.col_expr(reservation::Column::LocalPath, Expr::value(path))
                         .col_expr(
                             reservation::Column::BytesFromUpstream,
                             Expr::value(upstream),
