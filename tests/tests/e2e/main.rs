@@ -8,6 +8,7 @@ mod dataset_diff;
 mod faults;
 mod gateway;
 mod lineage;
+mod office_tier;
 mod offices;
 mod one_fetch_per_byte;
 mod pull;
