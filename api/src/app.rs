@@ -112,6 +112,17 @@ impl AppState {
             if documents > 0 {
                 tracing::info!(documents, "search index rebuilt from the catalog database");
             }
+        } else {
+            // Changes made while this node was down (by other nodes, or by commands).
+            let applied = catalog.catch_up().await.context(
+                "cannot bring the search index up to date with the catalog's change feed",
+            )?;
+            if applied > 0 {
+                tracing::info!(
+                    applied,
+                    "search index caught up with the catalog's change feed"
+                );
+            }
         }
         let egress = Arc::new(EgressMeter::default());
         let store = milepost_store::build_store(&upstream, egress.clone())
@@ -268,7 +279,13 @@ pub fn tier_settings(
     if cache.tier == CacheTier::Disk {
         return Ok(None);
     }
-    if cache.tier_endpoint.trim().is_empty() || cache.tier_bucket.trim().is_empty() {
+    let endpoints: Vec<&str> = cache
+        .tier_endpoint
+        .split(',')
+        .map(str::trim)
+        .filter(|endpoint| !endpoint.is_empty())
+        .collect();
+    if endpoints.is_empty() || cache.tier_bucket.trim().is_empty() {
         anyhow::bail!("cache.tier = \"s3\" needs cache.tier_endpoint and cache.tier_bucket");
     }
     let credentials = match (
@@ -284,14 +301,19 @@ pub fn tier_settings(
             "cache.tier_access_key_id and cache.tier_secret_access_key go together: give both or neither"
         ),
     };
-    let settings = UpstreamSettings {
-        endpoint: Some(cache.tier_endpoint.trim().to_owned()),
-        region: cache.tier_region.clone(),
-        force_path_style: cache.tier_force_path_style,
-        credentials,
-        ..UpstreamSettings::default()
-    };
-    let store = milepost_store::build_store(&settings, Arc::new(EgressMeter::default()))
+    // Several endpoints (the nodes of the tier's cluster): a call fails over to the next
+    // when one is unreachable.
+    let settings: Vec<UpstreamSettings> = endpoints
+        .iter()
+        .map(|endpoint| UpstreamSettings {
+            endpoint: Some((*endpoint).to_owned()),
+            region: cache.tier_region.clone(),
+            force_path_style: cache.tier_force_path_style,
+            credentials: credentials.clone(),
+            ..UpstreamSettings::default()
+        })
+        .collect();
+    let store = milepost_store::build_failover_store(&settings, Arc::new(EgressMeter::default()))
         .context("cannot set up the office tier's S3 client ([cache] tier_*)")?;
     Ok(Some(milepost_cacher::cache::TierSettings {
         store,

@@ -2,6 +2,7 @@
 pub mod catalog;
 pub mod documents;
 pub mod error;
+pub mod feed;
 pub mod fleet;
 pub mod lineage;
 pub mod metadata;

@@ -26,10 +26,12 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use milepost_schema::egress::EgressRecord;
 use milepost_schema::entity::{drive, object, run, sync_run};
-use milepost_schema::enums::{RecordSource, RunKind, RunStatus};
+use milepost_schema::enums::{InputKind, RecordSource, RunKind, RunStatus};
 use milepost_store::{ByteRange, LocalCopies, ObjectKey, ObjectMeta, ObjectStore, StoreError};
 use sea_orm::sea_query::Expr;
-use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QuerySelect, Set};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QuerySelect, Set, TransactionTrait,
+};
 use serde::Deserialize;
 
 use crate::catalog::{
@@ -38,7 +40,6 @@ use crate::catalog::{
 use crate::documents::string_list;
 use crate::error::CatalogError;
 use crate::metadata::{self, MetadataError, RangeSource};
-use crate::search::EntityKind;
 
 /// Largest sidecar read; a bigger `drive.json` is reported, not read.
 const MAX_SIDECAR_BYTES: usize = 4 << 20;
@@ -457,11 +458,12 @@ pub async fn sync(
             .await?;
     }
 
-    // 7. The search index follows.
+    // 7. The search index follows, through the change feed (registrations appended their
+    // own changes; object and metadata updates are appended here).
     let drive_ids: Vec<String> = touched_drives.into_iter().collect();
     let run_ids: Vec<String> = touched_runs.into_iter().collect();
-    catalog.index_drives(&drive_ids).await?;
-    catalog.index_runs(&run_ids).await?;
+    crate::feed::append_touched(catalog, &drive_ids, &run_ids).await?;
+    catalog.catch_up().await?;
 
     report.files_read = reader.files.load(Ordering::Relaxed);
     report.bytes_read = reader.bytes.load(Ordering::Relaxed);
@@ -892,14 +894,19 @@ async fn remove_orphaned_records(
             continue;
         }
         let scenarios = catalog::drive_scenarios(&catalog.db, &drive.id).await?;
+        let txn = catalog.db.begin().await?;
         drive::Entity::delete_by_id(drive.id.clone())
-            .exec(&catalog.db)
+            .exec(&txn)
             .await?;
+        let mut changes = vec![(InputKind::Drive, drive.id.as_str())];
+        changes.extend(
+            scenarios
+                .iter()
+                .map(|scenario| (InputKind::Scenario, scenario.id.as_str())),
+        );
+        crate::feed::append(&txn, &changes).await?;
+        txn.commit().await?;
         touched_drives.remove(&drive.id);
-        for scenario in scenarios {
-            delete_document(catalog, EntityKind::Scenario, scenario.id).await?;
-        }
-        delete_document(catalog, EntityKind::Drive, drive.id).await?;
     }
     let runs = run::Entity::find()
         .filter(run::Column::Bucket.eq(bucket))
@@ -910,21 +917,12 @@ async fn remove_orphaned_records(
         if listed.contains_key(&format!("{}run.json", run.prefix)) {
             continue;
         }
-        run::Entity::delete_by_id(run.id.clone())
-            .exec(&catalog.db)
-            .await?;
+        let txn = catalog.db.begin().await?;
+        run::Entity::delete_by_id(run.id.clone()).exec(&txn).await?;
+        crate::feed::append(&txn, &[(InputKind::Run, run.id.as_str())]).await?;
+        txn.commit().await?;
         touched_runs.remove(&run.id);
-        delete_document(catalog, EntityKind::Run, run.id).await?;
     }
-    Ok(())
-}
-
-async fn delete_document(catalog: &Catalog, kind: EntityKind, id: String) -> Result<(), SyncError> {
-    let index = catalog.search.clone();
-    tokio::task::spawn_blocking(move || index.delete(kind, &id))
-        .await
-        .map_err(|err| CatalogError::Background(err.to_string()))?
-        .map_err(CatalogError::from)?;
     Ok(())
 }
 

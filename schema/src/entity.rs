@@ -2,6 +2,7 @@
 //! README for what each table holds.
 
 pub mod cache_entry;
+pub mod catalog_change;
 pub mod dataset;
 pub mod dataset_member;
 pub mod drive;
@@ -21,6 +22,7 @@ pub mod transfer_metadata;
 /// The entities under their table-ish names: `use milepost_schema::prelude::*;`.
 pub mod prelude {
     pub use super::cache_entry::Entity as CacheEntry;
+    pub use super::catalog_change::Entity as CatalogChange;
     pub use super::dataset::Entity as Dataset;
     pub use super::dataset_member::Entity as DatasetMember;
     pub use super::drive::Entity as Drive;

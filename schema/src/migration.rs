@@ -9,6 +9,7 @@ mod m20261125_000002_scenario_trims;
 mod m20261125_000003_object_metadata;
 mod m20261206_000001_reservation_schedule;
 mod m20261206_000002_run_input_windows;
+mod m20261207_000001_catalog_changes;
 
 /// All migrations of the catalog, oldest first.
 #[derive(Debug)]
@@ -23,6 +24,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261125_000003_object_metadata::Migration),
             Box::new(m20261206_000001_reservation_schedule::Migration),
             Box::new(m20261206_000002_run_input_windows::Migration),
+            Box::new(m20261207_000001_catalog_changes::Migration),
         ]
     }
 }

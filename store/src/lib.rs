@@ -10,6 +10,7 @@
 //! write methods and helpers, read back by `head` and `get`.
 
 mod error;
+mod failover;
 #[cfg(feature = "loopback")]
 pub mod loopback;
 mod metadata;
@@ -26,6 +27,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 pub use error::{BoxError, StoreError, StoreErrorKind, Target};
+pub use failover::FailoverStore;
 pub use metadata::{ObjectMetadata, USER_METADATA_PREFIX};
 pub use metered::{EgressMeter, EgressSnapshot, MeteredStore};
 pub use object_key::{LocalCopies, ObjectKey};
@@ -309,6 +311,21 @@ pub fn build_store(
 ) -> Result<Arc<dyn ObjectStore>, StoreError> {
     let s3 = S3Store::new(settings)?;
     let retrying = RetryingStore::new(s3, RetryPolicy::default());
+    Ok(Arc::new(MeteredStore::new(retrying, meter)))
+}
+
+/// [`build_store`] for one service reached through several endpoints (`settings` differing
+/// only in the endpoint): [`FailoverStore`] of [`S3Store`]s inside the retries and the meter.
+pub fn build_failover_store(
+    settings: &[UpstreamSettings],
+    meter: Arc<EgressMeter>,
+) -> Result<Arc<dyn ObjectStore>, StoreError> {
+    let endpoints = settings
+        .iter()
+        .map(S3Store::new)
+        .collect::<Result<Vec<_>, _>>()?;
+    let failover = FailoverStore::new(endpoints)?;
+    let retrying = RetryingStore::new(failover, RetryPolicy::default());
     Ok(Arc::new(MeteredStore::new(retrying, meter)))
 }
 

@@ -37,6 +37,10 @@ pub fn start_workers(state: &Arc<AppState>) {
     state.workers.spawn(SyncWhenAsked {
         state: state.clone(),
     });
+    state.workers.spawn(SearchFeed {
+        state: state.clone(),
+        ticks: ticker(milepost_indexer::feed::FOLLOW_EVERY),
+    });
     state.workers.spawn(ReservationUpkeep {
         reservations: state.reservations.clone(),
         ticks: ticker(state.config.cache.expiry_check.0),
@@ -154,6 +158,38 @@ impl Worker for SyncWhenAsked {
             }
         }
         sync_pass(&self.state, step, "after office uploads").await
+    }
+}
+
+/// Keeps this node's search index in step with catalog changes made by other nodes (and by
+/// `milepost` commands on this host): applies the change feed every
+/// [`FOLLOW_EVERY`](milepost_indexer::feed::FOLLOW_EVERY). Changes made through this process
+/// are applied by the call that makes them.
+struct SearchFeed {
+    state: Arc<AppState>,
+    ticks: Interval,
+}
+
+#[async_trait]
+impl Worker for SearchFeed {
+    fn name(&self) -> &str {
+        "search_feed"
+    }
+
+    async fn step(&mut self, step: &Step) -> anyhow::Result<()> {
+        tokio::select! {
+            () = step.stop().cancelled() => return Ok(()),
+            _ = self.ticks.tick() => {}
+        }
+        let applied = self.state.catalog.catch_up().await?;
+        if applied > 0 {
+            tracing::debug!(
+                applied,
+                position = self.state.catalog.feed_position(),
+                "search index followed the change feed"
+            );
+        }
+        Ok(())
     }
 }
 

@@ -226,7 +226,8 @@ pub struct CacheConfig {
     /// (the office tier, `tier_*` below: an S3-compatible cluster the office runs, which
     /// replicates them; staging stays on local disk and reservations get no view directory).
     pub tier: CacheTier,
-    /// The office tier's S3 endpoint (`http://garage.office:3900`).
+    /// The office tier's S3 endpoints, comma-separated (`http://garage-1:3900,http://garage-2:3900`):
+    /// calls fail over to the next when one is unreachable.
     pub tier_endpoint: String,
     pub tier_region: String,
     pub tier_bucket: String,

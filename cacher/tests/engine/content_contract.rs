@@ -2,9 +2,11 @@
 //! disk (the default) and the office tier (`[cache] tier = "s3"`). Every scenario is written
 //! once and instantiated for each backend by `both!`.
 //!
-//! The tier is a second real S3 server on loopback (s3s-fs via `LoopbackUpstream`), or, when
-//! `MILEPOST_TEST_TIER_ENDPOINT` is set (with `_KEY`, `_SECRET`, `_BUCKET`), that server (a
-//! Garage cluster). Each test keeps its entries under a prefix of its own.
+//! The tier is a second real S3 server on loopback (s3s-fs via `LoopbackUpstream`) reached
+//! through a failover client whose first endpoint refuses connections, or, when
+//! `MILEPOST_TEST_TIER_ENDPOINT` is set (comma-separated, with `_KEY`, `_SECRET`, `_BUCKET`),
+//! that server (the nodes of a Garage cluster; CI also runs it with one node stopped). Each
+//! test keeps its entries under a prefix of its own.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -15,8 +17,8 @@ use milepost_cacher::cache::{
     CacheErrorKind, CacheSettings, FetchContext, OfficeCache, TierSettings,
 };
 use milepost_store::{
-    build_store, list_all, ByteRange, EgressMeter, ObjectKey, ObjectStore, StaticCredentials,
-    UpstreamSettings,
+    build_failover_store, build_store, list_all, ByteRange, EgressMeter, ObjectKey, ObjectStore,
+    StaticCredentials, UpstreamSettings,
 };
 use milepost_testkit::{LoopbackUpstream, TestDatabase};
 use rand::RngCore as _;
@@ -162,31 +164,49 @@ async fn open(
 async fn tier_place() -> TierPlace {
     let prefix = format!("test-{:016x}/", rand::rng().next_u64());
     match std::env::var("MILEPOST_TEST_TIER_ENDPOINT") {
-        Ok(endpoint) => {
+        // Comma-separated endpoints of one cluster (a Garage cluster's nodes).
+        Ok(endpoints) => {
             let var = |name: &str| {
                 std::env::var(name)
                     .unwrap_or_else(|_| panic!("{name} is needed with MILEPOST_TEST_TIER_ENDPOINT"))
             };
-            let settings = UpstreamSettings {
-                endpoint: Some(endpoint),
-                force_path_style: true,
-                credentials: Some(StaticCredentials::new(
-                    var("MILEPOST_TEST_TIER_KEY"),
-                    var("MILEPOST_TEST_TIER_SECRET"),
-                )),
-                ..UpstreamSettings::default()
-            };
+            let credentials = StaticCredentials::new(
+                var("MILEPOST_TEST_TIER_KEY"),
+                var("MILEPOST_TEST_TIER_SECRET"),
+            );
+            let settings: Vec<UpstreamSettings> = endpoints
+                .split(',')
+                .map(|endpoint| UpstreamSettings {
+                    endpoint: Some(endpoint.trim().to_owned()),
+                    force_path_style: true,
+                    credentials: Some(credentials.clone()),
+                    ..UpstreamSettings::default()
+                })
+                .collect();
             TierPlace {
                 _server: None,
-                store: build_store(&settings, EgressMeter::new()).expect("tier store"),
+                store: build_failover_store(&settings, EgressMeter::new()).expect("tier store"),
                 bucket: var("MILEPOST_TEST_TIER_BUCKET"),
                 prefix,
             }
         }
+        // A loopback server behind a first endpoint that refuses connections: every scenario
+        // also goes through the tier client's failover.
         Err(_) => {
             let server = LoopbackUpstream::start("tier").await;
+            let refused = {
+                let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+                let port = listener.local_addr().expect("addr").port();
+                drop(listener);
+                format!("http://127.0.0.1:{port}")
+            };
+            let live = server.settings();
+            let dead = UpstreamSettings {
+                endpoint: Some(refused),
+                ..live.clone()
+            };
             TierPlace {
-                store: Arc::clone(&server.store),
+                store: build_failover_store(&[dead, live], EgressMeter::new()).expect("tier store"),
                 bucket: server.bucket.clone(),
                 _server: Some(server),
                 prefix,

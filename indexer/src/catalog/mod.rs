@@ -341,6 +341,7 @@ pub async fn register_drive(
         )
         .await?;
     }
+    crate::feed::append(&txn, &[(InputKind::Drive, &record.id)]).await?;
     db(txn.commit().await)?;
     get_drive(conn, &record.id)
         .await?
@@ -497,6 +498,7 @@ pub async fn register_run(
             .await)?;
     }
     windows::replace_windows(&txn, &record.id, windows).await?;
+    crate::feed::append(&txn, &[(InputKind::Run, &record.id)]).await?;
     db(txn.commit().await)?;
     get_run(conn, &record.id)
         .await?
@@ -541,8 +543,9 @@ pub async fn tag_scenario(
     let label = tag.label.trim().to_owned();
     let id = scenario_id(&drive.id, &label, tag.start, tag.end);
     let now = Utc::now();
+    let txn = db(conn.begin().await)?;
     upsert_scenario(
-        conn,
+        &txn,
         scenario::ActiveModel {
             id: Set(id.clone()),
             drive_id: Set(drive.id),
@@ -557,6 +560,8 @@ pub async fn tag_scenario(
         },
     )
     .await?;
+    crate::feed::append(&txn, &[(InputKind::Scenario, &id)]).await?;
+    db(txn.commit().await)?;
     get_scenario(conn, &id)
         .await?
         .ok_or_else(|| CatalogError::not_found(format!("scenario {id:?}")))

@@ -1,6 +1,8 @@
 //! [`Catalog`]: the catalog database and the search index kept in step. Every change made
-//! through it (registration, tagging, sync) is in the index before the call returns.
+//! through it (registration, tagging, sync) is in the index before the call returns; changes
+//! made by other nodes arrive through the change feed ([`crate::feed`]).
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
 use milepost_schema::entity::{drive, run, scenario};
@@ -8,8 +10,8 @@ use milepost_schema::enums::RecordSource;
 use sea_orm::{DatabaseConnection, EntityTrait, QueryOrder};
 
 use super::{
-    drive_events, drive_scenarios, get_drive, get_run, objects_bytes, DriveRecord, Layout, Owner,
-    RunRecord, ScenarioTag,
+    drive_events, drive_scenarios, objects_bytes, DriveRecord, Layout, Owner, RunRecord,
+    ScenarioTag,
 };
 use crate::documents;
 use crate::error::{CatalogError, CatalogResult};
@@ -20,6 +22,27 @@ pub struct Catalog {
     pub db: DatabaseConnection,
     pub layout: Layout,
     pub search: Arc<SearchIndex>,
+    /// Where this index stands in the change feed, and the one applier.
+    pub(crate) feed: Arc<FeedState>,
+}
+
+/// The change feed's state for one index (shared by the clones of a [`Catalog`]).
+#[derive(Debug, Default)]
+pub(crate) struct FeedState {
+    /// Held while changes are applied: one applier at a time, in id order.
+    pub applier: tokio::sync::Mutex<()>,
+    /// The last change applied.
+    position: AtomicI64,
+}
+
+impl FeedState {
+    pub fn position(&self) -> i64 {
+        self.position.load(Ordering::Acquire)
+    }
+
+    pub fn set_position(&self, id: i64) {
+        self.position.store(id, Ordering::Release);
+    }
 }
 
 impl std::fmt::Debug for Catalog {
@@ -31,8 +54,17 @@ impl std::fmt::Debug for Catalog {
 }
 
 impl Catalog {
+    /// The catalog over `db` with `search` as this node's index, which stands where its last
+    /// commit says in the change feed (0: at the start).
     pub fn new(db: DatabaseConnection, layout: Layout, search: Arc<SearchIndex>) -> Self {
-        Catalog { db, layout, search }
+        let feed = FeedState::default();
+        feed.set_position(search.feed_position().unwrap_or(0));
+        Catalog {
+            db,
+            layout,
+            search,
+            feed: Arc::new(feed),
+        }
     }
 
     pub async fn register_drive(
@@ -41,7 +73,7 @@ impl Catalog {
         source: RecordSource,
     ) -> CatalogResult<drive::Model> {
         let drive = super::register_drive(&self.db, &self.layout, record, source).await?;
-        self.index_drives(std::slice::from_ref(&drive.id)).await?;
+        self.catch_up().await?;
         Ok(drive)
     }
 
@@ -51,14 +83,13 @@ impl Catalog {
         source: RecordSource,
     ) -> CatalogResult<run::Model> {
         let run = super::register_run(&self.db, &self.layout, record, source).await?;
-        self.index_runs(std::slice::from_ref(&run.id)).await?;
+        self.catch_up().await?;
         Ok(run)
     }
 
     pub async fn tag_scenario(&self, tag: ScenarioTag) -> CatalogResult<scenario::Model> {
         let scenario = super::tag_scenario(&self.db, tag).await?;
-        self.index_drives(std::slice::from_ref(&scenario.drive_id))
-            .await?;
+        self.catch_up().await?;
         Ok(scenario)
     }
 
@@ -71,30 +102,10 @@ impl Catalog {
         Ok(page)
     }
 
-    /// Brings the documents of these drives and all their scenarios up to date; a drive that
-    /// no longer exists is removed from the index with its scenarios.
-    pub async fn index_drives(&self, ids: &[String]) -> CatalogResult<()> {
-        let mut docs = Vec::new();
-        for id in ids {
-            if let Some(drive) = get_drive(&self.db, id).await? {
-                docs.extend(self.drive_documents(&drive).await?);
-            }
-        }
-        self.upsert(docs).await
-    }
-
-    pub async fn index_runs(&self, ids: &[String]) -> CatalogResult<()> {
-        let mut docs = Vec::new();
-        for id in ids {
-            if let Some(run) = get_run(&self.db, id).await? {
-                let bytes = objects_bytes(&self.db, Owner::Run(&run.id), false).await?;
-                docs.push(documents::run_document(&run, bytes));
-            }
-        }
-        self.upsert(docs).await
-    }
-
-    async fn drive_documents(&self, drive: &drive::Model) -> CatalogResult<Vec<SearchDocument>> {
+    pub(crate) async fn drive_documents(
+        &self,
+        drive: &drive::Model,
+    ) -> CatalogResult<Vec<SearchDocument>> {
         let events = drive_events(&self.db, &drive.id).await?;
         let scenarios = drive_scenarios(&self.db, &drive.id).await?;
         let bytes = objects_bytes(&self.db, Owner::Drive(&drive.id), false).await?;
@@ -107,20 +118,13 @@ impl Catalog {
         Ok(docs)
     }
 
-    async fn upsert(&self, docs: Vec<SearchDocument>) -> CatalogResult<()> {
-        if docs.is_empty() {
-            return Ok(());
-        }
-        let index = self.search.clone();
-        tokio::task::spawn_blocking(move || index.upsert(docs))
-            .await
-            .map_err(|err| CatalogError::Background(err.to_string()))??;
-        Ok(())
-    }
-
     /// Rebuilds the whole index from the database (`milepost reindex`, or an index found
     /// missing or incompatible at start-up). Returns the number of documents.
     pub async fn reindex(&self) -> CatalogResult<usize> {
+        // Serialized with the feed's applier; the index then stands at the feed's head as read
+        // before the records (a change committed meanwhile is applied again: harmless).
+        let _applier = self.feed.applier.lock().await;
+        let head = crate::feed::head(&self.db).await?;
         let mut docs = Vec::new();
         for drive in drive::Entity::find()
             .order_by_asc(drive::Column::Id)
@@ -138,9 +142,10 @@ impl Catalog {
             docs.push(documents::run_document(&run, bytes));
         }
         let index = self.search.clone();
-        let count = tokio::task::spawn_blocking(move || index.rebuild(docs))
+        let count = tokio::task::spawn_blocking(move || index.rebuild_at(docs, head))
             .await
             .map_err(|err| CatalogError::Background(err.to_string()))??;
+        self.feed.set_position(head);
         Ok(count)
     }
 }

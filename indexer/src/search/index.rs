@@ -58,6 +58,9 @@ impl fmt::Debug for SearchIndex {
     }
 }
 
+/// How a commit's payload records the change-feed position (`feed:<id>`).
+const FEED_PAYLOAD: &str = "feed:";
+
 impl SearchIndex {
     /// Opens the index in `dir`, creating the directory and an empty index when there is none.
     ///
@@ -135,6 +138,35 @@ impl SearchIndex {
         .map(drop)
     }
 
+    /// Writes `upserts` (replacing documents with the same key) and removes `deletes`, in one
+    /// commit whose payload records `position`, the change-feed id these writes bring the index
+    /// to ([`feed_position`](Self::feed_position)).
+    pub fn apply(
+        &self,
+        upserts: Vec<SearchDocument>,
+        deletes: Vec<(EntityKind, String)>,
+        position: i64,
+    ) -> SearchResult<()> {
+        self.write_at("applying changes", Some(position), |writer, fields| {
+            for (kind, id) in &deletes {
+                writer.delete_term(key_term(fields, *kind, id));
+            }
+            for doc in &upserts {
+                writer.delete_term(key_term(fields, doc.kind, &doc.id));
+                writer.add_document(fields.document(doc))?;
+            }
+            Ok(())
+        })
+        .map(drop)
+    }
+
+    /// The change-feed id the last commit brought the index to; `None` for an index never
+    /// written at a feed position (new, or from a version without the feed).
+    pub fn feed_position(&self) -> Option<i64> {
+        let metas = self.index.load_metas().ok()?;
+        metas.payload?.strip_prefix(FEED_PAYLOAD)?.parse().ok()
+    }
+
     /// Removes the document `(kind, id)`; nothing happens when there is none.
     pub fn delete(&self, kind: EntityKind, id: &str) -> SearchResult<()> {
         self.write("deleting", |writer, fields| {
@@ -147,7 +179,24 @@ impl SearchIndex {
     /// Replaces the whole content of the index with `docs` in one commit (searches see the
     /// old content until then) and returns the number of documents now indexed.
     pub fn rebuild(&self, docs: impl IntoIterator<Item = SearchDocument>) -> SearchResult<usize> {
-        self.write("rebuilding", |writer, fields| {
+        self.rebuild_with(docs, None)
+    }
+
+    /// [`rebuild`](Self::rebuild) from the database as it stood at change-feed id `position`.
+    pub fn rebuild_at(
+        &self,
+        docs: impl IntoIterator<Item = SearchDocument>,
+        position: i64,
+    ) -> SearchResult<usize> {
+        self.rebuild_with(docs, Some(position))
+    }
+
+    fn rebuild_with(
+        &self,
+        docs: impl IntoIterator<Item = SearchDocument>,
+        position: Option<i64>,
+    ) -> SearchResult<usize> {
+        self.write_at("rebuilding", position, |writer, fields| {
             writer.delete_query(Box::new(AllQuery))?;
             // Everything is deleted already, so only a key repeated within `docs` needs a
             // delete (the last one wins, as in `upsert`). A delete per document would be
@@ -272,9 +321,27 @@ impl SearchIndex {
         operation: &'static str,
         ops: impl FnOnce(&mut IndexWriter<TantivyDocument>, &Fields) -> tantivy::Result<()>,
     ) -> SearchResult<usize> {
+        self.write_at(operation, None, ops)
+    }
+
+    /// Runs `ops` and commits, recording `position` (else keeping the last one recorded) as
+    /// the commit's payload.
+    fn write_at(
+        &self,
+        operation: &'static str,
+        position: Option<i64>,
+        ops: impl FnOnce(&mut IndexWriter<TantivyDocument>, &Fields) -> tantivy::Result<()>,
+    ) -> SearchResult<usize> {
+        let position = position.or_else(|| self.feed_position());
         let mut writer = self.lock_writer()?;
         let result = ops(&mut writer, &self.fields)
-            .and_then(|()| writer.commit().map(drop))
+            .and_then(|()| {
+                let mut commit = writer.prepare_commit()?;
+                if let Some(position) = position {
+                    commit.set_payload(&format!("{FEED_PAYLOAD}{position}"));
+                }
+                commit.commit().map(drop)
+            })
             .and_then(|()| self.reader.reload());
         if let Err(source) = result {
             // A failed rollback leaves the writer unusable; the error already reported is the

@@ -15,6 +15,7 @@ mod pull;
 mod ready_by;
 mod reserve;
 mod scenario_trim;
+mod search_feed;
 mod sync_search;
 mod tooling;
 mod transfer_policy;

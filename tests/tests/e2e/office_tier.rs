@@ -18,8 +18,10 @@ const BUCKET: &str = "fleet";
 const TIER_BUCKET: &str = "office-tier";
 const TIER_PREFIX: &str = "office-a/";
 
-const RESERVE: &str = r#"mutation($input: ReserveDatasetInput!) { reserveDataset(input: $input) { id } }"#;
-const RESERVATION: &str = r#"query($id: ID!) { reservation(id: $id) { state bytesFromUpstream localPath error } }"#;
+const RESERVE: &str =
+    r#"mutation($input: ReserveDatasetInput!) { reserveDataset(input: $input) { id } }"#;
+const RESERVATION: &str =
+    r#"query($id: ID!) { reservation(id: $id) { state bytesFromUpstream localPath error } }"#;
 
 fn sha(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))

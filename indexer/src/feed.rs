@@ -1,0 +1,209 @@
+//! The catalog's change feed: how every node's search index follows the one database.
+//!
+//! Every write of a drive, run or scenario appends a row to `catalog_changes` naming what
+//! changed, in the transaction of the write ([`append`]). Each process's [`Catalog`] applies
+//! the feed to its own tantivy index in id order ([`Catalog::catch_up`]), in batches of
+//! whatever is pending, with one index commit per batch; the commit's payload is the last id
+//! applied, so a restarted node resumes where its index stands.
+//!
+//! - A write through this process calls `catch_up` after its commit and returns once its
+//!   change is searchable. Concurrent writers share commits: whoever holds the applier
+//!   applies everything pending, and the others find their change applied (group commit,
+//!   instead of one index commit per mutation).
+//! - Writes made by other nodes are picked up by the `search_feed` worker of the api, which
+//!   calls `catch_up` every [`FOLLOW_EVERY`].
+//! - Ids must commit in order, or a follower that has applied id 11 would never see an id 10
+//!   committed after it: on PostgreSQL, [`append`] takes a transaction-scoped advisory lock
+//!   first (released at commit), so appends, the last statement of their transactions, commit
+//!   one at a time; SQLite has one writer anyway.
+//! - Applying is idempotent (documents are rebuilt from the database as it is when applied),
+//!   so replaying a change is harmless.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use chrono::Utc;
+use milepost_schema::entity::{catalog_change, scenario};
+use milepost_schema::enums::InputKind;
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    Set, Statement,
+};
+
+use crate::catalog::{get_drive, get_run, objects_bytes, Owner};
+use crate::documents;
+use crate::error::{CatalogError, CatalogResult};
+use crate::search::{EntityKind, SearchDocument};
+use crate::Catalog;
+
+/// How often a node looks for changes made by other nodes.
+pub const FOLLOW_EVERY: Duration = Duration::from_millis(200);
+/// The most changes applied in one index commit.
+const BATCH: u64 = 4096;
+/// The advisory lock key that orders appends on PostgreSQL ("milepost feed").
+const APPEND_LOCK: i64 = 0x6d69_6c65_6665_6564;
+
+/// Appends `changes` to the feed within the transaction `txn`; call it as the transaction's
+/// last statement (on PostgreSQL it holds the feed's lock until the commit).
+pub async fn append(
+    txn: &impl ConnectionTrait,
+    changes: &[(InputKind, &str)],
+) -> CatalogResult<()> {
+    if changes.is_empty() {
+        return Ok(());
+    }
+    if txn.get_database_backend() == DbBackend::Postgres {
+        txn.execute(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT pg_advisory_xact_lock($1)",
+            [APPEND_LOCK.into()],
+        ))
+        .await
+        .map_err(db)?;
+    }
+    let now = Utc::now();
+    let rows = changes
+        .iter()
+        .map(|(kind, id)| catalog_change::ActiveModel {
+            kind: Set(*kind),
+            entity_id: Set((*id).to_owned()),
+            created_at: Set(now),
+            ..Default::default()
+        });
+    catalog_change::Entity::insert_many(rows)
+        .exec_without_returning(txn)
+        .await
+        .map_err(db)?;
+    Ok(())
+}
+
+/// The last change id in the feed (0 when empty): where an index built from the database now
+/// stands.
+pub async fn head(conn: &impl ConnectionTrait) -> CatalogResult<i64> {
+    let last = catalog_change::Entity::find()
+        .order_by_desc(catalog_change::Column::Id)
+        .limit(1)
+        .one(conn)
+        .await
+        .map_err(db)?;
+    Ok(last.map_or(0, |change| change.id))
+}
+
+fn db(err: sea_orm::DbErr) -> CatalogError {
+    CatalogError::from(milepost_schema::DbError::from(err))
+}
+
+impl Catalog {
+    /// Applies every change of the feed this index has not applied yet, in batches, and
+    /// returns how many it applied. Concurrent calls queue: a call that finds its caller's
+    /// change applied by the one before returns at once.
+    pub async fn catch_up(&self) -> CatalogResult<usize> {
+        let _applier = self.feed.applier.lock().await;
+        let mut applied = 0;
+        loop {
+            let from = self.feed.position();
+            let changes = catalog_change::Entity::find()
+                .filter(catalog_change::Column::Id.gt(from))
+                .order_by_asc(catalog_change::Column::Id)
+                .limit(BATCH)
+                .all(&self.db)
+                .await
+                .map_err(db)?;
+            let Some(last) = changes.last().map(|change| change.id) else {
+                return Ok(applied);
+            };
+            let count = changes.len();
+            let (upserts, deletes) = self.documents_for(&changes).await?;
+            let index = self.search.clone();
+            tokio::task::spawn_blocking(move || index.apply(upserts, deletes, last))
+                .await
+                .map_err(|err| CatalogError::Background(err.to_string()))??;
+            self.feed.set_position(last);
+            applied += count;
+            if (count as u64) < BATCH {
+                return Ok(applied);
+            }
+        }
+    }
+
+    /// The documents to write and the keys to delete for `changes`, from the database as it
+    /// is now.
+    async fn documents_for(
+        &self,
+        changes: &[catalog_change::Model],
+    ) -> CatalogResult<(Vec<SearchDocument>, Vec<(EntityKind, String)>)> {
+        let mut drives = BTreeSet::new();
+        let mut runs = BTreeSet::new();
+        let mut deletes = Vec::new();
+        for change in changes {
+            match change.kind {
+                InputKind::Drive => {
+                    drives.insert(change.entity_id.clone());
+                }
+                InputKind::Run => {
+                    runs.insert(change.entity_id.clone());
+                }
+                InputKind::Scenario => {
+                    // A scenario's document is written with its drive's; a scenario that is
+                    // gone (its drive removed, or retagged) loses its document.
+                    match scenario::Entity::find_by_id(change.entity_id.clone())
+                        .one(&self.db)
+                        .await
+                        .map_err(db)?
+                    {
+                        Some(found) => {
+                            drives.insert(found.drive_id);
+                        }
+                        None => deletes.push((EntityKind::Scenario, change.entity_id.clone())),
+                    }
+                }
+                // Datasets are not in the search index.
+                InputKind::Dataset => {}
+            }
+        }
+        let mut upserts = Vec::new();
+        for id in drives {
+            match get_drive(&self.db, &id).await? {
+                Some(found) => upserts.extend(self.drive_documents(&found).await?),
+                None => deletes.push((EntityKind::Drive, id)),
+            }
+        }
+        for id in runs {
+            match get_run(&self.db, &id).await? {
+                Some(found) => {
+                    let bytes = objects_bytes(&self.db, Owner::Run(&found.id), false).await?;
+                    upserts.push(documents::run_document(&found, bytes));
+                }
+                None => deletes.push((EntityKind::Run, id)),
+            }
+        }
+        Ok((upserts, deletes))
+    }
+
+    /// The feed position of this node's index: the last change applied.
+    pub fn feed_position(&self) -> i64 {
+        self.feed.position()
+    }
+}
+
+/// Records that `drives` and `runs` changed (outside a write that appends itself: the
+/// sync's object and metadata updates), in a transaction of its own.
+pub async fn append_touched(
+    catalog: &Catalog,
+    drives: &[String],
+    runs: &[String],
+) -> CatalogResult<()> {
+    use sea_orm::TransactionTrait as _;
+    let changes: Vec<(InputKind, &str)> = drives
+        .iter()
+        .map(|id| (InputKind::Drive, id.as_str()))
+        .chain(runs.iter().map(|id| (InputKind::Run, id.as_str())))
+        .collect();
+    if changes.is_empty() {
+        return Ok(());
+    }
+    let txn = catalog.db.begin().await.map_err(db)?;
+    append(&txn, &changes).await?;
+    txn.commit().await.map_err(db)?;
+    Ok(())
+}
