@@ -74,6 +74,8 @@ const HASH_CHUNK: u64 = 4 * 1024 * 1024;
 const FLUSH_BEHIND: u64 = 16 * 1024 * 1024;
 /// Bytes copied per blocking call when a byte range is copied from the whole object.
 const COPY_CHUNK: u64 = 4 * 1024 * 1024;
+/// Bytes read per item of the stream that installs a download in the office tier as it lands.
+const FOLLOW_CHUNK: u64 = 4 * 1024 * 1024;
 
 /// How the bytes of a one-part download are hashed as they land.
 enum Md5Check {
@@ -352,6 +354,9 @@ impl Inner {
             Some(local) => self.copy_local(flight, &file, local).await?,
             None => false,
         };
+        // The office tier installs the bytes as they land (a byte range copied from the whole
+        // object is all there already, and is installed from the file).
+        let follow = !copied && object.size > 0 && self.content.follows_downloads();
 
         // Only an install that fsyncs first waits for the disk (see `flush_behind`).
         let sync_first = self.content.flushes_behind();
@@ -372,7 +377,8 @@ impl Inner {
                 0 => hasher,
                 _ => {
                     let part = self.download_part(flight, &file, 0, hasher);
-                    tokio::try_join!(part, flush_behind(flight, sync_first))?.0
+                    let install = self.follow_install(flight, follow);
+                    tokio::try_join!(part, flush_behind(flight, sync_first), install)?.0
                 }
             };
             match hasher {
@@ -406,33 +412,26 @@ impl Inner {
                     None => Ok(None),
                 }
             };
-            let ((), digest, ()) =
-                tokio::try_join!(parts, digest, flush_behind(flight, sync_first))?;
+            let install = self.follow_install(flight, follow);
+            let ((), digest, (), ()) =
+                tokio::try_join!(parts, digest, flush_behind(flight, sync_first), install)?;
             digest
         };
 
-        let written = flight.downloaded();
-        if written != object.size {
-            return Err(CacheError::Corrupt {
-                object: object.to_string(),
-                reason: format!("downloaded {written} bytes, expected {}", object.size),
-            });
-        }
-        if let (Some(expected), Some(actual)) = (single_part_md5, digest) {
-            if expected != actual {
-                return Err(CacheError::Corrupt {
-                    object: object.to_string(),
-                    reason: format!(
-                        "the md5 of the bytes is {}, the etag {} says otherwise",
-                        hex::encode(actual),
-                        object.etag
-                    ),
-                });
+        let verified = verify(object, flight.downloaded(), single_part_md5, digest);
+        if follow {
+            // Installed already; bytes that fail verification must not stay.
+            if let Err(err) = verified {
+                self.content.remove(object).await;
+                return Err(err);
             }
+            remove_quietly(staging.to_owned()).await;
+        } else {
+            verified?;
+            self.content
+                .install(object, &file, staging, InstallKind::Download)
+                .await?;
         }
-        self.content
-            .install(object, &file, staging, InstallKind::Download)
-            .await?;
         // Written behind, in a batch (see the recorder's docs): the bytes are verified and
         // in place, and a file whose row is lost is removed at the next start-up.
         self.recorder
@@ -501,6 +500,19 @@ impl Inner {
             pos += len;
         }
         Ok(true)
+    }
+
+    /// With `follow`, installs `flight`'s object in the content store from its staging file as
+    /// the bytes land, in order ([`ContentStore::install_stream`](super::content::ContentStore::install_stream)); ends
+    /// once every byte is installed. A download that fails first drops it: the tier's
+    /// incomplete multipart upload stays until the tier's cleanup of incomplete uploads.
+    async fn follow_install(&self, flight: &Arc<Flight>, follow: bool) -> Result<(), CacheError> {
+        if !follow {
+            return Ok(());
+        }
+        self.content
+            .install_stream(flight.object(), follow_stream(Arc::clone(flight)))
+            .await
     }
 
     /// Writes the bytes of `flight`'s entry, read from the office tier as `stream`, into
@@ -738,6 +750,72 @@ fn check_meta(
         });
     }
     Ok(())
+}
+
+/// Checks a download's size and, for a single-part ETag, its MD5.
+fn verify(
+    object: &ObjectKey,
+    written: u64,
+    expected_md5: Option<[u8; 16]>,
+    digest: Option<[u8; 16]>,
+) -> Result<(), CacheError> {
+    if written != object.size {
+        return Err(CacheError::Corrupt {
+            object: object.to_string(),
+            reason: format!("downloaded {written} bytes, expected {}", object.size),
+        });
+    }
+    if let (Some(expected), Some(actual)) = (expected_md5, digest) {
+        if expected != actual {
+            return Err(CacheError::Corrupt {
+                object: object.to_string(),
+                reason: format!(
+                    "the md5 of the bytes is {}, the etag {} says otherwise",
+                    hex::encode(actual),
+                    object.etag
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The bytes of `flight`'s object in order, read from its staging file as they land (up to
+/// [`FOLLOW_CHUNK`] per item); the download's error if it fails first.
+fn follow_stream(
+    flight: Arc<Flight>,
+) -> futures::stream::BoxStream<'static, Result<Bytes, CacheError>> {
+    let progress = flight.subscribe();
+    futures::stream::unfold(
+        (flight, progress, 0u64),
+        |(flight, mut progress, pos)| async move {
+            let size = flight.object().size;
+            if pos >= size {
+                return None;
+            }
+            let read = async {
+                let (file, available) = available_from(&mut progress, &flight, pos).await?;
+                let len = (available - pos).min(FOLLOW_CHUNK);
+                let object = flight.object().to_string();
+                blocking(format!("reading the staging file of {object}"), move || {
+                    let mut buf = vec![0; usize::try_from(len).map_err(std::io::Error::other)?];
+                    file.read_exact_at(&mut buf, pos)?;
+                    Ok(Bytes::from(buf))
+                })
+                .await
+            }
+            .await;
+            match read {
+                Ok(bytes) => {
+                    let next = pos + bytes.len() as u64;
+                    Some((Ok(bytes), (flight, progress, next)))
+                }
+                // The stream ends after its error.
+                Err(err) => Some((Err(err), (flight, progress, size))),
+            }
+        },
+    )
+    .boxed()
 }
 
 /// The MD5 a single-part ETag (32 hex digits) states, or `None` for other ETags (multipart:

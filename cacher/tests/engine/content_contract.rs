@@ -267,6 +267,7 @@ both!(
     office_writes_are_durable_and_aliases_share_content,
     byte_ranges_are_copied_from_the_cached_whole_object,
     views_exist_only_where_the_content_is_local,
+    bytes_that_fail_verification_leave_no_content,
 );
 
 async fn concurrent_readers_share_one_download_and_read_exact_bytes(backend: Backend) {
@@ -551,4 +552,29 @@ async fn views_exist_only_where_the_content_is_local(backend: Backend) {
             assert!(err.to_string().contains("keeps no local files"), "{err}");
         }
     }
+}
+
+async fn bytes_that_fail_verification_leave_no_content(backend: Backend) {
+    let t = Contract::start(backend, 64 * MIB).await;
+    let original = random_bytes(3 * MIB + 7);
+    let object = t.put("drives/bad.mcap", &original).await;
+    // Replace the bytes behind the server's back: s3s-fs keeps serving the recorded ETag (the
+    // MD5 of the original) with the new bytes. The tier installs a download as it lands, so
+    // its copy exists before the check fails: it must be removed.
+    let path = t.upstream.s3.root().join(BUCKET).join(&object.key);
+    std::fs::write(&path, random_bytes(object.size)).expect("overwrite");
+    let err = t
+        .cache
+        .fetch(&object, &FetchContext::default(), None)
+        .await
+        .expect_err("the md5 does not match");
+    assert_eq!(err.kind(), CacheErrorKind::Corrupt, "{backend:?}: {err}");
+    assert!(!t.cache.is_cached(&object));
+    assert_eq!(t.content_count().await, 0, "{backend:?}: nothing installed");
+    assert!(t
+        .cache
+        .read_cached(&object, 0, 10)
+        .await
+        .expect("read")
+        .is_none());
 }

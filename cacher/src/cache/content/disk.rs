@@ -46,6 +46,22 @@ impl ContentStore for DiskContent {
         self.syncer.is_none()
     }
 
+    fn follows_downloads(&self) -> bool {
+        // A rename of the staging file: nothing to overlap.
+        false
+    }
+
+    async fn install_stream(
+        &self,
+        object: &ObjectKey,
+        _body: futures::stream::BoxStream<'static, Result<Bytes, CacheError>>,
+    ) -> Result<(), CacheError> {
+        Err(CacheError::io(
+            format!("installing {object}"),
+            std::io::Error::other("the disk content store installs staging files, not streams"),
+        ))
+    }
+
     async fn install(
         &self,
         object: &ObjectKey,

@@ -86,6 +86,21 @@ pub(super) trait ContentStore: Send + Sync + fmt::Debug {
     /// the install will fsync it before it counts (see `flight.rs` `flush_behind`).
     fn flushes_behind(&self) -> bool;
 
+    /// Whether a download is installed as it lands ([`install_stream`](Self::install_stream),
+    /// following the landed prefix of the staging file) rather than from the whole file at the
+    /// end: the tier, where an install is a copy over the network that would otherwise start
+    /// only once the download ended.
+    fn follows_downloads(&self) -> bool;
+
+    /// Installs `object` from `body`, its bytes in order (a download as it lands). The caller
+    /// verifies the bytes meanwhile and [`remove`](Self::remove)s the content if they fail;
+    /// until the cache's book says the entry is installed nobody reads it.
+    async fn install_stream(
+        &self,
+        object: &ObjectKey,
+        body: BoxStream<'static, Result<Bytes, CacheError>>,
+    ) -> Result<(), CacheError>;
+
     /// Makes the verified staging file `file` (at `staging`, holding `object.size` bytes) the
     /// content of `object`; the staging file is gone afterwards (renamed or removed), while
     /// `file` stays readable. Errors leave no content behind.

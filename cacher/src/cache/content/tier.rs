@@ -134,6 +134,40 @@ impl ContentStore for TierContent {
         false
     }
 
+    fn follows_downloads(&self) -> bool {
+        true
+    }
+
+    async fn install_stream(
+        &self,
+        object: &ObjectKey,
+        body: futures::stream::BoxStream<'static, Result<Bytes, CacheError>>,
+    ) -> Result<(), CacheError> {
+        let options = UploadOptions {
+            part_size: self.settings.part_size,
+        };
+        let meta = put_stream_with(
+            self.store(),
+            &self.settings.bucket,
+            &self.key(object),
+            body,
+            &options,
+            &ObjectMetadata::default(),
+        )
+        .await?;
+        if meta.size != object.size && meta.size != 0 {
+            self.remove(object).await;
+            return Err(CacheError::Corrupt {
+                object: object.to_string(),
+                reason: format!(
+                    "the office tier stored {} bytes, expected {}",
+                    meta.size, object.size
+                ),
+            });
+        }
+        Ok(())
+    }
+
     async fn install(
         &self,
         object: &ObjectKey,
