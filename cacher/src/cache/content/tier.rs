@@ -171,39 +171,21 @@ impl ContentStore for TierContent {
     async fn install(
         &self,
         object: &ObjectKey,
-        file: &Arc<File>,
+        _file: &Arc<File>,
         staging: &Path,
         _kind: InstallKind,
     ) -> Result<(), CacheError> {
         // Every kind is durable once the tier acknowledges it (the tier replicates before it
-        // answers); the upload reads the staging file through its own handle.
-        let _ = file;
+        // answers); the upload reads the staging file through a handle of its own, from the
+        // start.
         let reader = tokio::fs::File::open(staging)
             .await
             .map_err(|err| CacheError::io(format!("reading the staging file of {object}"), err))?;
-        let body = tokio_util::io::ReaderStream::with_capacity(reader, 1024 * 1024);
-        let options = UploadOptions {
-            part_size: self.settings.part_size,
-        };
-        let meta = put_stream_with(
-            self.store(),
-            &self.settings.bucket,
-            &self.key(object),
-            body,
-            &options,
-            &ObjectMetadata::default(),
-        )
-        .await?;
-        if meta.size != object.size && meta.size != 0 {
-            self.remove(object).await;
-            return Err(CacheError::Corrupt {
-                object: object.to_string(),
-                reason: format!(
-                    "the office tier stored {} bytes, expected {}",
-                    meta.size, object.size
-                ),
-            });
-        }
+        let context = format!("reading the staging file of {object}");
+        let body = tokio_util::io::ReaderStream::with_capacity(reader, 1024 * 1024)
+            .map(move |chunk| chunk.map_err(|err| CacheError::io(context.clone(), err)))
+            .boxed();
+        self.install_stream(object, body).await?;
         remove_quietly(staging.to_owned()).await;
         Ok(())
     }
