@@ -104,7 +104,17 @@ impl AppState {
         };
         let (search, rebuild) = open_search_index(&config.data_dir.join("search-index")).await?;
         let catalog = Catalog::new(db.clone(), layout.clone(), search);
-        if rebuild || catalog.search.doc_count() == 0 {
+        let missed = catalog
+            .missed_changes()
+            .await
+            .context("cannot read the catalog's change feed")?;
+        if missed {
+            tracing::warn!(
+                position = catalog.feed_position(),
+                "the search index is older than the catalog's change feed keeps: rebuilding it"
+            );
+        }
+        if rebuild || missed || catalog.search.doc_count() == 0 {
             let documents = catalog
                 .reindex()
                 .await

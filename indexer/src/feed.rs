@@ -38,6 +38,9 @@ use crate::Catalog;
 
 /// How often a node looks for changes made by other nodes.
 pub const FOLLOW_EVERY: Duration = Duration::from_millis(200);
+/// How long changes are kept: a node down for longer rebuilds its index when it starts
+/// ([`Catalog::missed_changes`]).
+pub const KEEP_CHANGES: Duration = Duration::from_secs(7 * 86_400);
 /// The most changes applied in one index commit.
 const BATCH: u64 = 4096;
 /// The advisory lock key that orders appends on PostgreSQL ("milepost feed").
@@ -87,6 +90,32 @@ pub async fn head(conn: &impl ConnectionTrait) -> CatalogResult<i64> {
         .await
         .map_err(db)?;
     Ok(last.map_or(0, |change| change.id))
+}
+
+/// The first change id still in the feed, if any.
+pub async fn tail(conn: &impl ConnectionTrait) -> CatalogResult<Option<i64>> {
+    let first = catalog_change::Entity::find()
+        .order_by_asc(catalog_change::Column::Id)
+        .limit(1)
+        .one(conn)
+        .await
+        .map_err(db)?;
+    Ok(first.map(|change| change.id))
+}
+
+/// Deletes the changes older than `keep`, but never the newest one (it says where the feed
+/// stands). Returns how many it deleted.
+pub async fn prune(conn: &impl ConnectionTrait, keep: Duration) -> CatalogResult<u64> {
+    let cutoff =
+        Utc::now() - chrono::Duration::from_std(keep).unwrap_or_else(|_| chrono::Duration::days(7));
+    let newest = head(conn).await?;
+    let deleted = catalog_change::Entity::delete_many()
+        .filter(catalog_change::Column::CreatedAt.lt(cutoff))
+        .filter(catalog_change::Column::Id.lt(newest))
+        .exec(conn)
+        .await
+        .map_err(db)?;
+    Ok(deleted.rows_affected)
 }
 
 fn db(err: sea_orm::DbErr) -> CatalogError {
@@ -183,6 +212,14 @@ impl Catalog {
     /// The feed position of this node's index: the last change applied.
     pub fn feed_position(&self) -> i64 {
         self.feed.position()
+    }
+
+    /// Whether changes this index has not applied were pruned from the feed meanwhile (the
+    /// node was down longer than [`KEEP_CHANGES`]): then only a rebuild brings it up to date.
+    pub async fn missed_changes(&self) -> CatalogResult<bool> {
+        Ok(tail(&self.db)
+            .await?
+            .is_some_and(|first| first > self.feed.position() + 1))
     }
 }
 

@@ -40,6 +40,7 @@ pub fn start_workers(state: &Arc<AppState>) {
     state.workers.spawn(SearchFeed {
         state: state.clone(),
         ticks: ticker(milepost_indexer::feed::FOLLOW_EVERY),
+        pruned: None,
     });
     state.workers.spawn(ReservationUpkeep {
         reservations: state.reservations.clone(),
@@ -168,6 +169,8 @@ impl Worker for SyncWhenAsked {
 struct SearchFeed {
     state: Arc<AppState>,
     ticks: Interval,
+    /// When the feed was last pruned of changes older than `feed::KEEP_CHANGES`.
+    pruned: Option<std::time::Instant>,
 }
 
 #[async_trait]
@@ -182,6 +185,21 @@ impl Worker for SearchFeed {
             _ = self.ticks.tick() => {}
         }
         let applied = self.state.catalog.catch_up().await?;
+        // Hourly (any node may: deleting old rows twice is harmless).
+        if self
+            .pruned
+            .is_none_or(|at| at.elapsed() >= Duration::from_secs(3600))
+        {
+            let pruned = milepost_indexer::feed::prune(
+                &self.state.catalog.db,
+                milepost_indexer::feed::KEEP_CHANGES,
+            )
+            .await?;
+            if pruned > 0 {
+                tracing::info!(pruned, "old changes pruned from the catalog's change feed");
+            }
+            self.pruned = Some(std::time::Instant::now());
+        }
         if applied > 0 {
             tracing::debug!(
                 applied,

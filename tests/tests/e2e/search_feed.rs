@@ -2,11 +2,15 @@
 //! own search index: what is registered, tagged or changed at one node is searchable at the
 //! other through the catalog's change feed, and at the node that made it as soon as the call
 //! returns. A token revoked at one node stops working at the other within the token cache's
-//! lifetime.
+//! lifetime. A node whose position was pruned from the feed knows it must rebuild.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use milepost_api::auth::TokenCache;
+use milepost_indexer::feed;
+use milepost_indexer::search::SearchIndex;
+use milepost_indexer::Catalog;
 use milepost_schema::enums::Role;
 use milepost_testkit::TestApp;
 use reqwest::StatusCode;
@@ -182,4 +186,46 @@ async fn changes_at_one_node_are_searchable_at_the_other() {
     );
     second.shutdown().await;
     first.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_node_behind_the_pruned_feed_knows_it_must_rebuild() {
+    let app = TestApp::start().await;
+    let pipeline = app.token("ci", Role::Pipeline).await;
+    for i in 0..3 {
+        let (_, body) = app
+            .graphql(
+                Some(&pipeline),
+                REGISTER_DRIVE,
+                json!({ "input": drive_input(&format!("drv-prune-{i}"), "fog") }),
+            )
+            .await;
+        assert!(body.get("errors").is_none(), "{body}");
+    }
+    let db = app.db().clone();
+    // A node that has applied nothing yet: the feed still holds every change.
+    let stale = Catalog::new(
+        db.clone(),
+        app.state().catalog.layout.clone(),
+        Arc::new(SearchIndex::in_memory().expect("index")),
+    );
+    assert!(!stale.missed_changes().await.expect("feed"));
+    let pruned = feed::prune(&db, Duration::ZERO).await.expect("prune");
+    assert_eq!(pruned, 2, "every change but the newest");
+    assert!(
+        stale.missed_changes().await.expect("feed"),
+        "changes it never applied are gone"
+    );
+    assert!(
+        !app.state().catalog.missed_changes().await.expect("feed"),
+        "the node that made them is at the head"
+    );
+    stale.reindex().await.expect("rebuild");
+    assert!(!stale.missed_changes().await.expect("feed"));
+    assert_eq!(stale.feed_position(), feed::head(&db).await.expect("head"));
+    assert_eq!(
+        stale.search.doc_count(),
+        app.state().catalog.search.doc_count()
+    );
+    app.shutdown().await;
 }
