@@ -15,6 +15,7 @@ use milepost_cacher::cache::{CacheSettings, OfficeCache};
 use milepost_cacher::reservations::{ReservationSettings, Reservations};
 use milepost_cacher::transfer_policy::{PolicyHandle, PolicyShaper, UploadLimiter};
 use milepost_cacher::writeback::{OfficeStore, WriteBack, WriteBackSettings};
+use milepost_cluster::{ClusterNode, ClusterSettings};
 use milepost_indexer::catalog::Layout;
 use milepost_indexer::search::{SearchErrorKind, SearchIndex};
 use milepost_indexer::sync::{SyncOptions, SyncReport};
@@ -70,6 +71,8 @@ pub struct AppState {
     pub objects: Arc<milepost_cacher::objects::OfficeObjects>,
     /// The background workers (syncs, reservation expiry): their runner and their states.
     pub workers: Workers,
+    /// In an office cluster (`[cluster] enabled`): this node.
+    pub cluster: Option<Arc<ClusterNode>>,
 }
 
 impl AppState {
@@ -144,9 +147,24 @@ impl AppState {
         cache_settings.durability = config.cache.durability.into();
         cache_settings.office = config.office.clone();
         let tier = tier_settings(&config)?;
-        let cache = OfficeCache::open_with(cache_settings, db.clone(), store.clone(), tier)
-            .await
-            .context("cannot open the office cache")?;
+        let cluster = join_cluster(&config, &db, &url).await?;
+        let cache = match (&cluster, tier) {
+            (Some(node), Some(tier)) => {
+                OfficeCache::open_cluster(
+                    cache_settings,
+                    db.clone(),
+                    store.clone(),
+                    tier,
+                    Arc::clone(node),
+                )
+                .await
+            }
+            (Some(_), None) => anyhow::bail!("cluster.enabled needs cache.tier = \"s3\""),
+            (None, tier) => {
+                OfficeCache::open_with(cache_settings, db.clone(), store.clone(), tier).await
+            }
+        }
+        .context("cannot open the office cache")?;
         // Validated with the rest of the config; checked again for configs built in code.
         let policy = config
             .transfer_policy()
@@ -159,6 +177,7 @@ impl AppState {
             store.clone(),
             WriteBackSettings {
                 multipart_expiry: config.server.s3_multipart_expiry.0,
+                cluster: cluster.clone(),
                 ..WriteBackSettings::default()
             },
             PolicyShaper::new(upload_limiter.clone()),
@@ -179,7 +198,15 @@ impl AppState {
                 .context("invalid [transfer] download_schedule")?,
             ..ReservationSettings::default()
         };
-        let reservations = Reservations::new(db.clone(), cache.clone(), reservation_settings);
+        let reservations = match &cluster {
+            Some(node) => Reservations::new_in_cluster(
+                db.clone(),
+                cache.clone(),
+                reservation_settings,
+                Arc::clone(node),
+            ),
+            None => Reservations::new(db.clone(), cache.clone(), reservation_settings),
+        };
         let served = config.served_buckets();
         let objects = Arc::new(milepost_cacher::objects::OfficeObjects::new(
             office_store,
@@ -207,6 +234,7 @@ impl AppState {
             transfer_policy,
             upload_limiter,
             workers: Workers::default(),
+            cluster,
         }))
     }
 
@@ -265,6 +293,44 @@ impl AppState {
         let _one_at_a_time = self.sync_lock.lock().await;
         milepost_indexer::sync::sync(&self.catalog, &self.store, &self.sync_options()).await
     }
+}
+
+/// Joins the office cluster when `[cluster] enabled` (PostgreSQL and the office tier were
+/// checked with the config): this node's row and heartbeat.
+async fn join_cluster(
+    config: &Config,
+    db: &DatabaseConnection,
+    url: &str,
+) -> anyhow::Result<Option<Arc<ClusterNode>>> {
+    if !config.cluster.enabled {
+        return Ok(None);
+    }
+    let node_id = match config.cluster.node_id.trim() {
+        "" => {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|name| name.trim().to_owned())
+                .unwrap_or_default();
+            let host = if host.is_empty() {
+                "milepost".to_owned()
+            } else {
+                host
+            };
+            format!("{host}:{}", config.server.listen.0.port())
+        }
+        id => id.to_owned(),
+    };
+    let node = ClusterNode::join(
+        db.clone(),
+        url,
+        ClusterSettings {
+            node_id,
+            address: config.server.listen.0.to_string(),
+            lease: config.cluster.lease.0,
+        },
+    )
+    .await
+    .with_context(|| format!("cannot join the office cluster ({})", redact_url(url)))?;
+    Ok(Some(node))
 }
 
 /// `[upstream]` as the S3 client wants it; credentials come from the standard AWS chain.

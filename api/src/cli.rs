@@ -146,6 +146,22 @@ pub enum Command {
         #[command(flatten)]
         remote: RemoteArgs,
     },
+    /// The office cluster (`[cluster] enabled`), read from its database.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Nodes (alive or gone), the uploads and reservations each holds, the office tier's
+    /// usage and the work waiting to be taken over.
+    Status {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -414,6 +430,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             remote,
         } => crate::transfers::print(&client(&config, remote)?, state, first).await,
         Command::Status { remote } => crate::status::print(&client(&config, remote)?).await,
+        Command::Cluster {
+            command: ClusterCommand::Status { json },
+        } => crate::cluster::print_status(&config, json).await,
         Command::Reindex => {
             let state = AppState::open(config).await?;
             let documents = state.catalog.reindex().await?;

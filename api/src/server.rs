@@ -346,6 +346,10 @@ pub async fn start_with_state(state: Arc<AppState>) -> anyhow::Result<RunningSer
         cleanup.write_back.shutdown().await;
         cleanup.reservations.shutdown().await;
         cleanup.cache.shutdown().await;
+        // Last: until now this node's work was its own; the others take what is left at once.
+        if let Some(node) = &cleanup.cluster {
+            node.leave().await;
+        }
         Ok(())
     });
     tracing::info!(%addr, %s3_addr, "listening: web catalog on http://{addr}/, GraphQL on http://{addr}/graphql, S3 gateway on http://{s3_addr}/");

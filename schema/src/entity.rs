@@ -3,6 +3,7 @@
 
 pub mod cache_entry;
 pub mod catalog_change;
+pub mod cluster_node;
 pub mod dataset;
 pub mod dataset_member;
 pub mod drive;
@@ -23,6 +24,7 @@ pub mod transfer_metadata;
 pub mod prelude {
     pub use super::cache_entry::Entity as CacheEntry;
     pub use super::catalog_change::Entity as CatalogChange;
+    pub use super::cluster_node::Entity as ClusterNode;
     pub use super::dataset::Entity as Dataset;
     pub use super::dataset_member::Entity as DatasetMember;
     pub use super::drive::Entity as Drive;

@@ -10,6 +10,7 @@ mod m20261125_000003_object_metadata;
 mod m20261206_000001_reservation_schedule;
 mod m20261206_000002_run_input_windows;
 mod m20261207_000001_catalog_changes;
+mod m20261207_000002_cluster;
 
 /// All migrations of the catalog, oldest first.
 #[derive(Debug)]
@@ -25,6 +26,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261206_000001_reservation_schedule::Migration),
             Box::new(m20261206_000002_run_input_windows::Migration),
             Box::new(m20261207_000001_catalog_changes::Migration),
+            Box::new(m20261207_000002_cluster::Migration),
         ]
     }
 }

@@ -41,6 +41,7 @@ pub struct Config {
     pub cache: CacheConfig,
     pub transfer: TransferConfig,
     pub ui: UiConfig,
+    pub cluster: ClusterConfig,
 }
 
 impl Default for Config {
@@ -55,6 +56,7 @@ impl Default for Config {
             cache: CacheConfig::default(),
             transfer: TransferConfig::default(),
             ui: UiConfig::default(),
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -290,6 +292,32 @@ impl Default for CacheConfig {
     }
 }
 
+/// `[cluster]`: several `milepost serve` nodes in one office, sharing the PostgreSQL
+/// database and the office tier (`cache.tier = "s3"`); see `docs/ARCHITECTURE.md`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// Run as one node of an office cluster.
+    pub enabled: bool,
+    /// This node's name: unique in the office, the same across its restarts (so that it takes
+    /// its own interrupted work back at once). Empty: `<host name>:<HTTP port>`.
+    pub node_id: String,
+    /// How long a node's work (uploads, reservations) stays its own after its last
+    /// heartbeat; heartbeats come every third of it. A killed node's work is taken over
+    /// about this long after it died.
+    pub lease: DurationSetting,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            node_id: String::new(),
+            lease: DurationSetting(std::time::Duration::from_secs(15)),
+        }
+    }
+}
+
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TransferConfig {
@@ -470,6 +498,32 @@ impl Config {
                     "ui.viewer_urls",
                     format!("{name:?} = {template:?}"),
                     "a name and an http(s) URL template containing {url}",
+                ));
+            }
+        }
+        if self.cluster.enabled {
+            if url.starts_with("sqlite:") {
+                return Err(invalid(
+                    "database.url",
+                    "a SQLite database with cluster.enabled".into(),
+                    "a postgres:// URL: the nodes of a cluster share one PostgreSQL database",
+                ));
+            }
+            if self.cache.tier != CacheTier::S3 {
+                return Err(invalid(
+                    "cache.tier",
+                    "\"disk\" with cluster.enabled".into(),
+                    "\"s3\": the nodes of a cluster share the office tier",
+                ));
+            }
+            let lease = self.cluster.lease.0;
+            if lease < std::time::Duration::from_secs(3)
+                || lease > std::time::Duration::from_secs(3600)
+            {
+                return Err(invalid(
+                    "cluster.lease",
+                    self.cluster.lease.to_string(),
+                    "a duration from 3s to 1h",
                 ));
             }
         }

@@ -2,6 +2,7 @@
 //! (SIGKILL mid-work, restart, durable acknowledgements traced with strace).
 
 mod cli;
+mod cluster;
 mod crash;
 mod mount;
 mod process;

@@ -147,6 +147,26 @@ pub(super) async fn set_state(
     Ok(())
 }
 
+/// The state of `object`'s row, if it has one (in cluster mode: whether another node holds
+/// it in the office tier).
+pub(super) async fn find_state(
+    db: &DatabaseConnection,
+    object: &ObjectKey,
+) -> Result<Option<CacheEntryState>, CacheError> {
+    let row = cache_entry::Entity::find()
+        .filter(cache_entry::Column::Bucket.eq(&object.bucket))
+        .filter(cache_entry::Column::Key.eq(&object.key))
+        .filter(cache_entry::Column::Etag.eq(&object.etag))
+        .one(db)
+        .await
+        .map_err(|err| {
+            CacheError::database(format!("looking up the cache entry of {object}"), err)
+        })?;
+    Ok(row
+        .filter(|row| u64::try_from(row.size).ok() == Some(object.size))
+        .map(|row| row.state))
+}
+
 /// The objects whose rows are `dirty` (written in the office, not yet in S3).
 pub(super) async fn dirty(db: &DatabaseConnection) -> Result<Vec<ObjectKey>, CacheError> {
     let rows = cache_entry::Entity::find()

@@ -135,6 +135,15 @@ pub enum CacheError {
         #[source]
         source: DbError,
     },
+    /// The office cluster's coordination failed (a claim on the object's download).
+    #[error("office cluster coordination failed while {context}: {source}")]
+    Cluster {
+        /// What was being done, naming the object.
+        context: String,
+        /// The error.
+        #[source]
+        source: milepost_cluster::ClusterError,
+    },
     /// The object must be cached for this operation and is not.
     #[error("{object} is not cached")]
     NotCached {
@@ -188,9 +197,10 @@ impl CacheError {
             },
             Self::InvalidRange { .. } => CacheErrorKind::InvalidRange,
             Self::Full { .. } | Self::DiskFull { .. } => CacheErrorKind::Full,
-            Self::Io { .. } | Self::Database { .. } | Self::Interrupted { .. } => {
-                CacheErrorKind::Io
-            }
+            Self::Io { .. }
+            | Self::Database { .. }
+            | Self::Cluster { .. }
+            | Self::Interrupted { .. } => CacheErrorKind::Io,
             Self::NotCached { .. } => CacheErrorKind::NotFound,
             Self::Corrupt { .. } => CacheErrorKind::Corrupt,
             Self::Invalid { .. } => CacheErrorKind::Invalid,

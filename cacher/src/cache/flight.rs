@@ -5,6 +5,10 @@
 //! then verification, fsync, atomic rename into the content store and the `cache_entries`
 //! row (written behind by the recorder).
 //!
+//! In an office cluster the download runs under a claim on the object (one node of the office
+//! at a time), and its row is written before the claim ends; a node that finds the row under
+//! the claim copies the object from the office tier instead of downloading it.
+//!
 //! An entry that is a byte range of an object the office holds whole (cached, or being
 //! downloaded whole) is not fetched: its bytes are copied from the whole object's file as they
 //! are there ([`Local`]), so that no byte is fetched from upstream twice.
@@ -22,9 +26,11 @@ use futures::{StreamExt as _, TryStreamExt as _};
 use tokio::sync::watch;
 
 use super::content::{InstallKind, Opened};
+use super::entries;
 use super::{CacheError, CacheErrorKind, FetchContext, Inner, Layout, ObjectKey, Victim};
 use crate::digest::lanes::{self, LaneStream};
 use crate::digest::Md5;
+use milepost_schema::enums::CacheEntryState;
 use milepost_store::{ByteRange, StoreError, Target};
 
 /// The object an entry that is a byte range of it is read from
@@ -354,6 +360,90 @@ impl Inner {
             Some(local) => self.copy_local(flight, &file, local).await?,
             None => false,
         };
+        // In an office cluster one node at a time downloads an object: under the claim, an
+        // object another node installed meanwhile is copied from the office tier instead.
+        let claim = match (&self.cluster, copied) {
+            (Some(node), false) => Some(
+                node.claim(&format!("cache:{}", Layout::content_relative(object)))
+                    .await
+                    .map_err(|source| CacheError::Cluster {
+                        context: format!("claiming the download of {object}"),
+                        source,
+                    })?,
+            ),
+            _ => None,
+        };
+        if let Some(claim) = claim {
+            let adopted = self.adopt_installed(flight, &file).await;
+            if !matches!(adopted, Ok(false)) {
+                claim.release().await;
+                if adopted.is_ok() {
+                    remove_quietly(staging.to_owned()).await;
+                }
+                return adopted.map(drop);
+            }
+            let fetched = self.fetch_and_install(flight, &file, staging, copied).await;
+            let recorded = match fetched {
+                // Before the claim ends: the next node to look must find the row.
+                Ok(()) => {
+                    entries::upsert_ready(&self.db, object, &Layout::content_relative(object)).await
+                }
+                Err(err) => Err(err),
+            };
+            claim.release().await;
+            return recorded;
+        }
+        self.fetch_and_install(flight, &file, staging, copied)
+            .await?;
+        // Written behind, in a batch (see the recorder's docs): the bytes are verified and
+        // in place, and a file whose row is lost is removed at the next start-up.
+        self.recorder
+            .entry_ready(object, Layout::content_relative(object));
+        Ok(())
+    }
+
+    /// In an office cluster, under the object's claim: if another node installed `flight`'s
+    /// object in the office tier (its row says so), copies it from there into `file` as the
+    /// download would have, and returns true; false when the office does not hold it (or
+    /// its tier object vanished: evicted meanwhile).
+    async fn adopt_installed(&self, flight: &Flight, file: &Arc<File>) -> Result<bool, CacheError> {
+        let object = flight.object();
+        let state = match entries::find_state(&self.db, object).await? {
+            Some(state) if state != CacheEntryState::Staging => state,
+            _ => return Ok(false),
+        };
+        if object.size > 0 {
+            match self.content.open(object, 0, object.size).await {
+                Ok(Opened::Stream(stream)) => self.copy_stream(flight, file, stream).await?,
+                Ok(Opened::File(_)) => {
+                    return Err(CacheError::invalid(
+                        "office cluster",
+                        "the cache of a cluster node is the office tier, not a local disk",
+                    ))
+                }
+                Err(err) if err.kind() == CacheErrorKind::NotFound => return Ok(false),
+                Err(err) => return Err(err),
+            }
+        }
+        if state == CacheEntryState::Dirty {
+            // Written in the office by another node and not yet in S3: never evicted here.
+            self.lock().book.pin(super::WRITE_BACK_HOLDER, [object]);
+        }
+        tracing::debug!(object = %object, "read from the office tier: another node downloaded it");
+        Ok(true)
+    }
+
+    /// Downloads `flight`'s object into `file` (unless `copied` from the whole object
+    /// already), verifies it and installs it in the content store.
+    async fn fetch_and_install(
+        self: &Arc<Self>,
+        flight: &Arc<Flight>,
+        file: &Arc<File>,
+        staging: &Path,
+        copied: bool,
+    ) -> Result<(), CacheError> {
+        let object = flight.object();
+        let file = Arc::clone(file);
         // The office tier installs the bytes as they land (a byte range copied from the whole
         // object is all there already, and is installed from the file).
         let follow = !copied && object.size > 0 && self.content.follows_downloads();
@@ -432,10 +522,6 @@ impl Inner {
                 .install(object, &file, staging, InstallKind::Download)
                 .await?;
         }
-        // Written behind, in a batch (see the recorder's docs): the bytes are verified and
-        // in place, and a file whose row is lost is removed at the next start-up.
-        self.recorder
-            .entry_ready(object, Layout::content_relative(object));
         Ok(())
     }
 

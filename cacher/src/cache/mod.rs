@@ -41,6 +41,7 @@ mod error;
 mod flight;
 mod held;
 mod layout;
+mod office_pins;
 mod reconcile;
 mod recorder;
 mod stream;
@@ -59,6 +60,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use milepost_cluster::ClusterNode;
 use milepost_schema::enums::CacheEntryState;
 
 /// Crate-internal shorthand: the object identity is the store's.
@@ -112,6 +114,9 @@ struct Inner {
     /// Signalled whenever a download ends (completed or failed): admissions held back by
     /// unpinned downloads in progress wait for it, then plan again.
     downloads_ended: watch::Sender<()>,
+    /// In an office cluster: this node. The office tier and `cache_entries` are then shared
+    /// with the other nodes (see [`open_cluster`](OfficeCache::open_cluster)).
+    cluster: Option<Arc<ClusterNode>>,
 }
 
 /// What the cache holds and does now, under one lock held only for bookkeeping (no I/O).
@@ -186,6 +191,40 @@ impl OfficeCache {
         store: Arc<dyn ObjectStore>,
         tier: Option<TierSettings>,
     ) -> Result<Arc<OfficeCache>, CacheError> {
+        Self::open_inner(settings, db, store, tier, None).await
+    }
+
+    /// [`open_with`](Self::open_with) the office tier, as `node` of an office cluster: the
+    /// tier and the `cache_entries` rows are shared with the other nodes.
+    ///
+    /// - One download per object in the office: a node downloads an object under a claim
+    ///   (`node.claim`, keyed by bucket, key and ETag) and writes its row before releasing
+    ///   it; a node that needed it meanwhile waits for the claim, finds the row, and reads
+    ///   the object from the tier instead of the upstream.
+    /// - Entries installed by other nodes are learnt when needed (a row found for a miss);
+    ///   one removed by another node is forgotten when its tier object is found missing.
+    /// - Start-up never removes tier objects without a row (another node may be installing
+    ///   them), and eviction spares entries another node needs (dirty, or in an active
+    ///   reservation's dataset).
+    /// - The capacity bounds what each node admits; the book of one node counts the entries
+    ///   it has learnt, so the office tier holds at most the capacity per node.
+    pub async fn open_cluster(
+        settings: CacheSettings,
+        db: DatabaseConnection,
+        store: Arc<dyn ObjectStore>,
+        tier: TierSettings,
+        node: Arc<ClusterNode>,
+    ) -> Result<Arc<OfficeCache>, CacheError> {
+        Self::open_inner(settings, db, store, Some(tier), Some(node)).await
+    }
+
+    async fn open_inner(
+        settings: CacheSettings,
+        db: DatabaseConnection,
+        store: Arc<dyn ObjectStore>,
+        tier: Option<TierSettings>,
+        cluster: Option<Arc<ClusterNode>>,
+    ) -> Result<Arc<OfficeCache>, CacheError> {
         settings.validate()?;
         let layout = Layout::new(&settings.root);
         let book = CacheBook::new(
@@ -216,7 +255,8 @@ impl OfficeCache {
                 tier.validate()?;
                 let tier = TierContent::new(tier);
                 tier.check().await?;
-                let book = reconcile::reconcile_tier(&layout, &db, book, &tier).await?;
+                let book =
+                    reconcile::reconcile_tier(&layout, &db, book, &tier, cluster.is_some()).await?;
                 (book, Arc::new(tier))
             }
         };
@@ -242,6 +282,7 @@ impl OfficeCache {
             tasks: TaskTracker::new(),
             stop: CancellationToken::new(),
             downloads_ended: watch::channel(()).0,
+            cluster,
             settings,
         });
         // The capacity may have shrunk since the entries were written.
@@ -351,9 +392,11 @@ impl OfficeCache {
                 Lookup::Hit => match self.inner.content.open(object, start, end + 1).await {
                     Ok(Opened::File(file)) => (Source::File(file), true),
                     Ok(Opened::Stream(stream)) => (Source::Stream(stream), true),
-                    // Evicted between the lookup and the open: look again.
+                    // Evicted between the lookup and the open (by another node of a cluster:
+                    // forgotten here too): look again.
                     Err(err) if err.kind() == CacheErrorKind::NotFound && vanished < 3 => {
                         vanished += 1;
+                        self.inner.forget_vanished(object);
                         continue;
                     }
                     Err(err) => return Err(err),
@@ -813,13 +856,16 @@ impl OfficeCache {
                 size: object.size,
             });
         }
-        if !self.is_cached(object) {
+        if !self.inner.holds(object).await? {
             return Ok(None);
         }
         let source = match self.inner.content.open(object, start, end + 1).await {
             Ok(Opened::File(file)) => Source::File(file),
             Ok(Opened::Stream(stream)) => Source::Stream(stream),
-            Err(err) if err.kind() == CacheErrorKind::NotFound => return Ok(None),
+            Err(err) if err.kind() == CacheErrorKind::NotFound => {
+                self.inner.forget_vanished(object);
+                return Ok(None);
+            }
             Err(err) => return Err(err),
         };
         Ok(Some(stream::range_stream(
@@ -836,7 +882,7 @@ impl OfficeCache {
     /// office tier a copy in `staging/` removed when the returned value is dropped. For readers
     /// that need a file (the trimmer's writer, multipart uploads). `None` when it is not cached.
     pub async fn local_file(&self, object: &ObjectKey) -> Result<Option<LocalFile>, CacheError> {
-        if !self.is_cached(object) {
+        if !self.inner.holds(object).await? {
             return Ok(None);
         }
         if let Some(path) = self.inner.content.local_path(object) {
@@ -1113,6 +1159,12 @@ impl Inner {
         }
         self.settle_entry_rows().await;
         for victim in victims {
+            if self.needed_elsewhere(&victim.object).await {
+                // Out of this node's book (its bytes no longer count here), left in the tier.
+                tracing::debug!(object = %victim.object, "not evicted: another node of the cluster needs it");
+                self.lock().deleting.remove(&victim.object);
+                continue;
+            }
             self.content.remove(&victim.object).await;
             if let Err(err) = entries::delete(&self.db, &victim.object).await {
                 tracing::warn!(object = %victim.object, error = %err, "cannot delete an evicted cache entry's row");
@@ -1120,6 +1172,70 @@ impl Inner {
             tracing::debug!(object = %victim.object, size = victim.object.size, "evicted");
             self.lock().deleting.remove(&victim.object);
             // Dropping the victim drops its gate: waiting downloads look again.
+        }
+    }
+
+    /// In an office cluster: whether `object`, chosen for eviction here, is needed by another
+    /// node: dirty (written in the office, not yet in S3), or a member of a dataset an active
+    /// reservation holds. A database failure counts as needed: evicting is never urgent
+    /// enough to risk a pinned entry.
+    async fn needed_elsewhere(&self, object: &ObjectKey) -> bool {
+        if self.cluster.is_none() {
+            return false;
+        }
+        match office_pins::needed(&self.db, object).await {
+            Ok(needed) => needed,
+            Err(err) => {
+                tracing::warn!(object = %object, error = %err, "cannot check the office's pins; not evicting");
+                true
+            }
+        }
+    }
+
+    /// In an office cluster: whether `object` is cached in the office, learning of an entry
+    /// another node installed (its row) if this node's book does not have it yet. On a single
+    /// node: whether the book has it.
+    async fn holds(&self, object: &ObjectKey) -> Result<bool, CacheError> {
+        if self.lock().book.is_ready(object) {
+            return Ok(true);
+        }
+        if self.cluster.is_none() {
+            return Ok(false);
+        }
+        let Some(state) = entries::find_state(&self.db, object).await? else {
+            return Ok(false);
+        };
+        if state == CacheEntryState::Staging {
+            return Ok(false);
+        }
+        self.learn(object, state);
+        Ok(true)
+    }
+
+    /// Adds `object`, installed in the office tier by another node, to this node's book
+    /// (pinned for the write-back when `dirty`); nothing if the book has it already.
+    fn learn(&self, object: &ObjectKey, state: CacheEntryState) {
+        let mut state_now = self.lock();
+        if state_now.book.state(object).is_some() || state_now.deleting.contains_key(object) {
+            return;
+        }
+        if state == CacheEntryState::Dirty {
+            state_now.book.pin(WRITE_BACK_HOLDER, [object]);
+        }
+        state_now.book.insert(object.clone(), object.size);
+    }
+
+    /// In an office cluster: `object`, ready in this node's book, is missing from the office
+    /// tier (another node evicted it): forgotten, so that the next lookup fetches it again.
+    /// Unpinned entries only: a pinned one missing is an error worth seeing.
+    fn forget_vanished(&self, object: &ObjectKey) {
+        if self.cluster.is_none() {
+            return;
+        }
+        let mut state = self.lock();
+        if state.book.is_ready(object) && !state.book.is_pinned(object) {
+            tracing::debug!(object = %object, "forgetting an entry another node evicted");
+            state.book.remove(object);
         }
     }
 

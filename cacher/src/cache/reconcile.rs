@@ -271,6 +271,7 @@ pub(super) async fn reconcile_tier(
     db: &DatabaseConnection,
     mut book: CacheBook,
     tier: &TierContent,
+    cluster: bool,
 ) -> Result<CacheBook, CacheError> {
     let mut fixed = Fixed::default();
     let (staging, views) = (layout.staging.clone(), layout.views.clone());
@@ -283,8 +284,10 @@ pub(super) async fn reconcile_tier(
             Ok((clear_dir(&staging)?, remove_view_temps(&views)?))
         })
         .await?;
-    let listed = tier.list().await?;
+    // Rows first: a row is written only once its object is in the tier, so an object listed
+    // after its row was read is surely there (in a cluster, other nodes keep installing).
     let rows = entries::load_all(db).await?;
+    let listed = tier.list().await?;
     let mut drop_ids = Vec::new();
     let mut known = HashSet::new();
     let mut write_back = Vec::new();
@@ -318,7 +321,12 @@ pub(super) async fn reconcile_tier(
         }
     }
     entries::delete_ids(db, &drop_ids).await?;
-    for relative in listed.keys().filter(|relative| !known.contains(*relative)) {
+    // In a cluster an object without a row may be another node's install in progress: only
+    // a lone node removes orphans.
+    for relative in listed
+        .keys()
+        .filter(|relative| !cluster && !known.contains(*relative))
+    {
         tracing::debug!(object = %relative, "removing an orphan from the office tier");
         tier.remove_relative(relative).await?;
         fixed.orphans_removed += 1;

@@ -177,6 +177,7 @@ impl Reservations {
             scheduled_start = ?scheduled_start,
             "reserved"
         );
+        self.inner.hold(&id).await;
         Inner::spawn(&self.inner, id, false);
         Ok(inserted)
     }

@@ -55,6 +55,9 @@ impl Reservations {
             if count > 0 {
                 tracing::info!(count, "reservations resumed");
             }
+        } else {
+            // In a cluster: reservations whose node is gone, at every pass.
+            self.take_over(false).await?;
         }
         expired.map(|_| ())
     }
@@ -64,7 +67,26 @@ impl Reservations {
     /// are hits, so only what is missing is fetched); ready ones are pinned again, and their
     /// view rebuilt if its directory is missing (objects no longer cached are fetched again
     /// first). Returns how many were taken over.
+    ///
+    /// In an office cluster, ready reservations are pinned here too (every node keeps the
+    /// office's reservations from eviction), but only the pending and materializing ones of
+    /// this node from before its restart, or of nodes that are gone, are materialized here.
     pub async fn resume(&self) -> Result<usize, ReservationError> {
+        if self.inner.cluster.is_some() {
+            let taken = self.take_over(true).await?;
+            let ready = reservation::Entity::find()
+                .filter(reservation::Column::State.eq(ReservationState::Ready))
+                .order_by_asc(reservation::Column::CreatedAt)
+                .all(&self.inner.db)
+                .await?;
+            let mut count = taken;
+            for row in ready {
+                if self.inner.adopt(&row).await? {
+                    count += 1;
+                }
+            }
+            return Ok(count);
+        }
         let rows = reservation::Entity::find()
             .filter(reservation::Column::State.is_in(ACTIVE))
             .order_by_asc(reservation::Column::CreatedAt)

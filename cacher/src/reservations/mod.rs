@@ -90,6 +90,7 @@ use crate::cache::OfficeCache;
 use crate::transfer_policy::{DownloadGate, DownloadSchedule};
 
 mod admission;
+mod cluster;
 mod error;
 mod expiry;
 mod lifecycle;
@@ -177,6 +178,8 @@ struct Inner {
     state: Mutex<State>,
     tasks: TaskTracker,
     stop: CancellationToken,
+    /// In an office cluster: this node (see `cluster.rs`).
+    cluster: Option<Arc<milepost_cluster::ClusterNode>>,
 }
 
 /// The reservation service; see the [module documentation](self). Shared as
@@ -203,7 +206,28 @@ impl Reservations {
     pub fn new(
         db: DatabaseConnection,
         cache: Arc<OfficeCache>,
+        settings: ReservationSettings,
+    ) -> Arc<Self> {
+        Self::open_inner(db, cache, settings, None)
+    }
+
+    /// [`new`](Self::new) as `node` of an office cluster: reservations admitted here are
+    /// this node's work under its lease, and those of nodes that are gone are taken over by
+    /// the upkeep (`cluster.rs`).
+    pub fn new_in_cluster(
+        db: DatabaseConnection,
+        cache: Arc<OfficeCache>,
+        settings: ReservationSettings,
+        node: Arc<milepost_cluster::ClusterNode>,
+    ) -> Arc<Self> {
+        Self::open_inner(db, cache, settings, Some(node))
+    }
+
+    fn open_inner(
+        db: DatabaseConnection,
+        cache: Arc<OfficeCache>,
         mut settings: ReservationSettings,
+        cluster: Option<Arc<milepost_cluster::ClusterNode>>,
     ) -> Arc<Self> {
         settings.concurrency_objects = settings.concurrency_objects.max(1);
         settings.progress_interval = settings.progress_interval.max(Duration::from_millis(1));
@@ -218,6 +242,7 @@ impl Reservations {
                 state: Mutex::new(State::default()),
                 tasks: TaskTracker::new(),
                 stop: CancellationToken::new(),
+                cluster,
             }),
         })
     }

@@ -199,6 +199,59 @@ pub(crate) async fn requeue_interrupted(db: &DatabaseConnection) -> Result<u64, 
     Ok(result.rows_affected)
 }
 
+/// In an office cluster: takes over the uploads whose node is gone (its lease ended), and at
+/// start-up (`at_start`) this node's own from before its restart, the ones without an owner,
+/// and the failed ones (retried at each start, as on a single node). Rows with a newer row of
+/// their key are superseded instead. Uploads a live node is running are never touched.
+/// Returns how many were queued again.
+pub(crate) async fn take_over(
+    db: &DatabaseConnection,
+    node: &str,
+    at_start: bool,
+) -> Result<u64, WriteBackError> {
+    let live = milepost_cluster::LIVE_NODES;
+    let orphaned = if at_start {
+        format!(
+            "((state = 'uploading' AND (lease_owner IS NULL OR lease_owner = $1 \
+             OR lease_owner NOT IN ({live}))) OR state = 'failed')"
+        )
+    } else {
+        format!("(state = 'uploading' AND lease_owner <> $1 AND lease_owner NOT IN ({live}))")
+    };
+    let newer = "EXISTS (SELECT 1 FROM transfers AS newer WHERE newer.bucket = transfers.bucket \
+                 AND newer.key = transfers.key AND newer.id > transfers.id)";
+    let run = |sql: String| async move {
+        db.execute(Statement::from_sql_and_values(
+            DatabaseBackend::Postgres,
+            sql,
+            [node.into()],
+        ))
+        .await
+        .map_err(|e| WriteBackError::db("taking over the uploads of nodes that are gone", e))
+    };
+    let superseded = run(format!(
+        "UPDATE transfers SET state = 'superseded', finished_at = now(), lease_owner = NULL \
+         WHERE {orphaned} AND {newer}"
+    ))
+    .await?
+    .rows_affected();
+    let requeued = run(format!(
+        "UPDATE transfers SET state = 'queued', bytes_done = 0, lease_owner = NULL \
+         WHERE {orphaned}"
+    ))
+    .await?
+    .rows_affected();
+    if superseded > 0 || requeued > 0 {
+        tracing::info!(
+            node,
+            requeued,
+            superseded,
+            "took over uploads of cluster nodes that are gone"
+        );
+    }
+    Ok(requeued)
+}
+
 /// Every active transfer, oldest first.
 pub(crate) async fn active(
     db: &DatabaseConnection,
@@ -286,9 +339,15 @@ fn newest_of_key(bucket: &str, key: &str, id: i64) -> sea_orm::sea_query::Simple
 pub(crate) async fn start(
     db: &DatabaseConnection,
     row: &transfer::Model,
+    owner: Option<&str>,
 ) -> Result<bool, WriteBackError> {
     let id = row.id;
     let result = transfer::Entity::update_many()
+        // In an office cluster: this node's lease covers it from now on.
+        .col_expr(
+            sea_orm::sea_query::Alias::new("lease_owner"),
+            Expr::value(owner.map(str::to_owned)),
+        )
         .col_expr(
             transfer::Column::State,
             Expr::value(TransferState::Uploading),

@@ -80,6 +80,9 @@ pub struct WriteBackSettings {
     pub retry_max: Duration,
     /// How long an unfinished multipart upload of the gateway is kept after it started.
     pub multipart_expiry: Duration,
+    /// In an office cluster: this node. Uploads then run under its lease, uploads of nodes
+    /// that are gone are taken over, and start-up leaves other nodes' work alone.
+    pub cluster: Option<Arc<milepost_cluster::ClusterNode>>,
 }
 
 impl Default for WriteBackSettings {
@@ -90,6 +93,7 @@ impl Default for WriteBackSettings {
             retry_base: Duration::from_millis(500),
             retry_max: Duration::from_secs(60),
             multipart_expiry: Duration::from_secs(7 * 24 * 3600),
+            cluster: None,
         }
     }
 }
@@ -370,7 +374,10 @@ impl WriteBack {
         settings: WriteBackSettings,
         shaper: Arc<dyn UploadShaper>,
     ) -> Result<Arc<WriteBack>, WriteBackError> {
-        let requeued = journal::requeue_interrupted(&db).await?;
+        let requeued = match &settings.cluster {
+            Some(node) => journal::take_over(&db, node.id(), true).await?,
+            None => journal::requeue_interrupted(&db).await?,
+        };
         let active = journal::active(&db).await?;
         let mut metadata = journal::active_metadata(&db).await?;
         let mut overlay = BTreeMap::new();
@@ -408,7 +415,13 @@ impl WriteBack {
             overlay.insert((row.bucket.clone(), row.key.clone()), version);
         }
         let mut released = 0;
-        for object in cache.dirty_entries().await? {
+        // In a cluster a dirty entry without an active transfer may be another node's write
+        // between its entry and its journal row: left alone.
+        let dirty = match settings.cluster {
+            Some(_) => Vec::new(),
+            None => cache.dirty_entries().await?,
+        };
+        for object in dirty {
             if !needed.contains(&object) {
                 cache.discard_dirty(&object).await?;
                 released += 1;

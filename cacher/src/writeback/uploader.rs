@@ -75,6 +75,8 @@ pub struct Uploader {
     busy: HashSet<(String, String)>,
     /// Transfers backing off: when they may run again, and how many failures so far.
     not_before: HashMap<i64, (Instant, u32)>,
+    /// In an office cluster: when the uploads of nodes that are gone were last looked for.
+    last_take_over: Instant,
 }
 
 impl std::fmt::Debug for Uploader {
@@ -93,6 +95,7 @@ impl Uploader {
             running: JoinSet::new(),
             busy: HashSet::new(),
             not_before: HashMap::new(),
+            last_take_over: Instant::now(),
         }
     }
 
@@ -135,6 +138,23 @@ impl Uploader {
         if self.running.len() >= concurrency {
             return;
         }
+        let owner = match &inner.settings.cluster {
+            Some(node) => {
+                if !node.holds_lease() {
+                    // Another node may be taking this node's work over: start nothing.
+                    tracing::warn!(node = %node.id(), "cluster lease not renewed lately; no upload starts");
+                    return;
+                }
+                if self.last_take_over.elapsed() >= node.lease() / 2 {
+                    self.last_take_over = Instant::now();
+                    if let Err(err) = journal::take_over(&inner.db, node.id(), false).await {
+                        tracing::warn!(error = %err, "cannot look for uploads of nodes that are gone");
+                    }
+                }
+                Some(node.id())
+            }
+            None => None,
+        };
         let want = (concurrency * 4 + self.busy.len()) as u64;
         let rows = match journal::next_queued(&inner.db, want).await {
             Ok(rows) => rows,
@@ -157,7 +177,7 @@ impl Uploader {
             {
                 continue;
             }
-            match journal::start(&inner.db, &row).await {
+            match journal::start(&inner.db, &row, owner).await {
                 Ok(true) => {}
                 Ok(false) => {
                     // Superseded meanwhile, or a newer write of its key exists: this one

@@ -1,0 +1,556 @@
+//! An office cluster of three real `milepost serve` processes (`[cluster] enabled`) on one
+//! PostgreSQL database and one office tier: a loopback S3 server, or the Garage cluster that
+//! `MILEPOST_TEST_TIER_ENDPOINT` (with `_KEY`, `_SECRET`, `_BUCKET`) names.
+//!
+//! 1. 16 reservations of one dataset and 16 reads of its largest object (`/data` and the S3
+//!    gateway), spread over the three nodes at once: the upstream serves each object once
+//!    (the nodes' `milepost_upstream_bytes_total` add up to the dataset's bytes exactly), and
+//!    every byte read and reserved is exact.
+//! 2. The node materializing a reservation is killed with SIGKILL: another node takes it over
+//!    once the lease ends and makes it READY, bytes exact.
+//! 3. The node holding 200 acknowledged uploads (some keys written twice) is killed with
+//!    SIGKILL before they reached S3: the other nodes upload all of them, with the newest
+//!    version of each key.
+//!
+//! PostgreSQL only (cluster mode is): skipped, saying so, without `MILEPOST_TEST_DATABASE_URL`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt as _;
+use milepost_store::{
+    list_all, ByteRange, ObjectStore, S3Store, StaticCredentials, UpstreamSettings,
+};
+use milepost_testkit::{FaultProxy, LoopbackUpstream, TestDatabase};
+use rand::RngCore as _;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use crate::process::{graphql, milepost, Server, ACCESS_KEY, SECRET_KEY};
+
+const BUCKET: &str = "fleet";
+const MIB: usize = 1024 * 1024;
+const NODES: usize = 3;
+
+fn sha(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// The office tier the nodes share.
+struct Tier {
+    endpoint: String,
+    bucket: String,
+    prefix: String,
+    key: String,
+    secret: String,
+    _loopback: Option<LoopbackUpstream>,
+}
+
+async fn tier() -> Tier {
+    let prefix = format!("cluster-test-{:016x}/", rand::random::<u64>());
+    match std::env::var("MILEPOST_TEST_TIER_ENDPOINT") {
+        Ok(endpoint) if !endpoint.is_empty() => {
+            let var = |name: &str| {
+                std::env::var(name)
+                    .unwrap_or_else(|_| panic!("{name} is needed with MILEPOST_TEST_TIER_ENDPOINT"))
+            };
+            Tier {
+                endpoint,
+                bucket: var("MILEPOST_TEST_TIER_BUCKET"),
+                prefix,
+                key: var("MILEPOST_TEST_TIER_KEY"),
+                secret: var("MILEPOST_TEST_TIER_SECRET"),
+                _loopback: None,
+            }
+        }
+        _ => {
+            let loopback = LoopbackUpstream::start("tier").await;
+            Tier {
+                endpoint: loopback.endpoint(),
+                bucket: "tier".to_owned(),
+                prefix,
+                key: ACCESS_KEY.to_owned(),
+                secret: SECRET_KEY.to_owned(),
+                _loopback: Some(loopback),
+            }
+        }
+    }
+}
+
+/// Writes node `n`'s config under `root/node-<n>` and returns that directory.
+fn node_dir(
+    root: &Path,
+    n: usize,
+    database_url: &str,
+    upstream_endpoint: &str,
+    tier: &Tier,
+    upload_schedule: &str,
+) -> PathBuf {
+    let dir = root.join(format!("node-{n}"));
+    std::fs::create_dir_all(&dir).expect("node dir");
+    std::fs::write(
+        dir.join("milepost.toml"),
+        format!(
+            r#"data_dir = "{data}"
+office = "hq"
+[server]
+listen = "127.0.0.1:0"
+s3_listen = "127.0.0.1:0"
+shutdown_grace = "2s"
+[database]
+url = "{database_url}"
+[upstream]
+endpoint = "{upstream_endpoint}"
+region = "us-east-1"
+force_path_style = true
+[catalog]
+bucket = "{BUCKET}"
+sync_interval = "off"
+[cache]
+part_size = "1MiB"
+concurrency = 4
+expiry_check = "1s"
+tier = "s3"
+tier_endpoint = "{tier_endpoint}"
+tier_bucket = "{tier_bucket}"
+tier_prefix = "{tier_prefix}"
+tier_access_key_id = "{tier_key}"
+tier_secret_access_key = "{tier_secret}"
+[transfer]
+upload_schedule = "{upload_schedule}"
+[cluster]
+enabled = true
+node_id = "node-{n}"
+lease = "3s"
+"#,
+            data = dir.join("data").display(),
+            tier_endpoint = tier.endpoint,
+            tier_bucket = tier.bucket,
+            tier_prefix = tier.prefix,
+            tier_key = tier.key,
+            tier_secret = tier.secret,
+        ),
+    )
+    .expect("config");
+    dir
+}
+
+fn cli_output(dir: &Path, args: &[&str]) -> String {
+    let out = milepost(dir).args(args).output().expect("milepost");
+    assert!(
+        out.status.success(),
+        "milepost {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf8")
+}
+
+/// `milepost_upstream_bytes_total` of a node.
+async fn upstream_bytes(client: &reqwest::Client, server: &Server) -> u64 {
+    let text = client
+        .get(format!("http://{}/metrics", server.addr))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines()
+        .find_map(|line| line.strip_prefix("milepost_upstream_bytes_total{office=\"hq\"} "))
+        .and_then(|value| value.trim().parse::<f64>().ok())
+        .map(|value| value as u64)
+        .unwrap_or_else(|| panic!("no milepost_upstream_bytes_total in:\n{text}"))
+}
+
+const RESERVATION: &str = r#"query($id: ID!) { reservation(id: $id) {
+    state objectsTotal objectsDone bytesTotal bytesDone error } }"#;
+
+/// Waits until reservation `id` is READY (read at `server`), failing on FAILED or after
+/// `deadline`.
+async fn ready(
+    client: &reqwest::Client,
+    server: &Server,
+    token: &str,
+    id: &str,
+    deadline: Duration,
+) -> Value {
+    let started = Instant::now();
+    loop {
+        let r = graphql(client, server, token, RESERVATION, json!({ "id": id })).await;
+        let r = r["reservation"].clone();
+        match r["state"].as_str() {
+            Some("READY") => return r,
+            Some("PENDING" | "MATERIALIZING") => {}
+            _ => panic!("reservation {id}: {r}"),
+        }
+        assert!(
+            started.elapsed() < deadline,
+            "reservation {id} not READY after {deadline:?}: {r}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Seeds `sizes` random objects under `prefix`; returns (key, bytes) of each.
+async fn seed(store: &dyn ObjectStore, prefix: &str, sizes: &[usize]) -> Vec<(String, Vec<u8>)> {
+    let mut seeded = Vec::new();
+    for (i, size) in sizes.iter().enumerate() {
+        let mut data = vec![0u8; *size];
+        rand::rng().fill_bytes(&mut data);
+        let key = format!("{prefix}/part-{i}.bin");
+        store
+            .put(BUCKET, &key, Bytes::from(data.clone()))
+            .await
+            .expect("seed");
+        seeded.push((key, data));
+    }
+    seeded
+}
+
+async fn create_dataset(
+    client: &reqwest::Client,
+    server: &Server,
+    token: &str,
+    name: &str,
+    objects: &[(String, Vec<u8>)],
+) {
+    let keys: Vec<Value> = objects
+        .iter()
+        .map(|(key, _)| json!({ "bucket": BUCKET, "key": key }))
+        .collect();
+    let total: usize = objects.iter().map(|(_, data)| data.len()).sum();
+    let created = graphql(
+        client,
+        server,
+        token,
+        "mutation($input: CreateDatasetInput!) { createDataset(input: $input) { totalBytes } }",
+        json!({ "input": { "name": name, "objects": keys } }),
+    )
+    .await;
+    assert_eq!(
+        created["createDataset"]["totalBytes"].as_u64(),
+        Some(total as u64),
+        "{created}"
+    );
+}
+
+async fn reserve(client: &reqwest::Client, server: &Server, token: &str, dataset: &str) -> String {
+    let reserved = graphql(
+        client,
+        server,
+        token,
+        "mutation($input: ReserveDatasetInput!) { reserveDataset(input: $input) { id } }",
+        json!({ "input": { "dataset": dataset, "ttlSeconds": 3600 } }),
+    )
+    .await;
+    reserved["reserveDataset"]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{reserved}"))
+        .to_owned()
+}
+
+/// Reads every object through `server`'s `/data` and compares it with the seeded bytes.
+async fn assert_exact_through(
+    client: &reqwest::Client,
+    server: &Server,
+    token: &str,
+    objects: &[(String, Vec<u8>)],
+) {
+    for (key, data) in objects {
+        let body = client
+            .get(format!("http://{}/data/{BUCKET}/{key}", server.addr))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("GET /data")
+            .error_for_status()
+            .expect("200")
+            .bytes()
+            .await
+            .expect("body");
+        assert_eq!(sha(&body), sha(data), "{key} through {}", server.addr);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_nodes_fetch_once_and_finish_a_killed_nodes_work() {
+    let Some(server_url) = milepost_testkit::postgres_server_url() else {
+        eprintln!("skipped: cluster mode needs PostgreSQL (MILEPOST_TEST_DATABASE_URL)");
+        return;
+    };
+    let database = TestDatabase::on_postgres(&server_url)
+        .await
+        .expect("test database");
+    let root = tempfile::tempdir().expect("tempdir");
+    let upstream = LoopbackUpstream::start(BUCKET).await;
+    let store = upstream.store.clone();
+    // Node 3 reaches S3 through a proxy that can make it slow (scenario 2).
+    let slow = FaultProxy::start(&upstream.endpoint())
+        .await
+        .expect("proxy");
+    let tier = tier().await;
+    let dirs: Vec<PathBuf> = (1..=NODES)
+        .map(|n| {
+            let endpoint = if n == 3 {
+                slow.endpoint()
+            } else {
+                upstream.endpoint()
+            };
+            // Node 2 uploads at one byte per second: whatever it acknowledges stays its own
+            // work until it dies (scenario 3).
+            let schedule = if n == 2 { "* 1B" } else { "* off" };
+            node_dir(root.path(), n, database.url(), &endpoint, &tier, schedule)
+        })
+        .collect();
+    let token = cli_output(
+        &dirs[0],
+        &["token", "create", "--name", "admin", "--role", "admin"],
+    )
+    .trim()
+    .to_owned();
+    let printed = cli_output(
+        &dirs[0],
+        &[
+            "token", "create", "--name", "vehicle", "--role", "engineer", "--s3",
+        ],
+    );
+    let value = |name: &str| {
+        printed
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}=")))
+            .unwrap_or_else(|| panic!("{name} in {printed}"))
+            .to_owned()
+    };
+    let credentials =
+        StaticCredentials::new(value("AWS_ACCESS_KEY_ID"), value("AWS_SECRET_ACCESS_KEY"));
+    let mut nodes = Vec::new();
+    for (i, dir) in dirs.iter().enumerate() {
+        nodes.push(Server::start(dir, u32::try_from(i).unwrap_or(0)).await);
+    }
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("client");
+
+    let status = cli_output(&dirs[0], &["cluster", "status", "--json"]);
+    let status: Value = serde_json::from_str(&status).expect("status json");
+    let alive: Vec<&str> = status["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .filter(|n| n["alive"] == json!(true))
+        .filter_map(|n| n["node_id"].as_str())
+        .collect();
+    assert_eq!(alive, ["node-1", "node-2", "node-3"], "{status}");
+
+    // 1. Sixteen reservations and sixteen reads over three nodes: one upstream fetch each.
+    let shared = seed(store.as_ref(), "shared", &[MIB, 3 * MIB, 5 * MIB, 24 * MIB]).await;
+    let (largest_key, largest) = shared.last().cloned().expect("largest");
+    let synced = graphql(
+        &client,
+        &nodes[0],
+        &token,
+        "mutation { syncCatalog { errors } }",
+        json!({}),
+    )
+    .await;
+    assert_eq!(synced["syncCatalog"]["errors"], json!([]), "{synced}");
+    create_dataset(&client, &nodes[0], &token, "shared", &shared).await;
+    let mut before = 0;
+    for node in &nodes {
+        before += upstream_bytes(&client, node).await;
+    }
+    let gateways: Vec<S3Store> = nodes
+        .iter()
+        .map(|node| {
+            S3Store::new(&UpstreamSettings {
+                endpoint: Some(format!("http://{}", node.s3_addr)),
+                region: "us-east-1".to_owned(),
+                force_path_style: true,
+                credentials: Some(credentials.clone()),
+                ..UpstreamSettings::default()
+            })
+            .expect("gateway client")
+        })
+        .collect();
+    let reservations = futures::stream::iter(0..16)
+        .map(|i| reserve(&client, &nodes[i % NODES], &token, "shared"))
+        .buffer_unordered(16)
+        .collect::<Vec<String>>();
+    let reads = futures::stream::iter(0..16)
+        .map(|i| {
+            let (client, node, gateway) = (&client, &nodes[i % NODES], &gateways[i % NODES]);
+            let (token, key) = (&token, &largest_key);
+            async move {
+                if i % 2 == 0 {
+                    client
+                        .get(format!("http://{}/data/{BUCKET}/{key}", node.addr))
+                        .bearer_auth(token)
+                        .send()
+                        .await
+                        .expect("GET /data")
+                        .error_for_status()
+                        .expect("200")
+                        .bytes()
+                        .await
+                        .expect("body")
+                } else {
+                    gateway
+                        .get(BUCKET, key, ByteRange::All, None)
+                        .await
+                        .expect("gateway GET")
+                        .collect(64 * MIB)
+                        .await
+                        .expect("gateway body")
+                }
+            }
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<Bytes>>();
+    let (ids, bodies) = tokio::join!(reservations, reads);
+    for body in &bodies {
+        assert_eq!(sha(body), sha(&largest), "a read of the largest object");
+    }
+    for (i, id) in ids.iter().enumerate() {
+        ready(
+            &client,
+            &nodes[i % NODES],
+            &token,
+            id,
+            Duration::from_secs(60),
+        )
+        .await;
+    }
+    for node in &nodes {
+        assert_exact_through(&client, node, &token, &shared).await;
+    }
+    let mut after = 0;
+    for node in &nodes {
+        after += upstream_bytes(&client, node).await;
+    }
+    let dataset_bytes: usize = shared.iter().map(|(_, data)| data.len()).sum();
+    assert_eq!(
+        after - before,
+        dataset_bytes as u64,
+        "bytes from upstream over three nodes = the dataset's bytes"
+    );
+
+    // 2. The node materializing a reservation dies; another finishes it.
+    let slow_set = seed(
+        store.as_ref(),
+        "slow",
+        &[2 * MIB, 6 * MIB, 16 * MIB, 24 * MIB],
+    )
+    .await;
+    let synced = graphql(
+        &client,
+        &nodes[0],
+        &token,
+        "mutation { syncCatalog { errors } }",
+        json!({}),
+    )
+    .await;
+    assert_eq!(synced["syncCatalog"]["errors"], json!([]), "{synced}");
+    create_dataset(&client, &nodes[0], &token, "slow", &slow_set).await;
+    slow.set_latency(Duration::from_millis(150));
+    let id = reserve(&client, &nodes[2], &token, "slow").await;
+    let started = Instant::now();
+    loop {
+        let r = graphql(&client, &nodes[2], &token, RESERVATION, json!({ "id": id })).await;
+        let r = r["reservation"].clone();
+        assert!(
+            r["state"] == "MATERIALIZING" || r["state"] == "PENDING",
+            "killed before the end: {r}"
+        );
+        if r["bytesDone"].as_u64().unwrap_or(0) > 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no progress: {r}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    nodes[2].sigkill();
+    let taken_over = Instant::now();
+    ready(&client, &nodes[0], &token, &id, Duration::from_secs(60)).await;
+    eprintln!(
+        "reservation of the killed node READY {:?} after the kill",
+        taken_over.elapsed()
+    );
+    assert_exact_through(&client, &nodes[1], &token, &slow_set).await;
+
+    // 3. The node holding 200 acknowledged uploads dies; the others upload them all.
+    let gateway = &gateways[1];
+    let mut newest: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    let mut writes = Vec::new();
+    for i in 0..200 {
+        // Every tenth key is written twice: the second write must win.
+        let key = if i % 10 == 9 {
+            format!("ingest/obj-{:03}.bin", i - 1)
+        } else {
+            format!("ingest/obj-{i:03}.bin")
+        };
+        let mut data = vec![0u8; 4096 + i * 37];
+        rand::rng().fill_bytes(&mut data);
+        writes.push((key, data));
+    }
+    for (key, data) in &writes {
+        gateway
+            .put(BUCKET, key, Bytes::from(data.clone()))
+            .await
+            .expect("acknowledged PUT");
+        newest.insert(key.clone(), data.clone());
+    }
+    let in_s3 = list_all(store.as_ref(), BUCKET, "ingest/")
+        .await
+        .expect("list")
+        .len();
+    assert!(
+        in_s3 < newest.len(),
+        "uploads still pending at the kill ({in_s3} of {} in S3)",
+        newest.len()
+    );
+    nodes[1].sigkill();
+    let started = Instant::now();
+    loop {
+        let listed = list_all(store.as_ref(), BUCKET, "ingest/")
+            .await
+            .expect("list");
+        if listed.len() == newest.len() {
+            let mut exact = true;
+            for (key, data) in &newest {
+                let body = store
+                    .get(BUCKET, key, ByteRange::All, None)
+                    .await
+                    .expect("get")
+                    .collect(MIB)
+                    .await
+                    .expect("body");
+                exact &= sha(&body) == sha(data);
+            }
+            if exact {
+                break;
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "{} of {} keys in S3 with their newest bytes 90 s after the kill; node 1 log:\n{}",
+            listed.len(),
+            newest.len(),
+            nodes[0].log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    eprintln!(
+        "uploads of the killed node in S3 {:?} after the kill",
+        started.elapsed()
+    );
+    let status = cli_output(&dirs[0], &["cluster", "status", "--json"]);
+    let status: Value = serde_json::from_str(&status).expect("status json");
+    assert_eq!(status["uploads_orphaned"], json!(0), "{status}");
+    assert_eq!(status["reservations_orphaned"], json!(0), "{status}");
+}
