@@ -99,6 +99,9 @@ pub enum ApiError {
     /// Boxed: a sync error carries the store's error, which is large.
     #[error(transparent)]
     Sync(Box<SyncError>),
+    /// The office cluster's shared state could not be read.
+    #[error(transparent)]
+    Cluster(#[from] milepost_cluster::ClusterError),
 }
 
 impl From<DatasetError> for ApiError {
@@ -154,6 +157,8 @@ impl ApiError {
             ApiError::Database(err) => code_of_kind(err.kind()),
             ApiError::Catalog(err) => code_of_kind(err.kind()),
             ApiError::Sync(err) => code_of_kind(err.kind()),
+            // The database failed (what a node reads of the cluster is in it).
+            ApiError::Cluster(_) => ErrorCode::Unavailable,
             ApiError::Dataset(err) => match err.kind() {
                 DatasetErrorKind::Invalid => ErrorCode::BadInput,
                 DatasetErrorKind::NotFound => ErrorCode::NotFound,

@@ -13,4 +13,4 @@ mod status;
 pub use claim::Claim;
 pub use error::ClusterError;
 pub use node::{ClusterNode, ClusterSettings, LIVE_NODES};
-pub use status::{status, ClusterStatus, NodeStatus};
+pub use status::{office_usage, status, ClusterStatus, NodeStatus, OfficeUsage};

@@ -115,3 +115,36 @@ pub async fn status(db: &DatabaseConnection) -> Result<ClusterStatus, ClusterErr
         reservations_orphaned: get(totals, "reservations_orphaned")?,
     })
 }
+
+/// What the office cache holds in the office tier, over every node: entries, their bytes, and
+/// the bytes the office must keep (dirty, or a member of a dataset an active reservation
+/// holds), for `cacheStats` in a cluster.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct OfficeUsage {
+    pub entries: i64,
+    pub bytes: i64,
+    pub pinned_bytes: i64,
+}
+
+/// The office cache's usage, read from `cache_entries` (PostgreSQL only).
+pub async fn office_usage(db: &DatabaseConnection) -> Result<OfficeUsage, ClusterError> {
+    let rows = query(
+        db,
+        "SELECT count(*) AS entries, CAST(COALESCE(sum(size), 0) AS BIGINT) AS bytes, \
+         CAST(COALESCE(sum(size) FILTER (WHERE state = 'dirty' OR EXISTS ( \
+             SELECT 1 FROM dataset_members m JOIN reservations r ON r.dataset_id = m.dataset_id \
+             WHERE r.state IN ('pending', 'materializing', 'ready') \
+             AND m.bucket = cache_entries.bucket AND m.key = cache_entries.key \
+             AND m.etag = cache_entries.etag)), 0) AS BIGINT) AS pinned_bytes \
+         FROM cache_entries",
+    )
+    .await?;
+    let Some(row) = rows.first() else {
+        return Ok(OfficeUsage::default());
+    };
+    Ok(OfficeUsage {
+        entries: get(row, "entries")?,
+        bytes: get(row, "bytes")?,
+        pinned_bytes: get(row, "pinned_bytes")?,
+    })
+}

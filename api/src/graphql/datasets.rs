@@ -426,12 +426,25 @@ pub async fn cache_stats(app: &AppState) -> ApiResult<CacheStats> {
     // would have come from upstream; what did not is what the cache saved.
     let delivered = ledger.bytes_served + reserved_bytes_delivered(app).await?;
     let saved_bytes = (delivered - ledger.bytes_from_upstream).max(0);
+    // In a cluster the office's cache is every node's: its usage is read from the database,
+    // not from this node's book.
+    let (used, pinned, objects) = match &app.cluster {
+        Some(_) => {
+            let usage = milepost_cluster::office_usage(&app.db).await?;
+            (usage.bytes, usage.pinned_bytes, usage.entries)
+        }
+        None => (
+            snapshot.used_bytes as i64,
+            snapshot.pinned_bytes as i64,
+            snapshot.objects as i64,
+        ),
+    };
     Ok(CacheStats {
         office: app.config.office.clone(),
         capacity_bytes: Long(snapshot.capacity_bytes as i64),
-        used_bytes: Long(snapshot.used_bytes as i64),
-        pinned_bytes: Long(snapshot.pinned_bytes as i64),
-        objects: i32::try_from(snapshot.objects).unwrap_or(i32::MAX),
+        used_bytes: Long(used),
+        pinned_bytes: Long(pinned),
+        objects: i32::try_from(objects).unwrap_or(i32::MAX),
         hits: Long(ledger.hits),
         misses: Long(ledger.misses),
         bytes_served: Long(ledger.bytes_served),

@@ -2,6 +2,8 @@
 //! PostgreSQL database and one office tier: a loopback S3 server, or the Garage cluster that
 //! `MILEPOST_TEST_TIER_ENDPOINT` (with `_KEY`, `_SECRET`, `_BUCKET`) names.
 //!
+//! 0. A drive registered at node 1 is found by search at node 3; a token revoked at node 2's
+//!    host stops working at every node within the token cache's TTL (10 s).
 //! 1. 16 reservations of one dataset and 16 reads of its largest object (`/data` and the S3
 //!    gateway), spread over the three nodes at once: the upstream serves each object once
 //!    (the nodes' `milepost_upstream_bytes_total` add up to the dataset's bytes exactly), and
@@ -346,6 +348,77 @@ async fn three_nodes_fetch_once_and_finish_a_killed_nodes_work() {
         .collect();
     assert_eq!(alive, ["node-1", "node-2", "node-3"], "{status}");
 
+    // 0. A drive registered at node 1 is found by search at node 3 (the change feed); a
+    //    token revoked at node 2's host stops working at every node (the token caches).
+    let pipeline = cli_output(
+        &dirs[0],
+        &["token", "create", "--name", "ci", "--role", "pipeline"],
+    )
+    .trim()
+    .to_owned();
+    graphql(
+        &client,
+        &nodes[0],
+        &pipeline,
+        "mutation($input: RegisterDriveInput!) { registerDrive(input: $input) { id } }",
+        json!({ "input": {
+            "id": "drv-cluster-1", "vehicle": "gz-004", "city": "guangzhou",
+            "startedAt": "2026-11-01T08:00:00Z", "endedAt": "2026-11-01T09:30:00Z",
+            "weather": "rain", "tags": ["cluster"] } }),
+    )
+    .await;
+    let registered = Instant::now();
+    loop {
+        let found = graphql(
+            &client,
+            &nodes[2],
+            &token,
+            "query($q: String!) { search(query: $q, first: 1) { totalCount } }",
+            json!({ "q": "id:drv-cluster-1 weather:rain" }),
+        )
+        .await;
+        if found["search"]["totalCount"] == json!(1) {
+            break;
+        }
+        assert!(
+            registered.elapsed() < Duration::from_secs(10),
+            "registered at node 1, not found at node 3: {found}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!(
+        "registered at node 1, found at node 3 after {:?}",
+        registered.elapsed()
+    );
+    cli_output(&dirs[1], &["token", "revoke", "ci"]);
+    let revoked = Instant::now();
+    for node in &nodes {
+        loop {
+            let status = client
+                .post(format!("http://{}/graphql", node.addr))
+                .bearer_auth(&pipeline)
+                .json(&json!({ "query": "{ __typename }" }))
+                .send()
+                .await
+                .expect("graphql")
+                .status();
+            if status == reqwest::StatusCode::UNAUTHORIZED {
+                break;
+            }
+            assert!(
+                revoked.elapsed() <= milepost_api::auth::TokenCache::TTL + Duration::from_secs(2),
+                "the revoked token still works at {} after {:?}",
+                node.addr,
+                revoked.elapsed()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    eprintln!(
+        "revoked at node 2, refused at every node after {:?}",
+        revoked.elapsed()
+    );
+
     // 1. Sixteen reservations and sixteen reads over three nodes: one upstream fetch each.
     let shared = seed(store.as_ref(), "shared", &[MIB, 3 * MIB, 5 * MIB, 24 * MIB]).await;
     let (largest_key, largest) = shared.last().cloned().expect("largest");
@@ -436,6 +509,29 @@ async fn three_nodes_fetch_once_and_finish_a_killed_nodes_work() {
         after - before,
         dataset_bytes as u64,
         "bytes from upstream over three nodes = the dataset's bytes"
+    );
+
+    // Every node answers cacheStats for the office: the same usage everywhere.
+    let mut usages = Vec::new();
+    for node in &nodes {
+        let stats = graphql(
+            &client,
+            node,
+            &token,
+            "{ cacheStats { usedBytes pinnedBytes objects bytesFromUpstream } }",
+            json!({}),
+        )
+        .await;
+        usages.push(stats["cacheStats"].clone());
+    }
+    assert!(
+        usages.iter().all(|u| u == &usages[0]),
+        "cacheStats differ between nodes: {usages:?}"
+    );
+    assert!(
+        usages[0]["usedBytes"].as_u64() >= Some(dataset_bytes as u64)
+            && usages[0]["pinnedBytes"].as_u64() >= Some(dataset_bytes as u64),
+        "{usages:?}"
     );
 
     // 2. The node materializing a reservation dies; another finishes it.
