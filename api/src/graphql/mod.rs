@@ -1,6 +1,7 @@
 //! The GraphQL endpoint: schema with depth and complexity limits, the POST handler (auth, body
 //! parsing, error codes) and GraphiQL on GET.
 
+mod cluster;
 mod dataset_diff;
 pub mod datasets;
 mod inputs;
@@ -43,6 +44,7 @@ pub struct QueryRoot(
     transfers::TransferQuery,
     workers::WorkersQuery,
     lineage::LineageQuery,
+    cluster::ClusterQuery,
 );
 
 #[derive(MergedObject, Default, Debug)]

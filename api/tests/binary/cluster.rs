@@ -347,6 +347,29 @@ async fn three_nodes_fetch_once_and_finish_a_killed_nodes_work() {
         .filter_map(|n| n["node_id"].as_str())
         .collect();
     assert_eq!(alive, ["node-1", "node-2", "node-3"], "{status}");
+    // Every node answers for the cluster in GraphQL too (the web catalog's cache page).
+    for (i, node) in nodes.iter().enumerate() {
+        let cluster = graphql(
+            &client,
+            node,
+            &token,
+            "{ cluster { thisNode nodes { nodeId alive } } }",
+            json!({}),
+        )
+        .await;
+        assert_eq!(
+            cluster["cluster"]["thisNode"],
+            json!(format!("node-{}", i + 1)),
+            "{cluster}"
+        );
+        assert_eq!(
+            cluster["cluster"]["nodes"]
+                .as_array()
+                .map(|nodes| nodes.iter().filter(|n| n["alive"] == json!(true)).count()),
+            Some(NODES),
+            "{cluster}"
+        );
+    }
 
     // 0. A drive registered at node 1 is found by search at node 3 (the change feed); a
     //    token revoked at node 2's host stops working at every node (the token caches).

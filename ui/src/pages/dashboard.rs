@@ -1,5 +1,5 @@
 //! The cache dashboard (capacity, hit ratio, egress saved, the egress ledger over time, top
-//! datasets). The transfers page is `transfers.rs`.
+//! datasets, and in an office cluster its nodes). The transfers page is `transfers.rs`.
 
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
@@ -52,11 +52,35 @@ pub struct Usage {
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
+pub struct ClusterNode {
+    pub node_id: String,
+    pub address: String,
+    pub alive: bool,
+    pub heartbeat_age_ms: i64,
+    pub uploads_held: i64,
+    pub reservations_held: i64,
+}
+
+/// The office cluster, when the office runs as one.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Cluster {
+    pub this_node: String,
+    pub nodes: Vec<ClusterNode>,
+    pub dirty_bytes: i64,
+    pub uploads_queued: i64,
+    pub uploads_orphaned: i64,
+    pub reservations_orphaned: i64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct CacheData {
     pub me: Me,
     pub cache_stats: CacheStats,
     pub cache_history: Vec<Point>,
     pub top_datasets: Vec<Usage>,
+    pub cluster: Option<Cluster>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -85,7 +109,9 @@ pub async fn cache(
         r#"query($w: Int!, $n: Int!) {{ {ME}
   cacheStats {{ office capacityBytes usedBytes pinnedBytes objects hits misses bytesServed bytesFromUpstream bytesDelivered egressSavedUsd }}
   cacheHistory(bucketSeconds: $w, buckets: $n) {{ start hits misses bytesServed bytesFromUpstream bytesReserved }}
-  topDatasets(first: 5) {{ name reservations bytesReserved bytesFromUpstream }} }}"#
+  topDatasets(first: 5) {{ name reservations bytesReserved bytesFromUpstream }}
+  cluster {{ thisNode dirtyBytes uploadsQueued uploadsOrphaned reservationsOrphaned
+    nodes {{ nodeId address alive heartbeatAgeMs uploadsHeld reservationsHeld }} }} }}"#
     );
     let data: CacheData =
         match fetch(&ui, &session, &query, json!({ "w": width, "n": buckets })).await {
@@ -166,10 +192,40 @@ pub async fn cache(
         b.push_str("</tbody></table></div>");
     }
     b.push_str("</section>");
+    if let Some(cluster) = &data.cluster {
+        cluster_section(&mut b, cluster);
+    }
     html_response(
         StatusCode::OK,
         frame("Cache", Nav::Cache, Some((&data.me, &session)), &b),
     )
+}
+
+/// The office cluster's nodes and the work waiting to be taken over.
+fn cluster_section(b: &mut String, cluster: &Cluster) {
+    w!(
+        b,
+        r#"<section id="cluster"><h2>Office cluster</h2><p class="muted">Answered by node {} · {} not yet in S3 · {} uploads queued · waiting to be taken over from nodes that are gone: {} uploads, {} reservations</p>"#,
+        esc(&cluster.this_node),
+        html::bytes(cluster.dirty_bytes),
+        cluster.uploads_queued,
+        cluster.uploads_orphaned,
+        cluster.reservations_orphaned
+    );
+    b.push_str(r#"<div class="table-wrap"><table id="cluster-nodes"><thead><tr><th scope="col">Node</th><th scope="col">Address</th><th scope="col">State</th><th scope="col" class="num">Last heartbeat</th><th scope="col" class="num">Uploads</th><th scope="col" class="num">Reservations</th></tr></thead><tbody>"#);
+    for node in &cluster.nodes {
+        w!(
+            b,
+            r#"<tr><td>{}</td><td>{}</td><td>{}</td><td class="num">{:.1} s ago</td><td class="num">{}</td><td class="num">{}</td></tr>"#,
+            esc(&node.node_id),
+            esc(&node.address),
+            if node.alive { "alive" } else { "gone" },
+            node.heartbeat_age_ms as f64 / 1000.0,
+            node.uploads_held,
+            node.reservations_held
+        );
+    }
+    b.push_str("</tbody></table></div></section>");
 }
 
 /// Cents for real sums; small sums (a test fleet, a new office) keep enough digits to move.
