@@ -12,7 +12,7 @@
 //!    once the lease ends and makes it READY, bytes exact.
 //! 3. The node holding 200 acknowledged uploads (some keys written twice) is killed with
 //!    SIGKILL before they reached S3: the other nodes upload all of them, with the newest
-//!    version of each key.
+//!    version of each key. Before the kill, another node serves those writes too.
 //!
 //! PostgreSQL only (cluster mode is): skipped, saying so, without `MILEPOST_TEST_DATABASE_URL`.
 
@@ -88,7 +88,6 @@ fn node_dir(
     database_url: &str,
     upstream_endpoint: &str,
     tier: &Tier,
-    upload_schedule: &str,
 ) -> PathBuf {
     let dir = root.join(format!("node-{n}"));
     std::fs::create_dir_all(&dir).expect("node dir");
@@ -120,8 +119,6 @@ tier_bucket = "{tier_bucket}"
 tier_prefix = "{tier_prefix}"
 tier_access_key_id = "{tier_key}"
 tier_secret_access_key = "{tier_secret}"
-[transfer]
-upload_schedule = "{upload_schedule}"
 [cluster]
 enabled = true
 node_id = "node-{n}"
@@ -288,22 +285,25 @@ async fn three_nodes_fetch_once_and_finish_a_killed_nodes_work() {
     let root = tempfile::tempdir().expect("tempdir");
     let upstream = LoopbackUpstream::start(BUCKET).await;
     let store = upstream.store.clone();
-    // Node 3 reaches S3 through a proxy that can make it slow (scenario 2).
+    // Nodes 3 and 2 reach S3 through proxies that can make them slow (scenarios 2 and 3).
     let slow = FaultProxy::start(&upstream.endpoint())
+        .await
+        .expect("proxy");
+    let slow_uploads = FaultProxy::start(&upstream.endpoint())
+        .await
+        .expect("proxy");
+    let node1_proxy = FaultProxy::start(&upstream.endpoint())
         .await
         .expect("proxy");
     let tier = tier().await;
     let dirs: Vec<PathBuf> = (1..=NODES)
         .map(|n| {
-            let endpoint = if n == 3 {
-                slow.endpoint()
-            } else {
-                upstream.endpoint()
+            let endpoint = match n {
+                3 => slow.endpoint(),
+                2 => slow_uploads.endpoint(),
+                _ => node1_proxy.endpoint(),
             };
-            // Node 2 uploads at one byte per second: whatever it acknowledges stays its own
-            // work until it dies (scenario 3).
-            let schedule = if n == 2 { "* 1B" } else { "* off" };
-            node_dir(root.path(), n, database.url(), &endpoint, &tier, schedule)
+            node_dir(root.path(), n, database.url(), &endpoint, &tier)
         })
         .collect();
     let token = cli_output(
@@ -602,7 +602,12 @@ async fn three_nodes_fetch_once_and_finish_a_killed_nodes_work() {
     );
     assert_exact_through(&client, &nodes[1], &token, &slow_set).await;
 
-    // 3. The node holding 200 acknowledged uploads dies; the others upload them all.
+    // 3. The node holding 200 acknowledged uploads dies; the others upload them all. S3 is
+    //    slow (every request delayed) for nodes 1 and 2 while node 2 takes the writes, so
+    //    that they are still the office's own when node 1 reads them; then fast for node 1
+    //    only: the uploads node 2 started stay its work until it dies.
+    slow_uploads.set_latency(Duration::from_secs(3));
+    node1_proxy.set_latency(Duration::from_secs(3));
     let gateway = &gateways[1];
     let mut newest: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     let mut writes = Vec::new();
@@ -624,6 +629,70 @@ async fn three_nodes_fetch_once_and_finish_a_killed_nodes_work() {
             .expect("acknowledged PUT");
         newest.insert(key.clone(), data.clone());
     }
+    // Written at node 2 and not yet in S3: node 1 serves the office's versions too (read
+    // from the office tier), newest first.
+    let (probe_key, probe) = newest.iter().next_back().expect("a write");
+    let visible = Instant::now();
+    loop {
+        let response = client
+            .get(format!(
+                "http://{}/data/{BUCKET}/{probe_key}",
+                nodes[0].addr
+            ))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .expect("GET /data");
+        if response.status().is_success() {
+            let body = response.bytes().await.expect("body");
+            if sha(&body) == sha(probe) {
+                break;
+            }
+        }
+        assert!(
+            visible.elapsed() < Duration::from_secs(10),
+            "node 2's write of {probe_key} not visible at node 1"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "written at node 2, read at node 1 after {:?}",
+        visible.elapsed()
+    );
+    let in_upstream = match store.get(BUCKET, probe_key, ByteRange::All, None).await {
+        Ok(response) => Some(response.collect(MIB).await.expect("body")),
+        Err(_) => None,
+    };
+    assert!(
+        in_upstream.is_none_or(|body| sha(&body) != sha(probe)),
+        "{probe_key} reached S3 first: node 1 did not have to serve the office's version"
+    );
+    node1_proxy.set_latency(Duration::ZERO);
+    // Killed while it holds uploads under its lease.
+    let held_since = Instant::now();
+    let held = loop {
+        let cluster = graphql(
+            &client,
+            &nodes[0],
+            &token,
+            "{ cluster { nodes { nodeId uploadsHeld } } }",
+            json!({}),
+        )
+        .await;
+        let held = cluster["cluster"]["nodes"]
+            .as_array()
+            .and_then(|nodes| nodes.iter().find(|n| n["nodeId"] == "node-2"))
+            .and_then(|n| n["uploadsHeld"].as_i64())
+            .unwrap_or(0);
+        if held > 0 {
+            break held;
+        }
+        assert!(
+            held_since.elapsed() < Duration::from_secs(30),
+            "node 2 never started an upload: {cluster}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     let in_s3 = list_all(store.as_ref(), BUCKET, "ingest/")
         .await
         .expect("list")
@@ -631,6 +700,10 @@ async fn three_nodes_fetch_once_and_finish_a_killed_nodes_work() {
     assert!(
         in_s3 < newest.len(),
         "uploads still pending at the kill ({in_s3} of {} in S3)",
+        newest.len()
+    );
+    eprintln!(
+        "node 2 killed holding {held} uploads; {in_s3} of {} keys in S3",
         newest.len()
     );
     nodes[1].sigkill();

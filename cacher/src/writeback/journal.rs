@@ -252,6 +252,28 @@ pub(crate) async fn take_over(
     Ok(requeued)
 }
 
+/// Which of the transfers `ids` have ended (done or superseded): their office versions are
+/// no longer needed.
+pub(crate) async fn ended_among(
+    db: &DatabaseConnection,
+    ids: &[i64],
+) -> Result<std::collections::HashSet<i64>, WriteBackError> {
+    let mut ended = std::collections::HashSet::new();
+    for chunk in ids.chunks(500) {
+        let rows = transfer::Entity::find()
+            .select_only()
+            .column(transfer::Column::Id)
+            .filter(transfer::Column::Id.is_in(chunk.iter().copied()))
+            .filter(transfer::Column::State.is_in([TransferState::Done, TransferState::Superseded]))
+            .into_tuple::<i64>()
+            .all(db)
+            .await
+            .map_err(|e| WriteBackError::db("reading which transfers have ended", e))?;
+        ended.extend(rows);
+    }
+    Ok(ended)
+}
+
 /// Every active transfer, oldest first.
 pub(crate) async fn active(
     db: &DatabaseConnection,
@@ -334,8 +356,26 @@ fn newest_of_key(bucket: &str, key: &str, id: i64) -> sea_orm::sea_query::Simple
     .not()
 }
 
-/// Marks `row` uploading (one more attempt) if it is still queued and still the newest row of
-/// its key; false if not (a later write superseded it meanwhile: see [`supersede_if_stale`]).
+/// A filter: no other row of `bucket/key` is uploading. One uploader never runs two
+/// transfers of a key at once; in an office cluster another node's uploader may hold an
+/// older one, which must land first (or be superseded once its node is gone).
+fn no_upload_of_key_running(bucket: &str, key: &str, id: i64) -> sea_orm::sea_query::SimpleExpr {
+    Expr::exists(
+        Query::select()
+            .expr(Expr::val(1))
+            .from(transfer::Entity)
+            .and_where(transfer::Column::Bucket.eq(bucket))
+            .and_where(transfer::Column::Key.eq(key))
+            .and_where(transfer::Column::Id.ne(id))
+            .and_where(transfer::Column::State.eq(TransferState::Uploading))
+            .to_owned(),
+    )
+    .not()
+}
+
+/// Marks `row` uploading (one more attempt) if it is still queued, still the newest row of
+/// its key, and no other row of its key is uploading; false if not (a later write superseded
+/// it meanwhile: see [`supersede_if_stale`]; or an older one is still uploading elsewhere).
 pub(crate) async fn start(
     db: &DatabaseConnection,
     row: &transfer::Model,
@@ -361,6 +401,7 @@ pub(crate) async fn start(
         .filter(transfer::Column::Id.eq(id))
         .filter(transfer::Column::State.eq(TransferState::Queued))
         .filter(newest_of_key(&row.bucket, &row.key, id))
+        .filter(no_upload_of_key_running(&row.bucket, &row.key, id))
         .exec(db)
         .await
         .map_err(|e| WriteBackError::db(format!("starting transfer {id}"), e))?;

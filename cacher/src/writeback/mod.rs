@@ -43,7 +43,7 @@ mod uploader;
 
 pub use uploader::{Uploader, UploaderStep};
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::ops::Bound;
 use std::path::PathBuf;
@@ -53,6 +53,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
+use milepost_schema::entity::transfer;
 use milepost_schema::enums::{TransferOp, TransferState};
 use sea_orm::DatabaseConnection;
 use tokio::sync::Notify;
@@ -363,6 +364,99 @@ impl Inner {
     }
 }
 
+/// The object a put row writes.
+fn put_object(row: &transfer::Model) -> ObjectKey {
+    ObjectKey::new(
+        row.bucket.clone(),
+        row.key.clone(),
+        row.etag.clone().unwrap_or_default(),
+        u64::try_from(row.size).unwrap_or(0),
+    )
+}
+
+/// The office versions the active transfers `active` (oldest first) make: the newest of each
+/// key.
+fn overlay_of(
+    active: &[transfer::Model],
+    mut metadata: HashMap<i64, Result<ObjectMetadata, WriteBackError>>,
+) -> BTreeMap<(String, String), OfficeVersion> {
+    let mut overlay = BTreeMap::new();
+    for row in active {
+        let version = match row.op {
+            TransferOp::Put => {
+                let metadata = match metadata.remove(&row.id) {
+                    None => ObjectMetadata::default(),
+                    Some(Ok(metadata)) => metadata,
+                    Some(Err(err)) => {
+                        // The upload of this row fails on it too (and says so); the bytes
+                        // are still served.
+                        tracing::error!(transfer = row.id, error = %err, "an office write's metadata is unreadable; serving it without");
+                        ObjectMetadata::default()
+                    }
+                };
+                OfficeVersion::Written {
+                    object: put_object(row),
+                    last_modified: row.enqueued_at,
+                    transfer: row.id,
+                    metadata,
+                }
+            }
+            TransferOp::Delete => OfficeVersion::Deleted { transfer: row.id },
+        };
+        // Rows come oldest first: the newest of a key wins.
+        overlay.insert((row.bucket.clone(), row.key.clone()), version);
+    }
+    overlay
+}
+
+/// How often a node of an office cluster reads the journal again for the other nodes'
+/// writes (and the ends of their uploads).
+const OVERLAY_REFRESH: Duration = Duration::from_millis(500);
+
+impl Inner {
+    /// In an office cluster: brings this node's overlay in step with the shared journal. The
+    /// other nodes' writes not yet in S3 are laid over upstream here too (their bytes are in
+    /// the office tier), and versions whose transfer another node finished (uploaded or
+    /// superseded) are dropped. A version this node wrote meanwhile is never replaced by an
+    /// older one: per key, the newest transfer wins.
+    async fn refresh_overlay(&self) -> Result<(), WriteBackError> {
+        let active = journal::active(&self.db).await?;
+        let metadata = journal::active_metadata(&self.db).await?;
+        let fresh = overlay_of(&active, metadata);
+        let known: Vec<i64> = self
+            .overlay()
+            .values()
+            .map(OfficeVersion::transfer)
+            .collect();
+        let ended = journal::ended_among(&self.db, &known).await?;
+        let mut overlay = self.overlay();
+        overlay.retain(|_, version| !ended.contains(&version.transfer()));
+        for (key, version) in fresh {
+            match overlay.get(&key) {
+                Some(current) if current.transfer() >= version.transfer() => {}
+                _ => {
+                    overlay.insert(key, version);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs [`refresh_overlay`](Self::refresh_overlay) every [`OVERLAY_REFRESH`] until the
+    /// write-back stops.
+    async fn refresh_overlay_until_stopped(&self) {
+        loop {
+            tokio::select! {
+                () = self.stop.cancelled() => return,
+                () = tokio::time::sleep(OVERLAY_REFRESH) => {}
+            }
+            if let Err(err) = self.refresh_overlay().await {
+                tracing::warn!(error = %err, "cannot read the other nodes' writes from the journal");
+            }
+        }
+    }
+}
+
 impl WriteBack {
     /// Opens the write-back journal: requeues transfers a stop or crash interrupted, loads the
     /// office versions of keys from the active transfers, and releases dirty entries no
@@ -379,41 +473,13 @@ impl WriteBack {
             None => journal::requeue_interrupted(&db).await?,
         };
         let active = journal::active(&db).await?;
-        let mut metadata = journal::active_metadata(&db).await?;
-        let mut overlay = BTreeMap::new();
-        let mut needed = std::collections::HashSet::new();
-        for row in &active {
-            let version = match row.op {
-                TransferOp::Put => {
-                    let object = ObjectKey::new(
-                        row.bucket.clone(),
-                        row.key.clone(),
-                        row.etag.clone().unwrap_or_default(),
-                        u64::try_from(row.size).unwrap_or(0),
-                    );
-                    needed.insert(object.clone());
-                    let metadata = match metadata.remove(&row.id) {
-                        None => ObjectMetadata::default(),
-                        Some(Ok(metadata)) => metadata,
-                        Some(Err(err)) => {
-                            // The upload of this row fails on it too (and says so); the
-                            // bytes are still served.
-                            tracing::error!(transfer = row.id, error = %err, "an office write's metadata is unreadable; serving it without");
-                            ObjectMetadata::default()
-                        }
-                    };
-                    OfficeVersion::Written {
-                        object,
-                        last_modified: row.enqueued_at,
-                        transfer: row.id,
-                        metadata,
-                    }
-                }
-                TransferOp::Delete => OfficeVersion::Deleted { transfer: row.id },
-            };
-            // Rows come oldest first: the newest of a key wins.
-            overlay.insert((row.bucket.clone(), row.key.clone()), version);
-        }
+        let metadata = journal::active_metadata(&db).await?;
+        let needed: std::collections::HashSet<ObjectKey> = active
+            .iter()
+            .filter(|row| row.op == TransferOp::Put)
+            .map(put_object)
+            .collect();
+        let overlay = overlay_of(&active, metadata);
         let mut released = 0;
         // In a cluster a dirty entry without an active transfer may be another node's write
         // between its entry and its journal row: left alone.
@@ -476,6 +542,13 @@ impl WriteBack {
         self.inner.tasks.spawn(async move {
             inner.multipart.expire_until(inner.stop.clone()).await;
         });
+        if self.inner.settings.cluster.is_some() {
+            // The other nodes' writes, seen here within OVERLAY_REFRESH.
+            let inner = Arc::clone(&self.inner);
+            self.inner
+                .tasks
+                .spawn(async move { inner.refresh_overlay_until_stopped().await });
+        }
     }
 
     /// The uploader, to be stepped by a host's worker runner instead of
