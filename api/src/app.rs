@@ -288,10 +288,27 @@ impl AppState {
         }
     }
 
-    /// One catalog sync pass, serialized with any other.
+    /// One catalog sync pass, serialized with any other (in an office cluster, with any other
+    /// node's too: one node at a time syncs the office's catalog).
     pub async fn sync_catalog(&self) -> Result<SyncReport, milepost_indexer::sync::SyncError> {
         let _one_at_a_time = self.sync_lock.lock().await;
-        milepost_indexer::sync::sync(&self.catalog, &self.store, &self.sync_options()).await
+        let claim = match &self.cluster {
+            Some(node) => match node.claim("catalog-sync").await {
+                Ok(claim) => Some(claim),
+                Err(err) => {
+                    // A sync is idempotent: two at once only waste work.
+                    tracing::warn!(error = %err, "cannot claim the office's catalog sync; syncing anyway");
+                    None
+                }
+            },
+            None => None,
+        };
+        let report =
+            milepost_indexer::sync::sync(&self.catalog, &self.store, &self.sync_options()).await;
+        if let Some(claim) = claim {
+            claim.release().await;
+        }
+        report
     }
 }
 

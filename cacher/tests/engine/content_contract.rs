@@ -303,7 +303,8 @@ async fn concurrent_readers_share_one_download_and_read_exact_bytes(backend: Bac
 
 async fn ranges_of_cached_entries_are_exact_without_upstream_traffic(backend: Backend) {
     let t = Contract::start(backend, 64 * MIB).await;
-    let data = random_bytes(3 * MIB + 17);
+    // Large enough for the tier to read it in several segments (8 MiB each), a few ahead.
+    let data = random_bytes(27 * MIB + 17);
     let object = t.put("drives/a.bin", &data).await;
     t.cache
         .fetch(&object, &FetchContext::default(), None)
@@ -315,6 +316,9 @@ async fn ranges_of_cached_entries_are_exact_without_upstream_traffic(backend: Ba
         (5, 1_000_000),
         (MIB - 1, 2 * MIB + 1),
         (object.size - 9, object.size - 1),
+        (8 * MIB - 1, 8 * MIB),
+        (3 * MIB + 5, 25 * MIB + 3),
+        (0, object.size - 1),
     ] {
         let got = t
             .read_all(

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures::StreamExt as _;
+use futures::{StreamExt as _, TryStreamExt as _};
 
 use super::{collect, ContentStore, InstallKind, Opened};
 use crate::cache::flight::remove_quietly;
@@ -22,6 +22,14 @@ use milepost_store::{
 /// The user metadata that marks a tier object as an alias of another entry's content (its
 /// content id): what [`ContentStore::same_content`] reads.
 const ALIAS_OF: &str = "milepost-alias-of";
+
+/// Reads of more than two segments are split into ranged GETs of this many bytes, a few in
+/// flight ahead of the reader: one GET stream from the tier delivers well under what the
+/// tier and the network can (measured: 0.7× a direct GET of 1 GiB from Garage), while the
+/// segments keep several of its nodes' disks and the connection busy.
+const READ_SEGMENT: u64 = 8 << 20;
+/// Segments read ahead of the one being delivered (each held in memory until delivered).
+const SEGMENTS_AHEAD: usize = 3;
 
 /// Where the office tier is: a store built for it (its own endpoint and credentials), the
 /// bucket and a key prefix (empty, or ending in `/`).
@@ -64,12 +72,60 @@ impl TierSettings {
 }
 
 /// Content as objects of the office tier; see the [module documentation](super).
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(in crate::cache) struct TierContent {
     settings: TierSettings,
 }
 
 impl TierContent {
+    /// One ranged GET of bytes `start..end_exclusive` of `object` from the tier, checked
+    /// against the object's size and the range asked for.
+    async fn open_one(
+        &self,
+        object: &ObjectKey,
+        start: u64,
+        end_exclusive: u64,
+    ) -> Result<Opened, CacheError> {
+        let range = ByteRange::Bounded {
+            start,
+            end_inclusive: end_exclusive - 1,
+        };
+        let response = match self
+            .store()
+            .get(&self.settings.bucket, &self.key(object), range, None)
+            .await
+        {
+            Ok(response) => response,
+            Err(err) if err.kind() == StoreErrorKind::NotFound => {
+                return Err(CacheError::NotCached {
+                    object: object.to_string(),
+                })
+            }
+            Err(err) => return Err(err.into()),
+        };
+        let whole = start == 0 && end_exclusive == response.meta.size;
+        if response.meta.size != object.size
+            || !(response.range == Some((start, end_exclusive - 1))
+                || (response.range.is_none() && whole))
+        {
+            return Err(CacheError::Corrupt {
+                object: object.to_string(),
+                reason: format!(
+                    "the office tier holds {} bytes for it and answered bytes {:?} for {start}-{}",
+                    response.meta.size,
+                    response.range,
+                    end_exclusive - 1
+                ),
+            });
+        }
+        Ok(Opened::Stream(
+            response
+                .body
+                .map(|chunk| chunk.map_err(CacheError::from))
+                .boxed(),
+        ))
+    }
+
     pub fn new(settings: TierSettings) -> Self {
         Self { settings }
     }
@@ -199,44 +255,58 @@ impl ContentStore for TierContent {
         if start >= end_exclusive {
             return Ok(Opened::Stream(futures::stream::empty().boxed()));
         }
-        let range = ByteRange::Bounded {
-            start,
-            end_inclusive: end_exclusive - 1,
-        };
-        let response = match self
-            .store()
-            .get(&self.settings.bucket, &self.key(object), range, None)
-            .await
-        {
-            Ok(response) => response,
-            Err(err) if err.kind() == StoreErrorKind::NotFound => {
-                return Err(CacheError::NotCached {
-                    object: object.to_string(),
-                })
-            }
-            Err(err) => return Err(err.into()),
-        };
-        let whole = start == 0 && end_exclusive == response.meta.size;
-        if response.meta.size != object.size
-            || !(response.range == Some((start, end_exclusive - 1))
-                || (response.range.is_none() && whole))
-        {
-            return Err(CacheError::Corrupt {
-                object: object.to_string(),
-                reason: format!(
-                    "the office tier holds {} bytes for it and answered bytes {:?} for {start}-{}",
-                    response.meta.size,
-                    response.range,
-                    end_exclusive - 1
-                ),
-            });
+        if end_exclusive - start <= 2 * READ_SEGMENT {
+            return self.open_one(object, start, end_exclusive).await;
         }
-        Ok(Opened::Stream(
-            response
-                .body
-                .map(|chunk| chunk.map_err(CacheError::from))
-                .boxed(),
-        ))
+        // The first segment's GET answers now, so that a missing object is NotCached here;
+        // the others are fetched whole, a few ahead, and delivered in order.
+        let first_end = start + READ_SEGMENT;
+        let Opened::Stream(first) = self.open_one(object, start, first_end).await? else {
+            return Err(CacheError::invalid(
+                "office tier",
+                "a tier read opened a file",
+            ));
+        };
+        let rest = {
+            let tier = self.clone();
+            let object = object.clone();
+            let segments = (first_end..end_exclusive)
+                .step_by(usize::try_from(READ_SEGMENT).unwrap_or(usize::MAX))
+                .map(move |at| (at, (at + READ_SEGMENT).min(end_exclusive)));
+            futures::stream::iter(segments)
+                .map(move |(at, end)| {
+                    let (tier, object) = (tier.clone(), object.clone());
+                    async move {
+                        let Opened::Stream(mut body) = tier.open_one(&object, at, end).await?
+                        else {
+                            return Err(CacheError::invalid(
+                                "office tier",
+                                "a tier read opened a file",
+                            ));
+                        };
+                        let mut chunks = Vec::new();
+                        let mut len = 0;
+                        while let Some(chunk) = body.next().await {
+                            let chunk = chunk?;
+                            len += chunk.len() as u64;
+                            chunks.push(Ok(chunk));
+                        }
+                        if len != end - at {
+                            return Err(CacheError::Corrupt {
+                                object: object.to_string(),
+                                reason: format!(
+                                    "the office tier sent {len} bytes for bytes {at}-{}",
+                                    end - 1
+                                ),
+                            });
+                        }
+                        Ok(futures::stream::iter(chunks))
+                    }
+                })
+                .buffered(SEGMENTS_AHEAD)
+                .try_flatten()
+        };
+        Ok(Opened::Stream(first.chain(rest).boxed()))
     }
 
     async fn read_at(
