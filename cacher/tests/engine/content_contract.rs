@@ -303,7 +303,7 @@ async fn concurrent_readers_share_one_download_and_read_exact_bytes(backend: Bac
 
 async fn ranges_of_cached_entries_are_exact_without_upstream_traffic(backend: Backend) {
     let t = Contract::start(backend, 64 * MIB).await;
-    // Large enough for the tier to read it in several segments (8 MiB each), a few ahead.
+    // Larger than the tier's multipart parts: ranges across their boundaries, and whole.
     let data = random_bytes(27 * MIB + 17);
     let object = t.put("drives/a.bin", &data).await;
     t.cache

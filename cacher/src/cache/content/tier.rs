@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures::{StreamExt as _, TryStreamExt as _};
+use futures::StreamExt as _;
 
 use super::{collect, ContentStore, InstallKind, Opened};
 use crate::cache::flight::remove_quietly;
@@ -22,14 +22,6 @@ use milepost_store::{
 /// The user metadata that marks a tier object as an alias of another entry's content (its
 /// content id): what [`ContentStore::same_content`] reads.
 const ALIAS_OF: &str = "milepost-alias-of";
-
-/// Reads of more than two segments are split into ranged GETs of this many bytes, a few in
-/// flight ahead of the reader: one GET stream from the tier delivers well under what the
-/// tier and the network can (measured: 0.7× a direct GET of 1 GiB from Garage), while the
-/// segments keep several of its nodes' disks and the connection busy.
-const READ_SEGMENT: u64 = 8 << 20;
-/// Segments read ahead of the one being delivered (each held in memory until delivered).
-const SEGMENTS_AHEAD: usize = 3;
 
 /// Where the office tier is: a store built for it (its own endpoint and credentials), the
 /// bucket and a key prefix (empty, or ending in `/`).
@@ -72,7 +64,7 @@ impl TierSettings {
 }
 
 /// Content as objects of the office tier; see the [module documentation](super).
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub(in crate::cache) struct TierContent {
     settings: TierSettings,
 }
@@ -255,58 +247,7 @@ impl ContentStore for TierContent {
         if start >= end_exclusive {
             return Ok(Opened::Stream(futures::stream::empty().boxed()));
         }
-        if end_exclusive - start <= 2 * READ_SEGMENT {
-            return self.open_one(object, start, end_exclusive).await;
-        }
-        // The first segment's GET answers now, so that a missing object is NotCached here;
-        // the others are fetched whole, a few ahead, and delivered in order.
-        let first_end = start + READ_SEGMENT;
-        let Opened::Stream(first) = self.open_one(object, start, first_end).await? else {
-            return Err(CacheError::invalid(
-                "office tier",
-                "a tier read opened a file",
-            ));
-        };
-        let rest = {
-            let tier = self.clone();
-            let object = object.clone();
-            let segments = (first_end..end_exclusive)
-                .step_by(usize::try_from(READ_SEGMENT).unwrap_or(usize::MAX))
-                .map(move |at| (at, (at + READ_SEGMENT).min(end_exclusive)));
-            futures::stream::iter(segments)
-                .map(move |(at, end)| {
-                    let (tier, object) = (tier.clone(), object.clone());
-                    async move {
-                        let Opened::Stream(mut body) = tier.open_one(&object, at, end).await?
-                        else {
-                            return Err(CacheError::invalid(
-                                "office tier",
-                                "a tier read opened a file",
-                            ));
-                        };
-                        let mut chunks = Vec::new();
-                        let mut len = 0;
-                        while let Some(chunk) = body.next().await {
-                            let chunk = chunk?;
-                            len += chunk.len() as u64;
-                            chunks.push(Ok(chunk));
-                        }
-                        if len != end - at {
-                            return Err(CacheError::Corrupt {
-                                object: object.to_string(),
-                                reason: format!(
-                                    "the office tier sent {len} bytes for bytes {at}-{}",
-                                    end - 1
-                                ),
-                            });
-                        }
-                        Ok(futures::stream::iter(chunks))
-                    }
-                })
-                .buffered(SEGMENTS_AHEAD)
-                .try_flatten()
-        };
-        Ok(Opened::Stream(first.chain(rest).boxed()))
+        self.open_one(object, start, end_exclusive).await
     }
 
     async fn read_at(
