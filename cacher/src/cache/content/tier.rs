@@ -70,54 +70,6 @@ pub(in crate::cache) struct TierContent {
 }
 
 impl TierContent {
-    /// One ranged GET of bytes `start..end_exclusive` of `object` from the tier, checked
-    /// against the object's size and the range asked for.
-    async fn open_one(
-        &self,
-        object: &ObjectKey,
-        start: u64,
-        end_exclusive: u64,
-    ) -> Result<Opened, CacheError> {
-        let range = ByteRange::Bounded {
-            start,
-            end_inclusive: end_exclusive - 1,
-        };
-        let response = match self
-            .store()
-            .get(&self.settings.bucket, &self.key(object), range, None)
-            .await
-        {
-            Ok(response) => response,
-            Err(err) if err.kind() == StoreErrorKind::NotFound => {
-                return Err(CacheError::NotCached {
-                    object: object.to_string(),
-                })
-            }
-            Err(err) => return Err(err.into()),
-        };
-        let whole = start == 0 && end_exclusive == response.meta.size;
-        if response.meta.size != object.size
-            || !(response.range == Some((start, end_exclusive - 1))
-                || (response.range.is_none() && whole))
-        {
-            return Err(CacheError::Corrupt {
-                object: object.to_string(),
-                reason: format!(
-                    "the office tier holds {} bytes for it and answered bytes {:?} for {start}-{}",
-                    response.meta.size,
-                    response.range,
-                    end_exclusive - 1
-                ),
-            });
-        }
-        Ok(Opened::Stream(
-            response
-                .body
-                .map(|chunk| chunk.map_err(CacheError::from))
-                .boxed(),
-        ))
-    }
-
     pub fn new(settings: TierSettings) -> Self {
         Self { settings }
     }
@@ -247,7 +199,44 @@ impl ContentStore for TierContent {
         if start >= end_exclusive {
             return Ok(Opened::Stream(futures::stream::empty().boxed()));
         }
-        self.open_one(object, start, end_exclusive).await
+        let range = ByteRange::Bounded {
+            start,
+            end_inclusive: end_exclusive - 1,
+        };
+        let response = match self
+            .store()
+            .get(&self.settings.bucket, &self.key(object), range, None)
+            .await
+        {
+            Ok(response) => response,
+            Err(err) if err.kind() == StoreErrorKind::NotFound => {
+                return Err(CacheError::NotCached {
+                    object: object.to_string(),
+                })
+            }
+            Err(err) => return Err(err.into()),
+        };
+        let whole = start == 0 && end_exclusive == response.meta.size;
+        if response.meta.size != object.size
+            || !(response.range == Some((start, end_exclusive - 1))
+                || (response.range.is_none() && whole))
+        {
+            return Err(CacheError::Corrupt {
+                object: object.to_string(),
+                reason: format!(
+                    "the office tier holds {} bytes for it and answered bytes {:?} for {start}-{}",
+                    response.meta.size,
+                    response.range,
+                    end_exclusive - 1
+                ),
+            });
+        }
+        Ok(Opened::Stream(
+            response
+                .body
+                .map(|chunk| chunk.map_err(CacheError::from))
+                .boxed(),
+        ))
     }
 
     async fn read_at(
