@@ -22,9 +22,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt as _;
-use milepost_store::{
-    list_all, ByteRange, ObjectStore, S3Store, StaticCredentials, UpstreamSettings,
-};
+use milepost_store::{list_all, ByteRange, ObjectStore, S3Store, UpstreamSettings};
 use milepost_testkit::{FaultProxy, LoopbackUpstream, TestDatabase};
 use rand::RngCore as _;
 use serde_json::{json, Value};
@@ -312,21 +310,7 @@ async fn three_nodes_fetch_once_and_finish_a_killed_nodes_work() {
     )
     .trim()
     .to_owned();
-    let printed = cli_output(
-        &dirs[0],
-        &[
-            "token", "create", "--name", "vehicle", "--role", "engineer", "--s3",
-        ],
-    );
-    let value = |name: &str| {
-        printed
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("{name}=")))
-            .unwrap_or_else(|| panic!("{name} in {printed}"))
-            .to_owned()
-    };
-    let credentials =
-        StaticCredentials::new(value("AWS_ACCESS_KEY_ID"), value("AWS_SECRET_ACCESS_KEY"));
+    let credentials = crate::process::s3_token(&dirs[0], "vehicle");
     let mut nodes = Vec::new();
     for (i, dir) in dirs.iter().enumerate() {
         nodes.push(Server::start(dir, u32::try_from(i).unwrap_or(0)).await);

@@ -363,7 +363,7 @@ concurrency = 4
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_with_acknowledged_uploads_pending_then_restart_uploads_them_all() {
     use futures::StreamExt as _;
-    use milepost_store::{list_all, ByteRange, S3Store, StaticCredentials, UpstreamSettings};
+    use milepost_store::{list_all, ByteRange, S3Store, UpstreamSettings};
 
     let dir = tempfile::tempdir().expect("tempdir");
     let upstream = LoopbackUpstream::start(BUCKET).await;
@@ -393,23 +393,7 @@ sync_interval = "off"
         ),
     )
     .expect("config");
-    let created = milepost(dir.path())
-        .args([
-            "token", "create", "--name", "vehicle", "--role", "engineer", "--s3",
-        ])
-        .output()
-        .expect("token create");
-    assert!(created.status.success(), "{created:?}");
-    let printed = String::from_utf8_lossy(&created.stdout).into_owned();
-    let value = |name: &str| {
-        printed
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("{name}=")))
-            .unwrap_or_else(|| panic!("{name} in {printed}"))
-            .to_owned()
-    };
-    let credentials =
-        StaticCredentials::new(value("AWS_ACCESS_KEY_ID"), value("AWS_SECRET_ACCESS_KEY"));
+    let credentials = crate::process::s3_token(dir.path(), "vehicle");
 
     let mut server = Server::start(dir.path(), 1).await;
     let gateway = S3Store::new(&UpstreamSettings {
@@ -599,7 +583,7 @@ async fn postgres_database_for_test() -> Option<(TestDatabase, String)> {
 /// response that acknowledges the PUT.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_acknowledged_put_is_durable_before_the_response_is_written() {
-    use milepost_store::{S3Store, StaticCredentials, UpstreamSettings};
+    use milepost_store::{S3Store, UpstreamSettings};
 
     if Command::new("strace").arg("-V").output().is_err() {
         panic!("strace is needed (apt-get install strace)");
@@ -634,23 +618,7 @@ sync_interval = "off"
         ),
     )
     .expect("config");
-    let created = milepost(dir.path())
-        .args([
-            "token", "create", "--name", "vehicle", "--role", "engineer", "--s3",
-        ])
-        .output()
-        .expect("token create");
-    assert!(created.status.success(), "{created:?}");
-    let printed = String::from_utf8_lossy(&created.stdout).into_owned();
-    let value = |name: &str| {
-        printed
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("{name}=")))
-            .unwrap_or_else(|| panic!("{name} in {printed}"))
-            .to_owned()
-    };
-    let credentials =
-        StaticCredentials::new(value("AWS_ACCESS_KEY_ID"), value("AWS_SECRET_ACCESS_KEY"));
+    let credentials = crate::process::s3_token(dir.path(), "vehicle");
 
     let trace = dir.path().join("strace.txt");
     let trace_arg = trace.display().to_string();

@@ -207,3 +207,27 @@ pub(crate) async fn graphql(
     );
     body["data"].clone()
 }
+
+/// `milepost token create --name NAME --role engineer --s3` with the config in `dir`: the
+/// gateway credentials it prints.
+pub(crate) fn s3_token(dir: &Path, name: &str) -> milepost_store::StaticCredentials {
+    let created = milepost(dir)
+        .args([
+            "token", "create", "--name", name, "--role", "engineer", "--s3",
+        ])
+        .output()
+        .expect("token create");
+    assert!(created.status.success(), "{created:?}");
+    let printed = String::from_utf8_lossy(&created.stdout).into_owned();
+    let value = |name: &str| {
+        printed
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}=")))
+            .unwrap_or_else(|| panic!("{name} in {printed}"))
+            .to_owned()
+    };
+    milepost_store::StaticCredentials::new(
+        value("AWS_ACCESS_KEY_ID"),
+        value("AWS_SECRET_ACCESS_KEY"),
+    )
+}
