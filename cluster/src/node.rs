@@ -92,6 +92,7 @@ impl ClusterNode {
             db,
             claims,
             claim_slots: Arc::new(Semaphore::new(CLAIM_CONNECTIONS)),
+            // Registering is the first heartbeat; the epoch is taken before it is sent.
             last_heartbeat_ms: AtomicU64::new(0),
             epoch: Instant::now(),
             stop: CancellationToken::new(),
@@ -99,7 +100,6 @@ impl ClusterNode {
             settings,
         });
         node.register().await?;
-        node.beat();
         let heartbeat = Arc::clone(&node);
         node.tasks.spawn(async move { heartbeat.heartbeat().await });
         tracing::info!(node = %node.id(), lease = ?node.lease(), "joined the office cluster");
@@ -119,13 +119,33 @@ impl ClusterNode {
     /// renew it (the database unreachable) must not start leased work: another node may
     /// already be taking it over.
     pub fn holds_lease(&self) -> bool {
-        let last = Duration::from_millis(self.last_heartbeat_ms.load(Ordering::Acquire));
-        self.epoch.elapsed().saturating_sub(last) < self.settings.lease * 2 / 3
+        Instant::now() < self.lease_lapses_at()
     }
 
-    fn beat(&self) {
-        let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_heartbeat_ms.store(now, Ordering::Release);
+    /// When this node's lease lapses in its own view ([`holds_lease`](Self::holds_lease)
+    /// turns false), unless a heartbeat lands before.
+    fn lease_lapses_at(&self) -> Instant {
+        let last = Duration::from_millis(self.last_heartbeat_ms.load(Ordering::Acquire));
+        self.epoch + last + self.settings.lease * 2 / 3
+    }
+
+    /// Resolves once this node no longer surely holds its lease: leased work still running
+    /// must stop then, because another node may take it over once the lease has ended (a
+    /// third of the lease later at the earliest). Work that stops here must not write its
+    /// end either: the row may be another node's by then.
+    pub async fn lease_lapsed(&self) {
+        loop {
+            let at = self.lease_lapses_at();
+            if Instant::now() >= at {
+                return;
+            }
+            tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await;
+        }
+    }
+
+    fn beat_at(&self, since_epoch: Duration) {
+        let at = u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX);
+        self.last_heartbeat_ms.fetch_max(at, Ordering::AcqRel);
     }
 
     /// Writes this node's row (a restarted node keeps its id and gets a new start time).
@@ -158,9 +178,13 @@ impl ClusterNode {
                 () = self.stop.cancelled() => return,
                 () = tokio::time::sleep(period) => {}
             }
+            // The lease counts from when the heartbeat was sent, not from when it returned:
+            // the database's `now()` is at least that late, so this node's view of its lease
+            // ends before the others' (a slow write cannot stretch it).
+            let sent = self.epoch.elapsed();
             // A row removed by an operator (a node declared gone) is written again.
             match self.register_heartbeat().await {
-                Ok(()) => self.beat(),
+                Ok(()) => self.beat_at(sent),
                 Err(err) => {
                     tracing::warn!(node = %self.id(), error = %err, "cannot renew the cluster lease");
                 }

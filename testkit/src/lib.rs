@@ -6,6 +6,7 @@ mod database;
 pub mod fault_proxy;
 pub mod garage;
 mod loopback;
+pub mod tcp_proxy;
 pub mod trimlogs;
 
 pub use app::{assert_refused, error_codes, first_error, graphql_data, TestApp, TestAppBuilder};
@@ -14,3 +15,4 @@ pub use database::{
 };
 pub use fault_proxy::{Fault, FaultProxy, SeenRequest};
 pub use loopback::{LoopbackUpstream, LOOPBACK_ACCESS_KEY, LOOPBACK_SECRET_KEY};
+pub use tcp_proxy::TcpProxy;

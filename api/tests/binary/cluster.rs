@@ -13,6 +13,9 @@
 //! 3. The node holding 200 acknowledged uploads (some keys written twice) is killed with
 //!    SIGKILL before they reached S3: the other nodes upload all of them, with the newest
 //!    version of each key. Before the kill, another node serves those writes too.
+//! 4. A node cut off from PostgreSQL while it uploads an acknowledged write (a test of its
+//!    own, two nodes): it stops the upload before its lease can end, so when its link comes
+//!    back that old upload never lands over the newer write another node uploaded meanwhile.
 //!
 //! PostgreSQL only (cluster mode is): skipped, saying so, without `MILEPOST_TEST_DATABASE_URL`.
 
@@ -23,7 +26,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::StreamExt as _;
 use milepost_store::{list_all, ByteRange, ObjectStore, S3Store, UpstreamSettings};
-use milepost_testkit::{FaultProxy, LoopbackUpstream, TestDatabase};
+use milepost_testkit::{FaultProxy, LoopbackUpstream, TcpProxy, TestDatabase};
 use rand::RngCore as _;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -729,4 +732,161 @@ async fn three_nodes_fetch_once_and_finish_a_killed_nodes_work() {
     let status: Value = serde_json::from_str(&status).expect("status json");
     assert_eq!(status["uploads_orphaned"], json!(0), "{status}");
     assert_eq!(status["reservations_orphaned"], json!(0), "{status}");
+}
+
+/// The object at `key` in S3 has the bytes `expected` (its SHA-256), or not yet.
+async fn upstream_has(store: &dyn ObjectStore, key: &str, expected: &str) -> bool {
+    match store.get(BUCKET, key, ByteRange::All, None).await {
+        Ok(response) => sha(&response.collect(MIB).await.expect("body")) == expected,
+        Err(_) => false,
+    }
+}
+
+/// Waits until the transfer of `key` runs on `node` (state `uploading`, its lease owner).
+async fn uploading_on(db: &sea_orm::DatabaseConnection, key: &str, node: &str) {
+    use sea_orm::{ConnectionTrait as _, DatabaseBackend, Statement};
+    let started = Instant::now();
+    loop {
+        let row = db
+            .query_one(Statement::from_sql_and_values(
+                DatabaseBackend::Postgres,
+                "SELECT count(*) AS n FROM transfers \
+                 WHERE key = $1 AND state = 'uploading' AND lease_owner = $2",
+                [key.into(), node.into()],
+            ))
+            .await
+            .expect("transfers")
+            .expect("a row");
+        if row.try_get::<i64>("", "n").expect("count") > 0 {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{node} never started uploading {key}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// 4. See the module documentation. Node 1 reaches PostgreSQL through a proxy that the test
+///    partitions (no byte moves, nothing is closed: only node 1's own timing can tell), and
+///    uploads at 64 KiB/s, so its upload of the first write is still running at the cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_cut_off_from_the_database_stops_its_uploads_before_its_lease_ends() {
+    let Some(server_url) = milepost_testkit::postgres_server_url() else {
+        eprintln!("skipped: cluster mode needs PostgreSQL (MILEPOST_TEST_DATABASE_URL)");
+        return;
+    };
+    let database = TestDatabase::on_postgres(&server_url)
+        .await
+        .expect("test database");
+    let authority = {
+        let url = database.url();
+        let start = url.find("://").map_or(0, |i| i + 3);
+        let end = url[start..].find(['/', '?']).map_or(url.len(), |i| i + start);
+        let host = &url[start..end];
+        host.rsplit_once('@').map_or(host, |(_, host)| host).to_owned()
+    };
+    let postgres = tokio::net::lookup_host(&authority)
+        .await
+        .expect("PostgreSQL's address")
+        .next()
+        .expect("an address");
+    let link = TcpProxy::start(postgres).await.expect("proxy");
+    let root = tempfile::tempdir().expect("tempdir");
+    let upstream = LoopbackUpstream::start(BUCKET).await;
+    let tier = tier().await;
+    let cut_off = node_dir(
+        root.path(),
+        1,
+        &link.url_through(database.url()),
+        &upstream.endpoint(),
+        &tier,
+    );
+    let config = cut_off.join("milepost.toml");
+    let mut text = std::fs::read_to_string(&config).expect("config");
+    text.push_str("[transfer]\nupload_schedule = \"* 64KiB\"\n");
+    std::fs::write(&config, text).expect("config");
+    let other = node_dir(
+        root.path(),
+        2,
+        database.url(),
+        &upstream.endpoint(),
+        &tier,
+    );
+    let credentials = crate::process::s3_token(&other, "vehicle");
+    let node1 = Server::start(&cut_off, 0).await;
+    let node2 = Server::start(&other, 1).await;
+    let gateway = |server: &Server| {
+        S3Store::new(&UpstreamSettings {
+            endpoint: Some(format!("http://{}", server.s3_addr)),
+            region: "us-east-1".to_owned(),
+            force_path_style: true,
+            credentials: Some(credentials.clone()),
+            ..UpstreamSettings::default()
+        })
+        .expect("gateway client")
+    };
+    let db = database.connect_migrated().await;
+    let key = "ingest/cut-off.bin";
+    let mut older = vec![0u8; 512 * 1024];
+    rand::rng().fill_bytes(&mut older);
+    let mut newer = vec![0u8; 300 * 1024];
+    rand::rng().fill_bytes(&mut newer);
+    let (older_sha, newer_sha) = (sha(&older), sha(&newer));
+    gateway(&node1)
+        .put(BUCKET, key, Bytes::from(older))
+        .await
+        .expect("acknowledged PUT at node 1");
+    uploading_on(&db, key, "node-1").await;
+
+    link.partition();
+    let cut = Instant::now();
+    // Node 2 takes the write over once node 1's lease (3 s) has ended, and uploads it.
+    while !upstream_has(upstream.store.as_ref(), key, &older_sha).await {
+        assert!(
+            cut.elapsed() < Duration::from_secs(30),
+            "node 2 did not take over node 1's upload; node 2 log:\n{}",
+            node2.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("node 1's write uploaded by node 2 {:?} after the cut", cut.elapsed());
+    // A newer write of the key, at node 2, lands after it.
+    gateway(&node2)
+        .put(BUCKET, key, Bytes::from(newer))
+        .await
+        .expect("acknowledged PUT at node 2");
+    while !upstream_has(upstream.store.as_ref(), key, &newer_sha).await {
+        assert!(
+            cut.elapsed() < Duration::from_secs(60),
+            "node 2's newer write never reached S3"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The link comes back. An upload node 1 had kept running would now finish (512 KiB at
+    // 64 KiB/s: within 8 s) and put the older bytes over the newer ones.
+    link.heal();
+    let healed = Instant::now();
+    while healed.elapsed() < Duration::from_secs(12) {
+        assert!(
+            upstream_has(upstream.store.as_ref(), key, &newer_sha).await,
+            "node 1's old upload landed over the newer write {:?} after the link came back; \
+             node 1 log:\n{}",
+            healed.elapsed(),
+            node1.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(
+        node1.log_text().contains("cluster lease lapsed"),
+        "node 1 never said it stopped its upload:\n{}",
+        node1.log_text()
+    );
+    // Nothing is left to do: no upload of the key is queued or running anywhere.
+    let status = cli_output(&other, &["cluster", "status", "--json"]);
+    let status: Value = serde_json::from_str(&status).expect("status json");
+    assert_eq!(status["uploads_orphaned"], json!(0), "{status}");
+    drop(node1);
 }

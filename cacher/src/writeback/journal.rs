@@ -218,29 +218,13 @@ pub(crate) async fn take_over(
     } else {
         format!("(state = 'uploading' AND lease_owner <> $1 AND lease_owner NOT IN ({live}))")
     };
-    let newer = "EXISTS (SELECT 1 FROM transfers AS newer WHERE newer.bucket = transfers.bucket \
-                 AND newer.key = transfers.key AND newer.id > transfers.id)";
-    let run = |sql: String| async move {
-        db.execute(Statement::from_sql_and_values(
-            DatabaseBackend::Postgres,
-            sql,
-            [node.into()],
-        ))
-        .await
-        .map_err(|e| WriteBackError::db("taking over the uploads of nodes that are gone", e))
-    };
-    let superseded = run(format!(
-        "UPDATE transfers SET state = 'superseded', finished_at = now(), lease_owner = NULL \
-         WHERE {orphaned} AND {newer}"
-    ))
-    .await?
-    .rows_affected();
-    let requeued = run(format!(
-        "UPDATE transfers SET state = 'queued', bytes_done = 0, lease_owner = NULL \
-         WHERE {orphaned}"
-    ))
-    .await?
-    .rows_affected();
+    let (requeued, superseded) = requeue(
+        db,
+        node,
+        &orphaned,
+        "taking over the uploads of nodes that are gone",
+    )
+    .await?;
     if superseded > 0 || requeued > 0 {
         tracing::info!(
             node,
@@ -250,6 +234,73 @@ pub(crate) async fn take_over(
         );
     }
     Ok(requeued)
+}
+
+/// In an office cluster: queues again the transfers `ids` this node stopped when its lease
+/// lapsed, those still marked as its own (another node may have taken them over meanwhile),
+/// or supersedes them where a newer row of their key exists. Returns how many were queued.
+pub(crate) async fn take_back(
+    db: &DatabaseConnection,
+    node: &str,
+    ids: &[i64],
+) -> Result<u64, WriteBackError> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let ids = ids
+        .iter()
+        .map(i64::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    let own = format!("(state = 'uploading' AND lease_owner = $1 AND id IN ({ids}))");
+    let (requeued, superseded) = requeue(
+        db,
+        node,
+        &own,
+        "queueing again the uploads stopped by a lapsed lease",
+    )
+    .await?;
+    tracing::info!(
+        node,
+        requeued,
+        superseded,
+        "queued again the uploads stopped when the lease lapsed"
+    );
+    Ok(requeued)
+}
+
+/// Queues again the transfers `filter` selects (SQL over `transfers`, `$1` = `node`), or
+/// supersedes those with a newer row of their key. Returns (queued, superseded).
+async fn requeue(
+    db: &DatabaseConnection,
+    node: &str,
+    filter: &str,
+    what: &'static str,
+) -> Result<(u64, u64), WriteBackError> {
+    let newer = "EXISTS (SELECT 1 FROM transfers AS newer WHERE newer.bucket = transfers.bucket \
+                 AND newer.key = transfers.key AND newer.id > transfers.id)";
+    let run = |sql: String| async move {
+        db.execute(Statement::from_sql_and_values(
+            DatabaseBackend::Postgres,
+            sql,
+            [node.into()],
+        ))
+        .await
+        .map_err(|e| WriteBackError::db(what, e))
+    };
+    let superseded = run(format!(
+        "UPDATE transfers SET state = 'superseded', finished_at = now(), lease_owner = NULL \
+         WHERE {filter} AND {newer}"
+    ))
+    .await?
+    .rows_affected();
+    let requeued = run(format!(
+        "UPDATE transfers SET state = 'queued', bytes_done = 0, lease_owner = NULL \
+         WHERE {filter}"
+    ))
+    .await?
+    .rows_affected();
+    Ok((requeued, superseded))
 }
 
 /// Which of the transfers `ids` have ended (done or superseded): their office versions are

@@ -42,6 +42,9 @@ enum Attempt {
     Retry(String),
     /// Will not succeed by retrying.
     Failed(String),
+    /// Stopped because this node's cluster lease lapsed: another node may be taking the row
+    /// over, so nothing of the attempt is recorded.
+    Fenced,
 }
 
 /// The uploader loop as its own task ([`WriteBack::start`](super::WriteBack::start)); returns
@@ -77,6 +80,9 @@ pub struct Uploader {
     not_before: HashMap<i64, (Instant, u32)>,
     /// In an office cluster: when the uploads of nodes that are gone were last looked for.
     last_take_over: Instant,
+    /// In an office cluster: transfers stopped when this node's lease lapsed, to queue again
+    /// once it holds its lease again (unless another node took them over meanwhile).
+    fenced: Vec<i64>,
 }
 
 impl std::fmt::Debug for Uploader {
@@ -96,6 +102,7 @@ impl Uploader {
             busy: HashSet::new(),
             not_before: HashMap::new(),
             last_take_over: Instant::now(),
+            fenced: Vec::new(),
         }
     }
 
@@ -116,7 +123,7 @@ impl Uploader {
             Some(joined) = self.running.join_next(), if !self.running.is_empty() => {
                 if let Ok((row, outcome)) = joined {
                     self.busy.remove(&(row.bucket.clone(), row.key.clone()));
-                    end(&inner, &row, outcome, &mut self.not_before).await;
+                    end(&inner, &row, outcome, &mut self.not_before, &mut self.fenced).await;
                 }
             }
             // A transfer backing off becomes due; otherwise a slow poll, in case a row was
@@ -144,6 +151,15 @@ impl Uploader {
                     // Another node may be taking this node's work over: start nothing.
                     tracing::warn!(node = %node.id(), "cluster lease not renewed lately; no upload starts");
                     return;
+                }
+                if !self.fenced.is_empty() {
+                    match journal::take_back(&inner.db, node.id(), &self.fenced).await {
+                        Ok(_) => self.fenced.clear(),
+                        Err(err) => {
+                            tracing::warn!(error = %err, "cannot queue again the uploads stopped when the lease lapsed");
+                            return;
+                        }
+                    }
                 }
                 if self.last_take_over.elapsed() >= node.lease() / 2 {
                     self.last_take_over = Instant::now();
@@ -193,7 +209,17 @@ impl Uploader {
             self.busy.insert(id);
             let inner = Arc::clone(inner);
             self.running.spawn(async move {
-                let attempt = attempt(&inner, &row).await;
+                // In a cluster an upload must not outlive this node's lease: once it lapses
+                // another node may upload the row, and a newer write of its key after it,
+                // which this upload would then overwrite with older bytes. Dropped, the
+                // request is cut before its body ends, so S3 never stores it.
+                let attempt = match inner.settings.cluster.clone() {
+                    Some(node) => tokio::select! {
+                        attempt = attempt(&inner, &row) => attempt,
+                        () = node.lease_lapsed() => Attempt::Fenced,
+                    },
+                    None => attempt(&inner, &row).await,
+                };
                 (row, attempt)
             });
         }
@@ -225,6 +251,7 @@ async fn end(
     row: &transfer::Model,
     outcome: Attempt,
     not_before: &mut HashMap<i64, (Instant, u32)>,
+    fenced: &mut Vec<i64>,
 ) {
     let size = u64::try_from(row.size).unwrap_or(0);
     if matches!(outcome, Attempt::Retry(_) | Attempt::Failed(_))
@@ -247,6 +274,13 @@ async fn end(
             tracing::warn!(transfer = row.id, bucket = %row.bucket, key = %row.key, attempt = row.attempts + 1, retry_in = ?delay, error = %error, "upload failed, will retry");
             not_before.insert(row.id, (Instant::now() + delay, failures));
             journal::finish(&inner.db, row.id, TransferState::Queued, 0, Some(error)).await
+        }
+        Attempt::Fenced => {
+            // Nothing is written: the row may be another node's by now.
+            tracing::warn!(transfer = row.id, bucket = %row.bucket, key = %row.key, "cluster lease lapsed: upload stopped, for this node or another to run again");
+            not_before.remove(&row.id);
+            fenced.push(row.id);
+            return;
         }
         Attempt::Failed(error) => {
             not_before.remove(&row.id);
