@@ -18,7 +18,7 @@ use milepost_cacher::writeback::{OfficeStore, WriteBack, WriteBackSettings};
 use milepost_cluster::{ClusterNode, ClusterSettings};
 use milepost_indexer::catalog::Layout;
 use milepost_indexer::search::{SearchErrorKind, SearchIndex};
-use milepost_indexer::sync::{SyncOptions, SyncReport};
+use milepost_indexer::sync::{SyncOptions, SyncReport, SyncScope};
 use milepost_indexer::Catalog;
 use milepost_store::{EgressMeter, ObjectStore, UpstreamSettings};
 
@@ -48,8 +48,11 @@ pub struct AppState {
     pub upstream: Arc<dyn ObjectStore>,
     /// Office writes on their way to S3: staging, journal, uploader.
     pub write_back: Arc<WriteBack>,
-    /// Asks for a catalog sync soon (debounced): office uploads under the catalog's prefixes.
+    /// Asks for a targeted catalog sync soon (debounced) of the folders in `sync_pending`:
+    /// office writes under the catalog's prefixes ([`AppState::sync_keys_soon`]).
     pub sync_soon: tokio::sync::Notify,
+    /// Folders of the catalog bucket written through the office since the last targeted sync.
+    pub sync_pending: std::sync::Mutex<std::collections::BTreeSet<String>>,
     pub egress: Arc<EgressMeter>,
     /// One sync at a time, whether periodic or asked for.
     pub sync_lock: tokio::sync::Mutex<()>,
@@ -73,7 +76,13 @@ pub struct AppState {
     pub workers: Workers,
     /// In an office cluster (`[cluster] enabled`): this node.
     pub cluster: Option<Arc<ClusterNode>>,
+    /// The queue of the catalog bucket's S3 events (`catalog.events`), if any.
+    pub events: Option<Arc<milepost_events::EventQueue>>,
 }
+
+/// The longest the catalog's event queue is long-polled: events arrive at once, and an idle
+/// queue costs one request per this long.
+const EVENTS_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl AppState {
     /// Connects to the catalog database, brings its schema up to date, opens the search index
@@ -137,6 +146,19 @@ impl AppState {
                 );
             }
         }
+        let events = if config.catalog.events.is_empty() {
+            None
+        } else {
+            let queue =
+                milepost_events::EventQueue::connect(&milepost_events::EventQueueSettings {
+                    url: config.catalog.events.clone(),
+                    region: upstream.region.clone(),
+                    credentials: upstream.credentials.clone(),
+                    wait: EVENTS_WAIT,
+                })
+                .context("cannot set up the catalog's event queue (catalog.events)")?;
+            Some(Arc::new(queue))
+        };
         let egress = Arc::new(EgressMeter::default());
         let store = milepost_store::build_store(&upstream, egress.clone())
             .context("cannot set up the upstream S3 client ([upstream])")?;
@@ -225,6 +247,7 @@ impl AppState {
             upstream,
             write_back,
             sync_soon: tokio::sync::Notify::new(),
+            sync_pending: std::sync::Mutex::new(std::collections::BTreeSet::new()),
             egress,
             sync_lock: tokio::sync::Mutex::new(()),
             sidecar_locks: crate::records::SidecarLocks::default(),
@@ -235,6 +258,7 @@ impl AppState {
             upload_limiter,
             workers: Workers::default(),
             cluster,
+            events,
         }))
     }
 
@@ -285,12 +309,35 @@ impl AppState {
             office: self.config.office.clone(),
             // The office's writes and downloads are read from the cache: no egress.
             cache: Some(self.cache.clone()),
+            scope: SyncScope::Whole,
         }
+    }
+
+    /// Asks for a targeted sync of the folders holding `keys` of the catalog bucket, soon
+    /// (the `sync_when_asked` worker, once writes pause).
+    pub fn sync_keys_soon<'a>(&self, keys: impl IntoIterator<Item = &'a str>) {
+        {
+            let mut pending = self
+                .sync_pending
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            pending.extend(keys.into_iter().map(folder_of));
+        }
+        self.sync_soon.notify_one();
     }
 
     /// One catalog sync pass, serialized with any other (in an office cluster, with any other
     /// node's too: one node at a time syncs the office's catalog).
     pub async fn sync_catalog(&self) -> Result<SyncReport, milepost_indexer::sync::SyncError> {
+        self.sync(SyncScope::Whole).await
+    }
+
+    /// A sync pass over `scope` (the whole catalog, or some prefixes of it), serialized as
+    /// [`sync_catalog`](Self::sync_catalog) is.
+    pub async fn sync(
+        &self,
+        scope: SyncScope,
+    ) -> Result<SyncReport, milepost_indexer::sync::SyncError> {
         let _one_at_a_time = self.sync_lock.lock().await;
         let claim = match &self.cluster {
             Some(node) => match node.claim("catalog-sync").await {
@@ -303,8 +350,11 @@ impl AppState {
             },
             None => None,
         };
-        let report =
-            milepost_indexer::sync::sync(&self.catalog, &self.store, &self.sync_options()).await;
+        let options = SyncOptions {
+            scope,
+            ..self.sync_options()
+        };
+        let report = milepost_indexer::sync::sync(&self.catalog, &self.store, &options).await;
         if let Some(claim) = claim {
             claim.release().await;
         }
@@ -447,6 +497,14 @@ pub fn redact_url(url: &str) -> String {
             format!("{}://{user}:***@{}", &url[..scheme_end], &url[at + 1..])
         }
         _ => url.to_owned(),
+    }
+}
+
+/// The folder of `key` (through its last `/`), what a targeted sync lists for it.
+pub fn folder_of(key: &str) -> String {
+    match key.rfind('/') {
+        Some(slash) => key[..=slash].to_owned(),
+        None => String::new(),
     }
 }
 

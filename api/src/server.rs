@@ -362,8 +362,8 @@ pub async fn start_with_state(state: Arc<AppState>) -> anyhow::Result<RunningSer
     })
 }
 
-/// The S3 gateway over the office store; writes under the catalog's prefixes ask for a sync,
-/// so that uploads are searchable in the office at once.
+/// The S3 gateway over the office store; writes under the catalog's prefixes ask for a
+/// targeted sync of their folders, so that uploads are searchable in the office at once.
 fn start_gateway(
     state: &Arc<AppState>,
     listener: TcpListener,
@@ -379,7 +379,7 @@ fn start_gateway(
         Arc::new(move |b: &str, key: &str| {
             if b == bucket && prefixes.iter().any(|p| key.starts_with(p.as_str())) {
                 if let Some(state) = weak.upgrade() {
-                    state.sync_soon.notify_one();
+                    state.sync_keys_soon([key]);
                 }
             }
         })

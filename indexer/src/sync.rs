@@ -1,9 +1,10 @@
 //! Catalog sync: brings the catalog database and search index in line with the catalog bucket.
 //!
-//! One pass lists the drives and runs prefixes (paginated ListObjectsV2), diffs the listing
-//! against the `objects` table, and reads only what changed: sidecars whole (they are small),
-//! MCAP logs and Parquet files by their footers (ranged GETs carrying `If-Match`). An object
-//! whose ETag did not change is never read again. A malformed file is reported in the
+//! One pass lists the drives and runs prefixes (paginated ListObjectsV2), or only the
+//! prefixes a targeted pass names ([`SyncScope`]: what S3 events and office writes touched),
+//! diffs the listing against the `objects` table, and reads only what changed: sidecars whole
+//! (they are small), MCAP logs and Parquet files by their footers (ranged GETs carrying
+//! `If-Match`). An object whose ETag did not change is never read again. A malformed file is reported in the
 //! [`SyncReport`] and skipped; it never stops the sync.
 //!
 //! Listings without ETags (some S3-compatible servers omit them) are compared by size and
@@ -57,6 +58,48 @@ pub struct SyncOptions {
     /// The office cache: objects it holds whole are read from it, never from the store (no
     /// egress). `None`: everything is read from the store.
     pub cache: Option<Arc<dyn LocalCopies>>,
+    /// What part of the bucket the pass looks at.
+    pub scope: SyncScope,
+}
+
+/// Which part of the catalog bucket a pass lists and brings in line.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum SyncScope {
+    /// The drives and runs prefixes, whole: the periodic pass, which also repairs whatever a
+    /// targeted pass missed.
+    #[default]
+    Whole,
+    /// Only the keys under these prefixes (the folders that S3 events and office writes name):
+    /// objects, drives and runs elsewhere are left as they are. Prefixes outside the drives
+    /// and runs prefixes are ignored.
+    Prefixes(Vec<String>),
+}
+
+impl SyncScope {
+    /// The prefixes to list: the drives and runs prefixes, or the scope's own that lie inside
+    /// them (sorted, without one inside another).
+    fn listed_prefixes(&self, options: &SyncOptions) -> Vec<String> {
+        let whole = [options.drives_prefix.clone(), options.runs_prefix.clone()];
+        match self {
+            SyncScope::Whole => whole.to_vec(),
+            SyncScope::Prefixes(prefixes) => {
+                let mut inside: Vec<String> = prefixes
+                    .iter()
+                    .filter(|p| whole.iter().any(|w| p.starts_with(w.as_str())))
+                    .cloned()
+                    .collect();
+                inside.sort();
+                inside.dedup();
+                let mut outermost: Vec<String> = Vec::with_capacity(inside.len());
+                for prefix in inside {
+                    if !outermost.iter().any(|o| prefix.starts_with(o.as_str())) {
+                        outermost.push(prefix);
+                    }
+                }
+                outermost
+            }
+        }
+    }
 }
 
 /// The outcome of one sync pass.
@@ -121,9 +164,11 @@ pub async fn sync(
     let mut report = SyncReport::default();
     let db = &catalog.db;
 
-    // 1. What is in the bucket now.
+    // 1. What is in the bucket now, under the pass's prefixes.
+    let prefixes = options.scope.listed_prefixes(options);
+    let in_scope = |key: &str| prefixes.iter().any(|p| key.starts_with(p.as_str()));
     let mut listed: BTreeMap<String, ObjectMeta> = BTreeMap::new();
-    for prefix in [&options.drives_prefix, &options.runs_prefix] {
+    for prefix in &prefixes {
         let mut continuation = None;
         loop {
             let page = store
@@ -161,9 +206,7 @@ pub async fn sync(
         .all(db)
         .await?
         .into_iter()
-        .filter(|o| {
-            o.key.starts_with(&options.drives_prefix) || o.key.starts_with(&options.runs_prefix)
-        })
+        .filter(|o| in_scope(&o.key))
         .map(|o| (o.key.clone(), o))
         .collect();
     let now = Utc::now();
@@ -336,6 +379,7 @@ pub async fn sync(
         catalog,
         &options.bucket,
         &listed,
+        &in_scope,
         &mut touched_drives,
         &mut touched_runs,
     )
@@ -475,19 +519,23 @@ pub async fn sync(
     milepost_schema::egress::record(db, &options.office, records)
         .await
         .map_err(CatalogError::from)?;
-    sync_run::ActiveModel {
-        started_at: Set(started_at),
-        finished_at: Set(Some(Utc::now())),
-        objects_seen: Set(report.objects_seen as i64),
-        drives: Set(report.drives as i64),
-        runs: Set(report.runs as i64),
-        errors: Set(serde_json::json!(report.errors)),
-        ..Default::default()
+    // `sync_runs` records whole passes: a targeted one's counts are of its prefixes only.
+    if options.scope == SyncScope::Whole {
+        sync_run::ActiveModel {
+            started_at: Set(started_at),
+            finished_at: Set(Some(Utc::now())),
+            objects_seen: Set(report.objects_seen as i64),
+            drives: Set(report.drives as i64),
+            runs: Set(report.runs as i64),
+            errors: Set(serde_json::json!(report.errors)),
+            ..Default::default()
+        }
+        .insert(db)
+        .await?;
     }
-    .insert(db)
-    .await?;
     tracing::info!(
         bucket = %options.bucket,
+        prefixes = prefixes.len(),
         seen = report.objects_seen,
         changed = report.objects_changed,
         deleted = report.objects_deleted,
@@ -877,10 +925,12 @@ impl OwnerPrefixes {
     }
 }
 
+/// Deletes the sidecar-born drives and runs whose sidecar, in the pass's scope, is not listed.
 async fn remove_orphaned_records(
     catalog: &Catalog,
     bucket: &str,
     listed: &BTreeMap<String, ObjectMeta>,
+    in_scope: &(dyn Fn(&str) -> bool + Sync),
     touched_drives: &mut BTreeSet<String>,
     touched_runs: &mut BTreeSet<String>,
 ) -> Result<(), SyncError> {
@@ -890,7 +940,8 @@ async fn remove_orphaned_records(
         .all(&catalog.db)
         .await?;
     for drive in drives {
-        if listed.contains_key(&format!("{}drive.json", drive.prefix)) {
+        let sidecar = format!("{}drive.json", drive.prefix);
+        if !in_scope(&sidecar) || listed.contains_key(&sidecar) {
             continue;
         }
         let scenarios = catalog::drive_scenarios(&catalog.db, &drive.id).await?;
@@ -914,7 +965,8 @@ async fn remove_orphaned_records(
         .all(&catalog.db)
         .await?;
     for run in runs {
-        if listed.contains_key(&format!("{}run.json", run.prefix)) {
+        let sidecar = format!("{}run.json", run.prefix);
+        if !in_scope(&sidecar) || listed.contains_key(&sidecar) {
             continue;
         }
         let txn = catalog.db.begin().await?;

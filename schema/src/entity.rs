@@ -9,6 +9,8 @@ pub mod dataset_member;
 pub mod drive;
 pub mod drive_event;
 pub mod egress_ledger;
+pub mod egress_minute;
+pub mod egress_total;
 pub mod object;
 pub mod reservation;
 pub mod run;
@@ -30,6 +32,8 @@ pub mod prelude {
     pub use super::drive::Entity as Drive;
     pub use super::drive_event::Entity as DriveEvent;
     pub use super::egress_ledger::Entity as EgressLedger;
+    pub use super::egress_minute::Entity as EgressMinute;
+    pub use super::egress_total::Entity as EgressTotal;
     pub use super::object::Entity as Object;
     pub use super::reservation::Entity as Reservation;
     pub use super::run::Entity as Run;

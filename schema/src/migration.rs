@@ -1,5 +1,6 @@
 //! Schema migrations, portable between SQLite and PostgreSQL (sea-orm-migration's schema
-//! builder, no raw SQL). Applied by [`crate::migrate`]; each migration is frozen once
+//! builder; raw SQL only where the backends spell a query differently: m20261208_000001's
+//! fold of the ledger). Applied by [`crate::migrate`]; each migration is frozen once
 //! released: change the schema with a new migration, never by editing an old one.
 
 use sea_orm_migration::prelude::*;
@@ -11,6 +12,7 @@ mod m20261206_000001_reservation_schedule;
 mod m20261206_000002_run_input_windows;
 mod m20261207_000001_catalog_changes;
 mod m20261207_000002_cluster;
+mod m20261208_000001_egress_aggregates;
 
 /// All migrations of the catalog, oldest first.
 #[derive(Debug)]
@@ -27,6 +29,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261206_000002_run_input_windows::Migration),
             Box::new(m20261207_000001_catalog_changes::Migration),
             Box::new(m20261207_000002_cluster::Migration),
+            Box::new(m20261208_000001_egress_aggregates::Migration),
         ]
     }
 }

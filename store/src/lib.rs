@@ -32,7 +32,7 @@ pub use metadata::{ObjectMetadata, USER_METADATA_PREFIX};
 pub use metered::{EgressMeter, EgressSnapshot, MeteredStore};
 pub use object_key::{LocalCopies, ObjectKey};
 pub use retry::{Backoff, Jitter, RetryPolicy, RetryingStore};
-pub use s3::{S3Store, StaticCredentials, UpstreamSettings};
+pub use s3::{aws_client_parts, S3Store, StaticCredentials, UpstreamSettings};
 pub use types::{ByteRange, DelimitedPage, GetResponse, ListPage, ObjectMeta};
 pub use upload::{
     list_all, put_stream, put_stream_with, upload_file, upload_file_with, UploadOptions,

@@ -6,6 +6,7 @@ mod database;
 pub mod fault_proxy;
 pub mod garage;
 mod loopback;
+pub mod moto;
 pub mod tcp_proxy;
 pub mod trimlogs;
 
@@ -15,4 +16,5 @@ pub use database::{
 };
 pub use fault_proxy::{Fault, FaultProxy, SeenRequest};
 pub use loopback::{LoopbackUpstream, LOOPBACK_ACCESS_KEY, LOOPBACK_SECRET_KEY};
+pub use moto::MotoServer;
 pub use tcp_proxy::TcpProxy;

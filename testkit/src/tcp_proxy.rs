@@ -55,7 +55,12 @@ impl TcpProxy {
         let host_start = url[authority_start..authority_end]
             .rfind('@')
             .map_or(authority_start, |i| authority_start + i + 1);
-        format!("{}{}{}", &url[..host_start], self.addr, &url[authority_end..])
+        format!(
+            "{}{}{}",
+            &url[..host_start],
+            self.addr,
+            &url[authority_end..]
+        )
     }
 
     /// Stops every byte, both ways, until [`heal`](Self::heal).

@@ -1,7 +1,7 @@
 //! The office's background work, wired over [`AppState`] and run by the one runner
 //! ([`crate::workers`]): the write-back uploader, the periodic catalog sync, the sync office
-//! uploads ask for, and the reservations' resume and expiry. (The expiry of unfinished
-//! multipart uploads stays a task of the write-back itself.)
+//! uploads ask for, the catalog bucket's S3 events, the reservations' resume and expiry,
+//! and the pruning of old raw ledger rows. (The expiry of unfinished multipart uploads stays a task of the write-back itself.)
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use milepost_cacher::reservations::Reservations;
 use milepost_cacher::transfer_policy::UploadLimiter;
 use milepost_cacher::writeback::{Uploader, UploaderStep};
-use milepost_indexer::sync::SyncReport;
+use milepost_indexer::sync::{SyncReport, SyncScope};
 use tokio::time::{Interval, MissedTickBehavior};
 
 use super::AppState;
@@ -37,17 +37,33 @@ pub fn start_workers(state: &Arc<AppState>) {
     state.workers.spawn(SyncWhenAsked {
         state: state.clone(),
     });
+    if let Some(queue) = &state.events {
+        state.workers.spawn(CatalogEvents {
+            state: state.clone(),
+            queue: queue.clone(),
+        });
+    }
     state.workers.spawn(SearchFeed {
         state: state.clone(),
         ticks: ticker(milepost_indexer::feed::FOLLOW_EVERY),
         pruned: None,
     });
+    if let Some(keep) = state.config.cache.ledger_raw_retention.0 {
+        state.workers.spawn(LedgerPrune {
+            state: state.clone(),
+            keep,
+            ticks: ticker(LEDGER_PRUNE_EVERY),
+        });
+    }
     state.workers.spawn(ReservationUpkeep {
         reservations: state.reservations.clone(),
         ticks: ticker(state.config.cache.expiry_check.0),
         resumed: false,
     });
 }
+
+/// How often raw ledger rows past `cache.ledger_raw_retention` are deleted.
+const LEDGER_PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 /// Ticks every `every`, the first at once; a late tick delays the next rather than bunching.
 fn ticker(every: Duration) -> Interval {
@@ -132,8 +148,9 @@ impl Worker for PeriodicSync {
     }
 }
 
-/// Runs a catalog sync shortly after office uploads under the catalog's prefixes
-/// (`AppState::sync_soon`), once writes have paused for [`SYNC_DEBOUNCE`].
+/// Syncs the folders office writes touched under the catalog's prefixes
+/// (`AppState::sync_keys_soon`), once writes have paused for [`SYNC_DEBOUNCE`]: a targeted
+/// pass that lists those folders only, never the whole bucket.
 struct SyncWhenAsked {
     state: Arc<AppState>,
 }
@@ -158,7 +175,40 @@ impl Worker for SyncWhenAsked {
                 () = tokio::time::sleep(SYNC_DEBOUNCE) => break,
             }
         }
-        sync_pass(&self.state, step, "after office uploads").await
+        let folders = std::mem::take(
+            &mut *self
+                .state
+                .sync_pending
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        if folders.is_empty() {
+            return Ok(());
+        }
+        step.busy();
+        let scope = SyncScope::Prefixes(folders.iter().cloned().collect());
+        let report = tokio::select! {
+            () = step.stop().cancelled() => return Ok(()),
+            result = self.state.sync(scope) => result,
+        };
+        match report {
+            Ok(report) => {
+                if !report.errors.is_empty() {
+                    tracing::warn!(errors = ?report.errors, "catalog sync after office uploads reported problems");
+                }
+                Ok(())
+            }
+            Err(err) => {
+                // Asked again for the next step (after the runner's backoff).
+                self.state
+                    .sync_pending
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .extend(folders);
+                self.state.sync_soon.notify_one();
+                Err(err.into())
+            }
+        }
     }
 }
 
@@ -240,5 +290,110 @@ impl Worker for ReservationUpkeep {
             .upkeep(&mut self.resumed)
             .await
             .map_err(|err| anyhow::anyhow!("reservation upkeep failed: {err}"))
+    }
+}
+
+/// Deletes raw egress ledger rows older than `cache.ledger_raw_retention`, hourly (any node of
+/// a cluster may: deleting old rows twice is harmless). The aggregates the reports read keep
+/// what the rows counted.
+struct LedgerPrune {
+    state: Arc<AppState>,
+    keep: Duration,
+    ticks: Interval,
+}
+
+#[async_trait]
+impl Worker for LedgerPrune {
+    fn name(&self) -> &str {
+        "ledger_prune"
+    }
+
+    async fn step(&mut self, step: &Step) -> anyhow::Result<()> {
+        tokio::select! {
+            () = step.stop().cancelled() => return Ok(()),
+            _ = self.ticks.tick() => {}
+        }
+        step.busy();
+        let keep = chrono::Duration::from_std(self.keep)?;
+        let before = chrono::Utc::now() - keep;
+        let pruned = tokio::select! {
+            () = step.stop().cancelled() => return Ok(()),
+            pruned = milepost_schema::egress::prune_raw(&self.state.db, before) => pruned?,
+        };
+        if pruned > 0 {
+            tracing::info!(pruned, %before, "raw egress ledger rows past their retention deleted");
+        }
+        Ok(())
+    }
+}
+
+/// Messages gathered into one targeted sync at most: a burst of uploads becomes a few passes,
+/// each listing only the folders its keys are in.
+const EVENTS_PER_PASS: usize = 100;
+
+/// Applies the catalog bucket's S3 events (`catalog.events`): each batch of messages becomes
+/// one targeted sync of the folders its keys are in, and the messages are deleted from the
+/// queue only once that sync has succeeded (a failure leaves them to come back after the
+/// queue's visibility timeout). In a cluster every node polls the queue; the queue hands each
+/// message to one of them, and the others follow through the catalog's change feed.
+struct CatalogEvents {
+    state: Arc<AppState>,
+    queue: Arc<milepost_events::EventQueue>,
+}
+
+#[async_trait]
+impl Worker for CatalogEvents {
+    fn name(&self) -> &str {
+        "catalog_events"
+    }
+
+    async fn step(&mut self, step: &Step) -> anyhow::Result<()> {
+        let mut deliveries = tokio::select! {
+            () = step.stop().cancelled() => return Ok(()),
+            received = self.queue.receive(None) => received?,
+        };
+        if deliveries.is_empty() {
+            return Ok(());
+        }
+        step.busy();
+        // Whatever else is waiting already joins this pass.
+        while deliveries.len() < EVENTS_PER_PASS {
+            let more = tokio::select! {
+                () = step.stop().cancelled() => return Ok(()),
+                received = self.queue.receive(Some(Duration::ZERO)) => received?,
+            };
+            if more.is_empty() {
+                break;
+            }
+            deliveries.extend(more);
+        }
+        let catalog = &self.state.config.catalog;
+        let mut folders = std::collections::BTreeSet::new();
+        for delivery in &deliveries {
+            if let Some(problem) = &delivery.problem {
+                tracing::warn!(message = %delivery.message_id, problem, "catalog event not understood, dropped (the periodic listing repairs what it described)");
+            }
+            for event in &delivery.events {
+                if event.bucket == catalog.bucket
+                    && (event.key.starts_with(&catalog.drives_prefix)
+                        || event.key.starts_with(&catalog.runs_prefix))
+                {
+                    tracing::debug!(key = %event.key, kind = ?event.kind, "catalog event");
+                    folders.insert(super::folder_of(&event.key));
+                }
+            }
+        }
+        if !folders.is_empty() {
+            let scope = SyncScope::Prefixes(folders.into_iter().collect());
+            let report = tokio::select! {
+                () = step.stop().cancelled() => return Ok(()),
+                report = self.state.sync(scope) => report?,
+            };
+            if !report.errors.is_empty() {
+                tracing::warn!(errors = ?report.errors, "catalog sync of S3 events reported problems");
+            }
+        }
+        self.queue.acknowledge(&deliveries).await?;
+        Ok(())
     }
 }

@@ -196,6 +196,9 @@ pub struct CatalogConfig {
     pub runs_prefix: String,
     /// How often the catalog is rescanned; `off` leaves it to `syncCatalog` and `milepost sync`.
     pub sync_interval: Interval,
+    /// The SQS queue the catalog bucket's event notifications arrive on (`sqs://QUEUE_URL`),
+    /// applied within seconds; empty: none, the periodic listing alone keeps the catalog.
+    pub events: String,
 }
 
 impl Default for CatalogConfig {
@@ -205,6 +208,7 @@ impl Default for CatalogConfig {
             drives_prefix: "drives/".to_owned(),
             runs_prefix: "runs/".to_owned(),
             sync_interval: Interval(Some(std::time::Duration::from_secs(300))),
+            events: String::new(),
         }
     }
 }
@@ -222,6 +226,10 @@ pub struct CacheConfig {
     pub egress_usd_per_gib: f64,
     /// How often reservations past their `expiresAt` are expired (unpinned, views removed).
     pub expiry_check: DurationSetting,
+    /// How long raw egress ledger rows (one per object read) are kept, or `off` to keep them
+    /// all; the per-minute buckets and the totals that `cacheStats` and `cacheHistory` read
+    /// are kept whatever this says.
+    pub ledger_raw_retention: Interval,
     /// When a downloaded object's bytes must be on disk before it counts as cached.
     pub durability: CacheDurability,
     /// Where the cache keeps installed objects: `disk` (under the data directory) or `s3`
@@ -279,6 +287,7 @@ impl Default for CacheConfig {
             concurrency: 16,
             egress_usd_per_gib: 0.09,
             expiry_check: DurationSetting(std::time::Duration::from_secs(30)),
+            ledger_raw_retention: Interval(Some(std::time::Duration::from_secs(30 * 86_400))),
             durability: CacheDurability::Deferred,
             tier: CacheTier::Disk,
             tier_endpoint: String::new(),
@@ -477,6 +486,15 @@ impl Config {
             origin: describe_origin(origins, key, file),
             message: format!("expected {expected}, got {value}"),
         };
+        if !self.catalog.events.is_empty() {
+            if let Err(err) = milepost_events::parse_events_url(&self.catalog.events) {
+                return Err(invalid(
+                    "catalog.events",
+                    format!("{:?} ({err})", self.catalog.events),
+                    "empty, or sqs:// followed by the queue URL",
+                ));
+            }
+        }
         let url = self.database_url();
         if !(url.starts_with("sqlite:")
             || url.starts_with("postgres://")
@@ -762,6 +780,43 @@ mod tests {
             config.server.public_base(),
             "https://milepost.office.example"
         );
+    }
+
+    #[test]
+    fn catalog_events_must_name_an_sqs_queue() {
+        let config = Config::from_parts(
+            "[catalog]\nevents = \"sqs://http://127.0.0.1:9324/000000000000/fleet\"",
+            None,
+            &env(&[]),
+        )
+        .expect("valid");
+        assert_eq!(
+            config.catalog.events,
+            "sqs://http://127.0.0.1:9324/000000000000/fleet"
+        );
+        let err = Config::from_parts("[catalog]\nevents = \"kafka://x/y\"", None, &env(&[]))
+            .expect_err("not sqs")
+            .to_string();
+        assert!(
+            err.contains("catalog.events") && err.contains("sqs://"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn ledger_raw_retention_defaults_to_30_days_and_may_be_off() {
+        let config = Config::from_parts("", None, &env(&[])).expect("defaults are valid");
+        assert_eq!(
+            config.cache.ledger_raw_retention.0,
+            Some(std::time::Duration::from_secs(30 * 86_400))
+        );
+        let config = Config::from_parts("[cache]\nledger_raw_retention = \"off\"", None, &env(&[]))
+            .expect("valid");
+        assert_eq!(config.cache.ledger_raw_retention.0, None);
+        let err = Config::from_parts("[cache]\nledger_raw_retention = \"soon\"", None, &env(&[]))
+            .expect_err("not a duration")
+            .to_string();
+        assert!(err.contains("cache.ledger_raw_retention"), "{err}");
     }
 
     #[test]

@@ -149,7 +149,7 @@ impl InsightsQuery {
             .unwrap_or_else(Utc::now);
         // The ledger is written behind, in batches: what was served before this query counts.
         app.cache.flush().await;
-        let reads = milepost_schema::egress::reads_since(&app.db, &app.config.office, since)
+        let reads = milepost_schema::egress::history(&app.db, &app.config.office, since, width)
             .await
             .map_err(crate::error::ApiError::from)
             .gql()?;
@@ -170,15 +170,11 @@ impl InsightsQuery {
             })
             .collect();
         for read in reads {
-            let start = read.at.timestamp().div_euclid(width) * width;
-            if let Some(point) = points.get_mut(&start) {
-                if read.cache_hit {
-                    point.hits += 1;
-                } else {
-                    point.misses += 1;
-                }
-                point.bytes_served.0 += read.bytes_served;
-                point.bytes_from_upstream.0 += read.bytes_from_upstream;
+            if let Some(point) = points.get_mut(&read.start) {
+                point.hits = i32::try_from(read.hits).unwrap_or(i32::MAX);
+                point.misses = i32::try_from(read.misses).unwrap_or(i32::MAX);
+                point.bytes_served.0 = read.bytes_served;
+                point.bytes_from_upstream.0 = read.bytes_from_upstream;
             }
         }
         let reserved: Vec<(DateTime<Utc>, i64)> = reservation::Entity::find()

@@ -44,10 +44,15 @@ impl Mutation {
         Ok(Run(run))
     }
 
-    /// ADMIN: rescan the catalog bucket now.
-    async fn sync_catalog(&self, ctx: &Context<'_>) -> GqlResult<SyncReport> {
+    /// ADMIN: rescan the catalog bucket now; with `prefix` (inside the drives or runs
+    /// prefix), only the keys under it.
+    async fn sync_catalog(
+        &self,
+        ctx: &Context<'_>,
+        prefix: Option<String>,
+    ) -> GqlResult<SyncReport> {
         principal(ctx).require(Role::Admin).gql()?;
-        search::run_sync(ctx).await.gql()
+        search::run_sync(ctx, prefix).await.gql()
     }
 
     /// ENGINEER and up; the same drive, span and label again updates the scenario.

@@ -4,6 +4,7 @@
 use async_graphql::{Context, Enum, SimpleObject};
 use milepost_indexer::catalog;
 use milepost_indexer::search::{self, SearchRequest};
+use milepost_indexer::sync::SyncScope;
 
 use super::state;
 use super::types::{CatalogEntity, Drive, PageInfo, Run, Scenario};
@@ -134,8 +135,27 @@ pub struct SyncReport {
     pub bytes_read: super::scalars::Long,
 }
 
-pub async fn run_sync(ctx: &Context<'_>) -> ApiResult<SyncReport> {
-    let report = state(ctx).sync_catalog().await.map_err(ApiError::from)?;
+pub async fn run_sync(ctx: &Context<'_>, prefix: Option<String>) -> ApiResult<SyncReport> {
+    let app = state(ctx);
+    let scope = match prefix {
+        None => SyncScope::Whole,
+        Some(prefix) => {
+            let catalog = &app.config.catalog;
+            if !prefix.starts_with(&catalog.drives_prefix)
+                && !prefix.starts_with(&catalog.runs_prefix)
+            {
+                return Err(ApiError::bad_input(
+                    "prefix",
+                    format!(
+                        "expected a prefix inside {:?} or {:?}, got {prefix:?}",
+                        catalog.drives_prefix, catalog.runs_prefix
+                    ),
+                ));
+            }
+            SyncScope::Prefixes(vec![prefix])
+        }
+    };
+    let report = app.sync(scope).await.map_err(ApiError::from)?;
     let count = |n: u64| i32::try_from(n).unwrap_or(i32::MAX);
     Ok(SyncReport {
         objects_seen: count(report.objects_seen),

@@ -783,9 +783,13 @@ async fn a_node_cut_off_from_the_database_stops_its_uploads_before_its_lease_end
     let authority = {
         let url = database.url();
         let start = url.find("://").map_or(0, |i| i + 3);
-        let end = url[start..].find(['/', '?']).map_or(url.len(), |i| i + start);
+        let end = url[start..]
+            .find(['/', '?'])
+            .map_or(url.len(), |i| i + start);
         let host = &url[start..end];
-        host.rsplit_once('@').map_or(host, |(_, host)| host).to_owned()
+        host.rsplit_once('@')
+            .map_or(host, |(_, host)| host)
+            .to_owned()
     };
     let postgres = tokio::net::lookup_host(&authority)
         .await
@@ -807,13 +811,7 @@ async fn a_node_cut_off_from_the_database_stops_its_uploads_before_its_lease_end
     let mut text = std::fs::read_to_string(&config).expect("config");
     text.push_str("[transfer]\nupload_schedule = \"* 64KiB\"\n");
     std::fs::write(&config, text).expect("config");
-    let other = node_dir(
-        root.path(),
-        2,
-        database.url(),
-        &upstream.endpoint(),
-        &tier,
-    );
+    let other = node_dir(root.path(), 2, database.url(), &upstream.endpoint(), &tier);
     let credentials = crate::process::s3_token(&other, "vehicle");
     let node1 = Server::start(&cut_off, 0).await;
     let node2 = Server::start(&other, 1).await;
@@ -851,7 +849,10 @@ async fn a_node_cut_off_from_the_database_stops_its_uploads_before_its_lease_end
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    eprintln!("node 1's write uploaded by node 2 {:?} after the cut", cut.elapsed());
+    eprintln!(
+        "node 1's write uploaded by node 2 {:?} after the cut",
+        cut.elapsed()
+    );
     // A newer write of the key, at node 2, lands after it.
     gateway(&node2)
         .put(BUCKET, key, Bytes::from(newer))

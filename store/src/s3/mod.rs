@@ -14,7 +14,7 @@ use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{
     BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
-    SharedCredentialsProvider,
+    SharedCredentialsProvider, SharedHttpClient,
 };
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
@@ -134,22 +134,8 @@ impl S3Store {
         }
 
         let region = Region::new(settings.region.clone());
-        let http_client = aws_smithy_http_client::Builder::new()
-            .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
-            .build_https();
-        let credentials = match &settings.credentials {
-            Some(keys) => SharedCredentialsProvider::new(Credentials::new(
-                keys.access_key_id.clone(),
-                keys.secret_access_key.clone(),
-                None,
-                None,
-                "milepost-static",
-            )),
-            None => SharedCredentialsProvider::new(LazyDefaultChain::new(
-                region.clone(),
-                http_client.clone(),
-            )),
-        };
+        let (http_client, credentials) =
+            aws_client_parts(&settings.region, settings.credentials.as_ref());
         let timeouts = TimeoutConfig::builder()
             .connect_timeout(settings.connect_timeout)
             .read_timeout(settings.read_timeout)
@@ -173,6 +159,33 @@ impl S3Store {
             region: settings.region.clone(),
         })
     }
+}
+
+/// The HTTP client (rustls over ring) and the credentials provider of an AWS SDK client:
+/// the static key pair `credentials`, or else the standard AWS chain for `region`, built on
+/// first use. Every AWS client of Milepost's uses these (the S3 store, the catalog's event
+/// queue), so they reach AWS and authenticate the same way.
+pub fn aws_client_parts(
+    region: &str,
+    credentials: Option<&StaticCredentials>,
+) -> (SharedHttpClient, SharedCredentialsProvider) {
+    let http_client = aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
+        .build_https();
+    let credentials = match credentials {
+        Some(keys) => SharedCredentialsProvider::new(Credentials::new(
+            keys.access_key_id.clone(),
+            keys.secret_access_key.clone(),
+            None,
+            None,
+            "milepost-static",
+        )),
+        None => SharedCredentialsProvider::new(LazyDefaultChain::new(
+            Region::new(region.to_owned()),
+            http_client.clone(),
+        )),
+    };
+    (http_client, credentials)
 }
 
 impl S3Store {

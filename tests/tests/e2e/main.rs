@@ -5,6 +5,7 @@
 
 mod catalog_api;
 mod dataset_diff;
+mod events;
 mod faults;
 mod gateway;
 mod lineage;

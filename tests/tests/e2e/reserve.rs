@@ -574,6 +574,35 @@ async fn data_endpoint_ranges_conditional_requests_and_bad_keys() {
         stats["hits"].as_i64().expect("hits") > 0 && stats["misses"].as_i64().expect("misses") > 0,
         "{stats}"
     );
+    // The history of the last ten minutes, by minute (the ledger's minute buckets), holds
+    // every one of those reads.
+    let (_, body) = w
+        .app
+        .graphql(
+            Some(&w.engineer),
+            "{ cacheHistory(bucketSeconds: 60, buckets: 10) { hits misses bytesServed } }",
+            json!({}),
+        )
+        .await;
+    let points = body["data"]["cacheHistory"].as_array().expect("history");
+    assert_eq!(points.len(), 10, "{body}");
+    let sum = |field: &str| {
+        points
+            .iter()
+            .map(|p| {
+                p[field]
+                    .as_i64()
+                    .or_else(|| p[field].as_str().and_then(|s| s.parse().ok()))
+                    .expect("a count")
+            })
+            .sum::<i64>()
+    };
+    for field in ["hits", "misses", "bytesServed"] {
+        let total = stats[field]
+            .as_i64()
+            .or_else(|| stats[field].as_str().and_then(|s| s.parse().ok()));
+        assert_eq!(Some(sum(field)), total, "{field}: {body} vs {stats}");
+    }
     let metrics = w.app.get("/metrics").await.text().await.expect("metrics");
     assert!(metrics.contains("milepost_cache_hits_total"), "{metrics}");
     w.app.shutdown().await;
