@@ -111,20 +111,18 @@ async fn record_reads(db: &sea_orm::DatabaseConnection, reads: u64) -> anyhow::R
     let mut rng = rand::rngs::StdRng::seed_from_u64(20_261_208);
     let now = Utc::now();
     let (started, cpu) = (Instant::now(), thread_cpu_seconds()?);
-    let mut pending = Vec::with_capacity(BATCH * 2);
-    let mut written = 0u64;
+    let mut pending: Vec<EgressRecord> = Vec::with_capacity(BATCH * 2);
+    let (mut generated, mut written) = (0u64, 0u64);
     let mut reported = Instant::now();
-    while written < reads {
-        if pending.len() < BATCH {
-            let n = rng
-                .random_range(100..=400)
-                .min(reads - written - pending.len() as u64);
-            pending.extend(session(&mut rng, n.max(1), now));
-            continue;
+    while generated < reads {
+        let n = rng.random_range(100..=400).min(reads - generated);
+        pending.extend(session(&mut rng, n, now));
+        generated += n;
+        while pending.len() >= BATCH || (generated == reads && !pending.is_empty()) {
+            let batch: Vec<_> = pending.drain(..pending.len().min(BATCH)).collect();
+            written += batch.len() as u64;
+            egress::record(db, OFFICE, batch).await?;
         }
-        let batch: Vec<_> = pending.drain(..BATCH).collect();
-        written += batch.len() as u64;
-        egress::record(db, OFFICE, batch).await?;
         if reported.elapsed() > Duration::from_secs(10) {
             eprintln!(
                 "  {written} reads recorded ({:.0}/s)",
@@ -132,10 +130,6 @@ async fn record_reads(db: &sea_orm::DatabaseConnection, reads: u64) -> anyhow::R
             );
             reported = Instant::now();
         }
-    }
-    if !pending.is_empty() {
-        written += pending.len() as u64;
-        egress::record(db, OFFICE, pending).await?;
     }
     let took = started.elapsed();
     println!(
