@@ -4,8 +4,8 @@
 //! prefixes a targeted pass names ([`SyncScope`]: what S3 events and office writes touched),
 //! diffs the listing against the `objects` table, and reads only what changed: sidecars whole
 //! (they are small), MCAP logs and Parquet files by their footers (ranged GETs carrying
-//! `If-Match`). An object whose ETag did not change is never read again. A malformed file is reported in the
-//! [`SyncReport`] and skipped; it never stops the sync.
+//! `If-Match`). An object whose ETag did not change is never read again. A malformed file is
+//! reported in the [`SyncReport`] and skipped; it never stops the sync.
 //!
 //! Listings without ETags (some S3-compatible servers omit them) are compared by size and
 //! last-modified time instead, and new or changed objects are then HEADed for their ETag,

@@ -7,9 +7,9 @@
 //! money). Catalog sync reads footers: egress, but not traffic the cache could have saved, so
 //! it is recorded under the owner [`SYNC_OWNER`] and left out of the hit ratio.
 //!
-//! [`record`] also adds each batch to two aggregates in the same transaction:
-//! `egress_minutes` (per office, minute, dataset and owner) and `egress_totals` (per office
-//! and owner). Reports read those, so they cost O(buckets) however many reads the office
+//! [`record`] also adds each batch to three aggregates in the same transaction:
+//! `egress_minutes` (per office, minute, dataset and owner), `egress_hours` (per office and
+//! hour, sync left out) and `egress_totals` (per office and owner). Reports read those, so they cost O(buckets) however many reads the office
 //! served, and they stay equal to the sum of the raw rows, which may be pruned
 //! ([`prune_raw`]) once they are no longer needed for audits.
 
@@ -22,7 +22,7 @@ use sea_orm::{
     QuerySelect as _, Set, TransactionTrait,
 };
 
-use crate::entity::{egress_ledger, egress_minute, egress_total};
+use crate::entity::{egress_hour, egress_ledger, egress_minute, egress_total};
 use crate::DbError;
 
 /// The owner of the rows catalog sync writes.
@@ -77,6 +77,7 @@ pub async fn record<C: ConnectionTrait + TransactionTrait>(
     // Summed in order of their keys: two writers (cluster nodes) then lock the bucket rows
     // they share in the same order, so they wait for each other instead of deadlocking.
     let mut minutes: BTreeMap<(i64, String, String), Sums> = BTreeMap::new();
+    let mut hours: BTreeMap<i64, Sums> = BTreeMap::new();
     let mut totals: BTreeMap<String, Sums> = BTreeMap::new();
     let models: Vec<_> = records
         .into_iter()
@@ -91,6 +92,12 @@ pub async fn record<C: ConnectionTrait + TransactionTrait>(
                 ))
                 .or_default()
                 .add(sums);
+            if owner != SYNC_OWNER {
+                hours
+                    .entry(row.at.timestamp().div_euclid(3600))
+                    .or_default()
+                    .add(sums);
+            }
             totals.entry(owner).or_default().add(sums);
             egress_ledger::ActiveModel {
                 recorded_at: Set(row.at),
@@ -138,6 +145,32 @@ pub async fn record<C: ConnectionTrait + TransactionTrait>(
                 Column::Dataset,
                 Column::Owner,
             ],
+            [
+                Column::Hits,
+                Column::Misses,
+                Column::BytesServed,
+                Column::BytesFromUpstream,
+            ],
+        )
+        .await?;
+    }
+    let hours: Vec<_> = hours
+        .into_iter()
+        .map(|(hour, sums)| egress_hour::ActiveModel {
+            office: Set(office.to_owned()),
+            hour: Set(hour),
+            hits: Set(sums.hits),
+            misses: Set(sums.misses),
+            bytes_served: Set(sums.bytes_served),
+            bytes_from_upstream: Set(sums.bytes_from_upstream),
+        })
+        .collect();
+    {
+        use egress_hour::Column;
+        add_to::<egress_hour::Entity, _>(
+            &txn,
+            hours,
+            &[Column::Office, Column::Hour],
             [
                 Column::Hits,
                 Column::Misses,
@@ -332,35 +365,56 @@ pub struct EgressBucket {
 
 /// `office`'s reads from `since` on, catalog sync left out, summed into stretches of
 /// `width_seconds` (at least 60) starting at multiples of it, oldest first; stretches without
-/// reads are left out. Read from the minute buckets: a minute counts toward the stretch its
-/// start falls in, so a width that is not a multiple of 60 places some reads up to a minute
-/// early.
+/// reads are left out. Stretches of whole hours are read from the hour buckets, others from
+/// the minute buckets: a bucket counts toward the stretch its start falls in, so a width that
+/// is not a multiple of 60 places some reads up to a minute early.
 pub async fn history<C: ConnectionTrait>(
     db: &C,
     office: &str,
     since: DateTime<Utc>,
     width_seconds: i64,
 ) -> Result<Vec<EgressBucket>, DbError> {
-    use egress_minute::Column;
     let width = width_seconds.max(60);
-    let start = Expr::cust(format!(
-        r#"("egress_minutes"."minute" * 60 / {width}) * {width}"#
-    ));
-    let rows: Vec<(i64, i64, i64, i64, i64)> = egress_minute::Entity::find()
-        .select_only()
-        .column_as(start.clone(), "start")
-        .column_as(sum_of("egress_minutes", "hits"), "hits")
-        .column_as(sum_of("egress_minutes", "misses"), "misses")
-        .column_as(sum_of("egress_minutes", "bytes_served"), "served")
-        .column_as(sum_of("egress_minutes", "bytes_from_upstream"), "upstream")
-        .filter(Column::Office.eq(office))
-        .filter(Column::Minute.gte(since.timestamp().div_euclid(60)))
-        .filter(Column::Owner.ne(SYNC_OWNER))
-        .group_by(start.clone())
-        .order_by_asc(start)
-        .into_tuple()
-        .all(db)
-        .await?;
+    let rows: Vec<(i64, i64, i64, i64, i64)> = if width % 3600 == 0 {
+        use egress_hour::Column;
+        let start = Expr::cust(format!(
+            r#"("egress_hours"."hour" * 3600 / {width}) * {width}"#
+        ));
+        egress_hour::Entity::find()
+            .select_only()
+            .column_as(start.clone(), "start")
+            .column_as(sum_of("egress_hours", "hits"), "hits")
+            .column_as(sum_of("egress_hours", "misses"), "misses")
+            .column_as(sum_of("egress_hours", "bytes_served"), "served")
+            .column_as(sum_of("egress_hours", "bytes_from_upstream"), "upstream")
+            .filter(Column::Office.eq(office))
+            .filter(Column::Hour.gte(since.timestamp().div_euclid(3600)))
+            .group_by(start.clone())
+            .order_by_asc(start)
+            .into_tuple()
+            .all(db)
+            .await?
+    } else {
+        use egress_minute::Column;
+        let start = Expr::cust(format!(
+            r#"("egress_minutes"."minute" * 60 / {width}) * {width}"#
+        ));
+        egress_minute::Entity::find()
+            .select_only()
+            .column_as(start.clone(), "start")
+            .column_as(sum_of("egress_minutes", "hits"), "hits")
+            .column_as(sum_of("egress_minutes", "misses"), "misses")
+            .column_as(sum_of("egress_minutes", "bytes_served"), "served")
+            .column_as(sum_of("egress_minutes", "bytes_from_upstream"), "upstream")
+            .filter(Column::Office.eq(office))
+            .filter(Column::Minute.gte(since.timestamp().div_euclid(60)))
+            .filter(Column::Owner.ne(SYNC_OWNER))
+            .group_by(start.clone())
+            .order_by_asc(start)
+            .into_tuple()
+            .all(db)
+            .await?
+    };
     Ok(rows
         .into_iter()
         .map(

@@ -8,6 +8,7 @@ pub mod dataset;
 pub mod dataset_member;
 pub mod drive;
 pub mod drive_event;
+pub mod egress_hour;
 pub mod egress_ledger;
 pub mod egress_minute;
 pub mod egress_total;
@@ -31,6 +32,7 @@ pub mod prelude {
     pub use super::dataset_member::Entity as DatasetMember;
     pub use super::drive::Entity as Drive;
     pub use super::drive_event::Entity as DriveEvent;
+    pub use super::egress_hour::Entity as EgressHour;
     pub use super::egress_ledger::Entity as EgressLedger;
     pub use super::egress_minute::Entity as EgressMinute;
     pub use super::egress_total::Entity as EgressTotal;

@@ -50,6 +50,11 @@ fn reads(n: usize, seed: u64) -> Vec<EgressRecord> {
 
 /// What the reports must say of `records`: the totals and hourly history, sync left out.
 fn expected(records: &[EgressRecord]) -> (EgressTotals, Vec<EgressBucket>) {
+    expected_by(records, 3600)
+}
+
+/// The totals and the history in stretches of `width` seconds, sync left out.
+fn expected_by(records: &[EgressRecord], width: i64) -> (EgressTotals, Vec<EgressBucket>) {
     let mut totals = EgressTotals::default();
     let mut hours: BTreeMap<i64, EgressBucket> = BTreeMap::new();
     for r in records
@@ -65,7 +70,7 @@ fn expected(records: &[EgressRecord]) -> (EgressTotals, Vec<EgressBucket>) {
         totals.misses += 1 - hit;
         totals.bytes_served += served;
         totals.bytes_from_upstream += upstream;
-        let start = r.at.timestamp().div_euclid(3600) * 3600;
+        let start = r.at.timestamp().div_euclid(width) * width;
         let hour = hours.entry(start).or_insert(EgressBucket {
             start,
             ..EgressBucket::default()
@@ -119,6 +124,17 @@ async fn aggregates_equal_the_raw_rows_and_outlive_their_pruning() {
         .await
         .expect("history");
     assert_eq!(history, hours);
+    // Stretches of whole hours come from the hour buckets, others from the minute buckets:
+    // both agree with the raw reads.
+    for width in [120, 420, 86_400] {
+        assert_eq!(
+            egress::history(&db, "hq", start() - Duration::days(1), width)
+                .await
+                .expect("history"),
+            expected_by(&hq, width).1,
+            "stretches of {width} s"
+        );
+    }
     // A window that starts later leaves the earlier hours out.
     let later = egress::history(&db, "hq", start() + Duration::hours(2), 3600)
         .await

@@ -1,7 +1,8 @@
 //! The office's background work, wired over [`AppState`] and run by the one runner
 //! ([`crate::workers`]): the write-back uploader, the periodic catalog sync, the sync office
 //! uploads ask for, the catalog bucket's S3 events, the reservations' resume and expiry,
-//! and the pruning of old raw ledger rows. (The expiry of unfinished multipart uploads stays a task of the write-back itself.)
+//! and the pruning of old raw ledger rows. (The expiry of unfinished multipart uploads stays
+//! a task of the write-back itself.)
 
 use std::sync::Arc;
 use std::time::Duration;

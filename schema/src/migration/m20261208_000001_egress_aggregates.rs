@@ -1,4 +1,5 @@
-//! The egress ledger, aggregated: `egress_minutes` (per office, minute, dataset and owner) and
+//! The egress ledger, aggregated: `egress_minutes` (per office, minute, dataset and owner),
+//! `egress_hours` (per office and hour, catalog sync left out: long histories) and
 //! `egress_totals` (per office and owner, all time), kept by `crate::egress::record` in the
 //! same transaction as the raw `egress_ledger` rows, so that `cacheStats` and `cacheHistory`
 //! cost O(buckets) instead of O(reads), and the raw rows can be pruned. Rows written before
@@ -43,6 +44,24 @@ impl MigrationTrait for Migration {
         manager
             .create_table(
                 Table::create()
+                    .table(EgressHours::Table)
+                    .col(string(EgressHours::Office))
+                    .col(big_integer(EgressHours::Hour))
+                    .col(big_integer(EgressHours::Hits))
+                    .col(big_integer(EgressHours::Misses))
+                    .col(big_integer(EgressHours::BytesServed))
+                    .col(big_integer(EgressHours::BytesFromUpstream))
+                    .primary_key(
+                        Index::create()
+                            .col(EgressHours::Office)
+                            .col(EgressHours::Hour),
+                    )
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_table(
+                Table::create()
                     .table(EgressTotals::Table)
                     .col(string(EgressTotals::Office))
                     .col(string(EgressTotals::Owner))
@@ -77,6 +96,14 @@ impl MigrationTrait for Migration {
              GROUP BY office, {minute}, COALESCE(dataset, ''), COALESCE(owner, '')"
         ))
         .await?;
+        db.execute_unprepared(
+            "INSERT INTO egress_hours \
+             (office, hour, hits, misses, bytes_served, bytes_from_upstream) \
+             SELECT office, minute / 60, CAST(SUM(hits) AS BIGINT), CAST(SUM(misses) AS BIGINT), \
+             CAST(SUM(bytes_served) AS BIGINT), CAST(SUM(bytes_from_upstream) AS BIGINT) \
+             FROM egress_minutes WHERE owner <> 'sync' GROUP BY office, minute / 60",
+        )
+        .await?;
         db.execute_unprepared(&format!(
             "INSERT INTO egress_totals \
              (office, owner, hits, misses, bytes_served, bytes_from_upstream) \
@@ -88,6 +115,14 @@ impl MigrationTrait for Migration {
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .drop_table(
+                Table::drop()
+                    .table(EgressHours::Table)
+                    .if_exists()
+                    .to_owned(),
+            )
+            .await?;
         manager
             .drop_table(
                 Table::drop()
@@ -114,6 +149,17 @@ enum EgressMinutes {
     Minute,
     Dataset,
     Owner,
+    Hits,
+    Misses,
+    BytesServed,
+    BytesFromUpstream,
+}
+
+#[derive(DeriveIden)]
+enum EgressHours {
+    Table,
+    Office,
+    Hour,
     Hits,
     Misses,
     BytesServed,
