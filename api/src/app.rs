@@ -18,7 +18,7 @@ use milepost_cacher::writeback::{OfficeStore, WriteBack, WriteBackSettings};
 use milepost_cluster::{ClusterNode, ClusterSettings};
 use milepost_indexer::catalog::Layout;
 use milepost_indexer::search::{SearchErrorKind, SearchIndex};
-use milepost_indexer::sync::{SyncOptions, SyncReport, SyncScope};
+use milepost_indexer::sync::{SyncOptions, SyncProgress, SyncReport, SyncScope};
 use milepost_indexer::Catalog;
 use milepost_store::{EgressMeter, ObjectStore, UpstreamSettings};
 
@@ -56,6 +56,8 @@ pub struct AppState {
     pub egress: Arc<EgressMeter>,
     /// One sync at a time, whether periodic or asked for.
     pub sync_lock: tokio::sync::Mutex<()>,
+    /// How far the running (or the last) sync pass of this node got: `syncStatus`.
+    pub sync_progress: Arc<SyncProgress>,
     /// One rewrite at a time of each sidecar `registerDrive`/`registerRun`/`tagScenario` write.
     pub sidecar_locks: crate::records::SidecarLocks,
     /// The office cache: content store, single-flight downloads, views, eviction.
@@ -250,6 +252,7 @@ impl AppState {
             sync_pending: std::sync::Mutex::new(std::collections::BTreeSet::new()),
             egress,
             sync_lock: tokio::sync::Mutex::new(()),
+            sync_progress: Arc::new(SyncProgress::new()),
             sidecar_locks: crate::records::SidecarLocks::default(),
             cache,
             reservations,
@@ -310,6 +313,7 @@ impl AppState {
             // The office's writes and downloads are read from the cache: no egress.
             cache: Some(self.cache.clone()),
             scope: SyncScope::Whole,
+            progress: self.sync_progress.clone(),
         }
     }
 

@@ -500,7 +500,9 @@ async fn sync(config: Config, remote: RemoteArgs) -> anyhow::Result<()> {
         data["syncCatalog"].clone()
     } else {
         let state = AppState::open(config).await?;
-        let report = state.sync_catalog().await?;
+        let progress = state.sync_progress.clone();
+        let report =
+            crate::progress::show_sync_progress(|| progress.status(), state.sync_catalog()).await?;
         serde_json::json!({
             "objectsSeen": report.objects_seen, "objectsChanged": report.objects_changed,
             "objectsDeleted": report.objects_deleted, "drives": report.drives, "runs": report.runs,

@@ -149,6 +149,56 @@ pub async fn reserve(
     }
 }
 
+/// One line of a catalog sync's progress: `sync: listing  42000 objects seen, 1203 changed  3100 objects/s  12 files read  0 errors  14s`.
+pub fn render_sync_line(status: &milepost_indexer::sync::SyncStatus, elapsed: Duration) -> String {
+    format!(
+        "sync: {:<8} {} objects seen, {} changed  {:.0} objects/s  {} files read  {} errors  {}",
+        status.phase.as_str(),
+        status.objects_seen,
+        status.objects_changed,
+        status.objects_per_second,
+        status.files_read,
+        status.errors,
+        human_duration(elapsed.as_secs_f64()),
+    )
+}
+
+/// Shows a catalog sync's progress on stderr until `run` ends: redrawn in place every half
+/// second on a terminal, a line every ten seconds otherwise (logs of scheduled syncs).
+pub async fn show_sync_progress<T>(
+    status: impl Fn() -> milepost_indexer::sync::SyncStatus,
+    run: impl std::future::Future<Output = T>,
+) -> T {
+    use std::io::IsTerminal;
+    let terminal = std::io::stderr().is_terminal();
+    let every = if terminal {
+        POLL
+    } else {
+        Duration::from_secs(10)
+    };
+    let started = Instant::now();
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    tokio::pin!(run);
+    let mut stderr = std::io::stderr();
+    let mut drawn = false;
+    loop {
+        tokio::select! {
+            result = &mut run => {
+                if drawn && terminal {
+                    let _ = writeln!(stderr);
+                }
+                return result;
+            }
+            _ = ticks.tick() => {
+                let line = render_sync_line(&status(), started.elapsed());
+                let _ = if terminal { write!(stderr, "\r{line}\x1b[K") } else { writeln!(stderr, "{line}") };
+                let _ = stderr.flush();
+                drawn = true;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

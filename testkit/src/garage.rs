@@ -177,15 +177,20 @@ api_bind_addr = "127.0.0.1:{admin}"
             .env_remove("AWS_PROFILE");
     }
 
-    /// An aws-sdk-s3 client of this server with the bucket key (path-style).
-    pub fn store(&self) -> anyhow::Result<S3Store> {
-        Ok(S3Store::new(&UpstreamSettings {
+    /// Upstream settings of this server with the bucket key (path-style).
+    pub fn settings(&self) -> UpstreamSettings {
+        UpstreamSettings {
             endpoint: Some(self.endpoint.clone()),
             region: "us-east-1".into(),
             force_path_style: true,
             credentials: Some(StaticCredentials::new(&self.key_id, &self.secret)),
             ..UpstreamSettings::default()
-        })?)
+        }
+    }
+
+    /// An aws-sdk-s3 client of this server with the bucket key (path-style).
+    pub fn store(&self) -> anyhow::Result<S3Store> {
+        Ok(S3Store::new(&self.settings())?)
     }
 }
 

@@ -62,6 +62,11 @@ impl Query {
             .gql()
     }
 
+    /// How far this node's running (or last) catalog sync got: phase, counts, rate, errors.
+    async fn sync_status(&self, ctx: &Context<'_>) -> search::SyncStatus {
+        state(ctx).sync_progress.status().into()
+    }
+
     /// Who this request is made as.
     async fn me(&self, ctx: &Context<'_>) -> PrincipalView {
         PrincipalView::from(principal(ctx))

@@ -135,6 +135,46 @@ pub struct SyncReport {
     pub bytes_read: super::scalars::Long,
 }
 
+/// How far this node's running (or last) catalog sync pass got.
+#[derive(SimpleObject, Debug)]
+pub struct SyncStatus {
+    /// idle (no pass since the node started), listing, reading, writing, indexing or done.
+    pub phase: String,
+    /// Whether the pass covers only some prefixes (S3 events, office writes, `syncCatalog(prefix:)`).
+    pub targeted: bool,
+    pub started_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Objects listed so far, and those new or changed among them.
+    pub objects_seen: super::scalars::Long,
+    pub objects_changed: super::scalars::Long,
+    /// Sidecars and footers read so far.
+    pub files_read: super::scalars::Long,
+    /// Problems with single objects so far (the last pass's report lists them).
+    pub errors: super::scalars::Long,
+    /// Objects listed per second over the pass.
+    pub objects_per_second: f64,
+    /// Why the last pass stopped, if it failed.
+    pub failure: Option<String>,
+}
+
+impl From<milepost_indexer::sync::SyncStatus> for SyncStatus {
+    fn from(status: milepost_indexer::sync::SyncStatus) -> Self {
+        let long = |n: u64| super::scalars::Long(i64::try_from(n).unwrap_or(i64::MAX));
+        SyncStatus {
+            phase: status.phase.as_str().to_owned(),
+            targeted: status.targeted,
+            started_at: status.started_at,
+            finished_at: status.finished_at,
+            objects_seen: long(status.objects_seen),
+            objects_changed: long(status.objects_changed),
+            files_read: long(status.files_read),
+            errors: long(status.errors),
+            objects_per_second: status.objects_per_second,
+            failure: status.failure,
+        }
+    }
+}
+
 pub async fn run_sync(ctx: &Context<'_>, prefix: Option<String>) -> ApiResult<SyncReport> {
     let app = state(ctx);
     let scope = match prefix {

@@ -4,10 +4,12 @@
 //! ```text
 //! cargo build --release -p milepost-tests --bins
 //! target/release/bench_sync [--objects N] [--logs N] [--runs N] [--templates N]
-//!                           [--drive-mib N] [--seed S] [--dir PATH] [--no-aws]
+//!                           [--drive-mib N] [--seed S] [--dir PATH] [--no-aws] [--garage]
+//!                           [--direct] [--list-floor]
 //! ```
 //!
-//! - Seeds a [`LoopbackUpstream`] (s3s-fs in a temp dir, or `--dir`) through the S3 API: the
+//! - Seeds a [`LoopbackUpstream`] (s3s-fs in a temp dir, or `--dir`), or with `--garage` a
+//!   single-node Garage (`garage` on PATH), through the S3 API: the
 //!   synthetic fleet's drives (as many as it takes to have `--logs` MCAP logs; sidecars as
 //!   generated), `--runs` runs (run.json, metrics.parquet, outputs, rendered), and small
 //!   camera/lidar blobs under the drives up to `--objects` objects. MCAP logs are real
@@ -19,6 +21,11 @@
 //!   index in a temp dir) over the proxy, then times `sync_catalog()`: wall time, objects/s,
 //!   requests by kind, GETs and bytes per MCAP log (proxy log and egress ledger).
 //! - A second sync of the unchanged bucket: time and requests (it must GET nothing).
+//! - `--direct`: both syncs again without the proxy, into a fresh catalog: the figures to
+//!   quote (the proxy opens an upstream connection per request). Each sync reports the
+//!   process's CPU time beside its wall time (with s3s-fs, the loopback server runs in this
+//!   process and its CPU is included; Garage is another process), and the run ends with the
+//!   process's peak RSS.
 //! - Peers in the same run, through the same proxy: the client's own listing alone
 //!   (`list_all`), a sample of sequential HEADs, and `aws s3 ls --recursive` when the AWS CLI
 //!   is on PATH.
@@ -38,6 +45,7 @@ use milepost_indexer::fleet::{self, FileKind, FleetSpec, GeneratedFile};
 use milepost_indexer::sync::SyncReport;
 use milepost_schema::entity::egress_ledger;
 use milepost_store::{EgressMeter, ObjectStore, UpstreamSettings};
+use milepost_testkit::garage::Garage;
 use milepost_testkit::{
     FaultProxy, LoopbackUpstream, SeenRequest, LOOPBACK_ACCESS_KEY, LOOPBACK_SECRET_KEY,
 };
@@ -57,6 +65,7 @@ struct Args {
     aws: bool,
     direct: bool,
     list_floor: bool,
+    garage: bool,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -72,6 +81,7 @@ fn parse_args() -> anyhow::Result<Args> {
         aws: true,
         direct: false,
         list_floor: false,
+        garage: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -92,9 +102,10 @@ fn parse_args() -> anyhow::Result<Args> {
             "--no-aws" => args.aws = false,
             "--direct" => args.direct = true,
             "--list-floor" => args.list_floor = true,
+            "--garage" => args.garage = true,
             "-h" | "--help" => {
                 println!(
-                    "bench_sync [--objects N] [--logs N] [--runs N] [--templates N] [--drive-mib N] [--seed S] [--dir PATH] [--concurrency N] [--no-aws] [--direct] [--list-floor]"
+                    "bench_sync [--objects N] [--logs N] [--runs N] [--templates N] [--drive-mib N] [--seed S] [--dir PATH] [--concurrency N] [--no-aws] [--direct] [--list-floor] [--garage]"
                 );
                 std::process::exit(0);
             }
@@ -352,15 +363,12 @@ fn print_report(label: &str, report: &SyncReport, took: Duration) {
 }
 
 /// `aws s3 ls --recursive` of the bucket through `endpoint`: (seconds, lines, startup seconds).
-fn aws_listing(endpoint: &str) -> Option<(f64, usize, f64)> {
+fn aws_listing(endpoint: &str, keys: &(String, String, String)) -> Option<(f64, usize, f64)> {
     let command = || {
         let mut c = std::process::Command::new("aws");
-        c.env("AWS_ACCESS_KEY_ID", LOOPBACK_ACCESS_KEY)
-            .env("AWS_SECRET_ACCESS_KEY", LOOPBACK_SECRET_KEY)
-            .env(
-                "AWS_DEFAULT_REGION",
-                milepost_store::loopback::LOOPBACK_REGION,
-            )
+        c.env("AWS_ACCESS_KEY_ID", &keys.0)
+            .env("AWS_SECRET_ACCESS_KEY", &keys.1)
+            .env("AWS_DEFAULT_REGION", &keys.2)
             .env("AWS_EC2_METADATA_DISABLED", "true")
             .env_remove("AWS_PROFILE");
         c
@@ -399,6 +407,76 @@ fn aws_listing(endpoint: &str) -> Option<(f64, usize, f64)> {
     Some((took, lines, startup))
 }
 
+/// The S3 server the bucket is seeded into.
+enum Server {
+    Loopback(LoopbackUpstream),
+    Garage(Garage),
+}
+
+impl Server {
+    fn settings(&self) -> UpstreamSettings {
+        match self {
+            Server::Loopback(s3) => s3.settings(),
+            Server::Garage(garage) => garage.settings(),
+        }
+    }
+
+    fn endpoint(&self) -> String {
+        match self {
+            Server::Loopback(s3) => s3.endpoint(),
+            Server::Garage(garage) => garage.endpoint.clone(),
+        }
+    }
+
+    fn store(&self) -> anyhow::Result<Arc<dyn ObjectStore>> {
+        Ok(match self {
+            Server::Loopback(s3) => Arc::clone(&s3.store),
+            Server::Garage(garage) => Arc::new(garage.store()?),
+        })
+    }
+
+    /// Access key, secret and region for the AWS CLI.
+    fn aws_keys(&self) -> (String, String, String) {
+        match self {
+            Server::Loopback(_) => (
+                LOOPBACK_ACCESS_KEY.to_owned(),
+                LOOPBACK_SECRET_KEY.to_owned(),
+                milepost_store::loopback::LOOPBACK_REGION.to_owned(),
+            ),
+            Server::Garage(garage) => (
+                garage.key_id.clone(),
+                garage.secret.clone(),
+                "us-east-1".to_owned(),
+            ),
+        }
+    }
+}
+
+/// This process's CPU time (user + system) so far, from `/proc/self/stat`.
+fn process_cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start at state, field 3.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<u64> = after
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    // Clock ticks are 100 per second on Linux.
+    Duration::from_millis(fields.iter().sum::<u64>() * 10)
+}
+
+/// This process's peak resident set, in MiB (`VmHWM`).
+fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
 fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -413,7 +491,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let root = args.dir.clone().unwrap_or_else(|| temp.path().to_owned());
     let s3_dir = root.join("s3");
     let data_dir = root.join("milepost");
-    if s3_dir.exists() || data_dir.exists() {
+    if s3_dir.exists() || data_dir.exists() || root.join("garage").exists() {
         bail!("{} is not empty: pick a fresh --dir", root.display());
     }
     println!(
@@ -431,7 +509,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
 
-    let s3 = LoopbackUpstream::start_in(&s3_dir, BUCKET).await?;
+    let s3 = if args.garage {
+        Server::Garage(Garage::start(&root.join("garage"), BUCKET)?)
+    } else {
+        Server::Loopback(LoopbackUpstream::start_in(&s3_dir, BUCKET).await?)
+    };
+    println!(
+        "upstream: {}",
+        if args.garage {
+            "single-node Garage (another process)"
+        } else {
+            "s3s-fs (in this process)"
+        }
+    );
 
     // Seeding (not measured as part of any figure).
     let t = Instant::now();
@@ -444,7 +534,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .take(2000)
         .map(|(key, _)| key.clone())
         .collect();
-    let seeder = Arc::clone(&s3.store);
+    let seeder = s3.store()?;
     let (count, bytes) = seed(&seeder, plan, args.concurrency).await?;
     println!(
         "seeded {count} objects ({drives} drives, {logs} MCAP logs, {runs} runs), {:.0} MiB, in {:.1} s",
@@ -514,7 +604,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     );
     let aws = if args.aws {
         let endpoint = proxy.endpoint();
-        tokio::task::spawn_blocking(move || aws_listing(&endpoint)).await?
+        let keys = s3.aws_keys();
+        tokio::task::spawn_blocking(move || aws_listing(&endpoint, &keys)).await?
     } else {
         None
     };
@@ -532,13 +623,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
     proxy.reset_counters();
     let egress_before = state.egress.snapshot();
     let t = Instant::now();
+    let cpu = process_cpu();
     let first = state.sync_catalog().await?;
     let first_took = t.elapsed();
+    let first_cpu = process_cpu() - cpu;
     let egress = state.egress.snapshot();
     let seen = proxy.seen();
     let requests = classify(&seen);
     println!();
     print_report("first sync", &first, first_took);
+    println!("  CPU of this process: {:.2} s", first_cpu.as_secs_f64());
 
     let ledger = egress_ledger::Entity::find().all(&state.db).await?;
     let mut bytes_by_key: BTreeMap<&str, i64> = BTreeMap::new();
@@ -609,11 +703,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // Second sync: nothing changed.
     proxy.reset_counters();
     let t = Instant::now();
+    let cpu = process_cpu();
     let second = state.sync_catalog().await?;
     let second_took = t.elapsed();
+    let second_cpu = process_cpu() - cpu;
     let again = classify(&proxy.seen());
     println!();
     print_report("second sync (unchanged bucket)", &second, second_took);
+    println!("  CPU of this process: {:.2} s", second_cpu.as_secs_f64());
     println!(
         "  requests: {} LIST, {} HEAD, {} GET, {} other => {:.0} objects/s",
         again.list,
@@ -637,8 +734,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
             AppState::open_with_upstream(app_config(&root.join("milepost-direct")), s3.settings())
                 .await?;
         let t = Instant::now();
+        let cpu = process_cpu();
         let report = state.sync_catalog().await?;
         let took = t.elapsed();
+        let cpu = process_cpu() - cpu;
         println!();
         print_report(
             "first sync without the proxy (fresh catalog)",
@@ -646,10 +745,26 @@ async fn run(args: Args) -> anyhow::Result<()> {
             took,
         );
         println!(
-            "  => {:.0} objects/s",
-            report.objects_seen as f64 / took.as_secs_f64()
+            "  => {:.0} objects/s; CPU of this process {:.2} s",
+            report.objects_seen as f64 / took.as_secs_f64(),
+            cpu.as_secs_f64()
         );
-        Some((report, took))
+        let t = Instant::now();
+        let cpu_again = process_cpu();
+        let again = state.sync_catalog().await?;
+        let took_again = t.elapsed();
+        let cpu_again = process_cpu() - cpu_again;
+        print_report(
+            "second sync without the proxy (unchanged bucket)",
+            &again,
+            took_again,
+        );
+        println!(
+            "  => {:.0} objects/s; CPU of this process {:.2} s",
+            again.objects_seen as f64 / took_again.as_secs_f64(),
+            cpu_again.as_secs_f64()
+        );
+        Some((report, took, cpu, took_again, cpu_again))
     } else {
         None
     };
@@ -666,11 +781,21 @@ async fn run(args: Args) -> anyhow::Result<()> {
         first_took.as_secs_f64()
     );
     println!("| objects/s | {objects_per_s:.0} |");
-    if let Some((report, took)) = &direct {
+    println!(
+        "| first sync CPU (this process) | {:.1} s |",
+        first_cpu.as_secs_f64()
+    );
+    if let Some((report, took, cpu, took_again, cpu_again)) = &direct {
         println!(
-            "| first sync without the proxy: wall time, objects/s | {:.1} s, {:.0} |",
+            "| first sync without the proxy: wall time, objects/s, CPU | {:.1} s, {:.0}, {:.1} s |",
             took.as_secs_f64(),
-            report.objects_seen as f64 / took.as_secs_f64()
+            report.objects_seen as f64 / took.as_secs_f64(),
+            cpu.as_secs_f64()
+        );
+        println!(
+            "| second sync without the proxy: wall time, CPU | {:.1} s, {:.1} s |",
+            took_again.as_secs_f64(),
+            cpu_again.as_secs_f64()
         );
     }
     println!(
@@ -693,8 +818,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         first.bytes_read as f64 / (1 << 20) as f64
     );
     println!(
-        "| second sync (no change): time, LIST / HEAD / GET | {:.1} s, {} / {} / {} |",
+        "| second sync (no change): time, CPU, LIST / HEAD / GET | {:.1} s, {:.1} s, {} / {} / {} |",
         second_took.as_secs_f64(),
+        second_cpu.as_secs_f64(),
         again.list,
         again.head,
         again.get
@@ -721,7 +847,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         );
     }
 
+    println!("| peak RSS of this process | {:.0} MiB |", peak_rss_mib());
+
     proxy.shutdown().await;
-    s3.s3.shutdown().await;
+    if let Server::Loopback(s3) = s3 {
+        s3.s3.shutdown().await;
+    }
     Ok(())
 }

@@ -423,6 +423,24 @@ async fn a_second_sync_of_an_unchanged_bucket_reads_no_file_and_changes_are_pick
         "{errors:?}"
     );
 
+    // syncStatus tells the same story as the report of the pass that just ended.
+    let (_, status) = w
+        .app
+        .graphql(
+            Some(&w.admin),
+            "{ syncStatus { phase targeted objectsSeen objectsChanged errors failure finishedAt } }",
+            json!({}),
+        )
+        .await;
+    let status = &status["data"]["syncStatus"];
+    assert_eq!(status["phase"], "done", "{status}");
+    assert_eq!(status["targeted"], false, "{status}");
+    assert_eq!(status["objectsSeen"], third["objectsSeen"], "{status}");
+    assert_eq!(status["objectsChanged"], 4, "{status}");
+    assert_eq!(status["errors"], 3, "{status}");
+    assert!(status["failure"].is_null(), "{status}");
+    assert!(status["finishedAt"].is_string(), "{status}");
+
     let (_, body) = w
         .app
         .graphql(

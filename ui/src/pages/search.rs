@@ -38,6 +38,57 @@ pub struct Params {
 pub struct SearchData {
     pub me: Me,
     pub search: SearchResult,
+    #[serde(default)]
+    pub sync_status: Option<SyncLine>,
+}
+
+/// The catalog sync's state, for the line under the search box.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncLine {
+    pub phase: String,
+    pub targeted: bool,
+    pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub objects_seen: i64,
+    pub objects_changed: i64,
+    pub objects_per_second: f64,
+    pub errors: i64,
+    pub failure: Option<String>,
+}
+
+impl SyncLine {
+    /// `Catalog sync: listing · 42000 objects seen, 1203 changed · 3100 objects/s`, or the
+    /// last whole pass's outcome; nothing before the first pass.
+    fn render(&self, b: &mut String) {
+        let text = match self.phase.as_str() {
+            "idle" => return,
+            "done" => {
+                let at = self
+                    .finished_at
+                    .map(|at| at.format("%Y-%m-%d %H:%M UTC").to_string())
+                    .unwrap_or_default();
+                match &self.failure {
+                    Some(failure) => format!("Catalog sync failed at {at}: {failure}"),
+                    None => format!(
+                        "Catalog {} at {at}: {} objects seen, {} changed, {} problems",
+                        if self.targeted {
+                            "updated"
+                        } else {
+                            "synced"
+                        },
+                        self.objects_seen,
+                        self.objects_changed,
+                        self.errors
+                    ),
+                }
+            }
+            phase => format!(
+                "Catalog sync: {phase} · {} objects seen, {} changed · {:.0} objects/s · {} problems",
+                self.objects_seen, self.objects_changed, self.objects_per_second, self.errors
+            ),
+        };
+        w!(b, r#"<p class="muted" id="sync-status">{}</p>"#, esc(&text));
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -136,7 +187,8 @@ pub fn search_query() -> String {
       ... on Drive {{ {DRIVE_FIELDS} }}
       ... on Scenario {{ id label tags startTime endTime drive {{ {DRIVE_FIELDS} }} }}
       ... on Run {{ id kind pipeline status commit startedAt finishedAt tags totalBytes }}
-    }} }} }} }}"#
+    }} }} }}
+  syncStatus {{ phase targeted finishedAt objectsSeen objectsChanged objectsPerSecond errors failure }} }}"#
     )
 }
 
@@ -206,7 +258,14 @@ pub async fn page(
     match response.into_result::<SearchData>() {
         Ok(data) => html_response(
             StatusCode::OK,
-            render(&session, &data.me, &params, Some(&data.search), None),
+            render(
+                &session,
+                &data.me,
+                &params,
+                Some(&data.search),
+                data.sync_status.as_ref(),
+                None,
+            ),
         ),
         Err(error) if error.code == "BAD_INPUT" => {
             // The query (or cursor) is what was wrong: show the page with the message under
@@ -217,7 +276,7 @@ pub async fn page(
             };
             html_response(
                 StatusCode::BAD_REQUEST,
-                render(&session, &me, &params, None, Some(&error.message)),
+                render(&session, &me, &params, None, None, Some(&error.message)),
             )
         }
         Err(error) => api_error(error),
@@ -235,6 +294,7 @@ pub fn render(
     me: &Me,
     params: &Params,
     result: Option<&SearchResult>,
+    sync: Option<&SyncLine>,
     error: Option<&str>,
 ) -> String {
     let q = params.q.as_str();
@@ -254,6 +314,9 @@ pub fn render(
         w!(&mut b, "<code>{field}</code>");
     }
     b.push_str(r#". <code>software:av-3.14*</code> matches a prefix, <code>city:*</code> any value.</li><li><code>after:2026-10-01</code> (inclusive) and <code>before:2026-11-01</code> (exclusive) bound the start time.</li><li><code>-tag:highway</code> excludes.</li></ul></details></form>"#);
+    if let Some(sync) = sync {
+        sync.render(&mut b);
+    }
 
     let Some(result) = result else {
         return frame("Search", Nav::Search, Some((me, session)), &b);
