@@ -582,6 +582,23 @@ async fn run(args: Args) -> anyhow::Result<()> {
             took.as_secs_f64(),
             listed as f64 / took.as_secs_f64()
         );
+        // The same listing straight from the server, the floor of the direct syncs below.
+        let direct_client = s3.store()?;
+        let t = Instant::now();
+        let cpu = process_cpu();
+        let mut direct_listed = 0;
+        for prefix in ["drives/", "runs/"] {
+            direct_listed += milepost_store::list_all(&*direct_client, BUCKET, prefix)
+                .await?
+                .len();
+        }
+        let direct_took = t.elapsed();
+        println!(
+            "peer: list_all direct (sequential pages): {direct_listed} objects in {:.2} s = {:.0} objects/s, CPU {:.2} s",
+            direct_took.as_secs_f64(),
+            direct_listed as f64 / direct_took.as_secs_f64(),
+            (process_cpu() - cpu).as_secs_f64()
+        );
         Some((took, listed))
     } else {
         None
