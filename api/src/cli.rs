@@ -490,19 +490,37 @@ fn client(config: &Config, remote: RemoteArgs) -> anyhow::Result<crate::client::
     crate::client::Client::new(&server, remote.token)
 }
 async fn sync(config: Config, remote: RemoteArgs) -> anyhow::Result<()> {
+    use crate::progress::{show_sync_progress, SyncLine, SYNC_STATUS_QUERY};
     let report = if remote.server.is_some() {
-        let data = client(&config, remote)?
-            .query(
+        let client = client(&config, remote)?;
+        // The server's syncStatus, asked beside the mutation that runs the pass.
+        let status = || {
+            let client = client.clone();
+            async move {
+                let data = client
+                    .query(SYNC_STATUS_QUERY, serde_json::json!({}))
+                    .await
+                    .ok()?;
+                serde_json::from_value::<SyncLine>(data["syncStatus"].clone()).ok()
+            }
+        };
+        let data = show_sync_progress(
+            status,
+            client.query(
                 "mutation { syncCatalog { objectsSeen objectsChanged objectsDeleted drives runs filesRead bytesRead errors } }",
                 serde_json::json!({}),
-            )
-            .await?;
+            ),
+        )
+        .await?;
         data["syncCatalog"].clone()
     } else {
         let state = AppState::open(config).await?;
         let progress = state.sync_progress.clone();
-        let report =
-            crate::progress::show_sync_progress(|| progress.status(), state.sync_catalog()).await?;
+        let status = || {
+            let line = SyncLine::from(progress.status());
+            async move { Some(line) }
+        };
+        let report = show_sync_progress(status, state.sync_catalog()).await?;
         serde_json::json!({
             "objectsSeen": report.objects_seen, "objectsChanged": report.objects_changed,
             "objectsDeleted": report.objects_deleted, "drives": report.drives, "runs": report.runs,

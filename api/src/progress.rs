@@ -149,11 +149,40 @@ pub async fn reserve(
     }
 }
 
+/// A catalog sync's progress as `syncStatus` reports it (the fields the line shows).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncLine {
+    pub phase: String,
+    pub objects_seen: u64,
+    pub objects_changed: u64,
+    pub objects_per_second: f64,
+    pub files_read: u64,
+    pub errors: u64,
+}
+
+/// The `syncStatus` selection [`SyncLine`] reads.
+pub const SYNC_STATUS_QUERY: &str =
+    "{ syncStatus { phase objectsSeen objectsChanged objectsPerSecond filesRead errors } }";
+
+impl From<milepost_indexer::sync::SyncStatus> for SyncLine {
+    fn from(status: milepost_indexer::sync::SyncStatus) -> Self {
+        SyncLine {
+            phase: status.phase.as_str().to_owned(),
+            objects_seen: status.objects_seen,
+            objects_changed: status.objects_changed,
+            objects_per_second: status.objects_per_second,
+            files_read: status.files_read,
+            errors: status.errors,
+        }
+    }
+}
+
 /// One line of a catalog sync's progress: `sync: listing  42000 objects seen, 1203 changed  3100 objects/s  12 files read  0 errors  14s`.
-pub fn render_sync_line(status: &milepost_indexer::sync::SyncStatus, elapsed: Duration) -> String {
+pub fn render_sync_line(status: &SyncLine, elapsed: Duration) -> String {
     format!(
         "sync: {:<8} {} objects seen, {} changed  {:.0} objects/s  {} files read  {} errors  {}",
-        status.phase.as_str(),
+        status.phase,
         status.objects_seen,
         status.objects_changed,
         status.objects_per_second,
@@ -165,10 +194,14 @@ pub fn render_sync_line(status: &milepost_indexer::sync::SyncStatus, elapsed: Du
 
 /// Shows a catalog sync's progress on stderr until `run` ends: redrawn in place every half
 /// second on a terminal, a line every ten seconds otherwise (logs of scheduled syncs).
-pub async fn show_sync_progress<T>(
-    status: impl Fn() -> milepost_indexer::sync::SyncStatus,
+/// `status` gives the sync's state (`None`: not known this time; nothing is drawn).
+pub async fn show_sync_progress<T, Status>(
+    mut status: impl FnMut() -> Status,
     run: impl std::future::Future<Output = T>,
-) -> T {
+) -> T
+where
+    Status: std::future::Future<Output = Option<SyncLine>>,
+{
     use std::io::IsTerminal;
     let terminal = std::io::stderr().is_terminal();
     let every = if terminal {
@@ -190,7 +223,8 @@ pub async fn show_sync_progress<T>(
                 return result;
             }
             _ = ticks.tick() => {
-                let line = render_sync_line(&status(), started.elapsed());
+                let Some(line) = status().await else { continue };
+                let line = render_sync_line(&line, started.elapsed());
                 let _ = if terminal { write!(stderr, "\r{line}\x1b[K") } else { writeln!(stderr, "{line}") };
                 let _ = stderr.flush();
                 drawn = true;
@@ -202,6 +236,25 @@ pub async fn show_sync_progress<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sync_line() {
+        let line = render_sync_line(
+            &SyncLine {
+                phase: "listing".into(),
+                objects_seen: 42_000,
+                objects_changed: 1203,
+                objects_per_second: 3100.4,
+                files_read: 12,
+                errors: 1,
+            },
+            Duration::from_secs(75),
+        );
+        assert_eq!(
+            line,
+            "sync: listing  42000 objects seen, 1203 changed  3100 objects/s  12 files read  1 errors  1m15s"
+        );
+    }
 
     #[test]
     fn progress_line() {

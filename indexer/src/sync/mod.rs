@@ -223,7 +223,7 @@ async fn run(
 
     // 3. Footers are read in the background while the database stages run.
     progress.set_phase(SyncPhase::Reading);
-    let footers = tokio::spawn(read::read_footers(
+    let mut footers = AbortOnDrop(tokio::spawn(read::read_footers(
         reader.clone(),
         needs_read
             .iter()
@@ -231,7 +231,7 @@ async fn run(
             .cloned()
             .collect(),
         progress.clone(),
-    ));
+    )));
 
     // 4. Sidecars: drives first, so runs can name them as inputs.
     let mut touched = writes::Touched::default();
@@ -261,7 +261,7 @@ async fn run(
     writes::mark_gone(db, &gone, now, &mut touched).await?;
     writes::attach_orphans(db, &options.bucket, &owners, &mut touched).await?;
 
-    let (footer_results, read_errors) = footers
+    let (footer_results, read_errors) = (&mut footers.0)
         .await
         .map_err(|err| CatalogError::Background(format!("footer reads failed: {err}")))?;
     report.errors.extend(read_errors);
@@ -325,6 +325,16 @@ async fn run(
         "catalog sync finished"
     );
     Ok(report)
+}
+
+/// A spawned stage that stops when the pass does: a pass that fails half-way does not go on
+/// reading footers nobody will store.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// The keys a scope's listing covers.

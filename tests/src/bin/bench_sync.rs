@@ -66,6 +66,8 @@ struct Args {
     direct: bool,
     list_floor: bool,
     garage: bool,
+    /// The padding blobs' largest size (they are 2 to 32 KiB by default).
+    blob_bytes: usize,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -82,6 +84,7 @@ fn parse_args() -> anyhow::Result<Args> {
         direct: false,
         list_floor: false,
         garage: false,
+        blob_bytes: 32 * 1024,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -103,9 +106,10 @@ fn parse_args() -> anyhow::Result<Args> {
             "--direct" => args.direct = true,
             "--list-floor" => args.list_floor = true,
             "--garage" => args.garage = true,
+            "--blob-bytes" => args.blob_bytes = value("--blob-bytes")?.parse()?,
             "-h" | "--help" => {
                 println!(
-                    "bench_sync [--objects N] [--logs N] [--runs N] [--templates N] [--drive-mib N] [--seed S] [--dir PATH] [--concurrency N] [--no-aws] [--direct] [--list-floor] [--garage]"
+                    "bench_sync [--objects N] [--logs N] [--runs N] [--templates N] [--drive-mib N] [--seed S] [--dir PATH] [--concurrency N] [--no-aws] [--direct] [--list-floor] [--garage] [--blob-bytes N]"
                 );
                 std::process::exit(0);
             }
@@ -229,11 +233,11 @@ fn plan(args: &Args) -> anyhow::Result<Plan> {
     })
 }
 
-/// 16 small payloads of 2 to 32 KiB, cheap to make.
-fn blobs() -> Vec<Bytes> {
+/// 16 small payloads of 2 to 32 KiB (or up to `max` bytes when it is smaller), cheap to make.
+fn blobs(max: usize) -> Vec<Bytes> {
     (0..16u64)
         .map(|i| {
-            let len = 2048 + (i as usize * 1987) % (30 * 1024);
+            let len = (2048 + (i as usize * 1987) % (30 * 1024)).min(max.max(1));
             let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ i;
             let data: Vec<u8> = (0..len)
                 .map(|_| {
@@ -252,6 +256,7 @@ async fn seed(
     store: &Arc<dyn ObjectStore>,
     plan: Plan,
     concurrency: usize,
+    blob_bytes: usize,
 ) -> anyhow::Result<(usize, u64)> {
     store.ensure_bucket(BUCKET).await?;
     let templates: Vec<Bytes> = plan
@@ -260,7 +265,7 @@ async fn seed(
         .map(GeneratedFile::render)
         .collect::<Result<_, _>>()?;
     let templates = Arc::new(templates);
-    let blobs = Arc::new(blobs());
+    let blobs = Arc::new(blobs(blob_bytes));
     let semaphore = Arc::new(tokio::sync::Semaphore::new(concurrency));
     let mut tasks = tokio::task::JoinSet::new();
     let mut bytes = 0u64;
@@ -277,10 +282,22 @@ async fn seed(
                 Body::Blob(n) => blobs[n % blobs.len()].clone(),
             };
             let len = data.len() as u64;
-            store
-                .put(BUCKET, &key, data)
-                .await
-                .with_context(|| format!("cannot upload {key}"))?;
+            // A busy single-node Garage answers 503 when its metadata database is locked: try
+            // again, as any S3 client would.
+            let mut attempt = 0;
+            loop {
+                match store.put(BUCKET, &key, data.clone()).await {
+                    Ok(_) => break,
+                    Err(err) if attempt < 5 => {
+                        attempt += 1;
+                        eprintln!("seeding {key}: {err}; again (attempt {attempt})");
+                        tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                    }
+                    Err(err) => {
+                        return Err(anyhow::Error::new(err).context(format!("cannot upload {key}")))
+                    }
+                }
+            }
             drop(permit);
             anyhow::Ok(len)
         });
@@ -535,7 +552,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .map(|(key, _)| key.clone())
         .collect();
     let seeder = s3.store()?;
-    let (count, bytes) = seed(&seeder, plan, args.concurrency).await?;
+    let (count, bytes) = seed(&seeder, plan, args.concurrency, args.blob_bytes).await?;
     println!(
         "seeded {count} objects ({drives} drives, {logs} MCAP logs, {runs} runs), {:.0} MiB, in {:.1} s",
         bytes as f64 / (1 << 20) as f64,

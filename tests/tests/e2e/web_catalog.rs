@@ -133,6 +133,12 @@ async fn catalog_end_to_end_in_chromium() {
     assert_eq!(browser.text("#whoami").await.expect("test step"), "alice");
     let all: f64 = number(&browser.text("#total-count").await.expect("test step"));
     assert!(all > 0.0, "the catalog shows its documents");
+    // The line under the search box says when the catalog was last synced.
+    let synced = browser.text("#sync-status").await.expect("test step");
+    assert!(
+        synced.starts_with("Catalog synced at ") && synced.contains("0 problems"),
+        "{synced}"
+    );
     screenshots(&browser, "search").await;
 
     // Autocomplete: a field name, then (keyboard only) its values from the facets.
