@@ -43,22 +43,13 @@ pub(super) async fn register_all(
 ) -> Result<Vec<(String, serde_json::Value)>, SyncError> {
     let db = &catalog.db;
     let mut descriptions = Vec::new();
-    // Owned futures (a clone of the reader and of the listing entry each): a stream of
-    // futures borrowing them would not be `Send` for every lifetime, as the api needs.
-    let drives: Vec<ObjectMeta> = needs_read
-        .iter()
-        .filter(|m| is_sidecar(&m.key, &options.drives_prefix, "drive.json"))
-        .cloned()
-        .collect();
-    let mut read = futures::stream::iter(drives)
-        .map(|meta| {
-            let reader = reader.clone();
-            async move {
-                let record = read_drive_sidecar(&reader, &meta).await;
-                (meta, record)
-            }
-        })
-        .buffered(READ_CONCURRENCY);
+    let mut read = read_sidecars(
+        reader,
+        needs_read,
+        &options.drives_prefix,
+        "drive.json",
+        read_drive_sidecar,
+    );
     while let Some((meta, record)) = read.next().await {
         options.progress.add_read(1);
         let outcome = match record {
@@ -85,20 +76,13 @@ pub(super) async fn register_all(
     }
     drop(read);
 
-    let runs: Vec<ObjectMeta> = needs_read
-        .iter()
-        .filter(|m| is_sidecar(&m.key, &options.runs_prefix, "run.json"))
-        .cloned()
-        .collect();
-    let mut read = futures::stream::iter(runs)
-        .map(|meta| {
-            let reader = reader.clone();
-            async move {
-                let record = read_run_sidecar(&reader, &meta).await;
-                (meta, record)
-            }
-        })
-        .buffered(READ_CONCURRENCY);
+    let mut read = read_sidecars(
+        reader,
+        needs_read,
+        &options.runs_prefix,
+        "run.json",
+        read_run_sidecar,
+    );
     while let Some((meta, record)) = read.next().await {
         options.progress.add_read(1);
         let outcome = match record {
@@ -136,6 +120,32 @@ pub(super) async fn register_all(
         ));
     }
     Ok(descriptions)
+}
+
+/// The sidecars called `name` under `prefix` among `needs_read`, read [`READ_CONCURRENCY`] at
+/// a time and yielded in order, each with its listing entry. The futures own their reader
+/// and entry: a stream of futures borrowing them would not be `Send` for every lifetime, as
+/// the api needs.
+fn read_sidecars<T, Read, Fut>(
+    reader: &Reader,
+    needs_read: &[ObjectMeta],
+    prefix: &str,
+    name: &str,
+    read: Read,
+) -> impl futures::Stream<Item = (ObjectMeta, Result<T, String>)>
+where
+    Read: Fn(Reader, ObjectMeta) -> Fut,
+    Fut: std::future::Future<Output = (ObjectMeta, Result<T, String>)>,
+{
+    let sidecars: Vec<ObjectMeta> = needs_read
+        .iter()
+        .filter(|m| is_sidecar(&m.key, prefix, name))
+        .cloned()
+        .collect();
+    let reader = reader.clone();
+    futures::stream::iter(sidecars)
+        .map(move |meta| read(reader.clone(), meta))
+        .buffered(READ_CONCURRENCY)
 }
 
 /// What is stored in `objects.metadata` for a sidecar, so the next pass knows it was read.
@@ -306,7 +316,23 @@ fn folder_of(key: &str) -> String {
         .map_or_else(String::new, |i| key[..=i].to_owned())
 }
 
-async fn read_drive_sidecar(reader: &Reader, meta: &ObjectMeta) -> Result<DriveRecord, String> {
+async fn read_drive_sidecar(
+    reader: Reader,
+    meta: ObjectMeta,
+) -> (ObjectMeta, Result<DriveRecord, String>) {
+    let record = drive_record(&reader, &meta).await;
+    (meta, record)
+}
+
+async fn read_run_sidecar(
+    reader: Reader,
+    meta: ObjectMeta,
+) -> (ObjectMeta, Result<RunRecord, String>) {
+    let record = run_record(&reader, &meta).await;
+    (meta, record)
+}
+
+async fn drive_record(reader: &Reader, meta: &ObjectMeta) -> Result<DriveRecord, String> {
     let body = reader.read_whole(meta, MAX_SIDECAR_BYTES).await?;
     let sidecar: DriveSidecar = parse_json(&body)?;
     Ok(DriveRecord {
@@ -346,7 +372,7 @@ async fn read_drive_sidecar(reader: &Reader, meta: &ObjectMeta) -> Result<DriveR
     })
 }
 
-async fn read_run_sidecar(reader: &Reader, meta: &ObjectMeta) -> Result<RunRecord, String> {
+async fn run_record(reader: &Reader, meta: &ObjectMeta) -> Result<RunRecord, String> {
     let body = reader.read_whole(meta, MAX_SIDECAR_BYTES).await?;
     let sidecar: RunSidecar = parse_json(&body)?;
     let kind: RunKind = sidecar
