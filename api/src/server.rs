@@ -211,6 +211,18 @@ async fn metrics(State(http): State<HttpState>) -> Response {
             "counter",
             app.upload_limiter.bytes_total(),
         ),
+        (
+            "milepost_search_index_commits_total",
+            "Commits of this node's search index (many catalog changes share one).",
+            "counter",
+            app.catalog.search.commits(),
+        ),
+        (
+            "milepost_search_documents",
+            "Documents in this node's search index.",
+            "gauge",
+            app.catalog.search.doc_count() as u64,
+        ),
     ] {
         text.push_str(&format!(
             "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{{office=\"{office}\"}} {value}\n"

@@ -6,12 +6,14 @@
 //! whatever is pending, with one index commit per batch; the commit's payload is the last id
 //! applied, so a restarted node resumes where its index stands.
 //!
-//! - A write through this process calls `catch_up` after its commit and returns once its
-//!   change is searchable. Concurrent writers share commits: whoever holds the applier
-//!   applies everything pending, and the others find their change applied (group commit,
-//!   instead of one index commit per mutation).
-//! - Writes made by other nodes are picked up by the `search_feed` worker of the api, which
-//!   calls `catch_up` every [`FOLLOW_EVERY`].
+//! - A write through this process returns once its transaction is committed; it does not
+//!   wait for an index commit (one per mutation was what bounded registration). The
+//!   `search_feed` worker of the api calls `catch_up` every [`FOLLOW_EVERY`] and applies
+//!   whatever is pending, this node's writes and other nodes', in one commit per batch: a
+//!   change is searchable everywhere within about that interval.
+//! - A search through [`Catalog::search`] first applies what this process has written and the
+//!   index does not hold yet (`FeedState::behind_own_writes`), so a caller finds its own
+//!   writes at once; concurrent callers share that commit.
 //! - Ids must commit in order, or a follower that has applied id 11 would never see an id 10
 //!   committed after it: on PostgreSQL, [`append`] takes a transaction-scoped advisory lock
 //!   first (released at commit), so appends, the last statement of their transactions, commit
@@ -128,6 +130,9 @@ impl Catalog {
     /// change applied by the one before returns at once.
     pub async fn catch_up(&self) -> CatalogResult<usize> {
         let _applier = self.feed.applier.lock().await;
+        // Read before the feed: every change this process counted so far is committed, so
+        // the reads below see it.
+        let written = self.feed.written();
         let mut applied = 0;
         loop {
             let from = self.feed.position();
@@ -139,6 +144,7 @@ impl Catalog {
                 .await
                 .map_err(db)?;
             let Some(last) = changes.last().map(|change| change.id) else {
+                self.feed.applied_up_to(written);
                 return Ok(applied);
             };
             let count = changes.len();
@@ -150,6 +156,7 @@ impl Catalog {
             self.feed.set_position(last);
             applied += count;
             if (count as u64) < BATCH {
+                self.feed.applied_up_to(written);
                 return Ok(applied);
             }
         }

@@ -1,8 +1,11 @@
-//! [`Catalog`]: the catalog database and the search index kept in step. Every change made
-//! through it (registration, tagging, sync) is in the index before the call returns; changes
-//! made by other nodes arrive through the change feed ([`crate::feed`]).
+//! [`Catalog`]: the catalog database and the search index kept in step through the change
+//! feed ([`crate::feed`]). A change made through it (registration, tagging) returns once it is
+//! committed to the database, without waiting for an index commit: the feed's follower
+//! applies it within [`FOLLOW_EVERY`](crate::feed::FOLLOW_EVERY), many changes per commit,
+//! and a search through this catalog first applies what this process has written, so a
+//! caller always finds its own writes. Changes made by other nodes arrive through the feed.
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use milepost_schema::entity::{drive, run, scenario};
@@ -33,6 +36,11 @@ pub(crate) struct FeedState {
     pub applier: tokio::sync::Mutex<()>,
     /// The last change applied.
     position: AtomicI64,
+    /// Changes committed through this process (counted after their commit).
+    written: AtomicU64,
+    /// Of those, how many an applier had seen committed when it started a catch-up that
+    /// finished: every change counted up to here is in the index.
+    applied_written: AtomicU64,
 }
 
 impl FeedState {
@@ -42,6 +50,27 @@ impl FeedState {
 
     pub fn set_position(&self, id: i64) {
         self.position.store(id, Ordering::Release);
+    }
+
+    /// Counts a change committed through this process (call after its commit).
+    pub fn wrote(&self) {
+        self.written.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The count of this process's committed changes, read by an applier before it reads the
+    /// feed: all of them are in what it reads.
+    pub fn written(&self) -> u64 {
+        self.written.load(Ordering::Acquire)
+    }
+
+    /// An applier that started when `written` changes were committed has applied them.
+    pub fn applied_up_to(&self, written: u64) {
+        self.applied_written.fetch_max(written, Ordering::AcqRel);
+    }
+
+    /// Whether changes committed through this process may not be in the index yet.
+    pub fn behind_own_writes(&self) -> bool {
+        self.applied_written.load(Ordering::Acquire) < self.written()
     }
 }
 
@@ -73,7 +102,7 @@ impl Catalog {
         source: RecordSource,
     ) -> CatalogResult<drive::Model> {
         let drive = super::register_drive(&self.db, &self.layout, record, source).await?;
-        self.catch_up().await?;
+        self.feed.wrote();
         Ok(drive)
     }
 
@@ -83,18 +112,22 @@ impl Catalog {
         source: RecordSource,
     ) -> CatalogResult<run::Model> {
         let run = super::register_run(&self.db, &self.layout, record, source).await?;
-        self.catch_up().await?;
+        self.feed.wrote();
         Ok(run)
     }
 
     pub async fn tag_scenario(&self, tag: ScenarioTag) -> CatalogResult<scenario::Model> {
         let scenario = super::tag_scenario(&self.db, tag).await?;
-        self.catch_up().await?;
+        self.feed.wrote();
         Ok(scenario)
     }
 
-    /// Searches the index off the async runtime (tantivy blocks).
+    /// Searches the index off the async runtime (tantivy blocks), after applying the changes
+    /// this process has committed and the index does not hold yet.
     pub async fn search(&self, request: SearchRequest) -> CatalogResult<SearchPage> {
+        if self.feed.behind_own_writes() {
+            self.catch_up().await?;
+        }
         let index = self.search.clone();
         let page = tokio::task::spawn_blocking(move || index.search(&request))
             .await

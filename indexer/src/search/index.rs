@@ -4,6 +4,7 @@ use std::collections::HashSet;
 use std::fmt;
 use std::hash::{BuildHasher, RandomState};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use milepost_schema::ids::{decode_cursor, encode_cursor};
@@ -40,6 +41,9 @@ pub struct SearchIndex {
     /// Total and facets of the match-all query (the catalog's landing page) for one searcher
     /// generation: they change only when the index does.
     match_all: Mutex<Option<MatchAll>>,
+    /// Commits made since the index was opened (the change feed batches many writes into
+    /// one; `/metrics` reports it).
+    commits: AtomicU64,
 }
 
 #[derive(Clone, Debug)]
@@ -119,6 +123,7 @@ impl SearchIndex {
             writer: Mutex::new(writer),
             fields,
             match_all: Mutex::new(None),
+            commits: AtomicU64::new(0),
         })
     }
 
@@ -351,7 +356,13 @@ impl SearchIndex {
             }
             return Err(SearchError::Index { operation, source });
         }
+        self.commits.fetch_add(1, Ordering::Relaxed);
         Ok(self.doc_count())
+    }
+
+    /// Commits made since the index was opened.
+    pub fn commits(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
     }
 
     /// The writer; after a panic while it was held, whatever it had buffered is rolled back.

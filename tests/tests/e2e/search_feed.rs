@@ -202,6 +202,8 @@ async fn a_node_behind_the_pruned_feed_knows_it_must_rebuild() {
             .await;
         assert!(body.get("errors").is_none(), "{body}");
     }
+    // A search applies this node's own writes: the node now stands at the feed's head.
+    assert_eq!(hits(&app, &pipeline, "weather:fog").await, 3);
     let db = app.db().clone();
     // A node that has applied nothing yet: the feed still holds every change.
     let stale = Catalog::new(
@@ -227,5 +229,69 @@ async fn a_node_behind_the_pruned_feed_knows_it_must_rebuild() {
         stale.search.doc_count(),
         app.state().catalog.search.doc_count()
     );
+    app.shutdown().await;
+}
+
+/// Registrations do not commit the search index one by one: the feed's follower applies them
+/// in batches (one commit per `FOLLOW_EVERY` at most), and each drive is still searchable
+/// within a second of its response, and at once by a search at the node that registered it.
+#[tokio::test]
+async fn registrations_share_index_commits_and_are_searchable_within_a_second() {
+    let app = TestApp::start().await;
+    let pipeline = app.token("ci", Role::Pipeline).await;
+    let index = app.state().catalog.search.clone();
+    let drives: u64 = 24;
+    let commits_before = index.commits();
+    let start = Instant::now();
+    for i in 0..drives {
+        let (_, body) = app
+            .graphql(
+                Some(&pipeline),
+                REGISTER_DRIVE,
+                json!({ "input": drive_input(&format!("drv-batch-{i:02}"), "hail") }),
+            )
+            .await;
+        assert!(body.get("errors").is_none(), "{body}");
+    }
+    let elapsed = start.elapsed();
+    let commits = index.commits() - commits_before;
+    // The follower commits at most once per tick; one more for a tick already under way.
+    let ticks = (elapsed.as_millis() / feed::FOLLOW_EVERY.as_millis()) as u64 + 2;
+    eprintln!("{drives} registrations in {elapsed:?}: {commits} index commits");
+    assert!(
+        commits <= ticks.min(drives / 2),
+        "{commits} index commits for {drives} registrations in {elapsed:?} (at most {} expected)",
+        ticks.min(drives / 2)
+    );
+
+    // Without any search at this node, the follower makes the last drive searchable.
+    let request = milepost_indexer::search::SearchRequest::new("id:drv-batch-23");
+    let start = Instant::now();
+    loop {
+        if index.search(&request).expect("search").total == 1 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the last registered drive is not in the index after {:?}",
+            start.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    eprintln!(
+        "the last drive was in the index {:?} after its response",
+        start.elapsed()
+    );
+
+    // A search at this node finds its own writes as soon as they return.
+    let (_, body) = app
+        .graphql(
+            Some(&pipeline),
+            REGISTER_DRIVE,
+            json!({ "input": drive_input("drv-batch-last", "hail") }),
+        )
+        .await;
+    assert!(body.get("errors").is_none(), "{body}");
+    assert_eq!(hits(&app, &pipeline, "weather:hail").await, drives + 1);
     app.shutdown().await;
 }
