@@ -21,19 +21,18 @@
 //! - Applying is idempotent (documents are rebuilt from the database as it is when applied),
 //!   so replaying a change is harmless.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
 use chrono::Utc;
-use milepost_schema::entity::{catalog_change, scenario};
+use milepost_schema::entity::{catalog_change, drive, run, scenario};
 use milepost_schema::enums::InputKind;
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
     Set, Statement,
 };
 
-use crate::catalog::{get_drive, get_run, objects_bytes, Owner};
-use crate::documents;
+use crate::catalog::DOCUMENT_BATCH;
 use crate::error::{CatalogError, CatalogResult};
 use crate::search::{EntityKind, SearchDocument};
 use crate::Catalog;
@@ -168,50 +167,76 @@ impl Catalog {
         &self,
         changes: &[catalog_change::Model],
     ) -> CatalogResult<(Vec<SearchDocument>, Vec<(EntityKind, String)>)> {
-        let mut drives = BTreeSet::new();
-        let mut runs = BTreeSet::new();
-        let mut deletes = Vec::new();
+        let mut drives: BTreeSet<String> = BTreeSet::new();
+        let mut runs: BTreeSet<String> = BTreeSet::new();
+        let mut scenarios: BTreeSet<String> = BTreeSet::new();
         for change in changes {
-            match change.kind {
-                InputKind::Drive => {
-                    drives.insert(change.entity_id.clone());
-                }
-                InputKind::Run => {
-                    runs.insert(change.entity_id.clone());
-                }
-                InputKind::Scenario => {
-                    // A scenario's document is written with its drive's; a scenario that is
-                    // gone (its drive removed, or retagged) loses its document.
-                    match scenario::Entity::find_by_id(change.entity_id.clone())
-                        .one(&self.db)
-                        .await
-                        .map_err(db)?
-                    {
-                        Some(found) => {
-                            drives.insert(found.drive_id);
-                        }
-                        None => deletes.push((EntityKind::Scenario, change.entity_id.clone())),
-                    }
-                }
+            let set = match change.kind {
+                InputKind::Drive => &mut drives,
+                InputKind::Run => &mut runs,
+                InputKind::Scenario => &mut scenarios,
                 // Datasets are not in the search index.
-                InputKind::Dataset => {}
+                InputKind::Dataset => continue,
+            };
+            set.insert(change.entity_id.clone());
+        }
+        let mut deletes = Vec::new();
+        // A scenario's document is written with its drive's; a scenario that is gone (its
+        // drive removed, or retagged) loses its document.
+        let scenarios: Vec<String> = scenarios.into_iter().collect();
+        for batch in scenarios.chunks(DOCUMENT_BATCH) {
+            let owners: HashMap<String, String> = scenario::Entity::find()
+                .select_only()
+                .column(scenario::Column::Id)
+                .column(scenario::Column::DriveId)
+                .filter(scenario::Column::Id.is_in(batch.iter().map(String::as_str)))
+                .into_tuple::<(String, String)>()
+                .all(&self.db)
+                .await
+                .map_err(db)?
+                .into_iter()
+                .collect();
+            for id in batch {
+                match owners.get(id) {
+                    Some(drive_id) => {
+                        drives.insert(drive_id.clone());
+                    }
+                    None => deletes.push((EntityKind::Scenario, id.clone())),
+                }
             }
         }
         let mut upserts = Vec::new();
-        for id in drives {
-            match get_drive(&self.db, &id).await? {
-                Some(found) => upserts.extend(self.drive_documents(&found).await?),
-                None => deletes.push((EntityKind::Drive, id)),
-            }
+        let drives: Vec<String> = drives.into_iter().collect();
+        for batch in drives.chunks(DOCUMENT_BATCH) {
+            let found = drive::Entity::find()
+                .filter(drive::Column::Id.is_in(batch.iter().map(String::as_str)))
+                .all(&self.db)
+                .await
+                .map_err(db)?;
+            let present: HashSet<&str> = found.iter().map(|d| d.id.as_str()).collect();
+            deletes.extend(
+                batch
+                    .iter()
+                    .filter(|id| !present.contains(id.as_str()))
+                    .map(|id| (EntityKind::Drive, id.clone())),
+            );
+            upserts.extend(self.drive_documents(&found).await?);
         }
-        for id in runs {
-            match get_run(&self.db, &id).await? {
-                Some(found) => {
-                    let bytes = objects_bytes(&self.db, Owner::Run(&found.id), false).await?;
-                    upserts.push(documents::run_document(&found, bytes));
-                }
-                None => deletes.push((EntityKind::Run, id)),
-            }
+        let runs: Vec<String> = runs.into_iter().collect();
+        for batch in runs.chunks(DOCUMENT_BATCH) {
+            let found = run::Entity::find()
+                .filter(run::Column::Id.is_in(batch.iter().map(String::as_str)))
+                .all(&self.db)
+                .await
+                .map_err(db)?;
+            let present: HashSet<&str> = found.iter().map(|r| r.id.as_str()).collect();
+            deletes.extend(
+                batch
+                    .iter()
+                    .filter(|id| !present.contains(id.as_str()))
+                    .map(|id| (EntityKind::Run, id.clone())),
+            );
+            upserts.extend(self.run_documents(&found).await?);
         }
         Ok((upserts, deletes))
     }

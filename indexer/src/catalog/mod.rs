@@ -8,6 +8,7 @@ pub mod validate;
 mod windows;
 
 pub use service::Catalog;
+pub(crate) use service::DOCUMENT_BATCH;
 pub use windows::{check_windows, run_windows, Window, WindowRecord};
 
 use chrono::{DateTime, SecondsFormat, Utc};

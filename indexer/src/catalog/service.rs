@@ -8,14 +8,14 @@
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use milepost_schema::entity::{drive, run, scenario};
-use milepost_schema::enums::RecordSource;
-use sea_orm::{DatabaseConnection, EntityTrait, QueryOrder};
+use std::collections::HashMap;
 
-use super::{
-    drive_events, drive_scenarios, objects_bytes, DriveRecord, Layout, Owner, RunRecord,
-    ScenarioTag,
-};
+use milepost_schema::entity::{drive, drive_event, object, run, scenario};
+use milepost_schema::enums::RecordSource;
+use sea_orm::sea_query::Expr;
+use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+
+use super::{DriveRecord, Layout, RunRecord, ScenarioTag};
 use crate::documents;
 use crate::error::{CatalogError, CatalogResult};
 use crate::search::{SearchDocument, SearchIndex, SearchPage, SearchRequest};
@@ -135,19 +135,50 @@ impl Catalog {
         Ok(page)
     }
 
+    /// The documents of `drives` (each drive's and its scenarios') in a few statements per
+    /// [`DOCUMENT_BATCH`] drives: their events, scenarios and object bytes are read for the
+    /// whole batch at once, not drive by drive.
     pub(crate) async fn drive_documents(
         &self,
-        drive: &drive::Model,
+        drives: &[drive::Model],
     ) -> CatalogResult<Vec<SearchDocument>> {
-        let events = drive_events(&self.db, &drive.id).await?;
-        let scenarios = drive_scenarios(&self.db, &drive.id).await?;
-        let bytes = objects_bytes(&self.db, Owner::Drive(&drive.id), false).await?;
-        let mut docs = vec![documents::drive_document(drive, &events, &scenarios, bytes)];
-        docs.extend(
-            scenarios
-                .iter()
-                .map(|s| documents::scenario_document(s, drive)),
-        );
+        let mut docs = Vec::with_capacity(drives.len() * 2);
+        for batch in drives.chunks(DOCUMENT_BATCH) {
+            let ids: Vec<&str> = batch.iter().map(|d| d.id.as_str()).collect();
+            let mut events = group_by(events_of(&self.db, &ids).await?, |e| e.drive_id.clone());
+            let mut scenarios =
+                group_by(scenarios_of(&self.db, &ids).await?, |s| s.drive_id.clone());
+            let bytes = bytes_of(&self.db, OwnerColumn::Drive, &ids).await?;
+            for drive in batch {
+                let events = events.remove(&drive.id).unwrap_or_default();
+                let scenarios = scenarios.remove(&drive.id).unwrap_or_default();
+                let total = bytes.get(&drive.id).copied().unwrap_or(0);
+                docs.push(documents::drive_document(drive, &events, &scenarios, total));
+                docs.extend(
+                    scenarios
+                        .iter()
+                        .map(|s| documents::scenario_document(s, drive)),
+                );
+            }
+        }
+        Ok(docs)
+    }
+
+    /// The documents of `runs`, their object bytes read per [`DOCUMENT_BATCH`] runs.
+    pub(crate) async fn run_documents(
+        &self,
+        runs: &[run::Model],
+    ) -> CatalogResult<Vec<SearchDocument>> {
+        let mut docs = Vec::with_capacity(runs.len());
+        for batch in runs.chunks(DOCUMENT_BATCH) {
+            let ids: Vec<&str> = batch.iter().map(|r| r.id.as_str()).collect();
+            let bytes = bytes_of(&self.db, OwnerColumn::Run, &ids).await?;
+            docs.extend(
+                batch.iter().map(|run| {
+                    documents::run_document(run, bytes.get(&run.id).copied().unwrap_or(0))
+                }),
+            );
+        }
         Ok(docs)
     }
 
@@ -158,22 +189,17 @@ impl Catalog {
         // before the records (a change committed meanwhile is applied again: harmless).
         let _applier = self.feed.applier.lock().await;
         let head = crate::feed::head(&self.db).await?;
-        let mut docs = Vec::new();
-        for drive in drive::Entity::find()
+        let drives = drive::Entity::find()
             .order_by_asc(drive::Column::Id)
             .all(&self.db)
-            .await?
-        {
-            docs.extend(self.drive_documents(&drive).await?);
-        }
-        for run in run::Entity::find()
+            .await?;
+        let mut docs = self.drive_documents(&drives).await?;
+        drop(drives);
+        let runs = run::Entity::find()
             .order_by_asc(run::Column::Id)
             .all(&self.db)
-            .await?
-        {
-            let bytes = objects_bytes(&self.db, Owner::Run(&run.id), false).await?;
-            docs.push(documents::run_document(&run, bytes));
-        }
+            .await?;
+        docs.extend(self.run_documents(&runs).await?);
         let index = self.search.clone();
         let count = tokio::task::spawn_blocking(move || index.rebuild_at(docs, head))
             .await
@@ -181,4 +207,78 @@ impl Catalog {
         self.feed.set_position(head);
         Ok(count)
     }
+}
+
+/// Drives or runs whose rows are read for one batch of documents in one statement each.
+pub(crate) const DOCUMENT_BATCH: usize = 500;
+
+fn group_by<T>(rows: Vec<T>, key: impl Fn(&T) -> String) -> HashMap<String, Vec<T>> {
+    let mut groups: HashMap<String, Vec<T>> = HashMap::new();
+    for row in rows {
+        groups.entry(key(&row)).or_default().push(row);
+    }
+    groups
+}
+
+/// The events of `drives`, each drive's in position order (as [`super::drive_events`]).
+async fn events_of(
+    conn: &DatabaseConnection,
+    drives: &[&str],
+) -> CatalogResult<Vec<drive_event::Model>> {
+    Ok(drive_event::Entity::find()
+        .filter(drive_event::Column::DriveId.is_in(drives.iter().copied()))
+        .order_by_asc(drive_event::Column::DriveId)
+        .order_by_asc(drive_event::Column::Position)
+        .all(conn)
+        .await?)
+}
+
+/// The scenarios of `drives`, each drive's in the order of [`super::drive_scenarios`].
+async fn scenarios_of(
+    conn: &DatabaseConnection,
+    drives: &[&str],
+) -> CatalogResult<Vec<scenario::Model>> {
+    Ok(scenario::Entity::find()
+        .filter(scenario::Column::DriveId.is_in(drives.iter().copied()))
+        .order_by_asc(scenario::Column::DriveId)
+        .order_by_asc(scenario::Column::StartTime)
+        .order_by_asc(scenario::Column::Id)
+        .all(conn)
+        .await?)
+}
+
+#[derive(Clone, Copy)]
+enum OwnerColumn {
+    Drive,
+    Run,
+}
+
+/// The bytes of the live objects of each of `owners` (as [`objects_bytes`] of each), in one
+/// statement; owners without objects are absent.
+async fn bytes_of(
+    conn: &DatabaseConnection,
+    column: OwnerColumn,
+    owners: &[&str],
+) -> CatalogResult<HashMap<String, i64>> {
+    let column = match column {
+        OwnerColumn::Drive => object::Column::DriveId,
+        OwnerColumn::Run => object::Column::RunId,
+    };
+    let rows: Vec<(Option<String>, i64)> = object::Entity::find()
+        .select_only()
+        .column(column)
+        .column_as(
+            Expr::cust(r#"CAST(COALESCE(SUM("objects"."size"), 0) AS BIGINT)"#),
+            "total",
+        )
+        .filter(column.is_in(owners.iter().copied()))
+        .filter(object::Column::DeletedAt.is_null())
+        .group_by(column)
+        .into_tuple()
+        .all(conn)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(owner, total)| owner.map(|owner| (owner, total)))
+        .collect())
 }
