@@ -9,8 +9,8 @@ use sea_orm::sqlx::sqlite::{
 };
 use sea_orm::sqlx::{self, ConnectOptions as _};
 use sea_orm::{
-    ConnectionTrait, DatabaseBackend, DatabaseConnection, SqlxPostgresConnector,
-    SqlxSqliteConnector, Statement, TransactionTrait,
+    ConnectionTrait, DatabaseBackend, DatabaseConnection, DatabaseTransaction, DbErr,
+    SqlxPostgresConnector, SqlxSqliteConnector, Statement, TransactionTrait,
 };
 use sea_orm_migration::MigratorTrait;
 
@@ -49,6 +49,26 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection, DbError> {
             reason: "no scheme: expected sqlite://PATH or postgres://...".to_owned(),
         }),
     }
+}
+
+/// Begins a transaction that reads and then writes, with the write lock taken first on SQLite
+/// (what `BEGIN IMMEDIATE` does), through a no-op write as its first statement.
+///
+/// Why: a SQLite transaction that reads first pins its snapshot; if another connection commits
+/// before its first write, that write fails at once with `SQLITE_BUSY_SNAPSHOT` ("database is
+/// locked"), which the busy timeout does not wait out, so under steady concurrent writes such
+/// a transaction can keep failing whatever it retries. With the lock taken first, the busy
+/// timeout queues it behind the other writers and its reads see their commits. On PostgreSQL
+/// this is a plain `BEGIN`.
+pub async fn begin_write(conn: &DatabaseConnection) -> Result<DatabaseTransaction, DbErr> {
+    let txn = conn.begin().await?;
+    if txn.get_database_backend() == DatabaseBackend::Sqlite {
+        // An UPDATE starts a write transaction whatever rows it matches (none here); the
+        // migrations table exists in every migrated database.
+        txn.execute_unprepared(r#"UPDATE "seaql_migrations" SET "version" = "version" WHERE 0"#)
+            .await?;
+    }
+    Ok(txn)
 }
 
 async fn connect_sqlite(url: &str) -> Result<DatabaseConnection, DbError> {

@@ -8,6 +8,6 @@ pub mod error;
 pub mod ids;
 pub mod migration;
 
-pub use db::{connect, migrate, ping};
+pub use db::{begin_write, connect, migrate, ping};
 pub use entity::prelude;
 pub use error::{DbError, ErrorKind};

@@ -20,7 +20,7 @@ use sea_orm::sea_query::{Expr, Query};
 use sea_orm::{
     ActiveModelTrait as _, ColumnTrait as _, ConnectionTrait as _, DatabaseBackend,
     DatabaseConnection, EntityTrait as _, PaginatorTrait as _, QueryFilter as _, QueryOrder as _,
-    QuerySelect as _, Set, Statement, TransactionTrait as _,
+    QuerySelect as _, Set, Statement,
 };
 
 use super::WriteBackError;
@@ -56,35 +56,16 @@ pub(crate) async fn enqueue(
     db: &DatabaseConnection,
     new: NewTransfer<'_>,
 ) -> Result<(transfer::Model, Vec<transfer::Model>), WriteBackError> {
-    // SQLite refuses a read-then-write transaction whose snapshot another writer moved past
-    // (SQLITE_BUSY_SNAPSHOT, which its busy timeout does not wait out); the transaction
-    // rolled back, so running it again is safe.
-    let mut attempt = 0;
-    loop {
-        match try_enqueue(db, &new).await {
-            Err(WriteBackError::Database { source, .. })
-                if attempt < 20 && source.to_string().contains("database is locked") =>
-            {
-                attempt += 1;
-                tokio::time::sleep(std::time::Duration::from_millis(5 * attempt)).await;
-            }
-            other => return other,
-        }
-    }
-}
-
-async fn try_enqueue(
-    db: &DatabaseConnection,
-    new: &NewTransfer<'_>,
-) -> Result<(transfer::Model, Vec<transfer::Model>), WriteBackError> {
     let what = || {
         format!(
             "journaling the {} of s3://{}/{}",
             new.op, new.bucket, new.key
         )
     };
-    let txn = db
-        .begin()
+    // It reads the key's queued rows, then writes: on SQLite the write lock is taken first
+    // (a read-first transaction fails at its write once another connection has committed,
+    // and retries could keep losing under steady writes).
+    let txn = milepost_schema::begin_write(db)
         .await
         .map_err(|e| WriteBackError::db(what(), e))?;
     if txn.get_database_backend() == DatabaseBackend::Postgres {

@@ -261,10 +261,24 @@ fn percentile(sorted: &[Duration], fraction: f64) -> Duration {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
-    let milepost = milepost_binary(args.milepost.as_deref())?;
     let work = tempfile::tempdir()?;
-    let upstream = LoopbackUpstream::start_in(&work.path().join("s3"), BUCKET).await?;
-    let server = start_server(&milepost, work.path(), &upstream, args.database.as_deref()).await?;
+    let result = measure(&args, work.path()).await;
+    if result.is_err() {
+        // The work directory goes with this process: show what the server said first.
+        let log = std::fs::read_to_string(work.path().join("server.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        eprintln!("the server's log, last lines:");
+        for line in &lines[lines.len().saturating_sub(40)..] {
+            eprintln!("  {line}");
+        }
+    }
+    result
+}
+
+async fn measure(args: &Args, work: &Path) -> anyhow::Result<()> {
+    let milepost = milepost_binary(args.milepost.as_deref())?;
+    let upstream = LoopbackUpstream::start_in(&work.join("s3"), BUCKET).await?;
+    let server = start_server(&milepost, work, &upstream, args.database.as_deref()).await?;
     let server = Arc::new(server);
     let cpu_before = cpu_seconds(server.child.id())?;
     let stop_watching = Arc::new(AtomicBool::new(false));
