@@ -213,13 +213,7 @@ impl Catalog {
                 .all(&self.db)
                 .await
                 .map_err(db)?;
-            let present: HashSet<&str> = found.iter().map(|d| d.id.as_str()).collect();
-            deletes.extend(
-                batch
-                    .iter()
-                    .filter(|id| !present.contains(id.as_str()))
-                    .map(|id| (EntityKind::Drive, id.clone())),
-            );
+            deletes.extend(gone(EntityKind::Drive, batch, found.iter().map(|d| &d.id)));
             upserts.extend(self.drive_documents(&found).await?);
         }
         let runs: Vec<String> = runs.into_iter().collect();
@@ -229,13 +223,7 @@ impl Catalog {
                 .all(&self.db)
                 .await
                 .map_err(db)?;
-            let present: HashSet<&str> = found.iter().map(|r| r.id.as_str()).collect();
-            deletes.extend(
-                batch
-                    .iter()
-                    .filter(|id| !present.contains(id.as_str()))
-                    .map(|id| (EntityKind::Run, id.clone())),
-            );
+            deletes.extend(gone(EntityKind::Run, batch, found.iter().map(|r| &r.id)));
             upserts.extend(self.run_documents(&found).await?);
         }
         Ok((upserts, deletes))
@@ -253,6 +241,21 @@ impl Catalog {
             .await?
             .is_some_and(|first| first > self.feed.position() + 1))
     }
+}
+
+/// The documents to delete for the ids of `batch` that are not among `found` (their records
+/// are gone from the database).
+fn gone<'a>(
+    kind: EntityKind,
+    batch: &[String],
+    found: impl Iterator<Item = &'a String>,
+) -> Vec<(EntityKind, String)> {
+    let present: HashSet<&String> = found.collect();
+    batch
+        .iter()
+        .filter(|id| !present.contains(id))
+        .map(|id| (kind, id.clone()))
+        .collect()
 }
 
 /// Records that `drives` and `runs` changed (outside a write that appends itself: the
