@@ -232,11 +232,14 @@ impl AppState {
             None => Reservations::new(db.clone(), cache.clone(), reservation_settings),
         };
         let served = config.served_buckets();
-        let objects = Arc::new(milepost_cacher::objects::OfficeObjects::new(
-            office_store,
-            served.clone(),
-            Some(db.clone()),
-        ));
+        let objects = Arc::new(
+            milepost_cacher::objects::OfficeObjects::new(
+                office_store,
+                served.clone(),
+                Some(db.clone()),
+            )
+            .with_version_window(config.upstream.version_ttl.0),
+        );
         Ok(Arc::new(AppState {
             served,
             objects,

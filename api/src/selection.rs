@@ -322,9 +322,9 @@ async fn explicit_object(
     key: String,
 ) -> ApiResult<ManifestEntry> {
     let field = format!("input.objects[{i}]");
-    // The office's one resolution (its own writes, then the catalog, then S3), so a dataset
-    // names the version a read through the office would serve.
-    match app.objects.resolve(&bucket, &key).await {
+    // The office's one resolution (its own writes, then the catalog, then S3 asked now), so
+    // a dataset names the version a read through the office serves from now on.
+    match app.objects.resolve_current(&bucket, &key).await {
         Ok(resolved) => Ok(ManifestEntry {
             bucket,
             key,

@@ -175,6 +175,11 @@ pub struct UpstreamConfig {
     pub region: String,
     /// Path-style addressing (`endpoint/bucket/key`), needed by most non-AWS servers.
     pub force_path_style: bool,
+    /// How long S3's answer about which version of an object outside the catalog is current
+    /// is reused by later reads of it (`0s`: ask on every read). A version changed in S3
+    /// behind the office's back is served at most this long after the change, always as
+    /// itself; the office's own writes are seen at once.
+    pub version_ttl: DurationSetting,
 }
 
 impl Default for UpstreamConfig {
@@ -183,6 +188,7 @@ impl Default for UpstreamConfig {
             endpoint: String::new(),
             region: "us-east-1".to_owned(),
             force_path_style: false,
+            version_ttl: DurationSetting(milepost_cacher::objects::DEFAULT_VERSION_WINDOW),
         }
     }
 }

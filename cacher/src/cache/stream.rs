@@ -7,7 +7,10 @@
 //! every byte out of the page cache before the copy into the socket: measured here, that
 //! first copy was 40 % of the server's CPU for a hot 1 GiB read, and the socket's copy 29 %.
 //! Only mapped windows count towards the server's memory, so a reader holds at most two of
-//! them beside what the HTTP layer is writing.
+//! them beside what the HTTP layer is writing. A short range (at most [`SHORT_RANGE`], what
+//! a mount's or a viewer's random reads ask for) is read instead with one positional read
+//! into a pooled buffer: mapping, faulting in and unmapping a window costs more than copying
+//! that little once (an unmap also interrupts every other core to flush its TLB).
 //!
 //! A staging file is still being written: positional reads in blocking tasks into pooled
 //! buffers ([`ChunkPool`]), each of bytes that have landed.
@@ -31,6 +34,8 @@ use super::{CacheError, ObjectKey};
 pub(super) const READ_CHUNK: u64 = 1024 * 1024;
 /// Bytes mapped per window of a content file.
 const MAP_WINDOW: u64 = 2 * 1024 * 1024;
+/// A content file's range this short is read into a buffer, not mapped.
+const SHORT_RANGE: u64 = 512 * 1024;
 /// Idle read buffers the cache keeps for reuse (a few for each of 8 concurrent readers).
 pub(super) const IDLE_READ_BUFFERS: usize = 24;
 
@@ -129,11 +134,14 @@ impl Reader {
                 ))
             }
             (Some(mapping), _) => mapping,
+            (None, Source::File(file)) if self.end - self.pos <= SHORT_RANGE => {
+                read_chunk(&self.pool, Arc::clone(file), self.pos, self.end - self.pos)
+            }
             (None, Source::File(file)) => map(Arc::clone(file), self.pos, self.end - self.pos),
             (None, Source::Flight { flight, progress }) => {
                 let (file, available) = flight::available_from(progress, flight, self.pos).await?;
                 let len = available.min(self.end).saturating_sub(self.pos);
-                self.read(file, self.pos, len)
+                read_chunk(&self.pool, file, self.pos, len)
             }
         };
         let chunk = match read.await {
@@ -152,16 +160,22 @@ impl Reader {
         }
         Ok(chunk)
     }
+}
 
-    /// Starts reading up to [`READ_CHUNK`] of the `len` bytes at `pos` of `file`.
-    fn read(&self, file: Arc<File>, pos: u64, len: u64) -> JoinHandle<std::io::Result<Bytes>> {
-        let len = usize::try_from(len.min(READ_CHUNK)).unwrap_or(usize::MAX);
-        let mut buf = self.pool.take(len);
-        tokio::task::spawn_blocking(move || {
-            file.read_exact_at(buf.as_mut_slice(), pos)?;
-            Ok(buf.into_bytes())
-        })
-    }
+/// Starts reading up to [`READ_CHUNK`] of the `len` bytes at `pos` of `file` into a buffer
+/// of `pool`.
+fn read_chunk(
+    pool: &Arc<ChunkPool>,
+    file: Arc<File>,
+    pos: u64,
+    len: u64,
+) -> JoinHandle<std::io::Result<Bytes>> {
+    let len = usize::try_from(len.min(READ_CHUNK)).unwrap_or(usize::MAX);
+    let mut buf = pool.take(len);
+    tokio::task::spawn_blocking(move || {
+        file.read_exact_at(buf.as_mut_slice(), pos)?;
+        Ok(buf.into_bytes())
+    })
 }
 
 /// Starts mapping up to [`MAP_WINDOW`] of the `len` bytes at `pos` of the content file `file`.

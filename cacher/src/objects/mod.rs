@@ -10,6 +10,7 @@ pub mod error;
 pub mod key;
 pub mod listing;
 pub mod office;
+mod versions;
 
 pub use conditions::{EtagMatch, ReadConditions, Verdict};
 pub use error::{ObjectError, ObjectErrorKind, Subject, Unchanged};
@@ -17,7 +18,7 @@ pub use key::{check_key, file_directory_clash, KeyProblem};
 pub use listing::{Listed, Resume};
 pub use office::{
     parse_range_header, CopySource, IncomingBody, ListRequest, ObjectBody, ObjectHead, ObjectRead,
-    OfficeObjects, ReadRequest, Resolved, Written,
+    OfficeObjects, ReadRequest, Resolved, Written, DEFAULT_VERSION_WINDOW,
 };
 
 /// The buckets this office serves: the only ones any client may read or write through it

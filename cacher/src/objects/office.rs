@@ -7,7 +7,8 @@
 //!    upstream request; a key breaking the office's rules is refused before anything is read,
 //!    staged or acknowledged ([`check_key`]).
 //! 2. **Resolve** the object: the office's own version (written or deleted here and not yet
-//!    in S3) first, then the catalog (a row synced from S3), then an upstream HEAD.
+//!    in S3) first, then the catalog (a row synced from S3), then an upstream HEAD (whose
+//!    answer stands for `upstream.version_ttl`, see [`super::versions`]).
 //! 3. **Conditions** (`If-Match`, `If-None-Match`, dates) against that version; then
 //!    `partNumber` and the **range**, resolved against its size.
 //! 4. **Read through the cache** (one upstream fetch however many readers), or **write**:
@@ -25,12 +26,13 @@ use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
 use futures::{StreamExt as _, TryStreamExt as _};
 use milepost_schema::entity::object;
-use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
+use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QuerySelect};
 
 use super::completed::CompletedUploads;
 use super::conditions::{ReadConditions, Verdict};
 use super::error::{ObjectError, ObjectErrorKind, Subject};
 use super::listing::{self, Listed, Resume};
+use super::versions::KnownVersions;
 use super::{check_key, ServedBuckets};
 use crate::cache::{CacheErrorKind, FetchContext, ObjectKey};
 use crate::checksum::Checksum;
@@ -142,7 +144,13 @@ pub struct OfficeObjects {
     completed: CompletedUploads,
     /// Served buckets S3 has been seen to hold (see [`check_writable`](Self::check_writable)).
     known_upstream: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Upstream's recent answers about objects outside the catalog.
+    versions: KnownVersions,
 }
+
+/// How long an upstream answer about an object's version stands by default
+/// ([`OfficeObjects::with_version_window`]).
+pub const DEFAULT_VERSION_WINDOW: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl std::fmt::Debug for OfficeObjects {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -167,7 +175,16 @@ impl OfficeObjects {
             catalog,
             completed: CompletedUploads::default(),
             known_upstream: std::sync::Mutex::default(),
+            versions: KnownVersions::new(DEFAULT_VERSION_WINDOW),
         }
+    }
+
+    /// Upstream's answer about which version of an object outside the catalog is current
+    /// stands for `window` (`upstream.version_ttl`; zero asks on every read). See
+    /// [`super::versions`].
+    pub fn with_version_window(mut self, window: std::time::Duration) -> Self {
+        self.versions = KnownVersions::new(window);
+        self
     }
 
     /// A write to `bucket/key` may be acknowledged: the bucket is served, the key is one the
@@ -234,8 +251,29 @@ impl OfficeObjects {
 
     /// The object as the office sees it now: its own version, else the catalog's, else
     /// upstream's. Checks the bucket and key first.
+    /// An answer from upstream may be one from the last `upstream.version_ttl`
+    /// ([`super::versions`]); [`resolve_current`](Self::resolve_current) asks anew.
     pub async fn resolve(&self, bucket: &str, key: &str) -> Result<Resolved, ObjectError> {
+        self.resolve_with(bucket, key, false).await
+    }
+
+    /// As [`resolve`](Self::resolve), but an object outside the catalog is asked about
+    /// upstream now, never answered from the window: for what freezes a version (a dataset's
+    /// manifest), which is rare and must name S3's current one. Later reads reuse the answer.
+    pub async fn resolve_current(&self, bucket: &str, key: &str) -> Result<Resolved, ObjectError> {
+        self.resolve_with(bucket, key, true).await
+    }
+
+    async fn resolve_with(
+        &self,
+        bucket: &str,
+        key: &str,
+        current: bool,
+    ) -> Result<Resolved, ObjectError> {
         self.check(bucket, key)?;
+        // Taken before the office's version is looked at: a write installed from here on
+        // moves it, and the upstream answer below is then not reused.
+        let mark = self.write_back.write_mark(bucket, key);
         match self.write_back.version(bucket, key) {
             Some(OfficeVersion::Written {
                 object,
@@ -255,10 +293,18 @@ impl OfficeObjects {
             None => {}
         }
         if let Some(db) = &self.catalog {
-            let row = object::Entity::find()
+            // The version's columns only: a described log's row also carries its summary.
+            let row: Option<(String, i64, Option<DateTime<Utc>>)> = object::Entity::find()
+                .select_only()
+                .columns([
+                    object::Column::Etag,
+                    object::Column::Size,
+                    object::Column::LastModified,
+                ])
                 .filter(object::Column::Bucket.eq(bucket))
                 .filter(object::Column::Key.eq(key))
                 .filter(object::Column::DeletedAt.is_null())
+                .into_tuple()
                 .one(db)
                 .await
                 .map_err(|err| {
@@ -268,29 +314,32 @@ impl OfficeObjects {
                         &err,
                     )
                 })?;
-            if let Some(row) = row {
+            if let Some((etag, size, last_modified)) = row {
                 return Ok(Resolved {
-                    object: ObjectKey {
-                        bucket: row.bucket,
-                        key: row.key,
-                        etag: row.etag,
-                        size: u64::try_from(row.size).unwrap_or_default(),
-                    },
-                    last_modified: row.last_modified,
+                    object: ObjectKey::new(bucket, key, etag, u64::try_from(size).unwrap_or(0)),
+                    last_modified,
                     metadata: ObjectMetadata::default(),
                 });
             }
         }
+        if !current {
+            if let Some(known) = self.versions.get(bucket, key, mark) {
+                return Ok(known);
+            }
+        }
+        let asked_at = std::time::Instant::now();
         let meta = self
             .store
             .head(bucket, key)
             .await
             .map_err(|err| ObjectError::from_store(err, Subject::Object))?;
-        Ok(Resolved {
+        let resolved = Resolved {
             object: ObjectKey::new(bucket, key, meta.etag, meta.size),
             last_modified: meta.last_modified,
             metadata: meta.metadata,
-        })
+        };
+        self.versions.remember(&resolved, asked_at, mark);
+        Ok(resolved)
     }
 
     /// HEAD: the object's version after conditions, `partNumber` and range.
@@ -378,6 +427,8 @@ impl OfficeObjects {
         reader: &FetchContext,
     ) -> Result<ObjectBody, ObjectError> {
         let what = format!("s3://{}/{}", object.bucket, object.key);
+        // A version that cannot be read may be gone from S3: the next read asks again.
+        let forget = || self.versions.forget(&object.bucket, &object.key);
         match self.write_back.cache().read(object, range, reader).await {
             Ok(read) => Ok(read
                 .body
@@ -391,7 +442,10 @@ impl OfficeObjects {
                     .store
                     .get(&object.bucket, &object.key, range, Some(&object.etag))
                     .await
-                    .map_err(|err| ObjectError::from_store(err, Subject::Object))?;
+                    .map_err(|err| {
+                        forget();
+                        ObjectError::from_store(err, Subject::Object)
+                    })?;
                 Ok(response
                     .body
                     .map_err(move |err| {
@@ -400,7 +454,10 @@ impl OfficeObjects {
                     })
                     .boxed())
             }
-            Err(err) => Err(err.into()),
+            Err(err) => {
+                forget();
+                Err(err.into())
+            }
         }
     }
 
@@ -764,7 +821,7 @@ impl OfficeObjects {
         let Some(completed) = self.completed.get(bucket, key, upload_id) else {
             return Err(err);
         };
-        let Ok(current) = self.resolve(bucket, key).await else {
+        let Ok(current) = self.resolve_current(bucket, key).await else {
             return Err(err);
         };
         let current = current.object;

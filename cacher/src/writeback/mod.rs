@@ -47,6 +47,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::ops::Bound;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -210,6 +211,11 @@ struct Inner {
     /// Held from a write's condition check to its journal row: conditional writes see every
     /// write of their key acknowledged before them, and none in between.
     key_locks: Vec<tokio::sync::Mutex<()>>,
+    /// Per stripe of keys (the locks' stripes), the sequence number of the last office
+    /// version installed for one of them: what tells an upstream answer remembered before it
+    /// from one after ([`WriteBack::write_mark`]).
+    write_marks: Vec<AtomicU64>,
+    marks: AtomicU64,
     multipart: Multipart,
     /// Wakes the uploader: something was journaled.
     wake: Notify,
@@ -246,11 +252,13 @@ impl Inner {
     /// Holds off every other write of `bucket/key` (and of the keys sharing its stripe) while
     /// the guard lives.
     async fn lock_key(&self, bucket: &str, key: &str) -> tokio::sync::MutexGuard<'_, ()> {
-        use std::hash::{Hash as _, Hasher as _};
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        (bucket, key).hash(&mut hasher);
-        let stripe = usize::try_from(hasher.finish() % KEY_LOCK_STRIPES as u64).unwrap_or(0);
-        self.key_locks[stripe].lock().await
+        self.key_locks[key_stripe(bucket, key)].lock().await
+    }
+
+    /// Marks `bucket/key` as written by the office now (see [`WriteBack::write_mark`]).
+    fn mark_written(&self, bucket: &str, key: &str) {
+        let mark = self.marks.fetch_add(1, Ordering::AcqRel) + 1;
+        self.write_marks[key_stripe(bucket, key)].fetch_max(mark, Ordering::AcqRel);
     }
 
     /// Checks `condition` against the key's current version: the office's own while S3 does
@@ -319,6 +327,7 @@ impl Inner {
     /// is there already (two writes of one key acknowledged close together may get here in
     /// either order; the newer one, by journal id, is what the office serves).
     fn install_version(&self, bucket: &str, key: &str, version: OfficeVersion) {
+        self.mark_written(bucket, key);
         let mut overlay = self.overlay();
         let id = (bucket.to_owned(), key.to_owned());
         match overlay.get(&id) {
@@ -409,6 +418,14 @@ fn overlay_of(
     overlay
 }
 
+/// The stripe of `bucket/key` among [`KEY_LOCK_STRIPES`].
+fn key_stripe(bucket: &str, key: &str) -> usize {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (bucket, key).hash(&mut hasher);
+    usize::try_from(hasher.finish() % KEY_LOCK_STRIPES as u64).unwrap_or(0)
+}
+
 /// How often a node of an office cluster reads the journal again for the other nodes'
 /// writes (and the ends of their uploads).
 const OVERLAY_REFRESH: Duration = Duration::from_millis(500);
@@ -435,6 +452,7 @@ impl Inner {
             match overlay.get(&key) {
                 Some(current) if current.transfer() >= version.transfer() => {}
                 _ => {
+                    self.mark_written(&key.0, &key.1);
                     overlay.insert(key, version);
                 }
             }
@@ -518,6 +536,8 @@ impl WriteBack {
                 key_locks: (0..KEY_LOCK_STRIPES)
                     .map(|_| tokio::sync::Mutex::new(()))
                     .collect(),
+                write_marks: (0..KEY_LOCK_STRIPES).map(|_| AtomicU64::new(0)).collect(),
+                marks: AtomicU64::new(0),
                 multipart,
                 wake: Notify::new(),
                 ended: tokio::sync::watch::channel(()).0,
@@ -771,6 +791,14 @@ impl WriteBack {
         inner.release_superseded(&superseded, None).await;
         inner.wake.notify_one();
         Ok(())
+    }
+
+    /// A number that grows whenever the office installs a version of `bucket/key` (its own
+    /// write or delete, or in a cluster another node's): an answer about the key read from
+    /// upstream while the mark was lower may predate that write. Keys share marks by stripe,
+    /// so a write of another key may move it too (costing only a fresh upstream answer).
+    pub fn write_mark(&self, bucket: &str, key: &str) -> u64 {
+        self.inner.write_marks[key_stripe(bucket, key)].load(Ordering::Acquire)
     }
 
     /// The office's version of `bucket/key` if S3 does not have it yet.

@@ -11,7 +11,11 @@
 //! target/release/bench_workstation --rounds 3
 //! target/release/bench_workstation [--rounds N] [--big-mib 1024] [--files 10000] [--small 1000]
 //!                                  [--dir PATH] [--milepost PATH] [--skip-rclone]
+//!                                  [--only sequential|find|random|pull]
 //! ```
+//!
+//! `--only` runs one measure (for a profiler attached to the office or the mount); the
+//! report then holds that measure alone.
 //!
 //! Needs `/dev/fuse` and `fusermount3` (or root). The office's upstream is the loopback S3
 //! server (s3s-fs, [`milepost_store::loopback::LoopbackS3`]) run inside this process over the
@@ -110,6 +114,8 @@ struct Args {
     dir: Option<PathBuf>,
     milepost: Option<PathBuf>,
     rclone: bool,
+    /// Only this measure (`--only`); all when `None`.
+    only: Option<Test>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -121,6 +127,7 @@ fn parse_args() -> anyhow::Result<Args> {
         dir: None,
         milepost: None,
         rclone: true,
+        only: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -133,6 +140,15 @@ fn parse_args() -> anyhow::Result<Args> {
             "--dir" => args.dir = Some(value("--dir")?.into()),
             "--milepost" => args.milepost = Some(value("--milepost")?.into()),
             "--skip-rclone" => args.rclone = false,
+            "--only" => {
+                args.only = Some(match value("--only")?.as_str() {
+                    "sequential" => Test::Sequential,
+                    "find" => Test::Find,
+                    "random" => Test::Random,
+                    "pull" => Test::Pull,
+                    other => bail!("--only {other:?}: one of sequential, find, random, pull"),
+                })
+            }
             other => bail!("unknown argument {other:?} (see the doc comment of bench_workstation)"),
         }
     }
@@ -200,12 +216,23 @@ fn main() -> anyhow::Result<()> {
     let mut report = Report::default();
     for round in 0..args.rounds {
         eprintln!("round {} of {}", round + 1, args.rounds);
-        bench.sequential(round, &mut report)?;
-        bench.find(round, &mut report)?;
-        bench.random(round, &mut report)?;
-        bench.pull(round, &mut report)?;
+        let runs = |test: Test| args.only.is_none_or(|only| only == test);
+        if runs(Test::Sequential) {
+            bench.sequential(round, &mut report)?;
+        }
+        if runs(Test::Find) {
+            bench.find(round, &mut report)?;
+        }
+        if runs(Test::Random) {
+            bench.random(round, &mut report)?;
+        }
+        if runs(Test::Pull) {
+            bench.pull(round, &mut report)?;
+        }
     }
-    std::fs::remove_dir_all(bench.work.join("pull"))?;
+    if bench.work.join("pull").exists() {
+        std::fs::remove_dir_all(bench.work.join("pull"))?;
+    }
     bench.office.stop()?;
     report.print(&bench.shapes, args.rounds);
     Ok(())
@@ -574,6 +601,8 @@ capacity = "64GiB"
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()?;
+        // For a profiler: `perf record -g -p PID` during one `--only` measure.
+        eprintln!("office: milepost serve, pid {}", child.id());
         let office = Office {
             child,
             url: format!("http://127.0.0.1:{port}"),

@@ -22,4 +22,5 @@ mod tooling;
 mod transfer_policy;
 mod viewer_access;
 mod viewer_mcap;
+mod warm_reads;
 mod web_catalog;
