@@ -251,6 +251,7 @@ impl OfficeObjects {
 
     /// The object as the office sees it now: its own version, else the catalog's, else
     /// upstream's. Checks the bucket and key first.
+    ///
     /// An answer from upstream may be one from the last `upstream.version_ttl`
     /// ([`super::versions`]); [`resolve_current`](Self::resolve_current) asks anew.
     pub async fn resolve(&self, bucket: &str, key: &str) -> Result<Resolved, ObjectError> {

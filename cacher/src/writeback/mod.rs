@@ -327,7 +327,6 @@ impl Inner {
     /// is there already (two writes of one key acknowledged close together may get here in
     /// either order; the newer one, by journal id, is what the office serves).
     fn install_version(&self, bucket: &str, key: &str, version: OfficeVersion) {
-        self.mark_written(bucket, key);
         let mut overlay = self.overlay();
         let id = (bucket.to_owned(), key.to_owned());
         match overlay.get(&id) {
@@ -336,6 +335,10 @@ impl Inner {
                 overlay.insert(id, version);
             }
         }
+        // Marked once the version is in place: a resolve that sees the new mark finds the
+        // version (marked first, a resolve could read the new mark, miss the version and
+        // remember S3's older answer under the new mark).
+        self.mark_written(bucket, key);
     }
 
     /// Dirty entries of superseded puts will never be uploaded: they become ordinary entries
@@ -452,8 +455,10 @@ impl Inner {
             match overlay.get(&key) {
                 Some(current) if current.transfer() >= version.transfer() => {}
                 _ => {
-                    self.mark_written(&key.0, &key.1);
+                    let (bucket, name) = (key.0.clone(), key.1.clone());
                     overlay.insert(key, version);
+                    // After the insert, as in `install_version`.
+                    self.mark_written(&bucket, &name);
                 }
             }
         }
