@@ -10,20 +10,25 @@
 //! ```
 //!
 //! 1. Starts a single-node Garage (`db_engine = "sqlite"`, replication 1, no compression) in
-//!    a work directory and seeds it with one `--big-mib` object (`big/`, uploaded multipart)
-//!    and `--small` objects of 1 MiB (`small/`), random bytes.
-//! 2. Cold transfer, `--rounds` rounds, each side once per round (the order turning each round)
-//!    into a fresh directory, emptied after its check and deleted once the set is done:
+//!    a work directory and seeds it with two drives in the catalog's layout, each a folder with
+//!    its `drive.json`: `bench-big`, one `--big-mib` object (uploaded multipart), and
+//!    `bench-small`, `--small` objects of 1 MiB, random bytes.
+//! 2. Cold transfer, `--rounds` rounds (default 5), each side once per round (the order turning
+//!    each round) into a fresh directory, emptied after its check and deleted once the set is
+//!    done; `sync` runs before every side, so no side pays for the writeback of another's
+//!    dirty pages:
 //!    `rclone copy --transfers 16 --multi-thread-streams 8 --multi-thread-cutoff 32M`; the
 //!    same followed by an `fsync` of each file it wrote (Milepost makes every object durable
 //!    before calling it cached with `cache.durability = "immediate"`; rclone leaves its files
 //!    to writeback, as Milepost's default, `deferred`, does until its syncer gets to them);
-//!    `aws s3 cp --recursive`; and Milepost, both ways — the real `milepost serve` process
-//!    with a fresh catalog
-//!    and cache per round; timed from `reserveDataset` until the `reservationProgress`
-//!    subscription reports READY, the dataset created beforehand. Each side's files are
-//!    checked for count and size, and Milepost's `bytesFromUpstream` against the dataset's
-//!    bytes.
+//!    `aws s3 cp --recursive` (both peers skip the sidecar); and Milepost — the real
+//!    `milepost serve` process with a fresh catalog and cache per round — on both paths a
+//!    dataset is made by: the set's objects named by key (nothing catalogued), and the way an
+//!    engineer reserves data, the catalog synced from the bucket (`syncCatalog`) and the
+//!    set's drive selected by id; plus the first path with `durability = "immediate"`. Timed
+//!    from `reserveDataset` until the `reservationProgress` subscription reports READY, the
+//!    dataset created beforehand. Each side's files are checked for count and size, and
+//!    Milepost's `bytesFromUpstream` against the dataset's bytes.
 //! 3. Hot read of the big object: `GET /data/...` from the cache vs nginx serving the same
 //!    file, once with `sendfile` and once with `sendfile off` and 1 MiB buffers (which of the
 //!    two is faster depends on the machine), all read by curl into /dev/null, `--hot-rounds`
@@ -33,9 +38,10 @@
 //!
 //! Figures go to stdout as a Markdown table; the best of the rounds and the median are shown.
 //! Beside each cold time, the CPU seconds (user + system, from `/proc`) the client side used
-//! (rclone and the AWS CLI as reaped children, `milepost serve` as its own process) and those
-//! Garage used in the same window: on two shared cores the sides compete with the server for
-//! CPU, and CPU seconds move far less from run to run than wall time does.
+//! (rclone and the AWS CLI as reaped children, `milepost serve` as its own process), the same
+//! per GiB, and those Garage used in the same window: on two shared cores the sides compete
+//! with the server for CPU, and CPU seconds move far less from run to run than wall time
+//! does. Each side's median time and CPU are also given as ratios to plain rclone's.
 //!
 //! (Over 600 lines: a benchmark program: setup of the peers, the measured runs and the report in one command.)
 
@@ -59,6 +65,16 @@ use tokio_tungstenite::tungstenite::Message;
 
 const BUCKET: &str = "bench";
 const MIB: u64 = 1 << 20;
+/// Where the sets live: each is a drive's folder in the catalog's layout (`drives/DATE/VEHICLE/ID/`)
+/// with its `drive.json`, so the synced path can select it by drive id.
+const DRIVES: &str = "drives/2026-12-01/bench-car";
+/// The big object's key.
+const BIG_KEY: &str = "drives/2026-12-01/bench-car/bench-big/object.bin";
+
+/// The folder of set `name` (`big`, `small`), without a trailing slash.
+fn set_prefix(name: &str) -> String {
+    format!("{DRIVES}/bench-{name}")
+}
 
 type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -77,7 +93,7 @@ struct Args {
 
 fn parse_args() -> anyhow::Result<Args> {
     let mut args = Args {
-        rounds: 3,
+        rounds: 5,
         big_mib: 1024,
         small: 1000,
         dir: None,
@@ -159,17 +175,22 @@ fn main() -> anyhow::Result<()> {
             small_bytes,
         ),
     ];
-    for (prefix, label, count, bytes) in &sets {
+    for (set, label, count, bytes) in &sets {
         let sides: &[Side] = if args.peers {
             &[
                 Side::Rclone,
                 Side::RcloneSynced,
                 Side::Aws,
                 Side::Milepost,
+                Side::MilepostCatalog,
                 Side::MilepostImmediate,
             ]
         } else {
-            &[Side::Milepost, Side::MilepostImmediate]
+            &[
+                Side::Milepost,
+                Side::MilepostCatalog,
+                Side::MilepostImmediate,
+            ]
         };
         let mut samples = vec![Vec::new(); sides.len()];
         // Nothing is deleted until the set is done, only emptied: on ext4 without a journal
@@ -182,14 +203,17 @@ fn main() -> anyhow::Result<()> {
         for round in 0..args.rounds {
             for turn in 0..sides.len() {
                 let index = (turn + round) % sides.len();
-                let dest = work.join(format!("{}-{prefix}-{round}", sides[index].name()));
+                let dest = work.join(format!("{}-{set}-{round}", sides[index].name()));
+                // Every side starts with nothing dirty in the page cache: the writeback of
+                // the side before must not run on this side's clock.
+                run(&mut Command::new("sync"))?;
                 let sample = match sides[index] {
-                    Side::Rclone => timed(&garage, || rclone_copy(&garage, prefix, &dest))?,
+                    Side::Rclone => timed(&garage, || rclone_copy(&garage, set, &dest))?,
                     Side::RcloneSynced => timed(&garage, || {
-                        rclone_copy(&garage, prefix, &dest)?;
+                        rclone_copy(&garage, set, &dest)?;
                         fsync_tree(&dest)
                     })?,
-                    Side::Aws => timed(&garage, || aws_copy(&garage, prefix, &dest))?,
+                    Side::Aws => timed(&garage, || aws_copy(&garage, set, &dest))?,
                     Side::MilepostImmediate => {
                         let server = Server::start(
                             &milepost,
@@ -199,7 +223,31 @@ fn main() -> anyhow::Result<()> {
                             &args.cache_extra,
                         )?;
                         let sample = runtime.block_on(cold_materialization(
-                            &server, &garage, prefix, *count, *bytes,
+                            &server,
+                            &garage,
+                            set,
+                            Selection::Objects,
+                            *count,
+                            *bytes,
+                        ))?;
+                        server.stop()?;
+                        sample
+                    }
+                    Side::MilepostCatalog => {
+                        let server = Server::start(
+                            &milepost,
+                            &dest,
+                            &garage,
+                            "deferred",
+                            &args.cache_extra,
+                        )?;
+                        let sample = runtime.block_on(cold_materialization(
+                            &server,
+                            &garage,
+                            set,
+                            Selection::Drive,
+                            *count,
+                            *bytes,
                         ))?;
                         server.stop()?;
                         sample
@@ -213,9 +261,14 @@ fn main() -> anyhow::Result<()> {
                             &args.cache_extra,
                         )?;
                         let sample = runtime.block_on(cold_materialization(
-                            &server, &garage, prefix, *count, *bytes,
+                            &server,
+                            &garage,
+                            set,
+                            Selection::Objects,
+                            *count,
+                            *bytes,
                         ))?;
-                        if *prefix == "big" && round + 1 == args.rounds {
+                        if *set == "big" && round + 1 == args.rounds {
                             let hot_rounds = args.hot_rounds.unwrap_or(args.rounds.max(3));
                             hot_reads(&runtime, &server, &mut report, *bytes, hot_rounds)?;
                         }
@@ -223,7 +276,7 @@ fn main() -> anyhow::Result<()> {
                         sample
                     }
                 };
-                if !matches!(sides[index], Side::Milepost | Side::MilepostImmediate) {
+                if !sides[index].is_milepost() {
                     check_tree(&dest, *count, *bytes)?;
                 }
                 samples[index].push(sample);
@@ -231,8 +284,13 @@ fn main() -> anyhow::Result<()> {
                 outputs.push(dest);
             }
         }
+        // The ratios are against plain rclone's medians of the same run.
+        let reference = sides
+            .iter()
+            .position(|side| *side == Side::Rclone)
+            .map(|i| Medians::of(&samples[i]));
         for (side, samples) in sides.iter().zip(&samples) {
-            report.cold(label, side.label(), samples, *bytes);
+            report.cold(label, side.label(), samples, *bytes, reference);
         }
         for dest in outputs {
             std::fs::remove_dir_all(&dest)?;
@@ -280,7 +338,11 @@ enum Side {
     /// kernel's writeback).
     RcloneSynced,
     Aws,
+    /// Milepost, the dataset made of the set's objects named one by one (nothing catalogued).
     Milepost,
+    /// Milepost the way an engineer reserves data: the catalog synced from the bucket, the
+    /// dataset made of the set's drive by id.
+    MilepostCatalog,
     /// Milepost with `cache.durability = "immediate"`: every object fsynced before it counts
     /// as cached (the default fsyncs behind the install), the match of "rclone, then fsync".
     MilepostImmediate,
@@ -294,8 +356,16 @@ impl Side {
             Side::RcloneSynced => "rclone-synced",
             Side::Aws => "aws",
             Side::Milepost => "mp",
+            Side::MilepostCatalog => "mp-catalog",
             Side::MilepostImmediate => "mp-immediate",
         }
+    }
+
+    fn is_milepost(self) -> bool {
+        matches!(
+            self,
+            Side::Milepost | Side::MilepostCatalog | Side::MilepostImmediate
+        )
     }
 
     /// Its name in the report.
@@ -304,7 +374,8 @@ impl Side {
             Side::Rclone => "rclone",
             Side::RcloneSynced => "rclone, then fsync",
             Side::Aws => "aws s3 cp",
-            Side::Milepost => "milepost",
+            Side::Milepost => "milepost, objects by key",
+            Side::MilepostCatalog => "milepost, synced catalog, drive by id",
             Side::MilepostImmediate => "milepost, durability immediate",
         }
     }
@@ -344,31 +415,47 @@ async fn seed(store: &S3Store, work: &Path, big: u64, small: usize) -> anyhow::R
         }
         file.flush()?;
     }
-    upload_file(
-        store,
-        BUCKET,
-        "big/object.bin",
-        &source,
-        &UploadOptions::default(),
-    )
-    .await?;
+    upload_file(store, BUCKET, BIG_KEY, &source, &UploadOptions::default()).await?;
     std::fs::remove_file(&source)?;
+    let small_prefix = set_prefix("small");
+    let small_prefix = &small_prefix;
     let mut uploads = futures::stream::iter(0..small)
         .map(|i| async move {
             let mut body = vec![0u8; MIB as usize];
             rand::rng().fill_bytes(&mut body);
             store
-                .put(BUCKET, &format!("small/{i:05}.bin"), Bytes::from(body))
+                .put(
+                    BUCKET,
+                    &format!("{small_prefix}/{i:05}.bin"),
+                    Bytes::from(body),
+                )
                 .await
         })
         .buffer_unordered(16);
     while let Some(result) = uploads.next().await {
         result?;
     }
+    // Each set is a drive of the catalog, for the synced path (the peers skip the sidecar).
+    for name in ["big", "small"] {
+        let sidecar = json!({
+            "drive_id": format!("bench-{name}"),
+            "vehicle": "bench-car",
+            "started_at": "2026-12-01T08:00:00Z",
+            "ended_at": "2026-12-01T09:00:00Z",
+            "tags": ["bench-cacher"],
+        });
+        store
+            .put(
+                BUCKET,
+                &format!("{}/drive.json", set_prefix(name)),
+                Bytes::from(serde_json::to_vec(&sidecar)?),
+            )
+            .await?;
+    }
     Ok(())
 }
 
-fn rclone_copy(garage: &Garage, prefix: &str, dest: &Path) -> anyhow::Result<()> {
+fn rclone_copy(garage: &Garage, set: &str, dest: &Path) -> anyhow::Result<()> {
     let mut command = Command::new("rclone");
     command
         .env_remove("AWS_CA_BUNDLE")
@@ -388,12 +475,13 @@ fn rclone_copy(garage: &Garage, prefix: &str, dest: &Path) -> anyhow::Result<()>
             "--multi-thread-cutoff",
             "32M",
         ])
-        .arg(format!("garage:{BUCKET}/{prefix}"))
+        .args(["--exclude", "/drive.json"])
+        .arg(format!("garage:{BUCKET}/{}", set_prefix(set)))
         .arg(dest);
     run(&mut command).map(drop)
 }
 
-fn aws_copy(garage: &Garage, prefix: &str, dest: &Path) -> anyhow::Result<()> {
+fn aws_copy(garage: &Garage, set: &str, dest: &Path) -> anyhow::Result<()> {
     let mut command = Command::new("aws");
     garage.aws_env(&mut command);
     command
@@ -405,7 +493,8 @@ fn aws_copy(garage: &Garage, prefix: &str, dest: &Path) -> anyhow::Result<()> {
             "--endpoint-url",
         ])
         .arg(&garage.endpoint)
-        .arg(format!("s3://{BUCKET}/{prefix}/"))
+        .args(["--exclude", "drive.json"])
+        .arg(format!("s3://{BUCKET}/{}/", set_prefix(set)))
         .arg(dest);
     run(&mut command).map(drop)
 }
@@ -634,38 +723,75 @@ impl Drop for Server {
     }
 }
 
-/// Creates a dataset of everything under `prefix/`, reserves it and returns the seconds from
-/// `reserveDataset` to READY.
+/// How the benchmark's dataset is made.
+#[derive(Clone, Copy, Debug)]
+enum Selection {
+    /// Every object of the set named by key (the catalog has not synced the bucket).
+    Objects,
+    /// The catalog synced from the bucket first, then the set's drive selected by id.
+    Drive,
+}
+
+/// Creates a dataset of set `set` as `selection` says, reserves it and returns the seconds
+/// from `reserveDataset` to READY.
 async fn cold_materialization(
     server: &Server,
     garage: &Garage,
-    prefix: &str,
+    set: &str,
+    selection: Selection,
     count: usize,
     bytes: u64,
 ) -> anyhow::Result<Sample> {
-    let objects: Vec<Value> = if count == 1 {
-        vec![json!({ "bucket": BUCKET, "key": format!("{prefix}/object.bin") })]
-    } else {
-        (0..count)
-            .map(|i| json!({ "bucket": BUCKET, "key": format!("{prefix}/{i:05}.bin") }))
-            .collect()
+    let prefix = set_prefix(set);
+    // Neither the sync nor the dataset's creation is part of the figure, but both are
+    // reported: they are what an engineer waits for first.
+    let input = match selection {
+        Selection::Objects => {
+            let objects: Vec<Value> = if set == "big" {
+                vec![json!({ "bucket": BUCKET, "key": BIG_KEY })]
+            } else {
+                (0..count)
+                    .map(|i| json!({ "bucket": BUCKET, "key": format!("{prefix}/{i:05}.bin") }))
+                    .collect()
+            };
+            json!({ "name": set, "objects": objects })
+        }
+        Selection::Drive => {
+            let synced = Instant::now();
+            let data = server
+                .graphql(
+                    "mutation { syncCatalog { objectsSeen drives errors } }",
+                    json!({}),
+                )
+                .await?;
+            let report = &data["syncCatalog"];
+            ensure!(
+                report["drives"].as_u64() == Some(2)
+                    && report["errors"].as_array().is_some_and(Vec::is_empty),
+                "the catalog sync did not find the two drives cleanly: {report}"
+            );
+            eprintln!(
+                "syncCatalog of {} objects: {:.2} s",
+                report["objectsSeen"],
+                synced.elapsed().as_secs_f64()
+            );
+            json!({ "name": set, "entityIds": [format!("bench-{set}")], "include": ["*.bin"] })
+        }
     };
-    // Not part of the figure (the catalog has not synced the bucket, so every object is a
-    // HEAD upstream), but reported: it is what an engineer waits for first.
     let created = Instant::now();
     let data = server
         .graphql(
             "mutation($input: CreateDatasetInput!) { createDataset(input: $input) { name totalBytes objectCount } }",
-            json!({ "input": { "name": prefix, "objects": objects } }),
+            json!({ "input": input }),
         )
         .await?;
     eprintln!(
-        "createDataset of {count} uncatalogued objects: {:.2} s",
+        "createDataset of {count} objects ({selection:?}): {:.2} s",
         created.elapsed().as_secs_f64()
     );
     ensure!(
         data["createDataset"]["totalBytes"].as_u64() == Some(bytes),
-        "dataset {prefix}: {data}"
+        "dataset {set}: {data}"
     );
     // The client waits as `milepost reserve --wait` and the web catalog do: on the
     // `reservationProgress` subscription, opened before the clock starts (polling the
@@ -676,7 +802,7 @@ async fn cold_materialization(
     let data = server
         .graphql(
             "mutation($input: ReserveDatasetInput!) { reserveDataset(input: $input) { id } }",
-            json!({ "input": { "dataset": prefix, "ttlSeconds": 3600 } }),
+            json!({ "input": { "dataset": set, "ttlSeconds": 3600 } }),
         )
         .await?;
     let id = data["reserveDataset"]["id"]
@@ -756,17 +882,17 @@ fn hot_reads(
     let (mut ours, mut sendfile, mut buffered) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..rounds {
         ours.push(curl_read(
-            &server.data_url("big/object.bin"),
+            &server.data_url(BIG_KEY),
             Some(&server.token),
             bytes,
         )?);
         sendfile.push(curl_read(
-            &format!("{}/{BUCKET}/big/object.bin", nginx.url),
+            &format!("{}/{BUCKET}/{BIG_KEY}", nginx.url),
             None,
             bytes,
         )?);
         buffered.push(curl_read(
-            &format!("{}/{BUCKET}/big/object.bin", nginx.buffered_url),
+            &format!("{}/{BUCKET}/{BIG_KEY}", nginx.buffered_url),
             None,
             bytes,
         )?);
@@ -798,7 +924,7 @@ fn concurrent_reads(server: &Server, n: usize, bytes: u64) -> anyhow::Result<f64
     let started = Instant::now();
     let readers: Vec<_> = (0..n)
         .map(|_| {
-            let url = server.data_url("big/object.bin");
+            let url = server.data_url(BIG_KEY);
             let token = server.token.clone();
             std::thread::spawn(move || curl_read(&url, Some(&token), bytes))
         })
@@ -923,16 +1049,51 @@ fn best_and_median(samples: &[f64]) -> (f64, f64) {
     (sorted[0], sorted[sorted.len() / 2])
 }
 
+/// A side's medians over its rounds: wall time and client CPU seconds.
+#[derive(Clone, Copy, Debug)]
+struct Medians {
+    secs: f64,
+    client_cpu: f64,
+}
+
+impl Medians {
+    fn of(samples: &[Sample]) -> Medians {
+        let column = |get: fn(&Sample) -> f64| samples.iter().map(get).collect::<Vec<_>>();
+        Medians {
+            secs: best_and_median(&column(|s| s.secs)).1,
+            client_cpu: best_and_median(&column(|s| s.client_cpu)).1,
+        }
+    }
+}
+
 impl Report {
-    fn cold(&mut self, set: &str, tool: &str, samples: &[Sample], bytes: u64) {
+    /// One side's row; `reference` (rclone's medians) gives the two ratios: speed (rclone's
+    /// time over this side's, higher is faster) and CPU (this side's over rclone's).
+    fn cold(
+        &mut self,
+        set: &str,
+        tool: &str,
+        samples: &[Sample],
+        bytes: u64,
+        reference: Option<Medians>,
+    ) {
         let column = |get: fn(&Sample) -> f64| samples.iter().map(get).collect::<Vec<_>>();
         let (best, median) = best_and_median(&column(|s| s.secs));
-        let (_, client_cpu) = best_and_median(&column(|s| s.client_cpu));
+        let Medians { client_cpu, .. } = Medians::of(samples);
         let (_, garage_cpu) = best_and_median(&column(|s| s.garage_cpu));
+        let gib = bytes as f64 / (1024.0 * MIB as f64);
+        let (speed, cpu) = match reference {
+            Some(r) => (
+                format!("{:.2}×", r.secs / median),
+                format!("{:.2}×", client_cpu / r.client_cpu),
+            ),
+            None => ("".to_owned(), "".to_owned()),
+        };
         let _ = writeln!(
             self.cold,
-            "| {set} | {tool} | {best:.2} s | {median:.2} s | {:.0} MiB/s | {client_cpu:.2} s | {garage_cpu:.2} s |",
-            bytes as f64 / MIB as f64 / median
+            "| {set} | {tool} | {best:.2} s | {median:.2} s | {:.0} MiB/s | {speed} | {client_cpu:.2} s | {:.2} s | {cpu} | {garage_cpu:.2} s |",
+            bytes as f64 / MIB as f64 / median,
+            client_cpu / gib,
         );
     }
 
@@ -948,7 +1109,7 @@ impl Report {
     fn print(&self) {
         println!("Cold transfer from Garage (best, median of the rounds; CPU: medians):\n");
         println!(
-            "| set | tool | best | median | median rate | client CPU | Garage CPU |\n|---|---|---|---|---|---|---|"
+            "| set | tool | best | median | median rate | speed vs rclone (median) | client CPU | client CPU per GiB | CPU vs rclone | Garage CPU |\n|---|---|---|---|---|---|---|---|---|---|"
         );
         print!("{}", self.cold);
         println!("\nHot read of the big object (curl into /dev/null):\n");
