@@ -25,14 +25,14 @@ fn reads(n: usize, seed: u64) -> Vec<EgressRecord> {
     (0..n)
         .map(|i| {
             let i = i as u64 + seed;
-            let sync = i % 11 == 0;
+            let sync = i.is_multiple_of(11);
             EgressRecord {
                 at: start()
                     + Duration::seconds(i64::try_from((i * 37) % (3 * 3600)).unwrap_or(0))
                     + Duration::microseconds(i64::try_from(i % 1000).unwrap_or(0)),
                 bucket: "fleet".to_owned(),
                 key: format!("drives/d{}/log.mcap", i % 13),
-                dataset: (i % 3 != 0).then(|| format!("set-{}", i % 2)),
+                dataset: (!i.is_multiple_of(3)).then(|| format!("set-{}", i % 2)),
                 owner: if sync {
                     Some(SYNC_OWNER.to_owned())
                 } else {
@@ -40,9 +40,13 @@ fn reads(n: usize, seed: u64) -> Vec<EgressRecord> {
                         .get(usize::try_from(i % 4).unwrap_or(0))
                         .map(|owner| (*owner).to_owned())
                 },
-                bytes_from_upstream: if i % 7 == 0 || sync { 1000 + i } else { 0 },
+                bytes_from_upstream: if i.is_multiple_of(7) || sync {
+                    1000 + i
+                } else {
+                    0
+                },
                 bytes_served: if sync { 0 } else { 5000 + i },
-                cache_hit: i % 7 != 0 && !sync,
+                cache_hit: !i.is_multiple_of(7) && !sync,
             }
         })
         .collect()

@@ -366,7 +366,7 @@ impl Work {
 
 /// "1 × 1 GiB" or "1 × 300 MiB".
 fn size_label(bytes: u64) -> String {
-    if bytes % GIB == 0 {
+    if bytes.is_multiple_of(GIB) {
         format!("1 × {} GiB", bytes / GIB)
     } else {
         format!("1 × {} MiB", bytes / MIB)

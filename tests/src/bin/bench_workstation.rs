@@ -373,7 +373,7 @@ struct Shapes {
 
 impl Shapes {
     fn big_label(&self) -> String {
-        if self.big_bytes % (1 << 30) == 0 {
+        if self.big_bytes.is_multiple_of(1 << 30) {
             format!("1 × {} GiB", self.big_bytes >> 30)
         } else {
             format!("1 × {} MiB", self.big_bytes / MIB)
