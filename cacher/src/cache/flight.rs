@@ -448,8 +448,8 @@ impl Inner {
         // object is all there already, and is installed from the file).
         let follow = !copied && object.size > 0 && self.content.follows_downloads();
 
-        // Only an install that fsyncs first waits for the disk (see `flush_behind`).
-        let sync_first = self.content.flushes_behind();
+        // Only a staging file that becomes the content file is flushed (see `flush_behind`).
+        let flush = self.content.flushes_behind();
         // A byte range says nothing about the MD5 of the object its ETag names.
         let single_part_md5 = flight
             .origin
@@ -468,7 +468,7 @@ impl Inner {
                 _ => {
                     let part = self.download_part(flight, &file, 0, hasher);
                     let install = self.follow_install(flight, follow);
-                    tokio::try_join!(part, flush_behind(flight, sync_first), install)?.0
+                    tokio::try_join!(part, flush_behind(flight, flush), install)?.0
                 }
             };
             match hasher {
@@ -504,7 +504,7 @@ impl Inner {
             };
             let install = self.follow_install(flight, follow);
             let ((), digest, (), ()) =
-                tokio::try_join!(parts, digest, flush_behind(flight, sync_first), install)?;
+                tokio::try_join!(parts, digest, flush_behind(flight, flush), install)?;
             digest
         };
 
@@ -940,19 +940,21 @@ async fn md5_follow(flight: &Flight) -> Result<[u8; 16], CacheError> {
         .map_err(|err| CacheError::io(format!("hashing {object}"), err))
 }
 
-/// With `sync_first` (immediate durability: the install fsyncs the whole file before the
-/// object counts as cached), flushes the staging file to disk every [`FLUSH_BEHIND`] landed
-/// bytes while the download goes on, so that the final `fsync` only has the tail left to
-/// write: without it, a large object's bytes start reaching the disk only after the last one
-/// arrived (about a second per GiB here). With deferred durability nothing waits for that
-/// `fsync`, and the flushes would only take CPU and disk from the download; the kernel's
-/// writeback and the syncer, right behind the install, take the bytes to disk (when the
-/// syncer already holds its `MAX_PENDING` files, the install fsyncs the whole file itself:
-/// the disk is behind then, and waiting for it is the point). Ends once every byte has
-/// landed.
-async fn flush_behind(flight: &Flight, sync_first: bool) -> Result<(), CacheError> {
+/// With `flush` (the content store keeps the staging file as the object's content file,
+/// which is fsynced before the object counts or right behind its install), flushes the
+/// staging file of a large object to disk every [`FLUSH_BEHIND`] landed bytes
+/// while the download goes on, so that the final `fsync` only has the tail left to write:
+/// without it, a large object's bytes start reaching the disk only after the last one
+/// arrived (about a second per GiB here). With immediate durability the install waits for
+/// that `fsync`. With deferred durability nothing waits for it, yet flushing behind is
+/// faster there too: in one `bench_cacher` run (5 rounds) a 1 GiB object took 2.38 s
+/// (median) left to the syncer and 1.84 s flushed behind with immediate durability; flushed
+/// behind, deferred took 1.63 s in the next run, for the same client CPU. A gigabyte left
+/// dirty is written while the reservation's last steps run, and they wait behind it.
+/// Ends once every byte has landed.
+async fn flush_behind(flight: &Flight, flush: bool) -> Result<(), CacheError> {
     let object = flight.object();
-    if !sync_first || object.size < 2 * FLUSH_BEHIND {
+    if !flush || object.size < 2 * FLUSH_BEHIND {
         return Ok(());
     }
     let mut rx = flight.subscribe();

@@ -43,7 +43,10 @@ impl ContentStore for DiskContent {
     }
 
     fn flushes_behind(&self) -> bool {
-        self.syncer.is_none()
+        // Immediate durability fsyncs before the install, deferred right behind it: either
+        // way the bytes go to disk now, and flushed as they land they do not all wait for
+        // one `fsync` at the end.
+        true
     }
 
     fn follows_downloads(&self) -> bool {

@@ -83,7 +83,8 @@ pub(super) trait ContentStore: Send + Sync + fmt::Debug {
     fn local_path(&self, object: &ObjectKey) -> Option<PathBuf>;
 
     /// Whether a download's staging file should be flushed to disk while it lands, because
-    /// the install will fsync it before it counts (see `flight.rs` `flush_behind`).
+    /// it becomes the content file, fsynced by the install before it counts or right behind
+    /// it (see `flight.rs` `flush_behind`).
     fn flushes_behind(&self) -> bool;
 
     /// Whether a download is installed as it lands ([`install_stream`](Self::install_stream),
