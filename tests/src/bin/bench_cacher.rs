@@ -214,61 +214,26 @@ fn main() -> anyhow::Result<()> {
                         fsync_tree(&dest)
                     })?,
                     Side::Aws => timed(&garage, || aws_copy(&garage, set, &dest))?,
-                    Side::MilepostImmediate => {
+                    side @ (Side::Milepost | Side::MilepostCatalog | Side::MilepostImmediate) => {
+                        let durability = match side {
+                            Side::MilepostImmediate => "immediate",
+                            _ => "deferred",
+                        };
+                        let selection = match side {
+                            Side::MilepostCatalog => Selection::Drive,
+                            _ => Selection::Objects,
+                        };
                         let server = Server::start(
                             &milepost,
                             &dest,
                             &garage,
-                            "immediate",
+                            durability,
                             &args.cache_extra,
                         )?;
                         let sample = runtime.block_on(cold_materialization(
-                            &server,
-                            &garage,
-                            set,
-                            Selection::Objects,
-                            *count,
-                            *bytes,
+                            &server, &garage, set, selection, *count, *bytes,
                         ))?;
-                        server.stop()?;
-                        sample
-                    }
-                    Side::MilepostCatalog => {
-                        let server = Server::start(
-                            &milepost,
-                            &dest,
-                            &garage,
-                            "deferred",
-                            &args.cache_extra,
-                        )?;
-                        let sample = runtime.block_on(cold_materialization(
-                            &server,
-                            &garage,
-                            set,
-                            Selection::Drive,
-                            *count,
-                            *bytes,
-                        ))?;
-                        server.stop()?;
-                        sample
-                    }
-                    Side::Milepost => {
-                        let server = Server::start(
-                            &milepost,
-                            &dest,
-                            &garage,
-                            "deferred",
-                            &args.cache_extra,
-                        )?;
-                        let sample = runtime.block_on(cold_materialization(
-                            &server,
-                            &garage,
-                            set,
-                            Selection::Objects,
-                            *count,
-                            *bytes,
-                        ))?;
-                        if *set == "big" && round + 1 == args.rounds {
+                        if side == Side::Milepost && *set == "big" && round + 1 == args.rounds {
                             let hot_rounds = args.hot_rounds.unwrap_or(args.rounds.max(3));
                             hot_reads(&runtime, &server, &mut report, *bytes, hot_rounds)?;
                         }
