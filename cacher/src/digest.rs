@@ -7,9 +7,9 @@
 //! back to `md-5`, so the check never depends on how the library was configured.
 //!
 //! Objects downloaded in one GET (every small object) are hashed faster still, eight at a
-//! time on AVX2 ([`x8`], scheduled by [`lanes`]); [`Md5`] hashes the rest: objects read back
-//! from their staging file after a download in parts, every object on CPUs without AVX2, and
-//! the write path (office uploads staged, parts and bodies sent upstream, multipart ETags).
+//! time on AVX2 or AVX-512 ([`x8`], scheduled by [`lanes`]); [`Md5`] hashes the rest:
+//! objects read back from their staging file after a download in parts, every object on
+//! CPUs without AVX2, and the write path (office uploads staged, parts and bodies sent upstream, multipart ETags).
 //! It is the cacher's one MD5.
 
 use std::fmt;

@@ -6,8 +6,9 @@
 //! [`ROUND_STREAMS`] streams with at least a block waiting and hashes up to [`ROUND_BLOCKS`]
 //! blocks of each, eight abreast; a stream with fewer blocks drops out as its blocks end.
 //!
-//! The kernel does 3.0 GB/s with eight lanes full and 0.4 GB/s with one (OpenSSL: 0.66 GB/s
-//! a core; `cargo run --release -p milepost-cacher --example md5x8_speed`), so a round is
+//! The AVX2 kernel does 3.0 GB/s with eight lanes full and 0.4 GB/s with one (OpenSSL: 0.66
+//! GB/s a core; the AVX-512 kernel about 15 % more; `cargo run --release -p milepost-cacher
+//! --example md5x8_speed`), so a round is
 //! only worth running full: bytes wait up to [`GATHER`] for other streams, or
 //! [`GATHER_ASKED`] once their digest is asked for. The download waiting for its digest
 //! holds no GET permit, so the downloads behind it go on meanwhile and fill the next round.
